@@ -1,0 +1,126 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One contiguous range of guest-physical memory backed by an anonymous host mapping.
+public struct MemoryRegion: Sendable {
+    public let guestPhys: UInt64
+    public let size: UInt64
+    /// Host virtual address of the first byte (stored as an integer so the struct stays Sendable).
+    public let hostAddress: UInt
+
+    public var host: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: hostAddress)! }
+    public var end: UInt64 { guestPhys + size }
+
+    @inline(__always)
+    func contains(_ gpa: UInt64, _ length: UInt64) -> Bool {
+        gpa >= guestPhys && length <= size && gpa - guestPhys <= size - length
+    }
+}
+
+public enum MemoryError: Error, Equatable, CustomStringConvertible {
+    case outOfBounds(gpa: UInt64, length: UInt64)
+    case mmapFailed(errno: Int32, bytes: UInt64)
+    case overlap(UInt64)
+
+    public var description: String {
+        switch self {
+        case let .outOfBounds(gpa, length):
+            return "guest-physical range 0x\(String(gpa, radix: 16))+0x\(String(length, radix: 16)) is not in guest RAM"
+        case let .mmapFailed(e, bytes):
+            return "cannot map \(bytes >> 20) MiB of guest memory: \(String(cString: strerror(e)))"
+        case let .overlap(gpa):
+            return "memory regions overlap at 0x\(String(gpa, radix: 16))"
+        }
+    }
+}
+
+/// Guest-physical memory: a set of regions. Every access is bounds-checked, because addresses and
+/// lengths usually come from the guest, which is hostile input.
+public final class GuestMemory: @unchecked Sendable {
+    public let regions: [MemoryRegion]
+
+    /// Maps anonymous memory for each (guest-physical base, size) pair.
+    public init(layout: [(guestPhys: UInt64, size: UInt64)]) throws(MemoryError) {
+        var made: [MemoryRegion] = []
+        let sorted = layout.sorted { $0.guestPhys < $1.guestPhys }
+        for (i, r) in sorted.enumerated() {
+            if i > 0, sorted[i - 1].guestPhys + sorted[i - 1].size > r.guestPhys {
+                for m in made { munmap(m.host, Int(m.size)) }
+                throw .overlap(r.guestPhys)
+            }
+            let p = mmap(nil, Int(r.size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            guard let p, p != MAP_FAILED else {
+                let e = errno
+                for m in made { munmap(m.host, Int(m.size)) }
+                throw .mmapFailed(errno: e, bytes: r.size)
+            }
+            made.append(MemoryRegion(guestPhys: r.guestPhys, size: r.size, hostAddress: UInt(bitPattern: p)))
+        }
+        regions = made
+    }
+
+    deinit {
+        for r in regions { munmap(r.host, Int(r.size)) }
+    }
+
+    public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
+
+    /// Host pointer for `length` bytes at `gpa`, or nil unless the whole range lies in one region.
+    @inline(__always)
+    public func hostPointer(_ gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in regions where r.contains(gpa, length) {
+            return r.host.advanced(by: Int(gpa - r.guestPhys))
+        }
+        return nil
+    }
+
+    /// The region holding `gpa`, if any.
+    public func region(containing gpa: UInt64) -> MemoryRegion? {
+        regions.first { $0.contains(gpa, 1) }
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer, at gpa: UInt64) throws(MemoryError) {
+        guard let p = hostPointer(gpa, length: UInt64(bytes.count)) else {
+            throw .outOfBounds(gpa: gpa, length: UInt64(bytes.count))
+        }
+        if let base = bytes.baseAddress { p.copyMemory(from: base, byteCount: bytes.count) }
+    }
+
+    public func write(_ bytes: [UInt8], at gpa: UInt64) throws(MemoryError) {
+        guard let p = hostPointer(gpa, length: UInt64(bytes.count)) else {
+            throw .outOfBounds(gpa: gpa, length: UInt64(bytes.count))
+        }
+        bytes.withUnsafeBytes { if let b = $0.baseAddress { p.copyMemory(from: b, byteCount: bytes.count) } }
+    }
+
+    public func read(_ gpa: UInt64, count: Int) throws(MemoryError) -> [UInt8] {
+        guard count >= 0, let p = hostPointer(gpa, length: UInt64(count)) else {
+            throw .outOfBounds(gpa: gpa, length: UInt64(max(count, 0)))
+        }
+        return Array(UnsafeRawBufferPointer(start: p, count: count))
+    }
+
+    @inline(__always)
+    public func load<T: FixedWidthInteger>(_ type: T.Type, at gpa: UInt64) throws(MemoryError) -> T {
+        guard let p = hostPointer(gpa, length: UInt64(MemoryLayout<T>.size)) else {
+            throw .outOfBounds(gpa: gpa, length: UInt64(MemoryLayout<T>.size))
+        }
+        return T(littleEndian: p.loadUnaligned(as: T.self))
+    }
+
+    @inline(__always)
+    public func store<T: FixedWidthInteger>(_ value: T, at gpa: UInt64) throws(MemoryError) {
+        guard let p = hostPointer(gpa, length: UInt64(MemoryLayout<T>.size)) else {
+            throw .outOfBounds(gpa: gpa, length: UInt64(MemoryLayout<T>.size))
+        }
+        p.storeBytes(of: value.littleEndian, as: T.self)
+    }
+
+    public func fill(_ byte: UInt8, at gpa: UInt64, count: Int) throws(MemoryError) {
+        guard let p = hostPointer(gpa, length: UInt64(count)) else {
+            throw .outOfBounds(gpa: gpa, length: UInt64(count))
+        }
+        memset(p, Int32(byte), count)
+    }
+}

@@ -1,0 +1,30 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKVM
+
+/// An owned file descriptor, closed when its owner goes away.
+public final class OwnedFD: @unchecked Sendable {
+    public let raw: Int32
+    public init(_ raw: Int32) { self.raw = raw }
+    deinit { if raw >= 0 { close(raw) } }
+}
+
+/// An eventfd: the doorbell that ioeventfd and irqfd are built on.
+public final class EventFD: @unchecked Sendable {
+    public let fd: OwnedFD
+    public init(nonBlocking: Bool = false) throws(SysError) {
+        let flags = CKVM_EFD_CLOEXEC | (nonBlocking ? CKVM_EFD_NONBLOCK : 0)
+        fd = OwnedFD(try sysCall("eventfd") { eventfd(0, flags) })
+    }
+    public func signal(_ value: UInt64 = 1) {
+        var v = value
+        _ = withUnsafeBytes(of: &v) { write(fd.raw, $0.baseAddress, 8) }
+    }
+    /// Blocks until signalled (unless non-blocking); returns the accumulated count, 0 if none.
+    public func wait() -> UInt64 {
+        var v: UInt64 = 0
+        let n = withUnsafeMutableBytes(of: &v) { read(fd.raw, $0.baseAddress, 8) }
+        return n == 8 ? v : 0
+    }
+}

@@ -1,0 +1,280 @@
+import Boot
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the serial console goes.
+public enum SerialMode: Equatable, Sendable {
+    case stdio
+    case none
+    case file(String)
+    case socket(String)
+
+    public init(parsing s: String) throws(ConfigError) {
+        switch s {
+        case "stdio": self = .stdio
+        case "none": self = .none
+        default:
+            if s.hasPrefix("file:"), s.count > 5 { self = .file(String(s.dropFirst(5))) }
+            else if s.hasPrefix("socket:"), s.count > 7 { self = .socket(String(s.dropFirst(7))) }
+            else { throw .invalid("serial", "must be stdio, none, file:PATH or socket:PATH, not \"\(s)\"") }
+        }
+    }
+}
+
+public enum CPUTemplateChoice: String, Sendable, CaseIterable {
+    /// `nested` when the host's KVM is detected to emulate guest kernel code, else `none`.
+    case auto, none, nested
+}
+
+/// One VM, as the user describes it (flags or a JSON file).
+public struct VMConfig: Sendable, Equatable {
+    public static let defaultCmdline = "console=ttyS0 reboot=k panic=1"
+    public static let minimumMemoryMiB = 16
+
+    public var kernel: String = ""
+    public var initrd: String? = nil
+    public var cmdline: String = VMConfig.defaultCmdline
+    public var memoryMiB: Int = 128
+    public var vcpus: Int = 1
+    public var bootProtocol: BootProtocol = .auto
+    public var cpuTemplate: CPUTemplateChoice = .auto
+    public var cpuid: [CPUIDModifier] = []
+    public var serial: SerialMode = .stdio
+    public var stats: Bool = false
+
+    public init() {}
+}
+
+public enum ConfigError: Error, Equatable, CustomStringConvertible {
+    case usage(String)
+    case invalid(String, String)
+    case file(String, String)
+    case json(String, JSONError)
+
+    public var description: String {
+        switch self {
+        case let .usage(m): return m
+        case let .invalid(key, why): return "\(key): \(why)"
+        case let .file(path, why): return "\(path): \(why)"
+        case let .json(path, e): return "\(path): malformed JSON at \(e)"
+        }
+    }
+}
+
+extension VMConfig {
+    static let keys: Set<String> = ["kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
+                                    "cpu_template", "cpuid", "serial", "stats"]
+
+    /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
+    public static func load(jsonFile path: String) throws(ConfigError) -> VMConfig {
+        let text: String
+        do { text = String(decoding: try readFile(path), as: UTF8.self) } catch { throw .file(path, error.description) }
+        let v: JSONValue
+        do { v = try JSONParser.parse(text) } catch { throw .json(path, error) }
+        var c = VMConfig()
+        try c.apply(json: v)
+        return c
+    }
+
+    public mutating func apply(json v: JSONValue) throws(ConfigError) {
+        guard case let .object(members) = v else { throw .invalid("config", "the top level must be an object") }
+        for (k, value) in members {
+            guard VMConfig.keys.contains(k) else {
+                throw .invalid(k, "unknown key (known keys: \(VMConfig.keys.sorted().joined(separator: ", ")))")
+            }
+            switch k {
+            case "kernel": kernel = try str(k, value)
+            case "initrd": initrd = value == .null ? nil : try str(k, value)
+            case "cmdline": cmdline = try str(k, value)
+            case "memory_mib": memoryMiB = try int(k, value)
+            case "vcpus": vcpus = try int(k, value)
+            case "boot_protocol":
+                let s = try str(k, value)
+                guard let p = BootProtocol(rawValue: s) else { throw .invalid(k, "must be auto, pvh or linux64, not \"\(s)\"") }
+                bootProtocol = p
+            case "cpu_template":
+                let s = try str(k, value)
+                guard let t = CPUTemplateChoice(rawValue: s) else { throw .invalid(k, "must be auto, none or nested, not \"\(s)\"") }
+                cpuTemplate = t
+            case "cpuid":
+                guard case let .array(items) = value else { throw .invalid(k, "must be an array, not \(value.typeName)") }
+                cpuid = try items.enumerated().map { (i, item) throws(ConfigError) in try VMConfig.modifier("cpuid[\(i)]", item) }
+            case "serial": serial = try SerialMode(parsing: try str(k, value))
+            case "stats":
+                guard case let .bool(b) = value else { throw .invalid(k, "must be true or false, not \(value.typeName)") }
+                stats = b
+            default: break
+            }
+        }
+    }
+
+    static func modifier(_ key: String, _ v: JSONValue) throws(ConfigError) -> CPUIDModifier {
+        guard case let .object(m) = v else { throw .invalid(key, "must be an object") }
+        var function: UInt32? = nil, index: UInt32? = nil, reg: CPUIDModifier.Register? = nil
+        var clear: UInt32 = 0, set: UInt32 = 0
+        for (k, value) in m {
+            switch k {
+            case "function": function = try u32("\(key).\(k)", value)
+            case "index": index = try u32("\(key).\(k)", value)
+            case "register":
+                let s = try str("\(key).\(k)", value)
+                guard let r = CPUIDModifier.Register(rawValue: s) else { throw .invalid("\(key).\(k)", "must be eax, ebx, ecx or edx") }
+                reg = r
+            case "clear": clear = try u32("\(key).\(k)", value)
+            case "set": set = try u32("\(key).\(k)", value)
+            default: throw .invalid("\(key).\(k)", "unknown key (known: function, index, register, clear, set)")
+            }
+        }
+        guard let f = function else { throw .invalid(key, "needs \"function\"") }
+        guard let r = reg else { throw .invalid(key, "needs \"register\"") }
+        return CPUIDModifier(function: f, index: index, register: r, clear: clear, set: set)
+    }
+
+    /// Parses a "LEAF[.INDEX]:REG:clear=MASK[,set=MASK]" flag, e.g. "1:ecx:clear=0x2000".
+    static func modifier(flag s: String) throws(ConfigError) -> CPUIDModifier {
+        let parts = s.split(separator: ":").map(String.init)
+        guard parts.count == 3 else { throw .invalid("--cpuid", "expected LEAF[.INDEX]:REGISTER:clear=MASK,set=MASK, got \"\(s)\"") }
+        let leaf = parts[0].split(separator: ".").map(String.init)
+        guard let f = parseInt(leaf[0]).flatMap(UInt32.init(exactly:)) else { throw .invalid("--cpuid", "bad leaf \"\(parts[0])\"") }
+        let idx: UInt32? = leaf.count > 1 ? parseInt(leaf[1]).flatMap(UInt32.init(exactly:)) : nil
+        guard let r = CPUIDModifier.Register(rawValue: parts[1]) else { throw .invalid("--cpuid", "register must be eax, ebx, ecx or edx") }
+        var clear: UInt32 = 0, set: UInt32 = 0
+        for kv in parts[2].split(separator: ",") {
+            let p = kv.split(separator: "=").map(String.init)
+            guard p.count == 2, let v = parseInt(p[1]).flatMap(UInt32.init(exactly:)) else { throw .invalid("--cpuid", "bad mask \"\(kv)\"") }
+            switch p[0] {
+            case "clear": clear = v
+            case "set": set = v
+            default: throw .invalid("--cpuid", "expected clear= or set=, got \"\(kv)\"")
+            }
+        }
+        return CPUIDModifier(function: f, index: idx, register: r, clear: clear, set: set)
+    }
+
+    /// Parses command-line flags (after an optional --config file, whose values the flags override).
+    public static func parse(arguments args: [String]) throws(ConfigError) -> VMConfig {
+        var c = VMConfig()
+        if let i = args.firstIndex(of: "--config") {
+            guard i + 1 < args.count else { throw .usage("--config needs a file") }
+            c = try load(jsonFile: args[i + 1])
+        }
+        var i = 0
+        func value(_ flag: String) throws(ConfigError) -> String {
+            guard i + 1 < args.count else { throw .usage("\(flag) needs a value") }
+            i += 1
+            return args[i]
+        }
+        while i < args.count {
+            let a = args[i]
+            switch a {
+            case "--config": i += 1
+            case "--kernel": c.kernel = try value(a)
+            case "--initrd": c.initrd = try value(a)
+            case "--cmdline": c.cmdline = try value(a)
+            case "--memory":
+                let v = try value(a)
+                guard let n = parseInt(v) else { throw .invalid("--memory", "expected MiB as a whole number, got \"\(v)\"") }
+                c.memoryMiB = n
+            case "--vcpus":
+                let v = try value(a)
+                guard let n = parseInt(v) else { throw .invalid("--vcpus", "expected a whole number, got \"\(v)\"") }
+                c.vcpus = n
+            case "--boot-protocol":
+                let v = try value(a)
+                guard let p = BootProtocol(rawValue: v) else { throw .invalid("--boot-protocol", "must be auto, pvh or linux64, not \"\(v)\"") }
+                c.bootProtocol = p
+            case "--cpu-template":
+                let v = try value(a)
+                guard let t = CPUTemplateChoice(rawValue: v) else { throw .invalid("--cpu-template", "must be auto, none or nested, not \"\(v)\"") }
+                c.cpuTemplate = t
+            case "--cpuid": c.cpuid.append(try modifier(flag: try value(a)))
+            case "--serial": c.serial = try SerialMode(parsing: try value(a))
+            case "--stats": c.stats = true
+            default: throw .usage("unknown argument \"\(a)\" (see kumo-vmm --help)")
+            }
+            i += 1
+        }
+        return c
+    }
+
+    /// Checks everything that can be checked before a VM exists.
+    public func validate(hostMemoryBytes: UInt64) throws(ConfigError) {
+        guard !kernel.isEmpty else { throw .usage("no kernel given (--kernel PATH or \"kernel\" in the config file)") }
+        guard vcpus >= 1 else { throw .invalid("vcpus", "must be at least 1, got \(vcpus)") }
+        guard vcpus <= 254 else { throw .invalid("vcpus", "at most 254 are supported, got \(vcpus)") }
+        guard memoryMiB >= VMConfig.minimumMemoryMiB else {
+            throw .invalid("memory", "\(memoryMiB) MiB is too small; at least \(VMConfig.minimumMemoryMiB) MiB")
+        }
+        let bytes = UInt64(memoryMiB) << 20
+        guard bytes <= hostMemoryBytes else {
+            throw .invalid("memory", "\(memoryMiB) MiB is more than this host has (\(hostMemoryBytes >> 20) MiB)")
+        }
+        if cmdline.utf8.contains(0) { throw .invalid("cmdline", "contains a NUL byte") }
+    }
+}
+
+func str(_ k: String, _ v: JSONValue) throws(ConfigError) -> String {
+    guard case let .string(s) = v else { throw .invalid(k, "must be a string, not \(v.typeName)") }
+    return s
+}
+
+func int(_ k: String, _ v: JSONValue) throws(ConfigError) -> Int {
+    guard case let .number(d) = v, d == d.rounded(), abs(d) < 1e12 else { throw .invalid(k, "must be a whole number, not \(v.typeName)") }
+    return Int(d)
+}
+
+func u32(_ k: String, _ v: JSONValue) throws(ConfigError) -> UInt32 {
+    if case let .string(s) = v, let n = parseInt(s), let u = UInt32(exactly: n) { return u }
+    let n = try int(k, v)
+    guard let u = UInt32(exactly: n) else { throw .invalid(k, "must fit in 32 bits") }
+    return u
+}
+
+/// Decimal or 0x-prefixed hexadecimal.
+func parseInt(_ s: String) -> Int? {
+    if s.hasPrefix("0x") || s.hasPrefix("0X") { return Int(s.dropFirst(2), radix: 16) }
+    return Int(s)
+}
+
+public struct FileError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Reads a whole file without Foundation.
+public func readFile(_ path: String, limit: Int = 1 << 31) throws(FileError) -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw FileError(description: String(cString: strerror(errno))) }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { throw FileError(description: String(cString: strerror(errno))) }
+    if (st.st_mode & S_IFMT) == S_IFDIR { throw FileError(description: "is a directory") }
+    let size = Int(st.st_size)
+    guard size <= limit else { throw FileError(description: "larger than \(limit >> 20) MiB") }
+    // procfs and sysfs report size 0: read those in chunks until EOF.
+    var out = [UInt8](repeating: 0, count: size > 0 ? size : 4096)
+    var done = 0
+    while true {
+        if done == out.count {
+            if size > 0 || out.count >= limit { break }
+            out += [UInt8](repeating: 0, count: out.count)
+        }
+        let n = out.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
+        if n < 0 { if errno == EINTR { continue }; throw FileError(description: String(cString: strerror(errno))) }
+        if n == 0 { break }
+        done += n
+    }
+    out.removeLast(out.count - done)
+    return out
+}
+
+/// MemTotal from /proc/meminfo, in bytes.
+public func hostMemoryBytes() -> UInt64 {
+    guard let b = try? readFile("/proc/meminfo", limit: 1 << 20) else { return 0 }
+    let text = String(decoding: b, as: UTF8.self)
+    for line in text.split(separator: "\n") where line.hasPrefix("MemTotal:") {
+        let n = line.split(separator: " ").dropFirst().first.flatMap { UInt64($0) } ?? 0
+        return n << 10
+    }
+    return 0
+}

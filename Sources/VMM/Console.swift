@@ -1,0 +1,145 @@
+import Devices
+import KVM
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class ThreadBody {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}
+
+/// Starts a detached OS thread (device back ends and console readers; never a Task).
+@discardableResult
+public func spawnThread(_ body: @escaping () -> Void) -> Bool {
+    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var tid = pthread_t()
+    let rc = pthread_create(&tid, nil, { arg in
+        Unmanaged<ThreadBody>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, box)
+    if rc != 0 { Unmanaged<ThreadBody>.fromOpaque(box).release(); return false }
+    pthread_detach(tid)
+    return true
+}
+
+/// Sends to the connected console client, never blocking the vCPU (bytes are dropped when the
+/// client does not keep up or none is connected).
+final class SocketSink: SerialSink, @unchecked Sendable {
+    let client = Atomic<Int32>(-1)
+    func write(_ byte: UInt8) {
+        let fd = client.load(ordering: .acquiring)
+        guard fd >= 0 else { return }
+        var b = byte
+        _ = send(fd, &b, 1, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+    }
+}
+
+/// The serial console's host side: where output goes and where input comes from.
+final class Console: @unchecked Sendable {
+    let sink: SerialSink?
+    let target = Mutex<Serial8250?>(nil)
+    var savedTermios: termios? = nil
+    var listenFD: Int32 = -1
+    var socketPath: String? = nil
+    var fileFD: Int32 = -1
+
+    init(_ mode: SerialMode) throws(ConfigError) {
+        switch mode {
+        case .none:
+            sink = nil
+        case .stdio:
+            sink = FDSink(fd: 1)
+            if isatty(0) == 1 {
+                var t = termios()
+                if tcgetattr(0, &t) == 0 {
+                    savedTermios = t
+                    var raw = t
+                    raw.c_iflag &= ~tcflag_t(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON)
+                    raw.c_lflag &= ~tcflag_t(ECHO | ECHONL | ICANON | ISIG | IEXTEN)
+                    tcsetattr(0, TCSANOW, &raw)
+                }
+            }
+            startReader(fd: 0)
+        case let .file(path):
+            let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw .file(path, String(cString: strerror(errno))) }
+            fileFD = fd
+            sink = FDSink(fd: fd)
+        case let .socket(path):
+            let s = SocketSink()
+            sink = s
+            try listen(path, sink: s)
+        }
+    }
+
+    func attach(_ serial: Serial8250?) { target.withLock { $0 = serial } }
+
+    /// Feeds bytes to the attached UART, waiting while its FIFO is full.
+    func deliver(_ buf: UnsafeRawBufferPointer) {
+        var off = 0
+        while off < buf.count {
+            let n = target.withLock { s -> Int in
+                guard let s else { return -1 }
+                return s.enqueueInput(UnsafeRawBufferPointer(rebasing: buf[off...]))
+            }
+            if n < 0 { return }
+            off += n
+            if off < buf.count { usleep(1000) }
+        }
+    }
+
+    func startReader(fd: Int32, onEOF: @escaping () -> Void = {}) {
+        spawnThread { [self] in
+            var buf = [UInt8](repeating: 0, count: 512)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 512) }
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { onEOF(); return }
+                buf.withUnsafeBytes { deliver(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            }
+        }
+    }
+
+    func listen(_ path: String, sink s: SocketSink) throws(ConfigError) {
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw .file(path, "exists and is not a socket") }
+            unlink(path)
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .file(path, String(cString: strerror(errno))) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { Glibc.close(fd); throw .file(path, "socket path too long") }
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0, Glibc.listen(fd, 1) == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw .file(path, String(cString: strerror(e)))
+        }
+        listenFD = fd
+        socketPath = path
+        spawnThread { [self] in
+            while true {
+                let c = accept(fd, nil, nil)
+                if c < 0 { if errno == EINTR { continue }; return }
+                let old = s.client.exchange(c, ordering: .acquiringAndReleasing)
+                if old >= 0 { shutdown(old, Int32(SHUT_RDWR)) }
+                startReader(fd: c) { _ = s.client.compareExchange(expected: c, desired: -1, ordering: .acquiringAndReleasing); Glibc.close(c) }
+            }
+        }
+    }
+
+    func close() {
+        if var t = savedTermios { tcsetattr(0, TCSANOW, &t) }
+        if listenFD >= 0 { shutdown(listenFD, Int32(SHUT_RDWR)); Glibc.close(listenFD) }
+        if let p = socketPath { unlink(p) }
+        if fileFD >= 0 { Glibc.close(fileFD) }
+    }
+}

@@ -1,0 +1,382 @@
+import KVM
+import CKVM
+import GuestMemory
+import Boot
+import Devices
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a machine stopped running.
+public enum MachineOutcome: Equatable, Sendable {
+    case powerOff
+    case reset
+    case halted(vcpu: Int)
+    case stopped
+    case fatal(String)
+}
+
+enum MachineEvent: Sendable {
+    case powerOff
+    case reset
+    case halted(Int)
+    case fatal(String)
+    case bootMarker(UInt64)
+    case stop
+}
+
+/// Monotonic nanoseconds.
+@inline(__always)
+public func monotonicNanos(_ clock: clockid_t = CLOCK_MONOTONIC) -> UInt64 {
+    var ts = timespec()
+    clock_gettime(clock, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Per-vCPU exit counters, written only by that vCPU's thread.
+public final class ExitCounters: @unchecked Sendable {
+    public static let extra = 4   // io_in, io_out, mmio_read, mmio_write
+    public static let fallbackKinds = 4
+    let counts: UnsafeMutablePointer<UInt64>
+    public static var size: Int { ExitReason.count + extra + fallbackKinds }
+    init() {
+        counts = .allocate(capacity: ExitCounters.size)
+        counts.initialize(repeating: 0, count: ExitCounters.size)
+    }
+    deinit { counts.deallocate() }
+    public func value(_ i: Int) -> UInt64 { counts[i] }
+    public var ioIn: UInt64 { counts[ExitReason.count] }
+    public var ioOut: UInt64 { counts[ExitReason.count + 1] }
+    public var mmioRead: UInt64 { counts[ExitReason.count + 2] }
+    public var mmioWrite: UInt64 { counts[ExitReason.count + 3] }
+    /// Instructions run by the emulation fallback: int3, fwait, ldmxcsr, stmxcsr.
+    public func fallback(_ k: Int) -> UInt64 { counts[ExitReason.count + ExitCounters.extra + k] }
+    public var total: UInt64 { (0..<ExitReason.count).reduce(0) { $0 + counts[$1] } }
+}
+
+/// Signal used to kick vCPU threads out of KVM_RUN; its handler does nothing.
+let kickSignal = SIGUSR1
+
+private let installKickHandler: Void = {
+    var sa = sigaction()
+    sa.__sigaction_handler.sa_handler = { _ in }
+    sigemptyset(&sa.sa_mask)
+    sa.sa_flags = 0   // no SA_RESTART: KVM_RUN must return EINTR
+    sigaction(kickSignal, &sa, nil)
+}()
+
+/// One VM: KVM VM fd, guest memory, devices, vCPUs and their threads.
+public final class Machine: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var memorySize: UInt64
+        public var vcpus: Int
+        /// In-kernel LAPIC/IOAPIC/PIC and PIT. Off only for tiny test guests that want HLT exits.
+        public var irqchip: Bool = true
+        public var cpuid: [CPUIDModifier] = []
+        /// Run the emulation fallback on KVM emulation failures.
+        public var emulationFallback: Bool = true
+        public init(memorySize: UInt64, vcpus: Int) { self.memorySize = memorySize; self.vcpus = vcpus }
+    }
+
+    public let options: Options
+    public let kvm: KVMSystem
+    public let vm: VirtualMachine
+    public let memory: GuestMemory
+    public let pio = Bus()
+    public let mmio = Bus()
+    public let vcpus: [VCPU]
+    public let counters: [ExitCounters]
+    public private(set) var serial: Serial8250!
+    let serialEvent: EventFD?
+
+    let stopFlag = Atomic<Bool>(false)
+    let events = Mutex<[MachineEvent]>([])
+    let wake: EventFD
+    var threads: [pthread_t] = []
+    let threadsStarted = Atomic<Int>(0)
+    /// Monotonic time of the first KVM_RUN and the process CPU time then (ns); 0 until it happens.
+    public let firstRunNanos = Atomic<UInt64>(0)
+    public let firstRunCPUNanos = Atomic<UInt64>(0)
+    public private(set) var bootMarkerNanos: UInt64? = nil
+
+    public init(_ options: Options, kvm: KVMSystem, serialSink: SerialSink?) throws {
+        _ = installKickHandler
+        self.options = options
+        self.kvm = kvm
+        vm = try kvm.createVM()
+        memory = try GuestMemory(layout: Layout.ramRegions(size: options.memorySize))
+        for (slot, r) in memory.regions.enumerated() {
+            try vm.setUserMemoryRegion(slot: UInt32(slot), guestPhys: r.guestPhys, size: r.size, host: r.host)
+        }
+        try vm.setTSSAddress(Layout.kvmTSS)
+        if options.irqchip {
+            try vm.setIdentityMapAddress(Layout.kvmIdentityMap)
+            try vm.createIRQChip()
+            try vm.createPIT2()
+        }
+        wake = try EventFD()
+        // Devices.
+        let irq: InterruptLine
+        if options.irqchip {
+            let ev = try EventFD()
+            try vm.registerIRQFD(ev, gsi: Layout.com1IRQ)
+            serialEvent = ev
+            irq = InterruptLine { ev.signal() }
+        } else {
+            serialEvent = nil
+            irq = InterruptLine {}
+        }
+        serial = Serial8250(sink: serialSink, irq: irq)
+        try pio.insert(serial, base: UInt64(Layout.com1Port), length: 8)
+        try pio.insert(I8042(), base: 0x60, length: 5)
+        try pio.insert(ACPIPowerDevice(sleepType: Layout.s5SleepType, resetValue: Layout.acpiResetValue),
+                       base: UInt64(Layout.acpiSleepControlPort), length: 3)
+        try mmio.insert(BootMarkerDevice(magic: Layout.bootMarkerValue), base: Layout.bootMarker, length: 0x1000)
+        // vCPUs.
+        let supported = try kvm.supportedCPUID().map {
+            CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
+        }
+        var made: [VCPU] = []
+        var ctrs: [ExitCounters] = []
+        for i in 0..<options.vcpus {
+            let v = try vm.createVCPU(id: UInt32(i))
+            let leaves = CPUTemplate.apply(supported, modifiers: options.cpuid, vcpu: i, of: options.vcpus)
+            try v.setCPUID(leaves.map {
+                CPUIDEntry(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx,
+                           ecx: $0.ecx, edx: $0.edx, padding: (0, 0, 0))
+            })
+            try Machine.initMSRs(v)
+            var fpu = FPU()
+            fpu.fcw = 0x37F
+            fpu.mxcsr = 0x1F80
+            try v.setFPU(fpu)
+            if options.irqchip { try Machine.initLAPIC(v) }
+            made.append(v)
+            ctrs.append(ExitCounters())
+        }
+        vcpus = made
+        counters = ctrs
+    }
+
+    static func initMSRs(_ v: VCPU) throws {
+        try v.setMSRs([
+            (0x174, 0), (0x175, 0), (0x176, 0),            // SYSENTER_CS/ESP/EIP
+            (0xC000_0081, 0), (0xC000_0082, 0), (0xC000_0083, 0), (0xC000_0084, 0),  // STAR LSTAR CSTAR SFMASK
+            (0xC000_0102, 0),                              // KERNEL_GS_BASE
+            (0x10, 0),                                     // TSC
+            (0x1A0, 1),                                    // MISC_ENABLE: fast strings
+            (0x2FF, (1 << 11) | 6),                        // MTRRdefType: enabled, write-back
+        ])
+    }
+
+    /// LINT0 as ExtINT and LINT1 as NMI, as firmware leaves them.
+    static func initLAPIC(_ v: VCPU) throws {
+        var l = try v.getLAPIC()
+        func set(_ off: Int, _ mode: UInt32) {
+            withUnsafeMutableBytes(of: &l.regs) { p in
+                var x = p.loadUnaligned(fromByteOffset: off, as: UInt32.self)
+                x = (x & ~0x700) | (mode << 8)
+                p.storeBytes(of: x, toByteOffset: off, as: UInt32.self)
+            }
+        }
+        set(0x350, 7)   // LVT0: ExtINT
+        set(0x360, 4)   // LVT1: NMI
+        try v.setLAPIC(l)
+    }
+
+    /// Sets vCPU `index`'s registers to `cpu`.
+    public func setBootState(_ cpu: BootCPUState, vcpu index: Int) throws {
+        let v = vcpus[index]
+        var s = try v.getSRegs()
+        func seg(_ x: SegmentState) -> Segment {
+            Segment(base: x.base, limit: x.limit, selector: x.selector, type: x.type, present: x.present, dpl: x.dpl,
+                    db: x.db, s: x.s, l: x.l, g: x.g, avl: 0, unusable: 0, padding: 0)
+        }
+        s.cs = seg(cpu.code)
+        s.ds = seg(cpu.data); s.es = s.ds; s.fs = s.ds; s.gs = s.ds; s.ss = s.ds
+        s.tr = seg(cpu.tss)
+        s.gdt.base = cpu.gdtBase; s.gdt.limit = cpu.gdtLimit
+        s.idt.base = cpu.idtBase; s.idt.limit = cpu.idtLimit
+        s.cr0 = cpu.cr0; s.cr3 = cpu.cr3; s.cr4 = cpu.cr4; s.efer = cpu.efer
+        try v.setSRegs(s)
+        var r = Regs()
+        r.rip = cpu.rip; r.rsp = cpu.rsp; r.rbp = cpu.rsp; r.rsi = cpu.rsi; r.rbx = cpu.rbx; r.rflags = cpu.rflags
+        try v.setRegs(r)
+    }
+
+    func post(_ e: MachineEvent) {
+        events.withLock { $0.append(e) }
+        wake.signal()
+    }
+
+    /// Starts one thread per vCPU.
+    public func start() throws {
+        for i in 0..<vcpus.count {
+            let box = Unmanaged.passRetained(VcpuThreadContext(machine: self, index: i)).toOpaque()
+            var tid = pthread_t()
+            let rc = pthread_create(&tid, nil, { arg in
+                let ctx = Unmanaged<VcpuThreadContext>.fromOpaque(arg!).takeRetainedValue()
+                ctx.machine.vcpuLoop(ctx.index)
+                return nil
+            }, box)
+            if rc != 0 {
+                Unmanaged<VcpuThreadContext>.fromOpaque(box).release()
+                throw SysError("pthread_create", errno: rc)
+            }
+            threads.append(tid)
+        }
+    }
+
+    /// Waits for the machine to stop; `extraFD` (e.g. a signal eventfd) becomes `.stopped` when readable.
+    /// `onBootMarker` runs on this (the calling) thread.
+    public func wait(extraFD: Int32 = -1, onBootMarker: (UInt64) -> Void = { _ in }) -> MachineOutcome {
+        while true {
+            var fds = [pollfd(fd: wake.fd.raw, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, extraFD >= 0 ? 2 : 1, -1)
+            if n < 0 && errno == EINTR { continue }
+            if extraFD >= 0 && fds[1].revents != 0 { post(.stop) }
+            _ = wake.wait()
+            let pending = events.withLock { e -> [MachineEvent] in let x = e; e.removeAll(); return x }
+            for e in pending {
+                switch e {
+                case let .bootMarker(t):
+                    if bootMarkerNanos == nil { bootMarkerNanos = t; onBootMarker(t) }
+                case .powerOff: stopAll(); return .powerOff
+                case .reset: stopAll(); return .reset
+                case let .halted(i): stopAll(); return .halted(vcpu: i)
+                case let .fatal(m): stopAll(); return .fatal(m)
+                case .stop: stopAll(); return .stopped
+                }
+            }
+        }
+    }
+
+    /// Stops every vCPU thread (kick out of KVM_RUN) and joins them.
+    public func stopAll() {
+        stopFlag.store(true, ordering: .releasing)
+        for v in vcpus { v.setImmediateExit(true) }
+        for t in threads { pthread_kill(t, kickSignal) }
+        for t in threads { pthread_join(t, nil) }
+        threads.removeAll()
+    }
+
+    deinit {
+        if !threads.isEmpty { stopAll() }
+    }
+
+    // MARK: - The vCPU exit loop (no allocation or formatting on the common paths)
+
+    func vcpuLoop(_ index: Int) {
+        let vcpu = vcpus[index]
+        let run = vcpu.run
+        let c = counters[index].counts
+        let runBase = UnsafeMutableRawPointer(run)
+        let fallbackOn = options.emulationFallback
+        if index == 0 {
+            firstRunCPUNanos.store(monotonicNanos(CLOCK_PROCESS_CPUTIME_ID), ordering: .relaxed)
+            firstRunNanos.store(monotonicNanos(), ordering: .releasing)
+        }
+        while !stopFlag.load(ordering: .acquiring) {
+            let entered: Bool
+            do { entered = try vcpu.runOnce() } catch {
+                post(.fatal("vCPU \(index): \(error)"))
+                return
+            }
+            if !entered {
+                c[Int(KVM_EXIT_INTR)] &+= 1
+                continue
+            }
+            let reason = Int(ckvm_run_exit_reason(run))
+            c[reason < ExitReason.count ? reason : 0] &+= 1
+            var action = IOAction.none
+            switch reason {
+            case Int(KVM_EXIT_IO):
+                let size = Int(ckvm_run_io_size(run))
+                let port = UInt64(ckvm_run_io_port(run))
+                let count = Int(ckvm_run_io_count(run))
+                let data = runBase + Int(ckvm_run_io_data_offset(run))
+                if ckvm_run_io_direction(run) == UInt8(KVM_EXIT_IO_IN) {
+                    c[ExitReason.count] &+= 1
+                    for k in 0..<count {
+                        _ = pio.read(port, UnsafeMutableRawBufferPointer(start: data + k * size, count: size))
+                    }
+                } else {
+                    c[ExitReason.count + 1] &+= 1
+                    for k in 0..<count {
+                        let a = pio.write(port, UnsafeRawBufferPointer(start: data + k * size, count: size))
+                        if a != .none { action = a }
+                    }
+                }
+            case Int(KVM_EXIT_MMIO):
+                let addr = ckvm_run_mmio_phys_addr(run)
+                let len = min(Int(ckvm_run_mmio_len(run)), 8)
+                let data = UnsafeMutableRawPointer(ckvm_run_mmio_data(run)!)
+                if ckvm_run_mmio_is_write(run) != 0 {
+                    c[ExitReason.count + 3] &+= 1
+                    action = mmio.write(addr, UnsafeRawBufferPointer(start: data, count: len))
+                } else {
+                    c[ExitReason.count + 2] &+= 1
+                    _ = mmio.read(addr, UnsafeMutableRawBufferPointer(start: data, count: len))
+                }
+            case Int(KVM_EXIT_HLT):
+                post(.halted(index))
+                return
+            case Int(KVM_EXIT_SHUTDOWN):
+                post(.fatal("vCPU \(index): triple fault (KVM_EXIT_SHUTDOWN)\n" + registerDump(vcpu, memory: memory)))
+                return
+            case Int(KVM_EXIT_SYSTEM_EVENT):
+                switch Int32(ckvm_run_system_event_type(run)) {
+                case KVM_SYSTEM_EVENT_SHUTDOWN: post(.powerOff)
+                case KVM_SYSTEM_EVENT_RESET: post(.reset)
+                default: post(.fatal("vCPU \(index): system event \(ckvm_run_system_event_type(run)) (guest crash)\n" + registerDump(vcpu, memory: memory)))
+                }
+                return
+            case Int(KVM_EXIT_INTERNAL_ERROR):
+                let sub = ckvm_run_internal_suberror(run)
+                if sub == UInt32(KVM_INTERNAL_ERROR_EMULATION) && fallbackOn {
+                    switch EmulationFallback.handle(vcpu, memory: memory) {
+                    case let .handled(kind):
+                        let k: Int
+                        switch kind {
+                        case .int3: k = 0
+                        case .fwait: k = 1
+                        case .ldmxcsr: k = 2
+                        default: k = 3
+                        }
+                        c[ExitReason.count + ExitCounters.extra + k] &+= 1
+                        continue
+                    case let .unhandled(msg):
+                        post(.fatal(msg + "\n" + registerDump(vcpu, memory: memory)))
+                        return
+                    }
+                }
+                var data = ""
+                for k in 0..<min(ckvm_run_internal_ndata(run), 16) { data += " 0x" + hex(ckvm_run_internal_data(run, k)) }
+                post(.fatal("vCPU \(index): KVM internal error, suberror \(sub), data [\(data) ]\n" + registerDump(vcpu, memory: memory)))
+                return
+            case Int(KVM_EXIT_FAIL_ENTRY):
+                post(.fatal("vCPU \(index): VM entry failed, hardware reason 0x\(hex(ckvm_run_fail_entry_reason(run)))\n" + registerDump(vcpu, memory: memory)))
+                return
+            case Int(KVM_EXIT_INTR):
+                continue
+            default:
+                post(.fatal("vCPU \(index): unhandled exit reason \(ExitReason.name(reason)) (\(reason))\n" + registerDump(vcpu, memory: memory)))
+                return
+            }
+            switch action {
+            case .none: break
+            case .bootMarker: post(.bootMarker(monotonicNanos()))
+            case .powerOff: post(.powerOff); return
+            case .reset: post(.reset); return
+            }
+        }
+    }
+}
+
+final class VcpuThreadContext {
+    let machine: Machine
+    let index: Int
+    init(machine: Machine, index: Int) { self.machine = machine; self.index = index }
+}

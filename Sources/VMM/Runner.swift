@@ -1,0 +1,186 @@
+import KVM
+import Boot
+import Devices
+import GuestMemory
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Writes a line to stderr.
+public func eprint(_ s: String) {
+    let line = Array((s + "\n").utf8)
+    line.withUnsafeBytes { b in
+        var off = 0
+        while off < b.count {
+            let n = write(2, b.baseAddress! + off, b.count - off)
+            if n <= 0 { if n < 0 && errno == EINTR { continue }; return }
+            off += n
+        }
+    }
+}
+
+nonisolated(unsafe) var signalWakeFD: Int32 = -1
+
+/// A fully checked VM description: files read and parsed, template resolved. Creating one touches no VM.
+public struct VMPlan: Sendable {
+    public var config: VMConfig
+    public var kernel: KernelImage
+    public var initrd: [UInt8]?
+    public var cmdline: String
+    public var template: CPUTemplate
+    public var host: HostKVM
+    public var bootProtocol: BootProtocol
+
+    public init(_ config: VMConfig, host: HostKVM = .detect(), hostMemory: UInt64 = hostMemoryBytes()) throws(ConfigError) {
+        try config.validate(hostMemoryBytes: hostMemory)
+        self.config = config
+        self.host = host
+        let kbytes: [UInt8]
+        do { kbytes = try readFile(config.kernel) } catch { throw .file(config.kernel, error.description) }
+        do { kernel = try KernelImage(bytes: kbytes) } catch { throw .file(config.kernel, error.description) }
+        if let path = config.initrd {
+            do { initrd = try readFile(path) } catch { throw .file(path, error.description) }
+            if initrd!.isEmpty { throw .file(path, "initrd is empty") }
+        }
+        switch config.cpuTemplate {
+        case .auto: template = host.emulatesGuestKernel ? .nested : .none
+        case .none: template = .none
+        case .nested: template = .nested
+        }
+        var cmd = config.cmdline
+        for p in template.kernelParameters {
+            let key = p.split(separator: "=").first.map(String.init) ?? p
+            let present = cmd.split(separator: " ").contains { $0 == key || $0.hasPrefix(key + "=") }
+            if !present { cmd += (cmd.isEmpty ? "" : " ") + p }
+        }
+        cmdline = cmd
+        do { bootProtocol = try kernel.resolve(config.bootProtocol) } catch { throw .file(config.kernel, error.description) }
+        do {
+            var s = spec
+            if template.tellsTSCFrequency { s.cmdline += " tsc_early_khz=4294967295" }  // room for it
+            try BootLoader.check(s)
+        } catch { throw .invalid("boot", error.description) }
+    }
+
+    public var spec: BootSpec {
+        BootSpec(kernel: kernel, initrd: initrd, cmdline: cmdline, memorySize: UInt64(config.memoryMiB) << 20,
+                 vcpus: config.vcpus, bootProtocol: bootProtocol)
+    }
+
+    public var machineOptions: Machine.Options {
+        var o = Machine.Options(memorySize: UInt64(config.memoryMiB) << 20, vcpus: config.vcpus)
+        o.cpuid = template.modifiers + config.cpuid
+        return o
+    }
+}
+
+/// Builds a machine from a plan and boots it: memory, boot structures, vCPU state.
+public func bootMachine(_ plan: VMPlan, kvm: KVMSystem, sink: SerialSink?) throws -> (Machine, BootResult) {
+    let m = try Machine(plan.machineOptions, kvm: kvm, serialSink: sink)
+    var spec = plan.spec
+    if plan.template.tellsTSCFrequency, !spec.cmdline.contains("tsc_early_khz=") {
+        // The guest cannot calibrate its TSC against the PIT when its kernel code is emulated
+        // (the calibration loops run far too slowly), so it is told the frequency KVM gives it.
+        spec.cmdline += " tsc_early_khz=\(try m.vcpus[0].tscKHz())"
+    }
+    let result = try BootLoader.load(spec, into: m.memory, acpi: ACPIConfig(vcpus: plan.config.vcpus))
+    try m.setBootState(result.cpu, vcpu: 0)
+    return (m, result)
+}
+
+/// `kumo-vmm`'s whole life: run the VM (restarting it on guest reset) until power-off, a fatal
+/// error or SIGTERM/SIGINT. Returns the process exit status.
+public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
+    let kvm: KVMSystem
+    do { kvm = try KVMSystem() } catch {
+        eprint("kumo-vmm: \(error)")
+        return 1
+    }
+    let console: Console
+    do { console = try Console(plan.config.serial) } catch {
+        eprint("kumo-vmm: serial: \(error)")
+        return 1
+    }
+    defer { console.close() }
+    // SIGTERM/SIGINT: wake the main loop through an eventfd (write is async-signal-safe).
+    guard let sigEvent = try? EventFD() else { eprint("kumo-vmm: eventfd failed"); return 1 }
+    signalWakeFD = sigEvent.fd.raw
+    for s in [SIGTERM, SIGINT, SIGHUP] {
+        signal(s) { _ in var one: UInt64 = 1; _ = write(signalWakeFD, &one, 8) }
+    }
+    signal(SIGPIPE, SIG_IGN)
+
+    eprint("kumo-vmm: \(plan.config.vcpus) vCPU, \(plan.config.memoryMiB) MiB, \(plan.kernel.format == .elf ? "ELF" : "bzImage") via \(plan.bootProtocol.rawValue), host \(plan.host.summary), CPU template \(plan.template.rawValue)")
+    var boots = 0
+    var totals = [UInt64](repeating: 0, count: ExitCounters.size)
+    var perVCPU: [[UInt64]] = Array(repeating: [UInt64](repeating: 0, count: ExitCounters.size), count: plan.config.vcpus)
+    var status: Int32 = 0
+    while true {
+        boots += 1
+        let machine: Machine
+        do { (machine, _) = try bootMachine(plan, kvm: kvm, sink: console.sink) } catch {
+            eprint("kumo-vmm: cannot start the VM: \(error)")
+            return 1
+        }
+        console.attach(machine.serial)
+        do { try machine.start() } catch {
+            eprint("kumo-vmm: \(error)")
+            return 1
+        }
+        let outcome = machine.wait(extraFD: sigEvent.fd.raw) { t in
+            let first = machine.firstRunNanos.load(ordering: .acquiring)
+            eprint("kumo-vmm: boot marker: \(ms(t &- startNanos)) ms from process start, \(ms(t &- first)) ms from first KVM_RUN")
+        }
+        console.attach(nil)
+        if boots == 1 {
+            let cpu = machine.firstRunCPUNanos.load(ordering: .relaxed)
+            if plan.config.stats { eprint("kumo-vmm: CPU time to first KVM_RUN: \(ms(cpu)) ms") }
+        }
+        for (i, c) in machine.counters.enumerated() {
+            for k in 0..<ExitCounters.size { perVCPU[i][k] &+= c.value(k); totals[k] &+= c.value(k) }
+        }
+        switch outcome {
+        case .reset:
+            eprint("kumo-vmm: guest reset; restarting it")
+            continue
+        case .powerOff:
+            eprint("kumo-vmm: guest powered off")
+            status = 0
+        case .stopped:
+            eprint("kumo-vmm: stopped by signal")
+            status = 0
+        case let .halted(v):
+            eprint("kumo-vmm: vCPU \(v) halted with no interrupt controller to wake it")
+            status = 0
+        case let .fatal(msg):
+            eprint("kumo-vmm: fatal: \(msg)")
+            status = 1
+        }
+        break
+    }
+    if plan.config.stats { eprint(formatStats(perVCPU)) }
+    return status
+}
+
+func ms(_ ns: UInt64) -> String {
+    let tenths = ns / 100_000
+    return "\(tenths / 10).\(tenths % 10)"
+}
+
+/// Per-vCPU exit counts by reason, one line per vCPU.
+public func formatStats(_ perVCPU: [[UInt64]]) -> String {
+    var lines = ["kumo-vmm: exits by reason"]
+    for (i, c) in perVCPU.enumerated() {
+        var parts: [String] = []
+        for r in 0..<ExitReason.count where c[r] > 0 { parts.append("\(ExitReason.name(r))=\(c[r])") }
+        let b = ExitReason.count
+        parts.append("io_in=\(c[b]) io_out=\(c[b + 1]) mmio_read=\(c[b + 2]) mmio_write=\(c[b + 3])")
+        let f = b + ExitCounters.extra
+        if c[f] + c[f + 1] + c[f + 2] + c[f + 3] > 0 {
+            parts.append("emulated: int3=\(c[f]) fwait=\(c[f + 1]) ldmxcsr=\(c[f + 2]) stmxcsr=\(c[f + 3])")
+        }
+        lines.append("  vcpu\(i): " + parts.joined(separator: " "))
+    }
+    return lines.joined(separator: "\n")
+}

@@ -1,0 +1,43 @@
+import VMM
+#if canImport(Glibc)
+import Glibc
+#endif
+
+let start = monotonicNanos()
+let args = Array(CommandLine.arguments.dropFirst())
+
+let usage = """
+usage: kumo-vmm --kernel PATH [options]        run one VM
+       kumo-vmm --config FILE.json [options]   (flags override the file)
+
+  --kernel PATH          ELF vmlinux (PVH or 64-bit Linux boot) or bzImage
+  --initrd PATH          initial ramdisk
+  --cmdline STRING       kernel command line (default: "\(VMConfig.defaultCmdline)")
+  --memory MIB           guest memory in MiB (default 128)
+  --vcpus N              number of vCPUs (default 1)
+  --boot-protocol P      auto (PVH when the kernel has the note), pvh, linux64
+  --cpu-template T       auto (nested when this host's KVM emulates guest kernel code), none, nested
+  --cpuid SPEC           mask CPUID: LEAF[.INDEX]:REG:clear=MASK[,set=MASK] (repeatable)
+  --serial MODE          stdio (default), none, file:PATH, socket:PATH
+  --stats                print exit counts by reason per vCPU on exit
+  --help                 this text
+
+JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
+cpuid ([{function, index, register, clear, set}]), serial, stats.
+Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input.
+"""
+
+if args.contains("--help") || args.contains("-h") {
+    print(usage)
+    exit(0)
+}
+
+let plan: VMPlan
+do {
+    let config = try VMConfig.parse(arguments: args)
+    plan = try VMPlan(config)
+} catch {
+    eprint("kumo-vmm: \(error)")
+    exit(2)
+}
+exit(runVMM(plan, startNanos: start))
