@@ -184,3 +184,19 @@ public func formatStats(_ perVCPU: [[UInt64]]) -> String {
     }
     return lines.joined(separator: "\n")
 }
+
+/// Writes each ACPI table a VM with `vcpus` vCPUs gets to DIR/SIG.dat.
+public func dumpACPITables(to dir: String, vcpus: Int) throws(FileError) {
+    for blob in ACPITables.build(ACPIConfig(vcpus: vcpus)).blobs {
+        let sig = String(decoding: blob.bytes[0..<4], as: UTF8.self).replacingSpaces
+        let path = dir + "/" + sig + ".dat"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FileError(description: "\(path): \(String(cString: strerror(errno)))") }
+        _ = blob.bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+}
+
+extension String {
+    var replacingSpaces: String { String(map { $0 == " " ? "_" : $0 }) }
+}

@@ -27,6 +27,18 @@ cpuid ([{function, index, register, clear, set}]), serial, stats.
 Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input.
 """
 
+// --dump-acpi DIR [--vcpus N]: write the ACPI tables a VM would get (for iasl -d), then exit.
+if let i = args.firstIndex(of: "--dump-acpi") {
+    guard i + 1 < args.count else { eprint("kumo-vmm: --dump-acpi needs a directory"); exit(2) }
+    var vcpus = 1
+    if let j = args.firstIndex(of: "--vcpus"), j + 1 < args.count, let n = Int(args[j + 1]), n >= 1 { vcpus = n }
+    do { try dumpACPITables(to: args[i + 1], vcpus: vcpus) } catch {
+        eprint("kumo-vmm: \(error)")
+        exit(1)
+    }
+    exit(0)
+}
+
 if args.contains("--help") || args.contains("-h") {
     print(usage)
     exit(0)

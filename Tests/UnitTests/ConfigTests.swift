@@ -1,0 +1,79 @@
+import Testing
+@testable import VMM
+import Boot
+
+@Suite struct JSONTests {
+    @Test func parsesAndSerialises() throws {
+        let v = try JSONParser.parse(#" { "a": [1, 2.5, -3e2, true, false, null], "b": "x\"\n\u00e9\ud83d\ude00" } "#)
+        guard case let .object(m) = v else { Issue.record("not an object"); return }
+        #expect(m[0].0 == "a" && m[0].1 == .array([.number(1), .number(2.5), .number(-300), .bool(true), .bool(false), .null]))
+        #expect(m[1].1 == .string("x\"\né😀"))
+        #expect(try JSONParser.parse(v.serialized) == v)
+    }
+
+    @Test func rejectsMalformedInput() {
+        for bad in ["", "{", "{\"a\" 1}", "[1,]", "{\"a\":1,\"a\":2}", "tru", "\"\\x\"", "1 2", "\"a\u{01}\"",
+                    String(repeating: "[", count: 100) + String(repeating: "]", count: 100)] {
+            #expect(throws: JSONError.self, "\(bad)") { try JSONParser.parse(bad) }
+        }
+        do { _ = try JSONParser.parse("{\n  \"a\": ?\n}") } catch { #expect(error.line == 2 && error.column == 8) }
+    }
+}
+
+@Suite struct ConfigTests {
+    @Test func flagsOverrideDefaults() throws {
+        let c = try VMConfig.parse(arguments: ["--kernel", "/k", "--memory", "256", "--vcpus", "2", "--cpu-template", "nested",
+                                               "--boot-protocol", "linux64", "--serial", "socket:/tmp/s", "--stats",
+                                               "--cpuid", "1:ecx:clear=0x2000", "--cpuid", "7.0:ebx:clear=0x1,set=0x2"])
+        #expect(c.kernel == "/k" && c.memoryMiB == 256 && c.vcpus == 2 && c.stats)
+        #expect(c.cpuTemplate == .nested && c.bootProtocol == .linux64 && c.serial == .socket("/tmp/s"))
+        #expect(c.cpuid == [CPUIDModifier(function: 1, register: .ecx, clear: 0x2000),
+                            CPUIDModifier(function: 7, index: 0, register: .ebx, clear: 1, set: 2)])
+    }
+
+    @Test func jsonConfigAndItsErrors() throws {
+        var c = VMConfig()
+        try c.apply(json: JSONParser.parse(#"{"kernel": "/k", "vcpus": 4, "memory_mib": 512, "cpuid": [{"function": 1, "register": "ecx", "clear": "0x2000"}]}"#))
+        #expect(c.vcpus == 4 && c.memoryMiB == 512 && c.cpuid.count == 1)
+        var d = VMConfig()
+        #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"kernel": "/k", "memroy_mib": 1}"#)) }
+        #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"vcpus": "2"}"#)) }
+        #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"vcpus": 1.5}"#)) }
+        #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"[1]"#)) }
+        #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"cpuid": [{"function": 1}]}"#)) }
+        #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"serial": "tcp:1"}"#)) }
+    }
+
+    @Test func validationBeforeAnyVM() throws {
+        var c = VMConfig()
+        #expect(throws: ConfigError.self) { try c.validate(hostMemoryBytes: 1 << 34) }   // no kernel
+        c.kernel = "/k"
+        try c.validate(hostMemoryBytes: 1 << 34)
+        c.vcpus = 0
+        #expect(throws: ConfigError.invalid("vcpus", "must be at least 1, got 0")) { try c.validate(hostMemoryBytes: 1 << 34) }
+        c.vcpus = 1; c.memoryMiB = 8
+        #expect(throws: ConfigError.self) { try c.validate(hostMemoryBytes: 1 << 34) }
+        c.memoryMiB = 32 << 10
+        #expect(throws: ConfigError.self) { try c.validate(hostMemoryBytes: 16 << 30) }
+        #expect(throws: ConfigError.self) { try VMConfig.parse(arguments: ["--kernel"]) }
+        #expect(throws: ConfigError.self) { try VMConfig.parse(arguments: ["--frobnicate"]) }
+        #expect(throws: ConfigError.self) { try VMConfig.parse(arguments: ["--memory", "lots"]) }
+        #expect(throws: ConfigError.self) { try VMConfig.parse(arguments: ["--cpuid", "1:ecx"]) }
+    }
+
+    @Test func planRejectsFilesThatAreNotKernels() throws {
+        var c = VMConfig()
+        c.kernel = "/proc/self/status"
+        #expect(throws: ConfigError.self) { try VMPlan(c, host: HostKVM(kind: .vmx, twoDimensionalPaging: true, emulatesGuestKernel: false), hostMemory: 1 << 34) }
+        c.kernel = "/nonexistent/vmlinux"
+        #expect(throws: ConfigError.self) { try VMPlan(c, hostMemory: 1 << 34) }
+    }
+
+    @Test func hostDetection() {
+        let h = HostKVM.detect()
+        // This reads the real /sys/module; on every host the answer is self-consistent.
+        if h.kind == .pvm { #expect(h.emulatesGuestKernel && !h.twoDimensionalPaging) }
+        if h.kind == .vmx || h.kind == .svm { #expect(!h.emulatesGuestKernel) }
+        #expect(HostKVM.detect(sysModule: "/nonexistent").kind == .unknown)
+    }
+}

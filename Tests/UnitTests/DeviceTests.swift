@@ -1,0 +1,106 @@
+import Testing
+import Synchronization
+@testable import Devices
+
+final class CaptureSink: SerialSink, @unchecked Sendable {
+    let bytes = Mutex<[UInt8]>([])
+    func write(_ byte: UInt8) { bytes.withLock { $0.append(byte) } }
+    var text: String { String(decoding: bytes.withLock { $0 }, as: UTF8.self) }
+}
+
+final class Counter: @unchecked Sendable {
+    let n = Atomic<Int>(0)
+}
+
+func out(_ d: BusDevice, _ offset: UInt64, _ v: UInt8) -> IOAction {
+    withUnsafeBytes(of: v) { d.write(offset: offset, data: $0) }
+}
+func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
+    var v: UInt8 = 0
+    withUnsafeMutableBytes(of: &v) { d.read(offset: offset, data: $0) }
+    return v
+}
+
+@Suite struct SerialTests {
+    @Test func transmitAndTHREInterrupt() {
+        let sink = CaptureSink()
+        let irqs = Counter()
+        let u = Serial8250(sink: sink, irq: InterruptLine { irqs.n.add(1, ordering: .relaxed) })
+        for c in "hi".utf8 { _ = out(u, 0, c) }
+        #expect(sink.text == "hi")
+        #expect(inb(u, 5) & 0x60 == 0x60)          // THR empty, transmitter empty
+        #expect(irqs.n.load(ordering: .relaxed) == 0)
+        _ = out(u, 1, 0x02)                         // enable THRE interrupt
+        #expect(irqs.n.load(ordering: .relaxed) == 1)
+        #expect(inb(u, 2) & 0x0F == 0x02)           // IIR: THR empty; reading clears it
+        #expect(inb(u, 2) & 0x0F == 0x01)
+        _ = out(u, 0, 0x41)
+        #expect(irqs.n.load(ordering: .relaxed) == 2)
+    }
+
+    @Test func receiveAndLoopbackAndDivisor() {
+        let irqs = Counter()
+        let u = Serial8250(sink: nil, irq: InterruptLine { irqs.n.add(1, ordering: .relaxed) })
+        _ = out(u, 1, 0x01)                                   // RX interrupt on
+        let typed: [UInt8] = [0x6C, 0x73, 0x0A]
+        typed.withUnsafeBytes { _ = u.enqueueInput($0) }
+        #expect(irqs.n.load(ordering: .relaxed) == 1)
+        #expect(inb(u, 2) & 0x0F == 0x04)
+        #expect(inb(u, 5) & 1 == 1)
+        #expect([inb(u, 0), inb(u, 0), inb(u, 0)] == typed)
+        #expect(inb(u, 5) & 1 == 0)
+        // Scratch register and divisor latch.
+        _ = out(u, 7, 0x5A); #expect(inb(u, 7) == 0x5A)
+        _ = out(u, 3, 0x80); _ = out(u, 0, 0x01); _ = out(u, 1, 0x00); #expect(inb(u, 0) == 0x01); _ = out(u, 3, 0x03)
+        // Loopback as the 8250 autoconfig probes it: MCR = LOOP | OUT2 | RTS → MSR = DCD | CTS.
+        _ = out(u, 4, 0x10 | 0x0A)
+        #expect(inb(u, 6) & 0xF0 == 0x90)
+        _ = out(u, 0, 0x33)
+        #expect(inb(u, 0) == 0x33)
+    }
+
+    @Test func inputFIFOIsBounded() {
+        let u = Serial8250(sink: nil, irq: InterruptLine {})
+        let big = [UInt8](repeating: 0x61, count: 10000)
+        let n = big.withUnsafeBytes { u.enqueueInput($0) }
+        #expect(n == Serial8250.rxCapacity)
+        #expect(u.pendingInput == Serial8250.rxCapacity)
+    }
+}
+
+@Suite struct PlatformDeviceTests {
+    @Test func i8042ResetsAndAnswersProbes() {
+        let k = I8042()
+        #expect(out(k, 4, 0xAA) == .none)
+        #expect(inb(k, 4) & 1 == 1)
+        #expect(inb(k, 0) == 0x55)
+        _ = out(k, 4, 0x60); _ = out(k, 0, 0x47)
+        _ = out(k, 4, 0x20); #expect(inb(k, 0) == 0x47)
+        #expect(out(k, 4, 0xFE) == .reset)
+        _ = out(k, 4, 0xD1)
+        #expect(out(k, 0, 0xFE) == .reset)       // output port with bit 0 clear
+    }
+
+    @Test func acpiSleepAndReset() {
+        let p = ACPIPowerDevice(sleepType: 5, resetValue: 1)
+        #expect(out(p, 0, (5 << 2) | 0x20) == .powerOff)
+        #expect(out(p, 0, (5 << 2)) == .none)           // no SLP_EN
+        #expect(out(p, 0, (3 << 2) | 0x20) == .none)    // S3 is not power-off
+        #expect(out(p, 2, 1) == .reset)
+        #expect(out(p, 2, 7) == .none)
+    }
+
+    @Test func busDispatchAndOverlap() throws {
+        let bus = Bus()
+        let m = BootMarkerDevice(magic: 123)
+        try bus.insert(m, base: 0x1000, length: 0x10)
+        try bus.insert(I8042(), base: 0x60, length: 5)
+        #expect(throws: Bus.BusError.self) { try bus.insert(I8042(), base: 0x100F, length: 2) }
+        let v: UInt8 = 123
+        #expect(withUnsafeBytes(of: v) { bus.write(0x1000, $0) } == .bootMarker)
+        #expect(withUnsafeBytes(of: v) { bus.write(0x1010, $0) } == .none)
+        var r: UInt32 = 0
+        let claimed = withUnsafeMutableBytes(of: &r) { bus.read(0x5000, $0) }
+        #expect(!claimed && r == 0xFFFF_FFFF)
+    }
+}
