@@ -49,6 +49,14 @@ public struct BootCPUState: Sendable, Equatable {
     public var gdtLimit: UInt16
     public var idtBase: UInt64 = Layout.idt
     public var idtLimit: UInt16 = 0
+
+    public init(rip: UInt64, rsp: UInt64 = 0, rsi: UInt64 = 0, rbx: UInt64 = 0, cr0: UInt64, cr3: UInt64 = 0,
+                cr4: UInt64 = 0, efer: UInt64 = 0, code: SegmentState, data: SegmentState, tss: SegmentState,
+                gdtLimit: UInt16, idtBase: UInt64 = Layout.idt, idtLimit: UInt16 = 0) {
+        self.rip = rip; self.rsp = rsp; self.rsi = rsi; self.rbx = rbx; self.cr0 = cr0; self.cr3 = cr3
+        self.cr4 = cr4; self.efer = efer; self.code = code; self.data = data; self.tss = tss
+        self.gdtLimit = gdtLimit; self.idtBase = idtBase; self.idtLimit = idtLimit
+    }
 }
 
 public enum BootError: Error, CustomStringConvertible {

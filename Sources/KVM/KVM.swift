@@ -261,6 +261,23 @@ public final class VCPU: @unchecked Sendable {
         _ = try sysCall("KVM_SET_LAPIC") { ckvm_ioctl_ptr(fd.raw, CKVM_SET_LAPIC, &l) }
     }
 
+    /// MXCSR, read from the vCPU's XSAVE image (legacy region offset 24); KVM_GET_FPU does not
+    /// report it on every host.
+    public func getMXCSR() throws(SysError) -> UInt32 {
+        var x = kvm_xsave()
+        _ = try sysCall("KVM_GET_XSAVE") { ckvm_ioctl_ptr(fd.raw, CKVM_GET_XSAVE, &x) }
+        return x.region.6
+    }
+
+    public func setMXCSR(_ value: UInt32) throws(SysError) {
+        var x = kvm_xsave()
+        _ = try sysCall("KVM_GET_XSAVE") { ckvm_ioctl_ptr(fd.raw, CKVM_GET_XSAVE, &x) }
+        x.region.6 = value
+        // The XSAVE header's XSTATE_BV must include SSE, or MXCSR is not restored from the image.
+        withUnsafeMutableBytes(of: &x.region) { $0.storeBytes(of: $0.load(fromByteOffset: 512, as: UInt64.self) | 2, toByteOffset: 512, as: UInt64.self) }
+        _ = try sysCall("KVM_SET_XSAVE") { ckvm_ioctl_ptr(fd.raw, CKVM_SET_XSAVE, &x) }
+    }
+
     /// KVM_GET_TSC_KHZ: the guest TSC frequency.
     public func tscKHz() throws(SysError) -> UInt32 {
         UInt32(try sysCall("KVM_GET_TSC_KHZ") { ckvm_ioctl(fd.raw, CKVM_GET_TSC_KHZ) })

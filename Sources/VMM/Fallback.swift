@@ -5,7 +5,7 @@ import CKVM
 /// The emulation-failure fallback: where the host's KVM reports KVM_EXIT_INTERNAL_ERROR (emulation)
 /// at an instruction its emulator cannot run, kumo-vmm runs the few that stock kernels need at boot:
 /// `int3` (inject #BP after it), `fwait` (no-op unless an x87 exception is pending: then #MF), and
-/// `ldmxcsr`/`stmxcsr` (through the vCPU's FPU state). Anything else is reported, never retried.
+/// `ldmxcsr`/`stmxcsr` (through the vCPU's XSAVE image). Anything else is reported, never retried.
 /// On hardware-assisted KVM this path is never reached.
 public enum EmulationFallback {
     public enum Result {
@@ -57,9 +57,9 @@ public enum EmulationFallback {
                     try vcpu.injectException(vector: 14, errorCode: isStore ? 2 : 0)
                     return .handled(insn.kind)
                 }
-                var fpu = try vcpu.getFPU()
+                // MXCSR goes through the XSAVE image: KVM_GET/SET_FPU do not carry it on every host.
                 if isStore {
-                    guard (try? memory.store(fpu.mxcsr, at: t.gpa)) != nil else {
+                    guard (try? memory.store(try vcpu.getMXCSR(), at: t.gpa)) != nil else {
                         return .unhandled(report(vcpu.id, linear, fetched, "stmxcsr target GPA 0x\(hex(t.gpa)) is not RAM"))
                     }
                 } else {
@@ -70,8 +70,7 @@ public enum EmulationFallback {
                         try vcpu.injectException(vector: 13, errorCode: 0)
                         return .handled(insn.kind)
                     }
-                    fpu.mxcsr = v
-                    try vcpu.setFPU(fpu)
+                    try vcpu.setMXCSR(v)
                 }
                 regs.rip &+= UInt64(insn.length)
                 try vcpu.setRegs(regs)

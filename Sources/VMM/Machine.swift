@@ -231,6 +231,7 @@ public final class Machine: @unchecked Sendable {
     /// Waits for the machine to stop; `extraFD` (e.g. a signal eventfd) becomes `.stopped` when readable.
     /// `onBootMarker` runs on this (the calling) thread.
     public func wait(extraFD: Int32 = -1, onBootMarker: (UInt64) -> Void = { _ in }) -> MachineOutcome {
+        var halted = 0
         while true {
             var fds = [pollfd(fd: wake.fd.raw, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0)]
@@ -245,7 +246,11 @@ public final class Machine: @unchecked Sendable {
                     if bootMarkerNanos == nil { bootMarkerNanos = t; onBootMarker(t) }
                 case .powerOff: stopAll(); return .powerOff
                 case .reset: stopAll(); return .reset
-                case let .halted(i): stopAll(); return .halted(vcpu: i)
+                case let .halted(i):
+                    // Without an in-kernel irqchip nothing can wake a halted vCPU: the machine
+                    // is done when every vCPU has halted.
+                    halted += 1
+                    if halted == vcpus.count { stopAll(); return .halted(vcpu: i) }
                 case let .fatal(m): stopAll(); return .fatal(m)
                 case .stop: stopAll(); return .stopped
                 }

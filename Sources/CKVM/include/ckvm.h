@@ -48,6 +48,8 @@ static const unsigned long CKVM_SET_MP_STATE = KVM_SET_MP_STATE;
 static const unsigned long CKVM_GET_STATS_FD = KVM_GET_STATS_FD;
 static const unsigned long CKVM_TRANSLATE = KVM_TRANSLATE;
 static const unsigned long CKVM_GET_TSC_KHZ = KVM_GET_TSC_KHZ;
+static const unsigned long CKVM_GET_XSAVE = KVM_GET_XSAVE;
+static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
 
 // Fixed-arity ioctl wrappers (Swift cannot call the variadic ioctl directly).
 int ckvm_ioctl(int fd, unsigned long request);
