@@ -52,8 +52,7 @@ public enum CPUTemplate: String, Sendable, CaseIterable {
         switch self {
         case .none: return []
         case .nested:
-            return ["noxsave", "nokaslr",
-                    "clearcpuid=popcnt,xsave,cx16,smap,smep,invpcid,pcid,fsgsbase,rdpid,avx,avx2,avx512f,erms,fsrm,umip,pku,rdseed,ssse3",
+            return ["clearcpuid=popcnt,xsave,cx16,smap,smep,invpcid,pcid,fsgsbase,rdpid,avx,avx2,avx512f,erms,fsrm,umip,pku,rdseed,ssse3",
                     "mitigations=off", "nowatchdog", "cryptomgr.notests", "tsc=reliable", "no-kvmclock", "io_delay=none"]
         }
     }

@@ -61,7 +61,7 @@ final class Console: @unchecked Sendable {
                     tcsetattr(0, TCSANOW, &raw)
                 }
             }
-            startReader(fd: 0)
+            startReader(fd: 0, quitOnCtrlBracket: savedTermios != nil)
         case let .file(path):
             let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw .file(path, String(cString: strerror(errno))) }
@@ -90,13 +90,19 @@ final class Console: @unchecked Sendable {
         }
     }
 
-    func startReader(fd: Int32, onEOF: @escaping () -> Void = {}) {
+    /// `quitOnCtrlBracket`: on an interactive terminal, Ctrl-] stops kumo-vmm (as SIGTERM would).
+    func startReader(fd: Int32, quitOnCtrlBracket: Bool = false, onEOF: @escaping () -> Void = {}) {
         spawnThread { [self] in
             var buf = [UInt8](repeating: 0, count: 512)
             while true {
                 let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 512) }
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { onEOF(); return }
+                if quitOnCtrlBracket, buf[0..<n].contains(0x1D) {
+                    var one: UInt64 = 1
+                    _ = write(signalWakeFD, &one, 8)
+                    return
+                }
                 buf.withUnsafeBytes { deliver(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
             }
         }

@@ -97,6 +97,9 @@ public final class Machine: @unchecked Sendable {
     let threadsStarted = Atomic<Int>(0)
     /// Monotonic time of the first KVM_RUN and the process CPU time then (ns); 0 until it happens.
     public let firstRunNanos = Atomic<UInt64>(0)
+    /// Set per vCPU when a register sample was asked for (SIGUSR2 to kumo-vmm): the vCPU prints
+    /// its RIP and stack pointer on stderr at its next exit.
+    let sampleGeneration = Atomic<Int>(0)
     public let firstRunCPUNanos = Atomic<UInt64>(0)
     public private(set) var bootMarkerNanos: UInt64? = nil
 
@@ -230,14 +233,22 @@ public final class Machine: @unchecked Sendable {
 
     /// Waits for the machine to stop; `extraFD` (e.g. a signal eventfd) becomes `.stopped` when readable.
     /// `onBootMarker` runs on this (the calling) thread.
-    public func wait(extraFD: Int32 = -1, onBootMarker: (UInt64) -> Void = { _ in }) -> MachineOutcome {
+    public func wait(extraFD: Int32 = -1, sampleFD: Int32 = -1, onBootMarker: (UInt64) -> Void = { _ in }) -> MachineOutcome {
         var halted = 0
         while true {
             var fds = [pollfd(fd: wake.fd.raw, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0)]
-            let n = poll(&fds, extraFD >= 0 ? 2 : 1, -1)
+                       pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: sampleFD, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 3, -1)
             if n < 0 && errno == EINTR { continue }
             if extraFD >= 0 && fds[1].revents != 0 { post(.stop) }
+            if sampleFD >= 0 && fds[2].revents != 0 {
+                var v: UInt64 = 0
+                _ = read(sampleFD, &v, 8)
+                sampleGeneration.add(1, ordering: .releasing)
+                for t in threads { pthread_kill(t, kickSignal) }
+                continue
+            }
             _ = wake.wait()
             let pending = events.withLock { e -> [MachineEvent] in let x = e; e.removeAll(); return x }
             for e in pending {
@@ -279,6 +290,7 @@ public final class Machine: @unchecked Sendable {
         let c = counters[index].counts
         let runBase = UnsafeMutableRawPointer(run)
         let fallbackOn = options.emulationFallback
+        var sampleSeen = 0
         if index == 0 {
             firstRunCPUNanos.store(monotonicNanos(CLOCK_PROCESS_CPUTIME_ID), ordering: .relaxed)
             firstRunNanos.store(monotonicNanos(), ordering: .releasing)
@@ -291,6 +303,11 @@ public final class Machine: @unchecked Sendable {
             }
             if !entered {
                 c[Int(KVM_EXIT_INTR)] &+= 1
+                let g = sampleGeneration.load(ordering: .acquiring)
+                if g != sampleSeen, let r = try? vcpu.getRegs() {
+                    sampleSeen = g
+                    eprint("kumo-vmm: sample vCPU \(index): rip 0x\(hex(r.rip)) rsp 0x\(hex(r.rsp))")
+                }
                 continue
             }
             let reason = Int(ckvm_run_exit_reason(run))

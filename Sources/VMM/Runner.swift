@@ -21,6 +21,7 @@ public func eprint(_ s: String) {
 }
 
 nonisolated(unsafe) var signalWakeFD: Int32 = -1
+nonisolated(unsafe) var sampleWakeFD: Int32 = -1
 
 /// A fully checked VM description: files read and parsed, template resolved. Creating one touches no VM.
 public struct VMPlan: Sendable {
@@ -110,6 +111,10 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         signal(s) { _ in var one: UInt64 = 1; _ = write(signalWakeFD, &one, 8) }
     }
     signal(SIGPIPE, SIG_IGN)
+    // SIGUSR2: every vCPU prints its RIP (a poor man's profiler for slow guests).
+    guard let sampleEvent = try? EventFD() else { eprint("kumo-vmm: eventfd failed"); return 1 }
+    sampleWakeFD = sampleEvent.fd.raw
+    signal(SIGUSR2) { _ in var one: UInt64 = 1; _ = write(sampleWakeFD, &one, 8) }
 
     eprint("kumo-vmm: \(plan.config.vcpus) vCPU, \(plan.config.memoryMiB) MiB, \(plan.kernel.format == .elf ? "ELF" : "bzImage") via \(plan.bootProtocol.rawValue), host \(plan.host.summary), CPU template \(plan.template.rawValue)")
     var boots = 0
@@ -128,7 +133,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
             eprint("kumo-vmm: \(error)")
             return 1
         }
-        let outcome = machine.wait(extraFD: sigEvent.fd.raw) { t in
+        let outcome = machine.wait(extraFD: sigEvent.fd.raw, sampleFD: sampleEvent.fd.raw) { t in
             let first = machine.firstRunNanos.load(ordering: .acquiring)
             eprint("kumo-vmm: boot marker: \(ms(t &- startNanos)) ms from process start, \(ms(t &- first)) ms from first KVM_RUN")
         }

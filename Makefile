@@ -1,0 +1,39 @@
+# Kumo — the README's two commands: `make run` and `make test`.
+SHELL := /bin/bash
+GUEST := $(shell scripts/guest.sh path)
+SWIFT_RELEASE := swift build -c release --product kumo-vmm
+VMM := .build/release/kumo-vmm
+
+.PHONY: all build guest run test unit kvm-tests e2e bench clean
+
+all: build
+
+build:
+	$(SWIFT_RELEASE)
+
+# Guest artifacts from Debian packages (cached outside the repo, rebuilt when inputs change).
+guest:
+	scripts/guest.sh all
+
+# Builds everything and the guest, then boots the stock Debian kernel with the busybox initramfs
+# on the serial console (stdin/stdout).
+run: build guest
+	scripts/run-demo.sh $(VMM) $(GUEST)
+
+# The whole suite: unit, KVM integration (tiny guests) and end-to-end Linux boots.
+test: guest
+	swift build --build-tests
+	$(SWIFT_RELEASE)
+	KUMO_VMM=$(CURDIR)/$(VMM) swift test --skip-build
+
+unit:
+	swift test --filter UnitTests
+
+kvm-tests:
+	swift test --filter KVMTests
+
+bench: build
+	scripts/bench.sh $(VMM) $(GUEST)
+
+clean:
+	rm -rf .build
