@@ -17,6 +17,7 @@ let package = Package(
         .target(name: "Devices", dependencies: ["GuestMemory"]),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices"]),
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM"]),
+        .executableTarget(name: "kumo-bench", dependencies: ["VMM", "KVM", "Boot"]),
         .testTarget(name: "UnitTests", dependencies: ["GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMM"]),

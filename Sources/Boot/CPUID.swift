@@ -53,7 +53,8 @@ public enum CPUTemplate: String, Sendable, CaseIterable {
         case .none: return []
         case .nested:
             return ["clearcpuid=popcnt,xsave,cx16,smap,smep,invpcid,pcid,fsgsbase,rdpid,avx,avx2,avx512f,erms,fsrm,umip,pku,rdseed,ssse3",
-                    "mitigations=off", "nowatchdog", "cryptomgr.notests", "tsc=reliable", "no-kvmclock", "io_delay=none"]
+                    "mitigations=off", "nowatchdog", "cryptomgr.notests", "tsc=reliable", "no-kvmclock", "io_delay=none",
+                    "rcupdate.rcu_cpu_stall_suppress=1"]
         }
     }
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""kumo-vmm benchmarks (make bench). Prints one table; every figure is measured in this run, and each
+kumo-vmm figure sits next to its baseline (a minimal C KVM loop, or QEMU) measured in the same run."""
+import argparse, os, re, signal, statistics, subprocess, sys, time
+
+p = argparse.ArgumentParser()
+for a in ("vmm", "bench", "cloop", "tiny", "guest", "work"):
+    p.add_argument("--" + a, required=True)
+p.add_argument("--exits", type=int, default=50000)
+p.add_argument("--rounds", type=int, default=5)
+p.add_argument("--boot-timeout", type=int, default=1500)
+args = p.parse_args()
+rows = []
+
+
+def row(name, kumo, base, ratio, target, note=""):
+    rows.append((name, kumo, base, ratio, target, note))
+    print(f"  measured: {name}: kumo={kumo} baseline={base} {note}", file=sys.stderr, flush=True)
+
+
+# (a) userspace exit round trip, alternating runs, medians.
+c, s = [], []
+for _ in range(args.rounds):
+    c.append(float(subprocess.check_output([args.cloop, str(args.exits)], text=True)))
+    s.append(float(subprocess.check_output([args.bench, "exits", str(args.exits)], text=True)))
+cm, sm = statistics.median(c), statistics.median(s)
+row("exit round trip (ns/exit, median of %d)" % args.rounds, f"{sm:.0f}", f"{cm:.0f} (C loop)", f"{sm / cm:.3f}", "<= 1.05")
+
+
+def smaps(pid):
+    """(private KiB, KiB resident in the largest anonymous mapping = guest RAM)."""
+    private, guest, cur = 0, 0, None
+    biggest = 0
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                a, b = line.split()[0].split("-")
+                cur = int(b, 16) - int(a, 16)
+            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
+                private += int(line.split()[1])
+            elif line.startswith("Rss:") and cur is not None and cur >= 128 << 20 and cur > biggest:
+                biggest, guest = cur, int(line.split()[1])
+    return private, guest
+
+
+def overhead(cmd, settle=1.5):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    time.sleep(settle)
+    if proc.poll() is not None:
+        return None, proc.stderr.read()
+    priv, guest = smaps(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill(); _, err = proc.communicate()
+    return (priv - guest) / 1024.0, err
+
+
+# (b) memory overhead, 1 vCPU / 128 MiB, idle guest.
+kumo_mem, kumo_err = overhead([args.vmm, "--kernel", args.tiny, "--memory", "128", "--vcpus", "1", "--serial", "none", "--stats"])
+qemu_mem, qemu_err = overhead(["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-m", "128", "-smp", "1",
+                               "-kernel", args.tiny, "-nodefaults", "-no-user-config", "-display", "none", "-serial", "none"])
+if kumo_mem is None:
+    row("VMM memory overhead (MiB)", "failed", "", "", "", kumo_err.strip()[-200:])
+elif qemu_mem is None:
+    row("VMM memory overhead (MiB)", f"{kumo_mem:.2f}", "QEMU failed", "", "<= 3 MiB, <= 0.25x", qemu_err.strip()[-200:])
+else:
+    row("VMM memory overhead (MiB, 1 vCPU/128 MiB)", f"{kumo_mem:.2f}", f"{qemu_mem:.2f} (QEMU microvm)",
+        f"{kumo_mem / qemu_mem:.3f}", "<= 3 MiB, <= 0.25x")
+
+# (c) CPU time from process start to the first KVM_RUN.
+m = re.search(r"CPU time to first KVM_RUN: ([0-9.]+) ms", kumo_err or "")
+row("CPU time to first KVM_RUN (ms)", m.group(1) if m else "n/a", "", "", "<= 5 ms")
+
+
+# (d) wall time to "Run /init" with the same kernel and command line.
+def boot(cmd, log, marker="Run /init as init process", timeout=args.boot_timeout):
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    result = None
+    while time.monotonic() - t0 < timeout:
+        try:
+            text = open(log, errors="replace").read()
+        except FileNotFoundError:
+            text = ""
+        if marker in text:
+            result = time.monotonic() - t0
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    elapsed = time.monotonic() - t0
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill(); _, err = proc.communicate()
+    text = open(log, errors="replace").read() if os.path.exists(log) else ""
+    return result, elapsed, err, text
+
+
+kernel = os.path.join(args.guest, "test-kernel/vmlinux")
+initrd = os.path.join(args.guest, "initramfs/initramfs.cpio")
+klog = os.path.join(args.work, "kumo-boot.log")
+kt, _, kerr, ktext = boot([args.vmm, "--kernel", kernel, "--initrd", initrd, "--memory", "256", "--vcpus", "1",
+                           "--cmdline", "console=ttyS0 panic=-1", "--serial", "file:" + klog], klog)
+cm = re.search(r"Command line: (.*)", ktext)
+cmdline = cm.group(1).strip() if cm else "console=ttyS0 panic=-1"
+qlog = os.path.join(args.work, "qemu-boot.log")
+qt, qelapsed, qerr, qtext = boot(["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-m", "256", "-smp", "1",
+                                  "-kernel", kernel, "-initrd", initrd, "-append", cmdline, "-nodefaults", "-no-user-config",
+                                  "-display", "none", "-serial", "file:" + qlog], qlog, timeout=min(args.boot_timeout, 600))
+if qt is None:
+    fail = re.search(r"KVM internal error.*", qerr)
+    last = [l for l in qtext.splitlines() if l.strip()][-1:] or ["(no console output)"]
+    qdesc = f"did not reach it in {qelapsed:.0f} s: " + (fail.group(0) if fail else "no error printed") + f"; last console line: {last[0][:80]}"
+else:
+    qdesc = f"{qt:.1f} s"
+row("wall time to 'Run /init' (s, Kumo test kernel, 1 vCPU)", f"{kt:.1f}" if kt else "not reached",
+    "QEMU microvm: " + ("%.1f s" % qt if qt else "see note"), f"{kt / qt:.3f}" if kt and qt else "", "", "" if qt else qdesc)
+if os.path.isdir("/sys/module/kvm_pvm"):
+    row("wall time to boot marker (s)", "skipped", "", "", "", "guest userspace cannot make system calls on this host (kvm_pvm)")
+else:
+    mlog = os.path.join(args.work, "kumo-marker.log")
+    mt, _, merr, _ = boot([args.vmm, "--kernel", kernel, "--initrd", initrd, "--memory", "256", "--vcpus", "1",
+                           "--cmdline", "console=ttyS0 panic=-1 quiet", "--serial", "file:" + mlog], mlog, marker="kumo-result: marker=written")
+    row("wall time to boot marker (s)", f"{mt:.1f}" if mt else "not reached", "", "", "")
+
+print()
+print("| benchmark | kumo-vmm | baseline (same run) | ratio | target | note |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    print("| " + " | ".join(str(x) for x in r) + " |")

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# make bench: every figure measured in this run, kumo-vmm against its baseline side by side.
+set -euo pipefail
+vmm=$(realpath "$1") guest=$2
+here=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/kumo-bench.XXXXXX)
+trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$work"' EXIT
+command -v qemu-system-x86_64 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null; }
+(cd "$here" && swift build -c release --product kumo-bench >/dev/null)
+bench=$here/.build/release/kumo-bench
+cc -O2 -o "$work/exit-loop" "$here/bench/exit-loop.c"
+python3 "$here/bench/tiny-elf.py" "$work/tiny.elf"
+exec python3 "$here/bench/bench.py" --vmm "$vmm" --bench "$bench" --cloop "$work/exit-loop" --tiny "$work/tiny.elf" --guest "$guest" --work "$work"
