@@ -76,15 +76,15 @@ final class Console: @unchecked Sendable {
 
     func attach(_ serial: Serial8250?) { target.withLock { $0 = serial } }
 
-    /// Feeds bytes to the attached UART, waiting while its FIFO is full.
+    /// Feeds bytes to the attached UART, waiting while its FIFO is full or while no UART is attached
+    /// (before the first boot and during a reset), so that typed input is never dropped.
     func deliver(_ buf: UnsafeRawBufferPointer) {
         var off = 0
         while off < buf.count {
             let n = target.withLock { s -> Int in
-                guard let s else { return -1 }
+                guard let s else { return 0 }
                 return s.enqueueInput(UnsafeRawBufferPointer(rebasing: buf[off...]))
             }
-            if n < 0 { return }
             off += n
             if off < buf.count { usleep(1000) }
         }

@@ -107,6 +107,12 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
     // SIGTERM/SIGINT: wake the main loop through an eventfd (write is async-signal-safe).
     guard let sigEvent = try? EventFD() else { eprint("kumo-vmm: eventfd failed"); return 1 }
     signalWakeFD = sigEvent.fd.raw
+    // A parent may have spawned us with signals blocked (the mask is inherited): unblock the ones
+    // kumo-vmm acts on, in this thread and so in every vCPU thread created after.
+    var unblock = sigset_t()
+    sigemptyset(&unblock)
+    for s in [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2] { sigaddset(&unblock, s) }
+    pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
     for s in [SIGTERM, SIGINT, SIGHUP] {
         signal(s) { _ in var one: UInt64 = 1; _ = write(signalWakeFD, &one, 8) }
     }

@@ -1,0 +1,202 @@
+import Foundation
+import Testing
+@testable import VMM
+
+/// The kumo-vmm binary itself: flags, JSON config, exit codes, console modes, power-off, reset, boot marker.
+enum CLI {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static var vmm: String {
+        if let p = ProcessInfo.processInfo.environment["KUMO_VMM"] { return p }
+        for c in ["debug", "release"] {
+            let p = root.appendingPathComponent(".build/\(c)/kumo-vmm").path
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return "kumo-vmm"
+    }
+
+    struct Result { var status: Int32; var stderr: String; var stdout: String }
+
+    static func run(_ args: [String], stdin: String? = nil, timeout: TimeInterval = 30, whileRunning: ((Process) throws -> Void)? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: vmm)
+        p.arguments = args
+        let err = Pipe(), out = Pipe(), inp = Pipe()
+        p.standardError = err
+        p.standardOutput = out
+        p.standardInput = inp
+        try p.run()
+        if let s = stdin { inp.fileHandleForWriting.write(Data(s.utf8)) }
+        let killer = DispatchWorkItem { if p.isRunning { p.interrupt() } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: killer)
+        // Drain both pipes while the process runs, so a chatty VMM never blocks on a full pipe.
+        let errBox = DataBox(), outBox = DataBox()
+        let group = DispatchGroup()
+        for (pipe, box) in [(err, errBox), (out, outBox)] {
+            DispatchQueue.global().async(group: group) { box.data = pipe.fileHandleForReading.readDataToEndOfFile() }
+        }
+        try whileRunning?(p)
+        p.waitUntilExit()
+        group.wait()
+        killer.cancel()
+        let errData = errBox.data, outData = outBox.data
+        return Result(status: p.terminationStatus, stderr: String(decoding: errData, as: UTF8.self), stdout: String(decoding: outData, as: UTF8.self))
+    }
+
+    /// A PVH "kernel" from 32-bit code.
+    static func tinyKernel(_ source: String) throws -> String {
+        let code = try Harness.assemble(source, bits: 32, origin: 0x100_0000)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-tiny-\(UUID().uuidString).elf").path
+        FileManager.default.createFile(atPath: path, contents: Data(BootProtocolTests.elf(code, pvh: true)))
+        return path
+    }
+
+    static func temp(_ name: String, _ contents: String) -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString)-\(name)").path
+        FileManager.default.createFile(atPath: path, contents: Data(contents.utf8))
+        return path
+    }
+}
+
+final class DataBox: @unchecked Sendable { var data = Data() }
+
+@Suite struct CLIInputTests {
+    /// Every bad input: a one-line error naming the problem, exit status 2, no VM created.
+    @Test(arguments: [
+        (["--memory", "64"], "no kernel given"),
+        (["--kernel", "/nonexistent/vmlinux"], "/nonexistent/vmlinux: No such file or directory"),
+        (["--kernel", "/etc/hostname"], "not a Linux kernel"),
+        (["--kernel", "/etc/hostname", "--memory", "8"], "too small"),
+        (["--kernel", "/etc/hostname", "--memory", "99999999"], "more than this host has"),
+        (["--kernel", "/etc/hostname", "--vcpus", "0"], "vcpus: must be at least 1"),
+        (["--kernel", "/etc/hostname", "--vcpus", "two"], "expected a whole number"),
+        (["--kernel", "/etc/hostname", "--serial", "tcp:1"], "serial: must be"),
+        (["--kernel", "/etc/hostname", "--boot-protocol", "uefi"], "must be auto, pvh or linux64"),
+        (["--bogus"], "unknown argument \"--bogus\""),
+    ])
+    func badFlags(args: [String], message: String) throws {
+        let r = try CLI.run(args)
+        #expect(r.status == 2)
+        #expect(r.stderr.contains(message), "stderr: \(r.stderr)")
+        #expect(r.stderr.split(separator: "\n").count == 1)
+    }
+
+    @Test func badJSONConfigs() throws {
+        let malformed = CLI.temp("bad.json", "{\"kernel\": \"/x\",\n \"vcpus\": }")
+        var r = try CLI.run(["--config", malformed])
+        #expect(r.status == 2 && r.stderr.contains("malformed JSON at line 2"))
+        let unknown = CLI.temp("unknown.json", #"{"kernel": "/x", "memory": 128}"#)
+        r = try CLI.run(["--config", unknown])
+        #expect(r.status == 2 && r.stderr.contains("memory: unknown key"))
+        r = try CLI.run(["--config", "/nonexistent.json"])
+        #expect(r.status == 2 && r.stderr.contains("/nonexistent.json"))
+    }
+
+    @Test func helpDescribesEveryFlag() throws {
+        let r = try CLI.run(["--help"])
+        #expect(r.status == 0)
+        for flag in ["--kernel", "--initrd", "--cmdline", "--memory", "--vcpus", "--boot-protocol", "--cpu-template", "--cpuid", "--serial", "--stats", "--config"] {
+            #expect(r.stdout.contains(flag))
+        }
+    }
+}
+
+@Suite(.enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
+struct CLIRunTests {
+    static let echoAndPowerOff = """
+        mov $0x3f8, %dx
+        mov $'>', %al
+        out %al, %dx
+        mov $0x3fd, %dx
+        1: in %dx, %al          # wait for input (LSR.DR)
+        test $1, %al
+        jz 1b
+        mov $0x3f8, %dx
+        in %dx, %al             # echo the byte typed
+        out %al, %dx
+        movl $0xc0000000, %edi
+        movb $123, (%edi)       # boot marker
+        mov $0x600, %dx
+        mov $0x34, %al          # ACPI S5
+        out %al, %dx
+        2: hlt
+        jmp 2b
+        """
+
+    @Test func stdioConsoleEchoesInputAndPowerOffExitsZero() throws {
+        let k = try CLI.tinyKernel(Self.echoAndPowerOff)
+        let r = try CLI.run(["--kernel", k, "--memory", "32", "--stats"], stdin: "x")
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stdout == ">x")
+        #expect(r.stderr.contains("guest powered off"))
+        #expect(r.stderr.contains("boot marker:") && r.stderr.contains("ms from first KVM_RUN"))
+        #expect(r.stderr.contains("vcpu0:") && r.stderr.contains("io_out="))
+    }
+
+    @Test func jsonConfigAndSocketConsole() throws {
+        let k = try CLI.tinyKernel(Self.echoAndPowerOff)
+        let sock = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8)).sock").path
+        let cfg = CLI.temp("vm.json", #"{"kernel": "\#(k)", "memory_mib": 32, "vcpus": 1, "serial": "socket:\#(sock)"}"#)
+        var received = ""
+        let r = try CLI.run(["--config", cfg]) { _ in
+            // Connect once the socket exists, read the prompt, type one byte.
+            var fd: Int32 = -1
+            for _ in 0..<100 {
+                fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                var addr = sockaddr_un()
+                addr.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in sock.utf8.enumerated() { p[i] = b } }
+                let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+                if ok == 0 { break }
+                close(fd); fd = -1
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            try #require(fd >= 0, "could not connect to \(sock)")
+            defer { close(fd) }
+            var buf = [UInt8](repeating: 0, count: 16)
+            let n = read(fd, &buf, 16)   // the guest only prints its prompt once we are connected... or before
+            if n > 0 { received += String(decoding: buf[0..<n], as: UTF8.self) }
+            _ = write(fd, "y", 1)
+            let m = read(fd, &buf, 16)
+            if m > 0 { received += String(decoding: buf[0..<m], as: UTF8.self) }
+        }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(received.hasSuffix("y"))
+        #expect(!FileManager.default.fileExists(atPath: sock))   // cleaned up on exit
+    }
+
+    @Test func tripleFaultExitsNonZeroWithRegisterDump() throws {
+        let k = try CLI.tinyKernel("""
+            lidt zero
+            int $3
+            zero: .word 0
+                  .long 0
+            """)
+        let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none"])
+        #expect(r.status == 1)
+        #expect(r.stderr.contains("triple fault"))
+        #expect(r.stderr.contains("rip ") && r.stderr.contains("cr0 "))
+    }
+
+    @Test func guestResetRestartsTheVM() throws {
+        let k = try CLI.tinyKernel("""
+            mov $0x3f8, %dx
+            mov $'b', %al
+            out %al, %dx
+            mov $0xfe, %al
+            out %al, $0x64          # i8042: pulse the reset line
+            1: hlt
+            jmp 1b
+            """)
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-reset-\(UUID().uuidString).log").path
+        let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:" + log]) { p in
+            let deadline = Date().addingTimeInterval(20)
+            while Date() < deadline, ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").count < 3 { Thread.sleep(forTimeInterval: 0.05) }
+            p.terminate()
+        }
+        let console = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(console.hasPrefix("bbb"), "each boot prints one b; got \(console)")
+        #expect(r.stderr.contains("guest reset; restarting it"))
+        #expect(r.status == 0)
+        #expect(r.stderr.contains("stopped by signal"))
+    }
+}
