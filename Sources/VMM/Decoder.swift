@@ -56,7 +56,7 @@ public enum Decoder {
             let modrm = b[i + 2]
             let reg = (modrm >> 3) & 7
             guard modrm >> 6 != 3, reg == 2 || reg == 3 else { break }
-            guard var (op, len) = memoryOperand(b, at: i + 2, rex: rex, addr32: addr32, longMode: longMode) else { break }
+            guard case (var op, let len)? = memoryOperand(b, at: i + 2, rex: rex, addr32: addr32, longMode: longMode) else { break }
             op.segment = segment
             return .init(kind: reg == 2 ? .ldmxcsr : .stmxcsr, length: len, memory: op)
         default: break

@@ -31,6 +31,7 @@ enum E2E {
         var stderrText = ""
 
         init(_ args: [String]) throws {
+            signal(SIGPIPE, SIG_IGN)
             serialLog = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-e2e-\(UUID().uuidString).log")
             process.executableURL = URL(fileURLWithPath: E2E.vmm)
             process.arguments = args + ["--serial", "file:" + serialLog.path, "--stats"]
@@ -83,6 +84,24 @@ enum E2E {
 
 @Suite(.serialized, .enabled(if: E2E.kvm, "needs /dev/kvm"))
 struct LinuxBootTests {
+    /// The other two ways in: the 64-bit boot protocol with a vmlinux, and a compressed bzImage (which
+    /// decompresses itself first). Checked up to the kernel's first console lines (earlyprintk).
+    @Test(.timeLimit(.minutes(10)), arguments: [("test-kernel/vmlinux", "linux64"), ("test-kernel/bzImage", "auto")])
+    func otherBootPaths(kernel: String, proto: String) throws {
+        let k = E2E.guest.appendingPathComponent(kernel).path
+        try #require(FileManager.default.fileExists(atPath: k), "missing \(k): run `make guest`")
+        let vm = try E2E.VMMProcess(["--kernel", k, "--boot-protocol", proto, "--vcpus", "1", "--memory", "256",
+                                     "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"])
+        let reached = vm.waitFor("Kernel command line:", timeout: 480)
+        let console = vm.console
+        let status = vm.terminate()
+        #expect(reached, "console tail: \(console.suffix(2000)) stderr: \(vm.stderrText)")
+        #expect(console.contains("Linux version 6.1"))
+        #expect(console.contains("BIOS-e820: [mem 0x0000000000100000-0x000000000fffffff] usable"))
+        #expect(status == 0)
+        #expect(vm.stderrText.contains(kernel.hasSuffix("bzImage") ? "bzImage via linux64" : "ELF via linux64"))
+    }
+
     /// The Kumo test kernel (linux-source-6.1 + guest/kernel/kumo-test.config): fast, everything built in.
     @Test(.timeLimit(.minutes(20)))
     func kumoTestKernelBootsWithTwoCPUs() throws {
