@@ -69,9 +69,9 @@ else:
     row("VMM memory overhead (MiB, 1 vCPU/128 MiB)", f"{kumo_mem:.2f}", f"{qemu_mem:.2f} (QEMU microvm)",
         f"{kumo_mem / qemu_mem:.3f}", "<= 3 MiB, <= 0.25x")
 
-# (c) CPU time from process start to the first KVM_RUN.
+# (c) CPU time from process start to the first KVM_RUN (idle ELF here; the Linux boot below adds its own).
 m = re.search(r"CPU time to first KVM_RUN: ([0-9.]+) ms", kumo_err or "")
-row("CPU time to first KVM_RUN (ms)", m.group(1) if m else "n/a", "", "", "<= 5 ms")
+row("CPU time to first KVM_RUN (ms, 4-byte ELF)", m.group(1) if m else "n/a", "", "", "<= 5 ms")
 
 
 # (d) wall time to "Run /init" with the same kernel and command line.
@@ -105,7 +105,10 @@ kernel = os.path.join(args.guest, "test-kernel/vmlinux")
 initrd = os.path.join(args.guest, "initramfs/initramfs.cpio")
 klog = os.path.join(args.work, "kumo-boot.log")
 kt, _, kerr, ktext = boot([args.vmm, "--kernel", kernel, "--initrd", initrd, "--memory", "256", "--vcpus", "1",
-                           "--cmdline", "console=ttyS0 panic=-1", "--serial", "file:" + klog], klog)
+                           "--cmdline", "console=ttyS0 panic=-1", "--serial", "file:" + klog, "--stats"], klog)
+m = re.search(r"CPU time to first KVM_RUN: ([0-9.]+) ms", kerr or "")
+row("CPU time to first KVM_RUN (ms, test kernel + initramfs)", m.group(1) if m else "n/a", "", "", "<= 5 ms",
+    "includes reading and copying %d MiB of kernel and initramfs" % ((os.path.getsize(kernel) + os.path.getsize(initrd)) >> 20))
 cm = re.search(r"Command line: (.*)", ktext)
 cmdline = cm.group(1).strip() if cm else "console=ttyS0 panic=-1"
 qlog = os.path.join(args.work, "qemu-boot.log")

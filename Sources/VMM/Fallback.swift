@@ -24,7 +24,13 @@ public enum EmulationFallback {
             let mode = PagingMode(cr0: sregs.cr0, cr3: sregs.cr3, cr4: sregs.cr4, efer: sregs.efer)
             let longMode = mode.longMode && sregs.cs.l == 1
             let linear = longMode ? regs.rip : (sregs.cs.base &+ regs.rip) & 0xFFFF_FFFF
-            let fetched = memory.readVirtual(linear, count: 15, mode: mode)
+            var fetched = memory.readVirtual(linear, count: 15, mode: mode)
+            // Decode what KVM's emulator actually fetched when it reports it: the guest may have
+            // rewritten the instruction since (the kernel patches live code through int3).
+            var kvmBytes = [UInt8](repeating: 0, count: 15)
+            let n = kvmBytes.withUnsafeMutableBufferPointer { ckvm_run_emulation_insn(vcpu.run, $0.baseAddress!) }
+            if n > 0 { fetched.bytes = Array(kvmBytes[0..<Int(n)]) }
+            let source = n > 0 ? "as KVM fetched them" : "read from guest memory"
             let insn = Decoder.decode(fetched.bytes, longMode: longMode)
             switch insn.kind {
             case .int3:
@@ -75,7 +81,7 @@ public enum EmulationFallback {
                 regs.rip &+= UInt64(insn.length)
                 try vcpu.setRegs(regs)
             case .unknown:
-                return .unhandled(report(vcpu.id, linear, fetched, "kumo-vmm does not emulate this instruction"))
+                return .unhandled(report(vcpu.id, linear, fetched, "kumo-vmm does not emulate this instruction (bytes \(source))"))
             }
             return .handled(insn.kind)
         } catch {

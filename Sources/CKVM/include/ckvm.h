@@ -77,6 +77,15 @@ static inline uint32_t ckvm_run_system_event_type(const struct kvm_run *r) { ret
 static inline uint32_t ckvm_run_internal_suberror(const struct kvm_run *r) { return r->internal.suberror; }
 static inline uint32_t ckvm_run_internal_ndata(const struct kvm_run *r) { return r->internal.ndata; }
 static inline uint64_t ckvm_run_internal_data(const struct kvm_run *r, uint32_t i) { return i < 16 ? r->internal.data[i] : 0; }
+/// The bytes KVM's emulator fetched for a KVM_INTERNAL_ERROR_EMULATION exit, when it reports them
+/// (flag KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES); returns how many were copied to `out`.
+static inline uint32_t ckvm_run_emulation_insn(const struct kvm_run *r, uint8_t out[15]) {
+    if (r->emulation_failure.ndata < 3 || !(r->emulation_failure.flags & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES)) return 0;
+    uint32_t n = r->emulation_failure.insn_size;
+    if (n > 15) n = 15;
+    for (uint32_t i = 0; i < n; i++) out[i] = r->emulation_failure.insn_bytes[i];
+    return n;
+}
 static inline uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *r) { return r->fail_entry.hardware_entry_failure_reason; }
 static inline uint32_t ckvm_run_ex_exception(const struct kvm_run *r) { return r->ex.exception; }
 
