@@ -28,46 +28,54 @@ row("exit round trip (ns/exit, median of %d)" % args.rounds, f"{sm:.0f}", f"{cm:
 
 
 def smaps(pid):
-    """(private KiB, KiB resident in the largest anonymous mapping = guest RAM)."""
-    private, guest, cur = 0, 0, None
-    biggest = 0
+    """Private_Dirty and Rss of the process outside guest RAM (the largest anonymous mapping of at least
+    128 MiB), in KiB. Private_Dirty is memory only this VMM holds and nothing can reclaim; Rss also counts
+    file-backed code pages, which the page cache shares between processes."""
+    dirty, rss, gdirty, grss, cur, biggest = 0, 0, 0, 0, 0, 0
+    maps = []
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
                 a, b = line.split()[0].split("-")
-                cur = int(b, 16) - int(a, 16)
-            elif line.startswith(("Private_Clean:", "Private_Dirty:")):
-                private += int(line.split()[1])
-            elif line.startswith("Rss:") and cur is not None and cur >= 128 << 20 and cur > biggest:
-                biggest, guest = cur, int(line.split()[1])
-    return private, guest
+                maps.append({"size": int(b, 16) - int(a, 16), "anon": len(line.split()) < 6, "dirty": 0, "rss": 0})
+            elif line.startswith("Private_Dirty:"):
+                maps[-1]["dirty"] = int(line.split()[1])
+            elif line.startswith("Rss:"):
+                maps[-1]["rss"] = int(line.split()[1])
+    guest = max((m for m in maps if m["anon"] and m["size"] >= 128 << 20), key=lambda m: m["size"], default=None)
+    for m in maps:
+        if m is guest:
+            continue
+        dirty += m["dirty"]; rss += m["rss"]
+    return dirty, rss
 
 
 def overhead(cmd, settle=1.5):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     time.sleep(settle)
     if proc.poll() is not None:
-        return None, proc.stderr.read()
-    priv, guest = smaps(proc.pid)
+        return None, None, proc.stderr.read()
+    dirty, rss = smaps(proc.pid)
     proc.send_signal(signal.SIGTERM)
     try:
         _, err = proc.communicate(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill(); _, err = proc.communicate()
-    return (priv - guest) / 1024.0, err
+    return dirty / 1024.0, rss / 1024.0, err
 
 
 # (b) memory overhead, 1 vCPU / 128 MiB, idle guest.
-kumo_mem, kumo_err = overhead([args.vmm, "--kernel", args.tiny, "--memory", "128", "--vcpus", "1", "--serial", "none", "--stats"])
-qemu_mem, qemu_err = overhead(["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-m", "128", "-smp", "1",
-                               "-kernel", args.tiny, "-nodefaults", "-no-user-config", "-display", "none", "-serial", "none"])
-if kumo_mem is None:
+kd, kr, kumo_err = overhead([args.vmm, "--kernel", args.tiny, "--memory", "128", "--vcpus", "1", "--serial", "none", "--stats"])
+qd, qr, qemu_err = overhead(["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-m", "128", "-smp", "1",
+                             "-kernel", args.tiny, "-nodefaults", "-no-user-config", "-display", "none", "-serial", "none"])
+if kd is None:
     row("VMM memory overhead (MiB)", "failed", "", "", "", kumo_err.strip()[-200:])
-elif qemu_mem is None:
-    row("VMM memory overhead (MiB)", f"{kumo_mem:.2f}", "QEMU failed", "", "<= 3 MiB, <= 0.25x", qemu_err.strip()[-200:])
+elif qd is None:
+    row("VMM memory overhead (MiB)", f"{kd:.2f}", "QEMU failed", "", "<= 3 MiB, <= 0.25x", qemu_err.strip()[-200:])
 else:
-    row("VMM memory overhead (MiB, 1 vCPU/128 MiB)", f"{kumo_mem:.2f}", f"{qemu_mem:.2f} (QEMU microvm)",
-        f"{kumo_mem / qemu_mem:.3f}", "<= 3 MiB, <= 0.25x")
+    row("VMM private dirty memory outside guest RAM (MiB, 1 vCPU/128 MiB)", f"{kd:.2f}", f"{qd:.2f} (QEMU microvm)",
+        f"{kd / qd:.3f}", "<= 3 MiB, <= 0.25x")
+    row("VMM RSS outside guest RAM, code pages included (MiB)", f"{kr:.2f}", f"{qr:.2f} (QEMU microvm)", f"{kr / qr:.3f}", "")
 
 # (c) CPU time from process start to the first KVM_RUN (idle ELF here; the Linux boot below adds its own).
 m = re.search(r"CPU time to first KVM_RUN: ([0-9.]+) ms", kumo_err or "")
@@ -114,7 +122,7 @@ cmdline = cm.group(1).strip() if cm else "console=ttyS0 panic=-1"
 qlog = os.path.join(args.work, "qemu-boot.log")
 qt, qelapsed, qerr, qtext = boot(["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-m", "256", "-smp", "1",
                                   "-kernel", kernel, "-initrd", initrd, "-append", cmdline, "-nodefaults", "-no-user-config",
-                                  "-display", "none", "-serial", "file:" + qlog], qlog, timeout=min(args.boot_timeout, 600))
+                                  "-display", "none", "-serial", "file:" + qlog], qlog, timeout=min(args.boot_timeout, 240))
 if qt is None:
     fail = re.search(r"KVM internal error.*", qerr)
     last = [l for l in qtext.splitlines() if l.strip()][-1:] or ["(no console output)"]
