@@ -15,9 +15,11 @@ build:
 guest:
 	scripts/guest.sh all
 
-# Builds everything and the guest, then boots the stock Debian kernel with the busybox initramfs
-# on the serial console (stdin/stdout).
-run: build guest
+# Builds kumo-vmm and the demo guest, then boots the stock Debian kernel with the busybox initramfs
+# on the serial console (stdin/stdout). (The Kumo test kernel is built by `make guest` / `make test`.)
+run: build
+	scripts/guest.sh stock
+	scripts/guest.sh initramfs
 	scripts/run-demo.sh $(VMM) $(GUEST)
 
 # The whole suite: unit, KVM integration (tiny guests) and end-to-end Linux boots.

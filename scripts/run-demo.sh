@@ -12,4 +12,4 @@ kumo: in a busybox shell.
 MSG
 fi
 exec "$vmm" --kernel "$guest/stock/vmlinux" --initrd "$guest/initramfs/initramfs.cpio" \
-  --vcpus 2 --memory 512 --cmdline "console=ttyS0 reboot=k panic=-1 kumo.shell"
+  --vcpus 2 --memory 512 --cmdline "console=ttyS0 earlyprintk=serial,ttyS0 reboot=k panic=0 kumo.shell"
