@@ -204,7 +204,7 @@ public enum BootLoader {
 
         switch proto {
         case .pvh, .auto:
-            try writePVHStartInfo(mem, cmdlineLength: cmd.count, initrd: initrdAddr.map { ($0, UInt64(spec.initrd!.count)) },
+            try writePVHStartInfo(mem, initrd: initrdAddr.map { ($0, UInt64(spec.initrd!.count)) },
                                   rsdp: tables.rsdp, e820: e820)
             let cpu = BootCPUState(rip: k.pvhEntry!, rbx: Layout.pvhStartInfo, cr0: 0x11, code: segs.code,
                                    data: segs.data, tss: segs.tss, gdtLimit: UInt16(5 * 8 - 1))
@@ -260,7 +260,7 @@ public enum BootLoader {
     }
 
     /// hvm_start_info (version 1) with a module list (the initrd) and the memory map.
-    public static func pvhStartInfo(cmdlineLength: Int, initrd: (UInt64, UInt64)?, rsdp: UInt64,
+    public static func pvhStartInfo(initrd: (UInt64, UInt64)?, rsdp: UInt64,
                                     e820: [E820Entry]) -> (startInfo: [UInt8], modlist: [UInt8], memmap: [UInt8]) {
         var s = ByteWriter()
         s.append(UInt32(0x336E_C578))                  // magic
@@ -278,13 +278,12 @@ public enum BootLoader {
         if let (addr, size) = initrd { m.append(addr); m.append(size); m.append(UInt64(0)); m.append(UInt64(0)) }
         var mm = ByteWriter()
         for e in entries { mm.append(e.address); mm.append(e.size); mm.append(e.kind.rawValue); mm.append(UInt32(0)) }
-        _ = cmdlineLength
         return (s.bytes, m.bytes, mm.bytes)
     }
 
-    static func writePVHStartInfo(_ mem: GuestMemory, cmdlineLength: Int, initrd: (UInt64, UInt64)?, rsdp: UInt64,
+    static func writePVHStartInfo(_ mem: GuestMemory, initrd: (UInt64, UInt64)?, rsdp: UInt64,
                                   e820: [E820Entry]) throws(MemoryError) {
-        let p = pvhStartInfo(cmdlineLength: cmdlineLength, initrd: initrd, rsdp: rsdp, e820: e820)
+        let p = pvhStartInfo(initrd: initrd, rsdp: rsdp, e820: e820)
         try mem.write(p.startInfo, at: Layout.pvhStartInfo)
         try mem.write(p.modlist, at: Layout.pvhModlist)
         try mem.write(p.memmap, at: Layout.pvhMemmap)
