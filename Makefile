@@ -1,9 +1,8 @@
 # Kumo — the README's two commands: `make run` and `make test`.
 SHELL := /bin/bash
 GUEST := $(shell scripts/guest.sh path)
-# Static Swift runtime: no dynamic loading of the Swift libraries at start (CPU time to the first
-# KVM_RUN), still position-independent (ASLR) for the process that faces the guest.
-SWIFT_RELEASE := swift build -c release --static-swift-stdlib --product kumo-vmm
+# Static-PIE release binary (see the script): nothing for ld.so to do at start, still ASLR.
+SWIFT_RELEASE := scripts/swift-release.sh kumo-vmm
 VMM := .build/release/kumo-vmm
 
 .PHONY: all build guest run test unit kvm-tests e2e bench clean

@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kumo-bench.XXXXXX)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$work"' EXIT
 command -v qemu-system-x86_64 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null; }
-(cd "$here" && swift build -c release --static-swift-stdlib --product kumo-bench >/dev/null)
+"$here/scripts/swift-release.sh" kumo-bench >/dev/null
 # Freshly linked binaries sit in dirty page-cache pages, which smaps counts as Private_Dirty: flush first.
 sync
 bench=$here/.build/release/kumo-bench

@@ -55,6 +55,9 @@ public final class GuestMemory: @unchecked Sendable {
                 for m in made { munmap(m.host, Int(m.size)) }
                 throw .mmapFailed(errno: e, bytes: r.size)
             }
+            // Transparent huge pages: one fault per 2 MiB instead of 512 (faults are costly when KVM is
+            // nested), and a shorter walk for the host's TLB. Advisory: ignored where THP is off.
+            _ = madvise(p, Int(r.size), MADV_HUGEPAGE)
             made.append(MemoryRegion(guestPhys: r.guestPhys, size: r.size, hostAddress: UInt(bitPattern: p)))
         }
         regions = made
