@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// Layers point down only: CKVM → KVM → GuestMemory → Boot → Devices → VMM → kumo-vmm.
+// Layers point down only: CKVM → KVM → GuestMemory → Boot → Devices → Virtio → VMM → kumo-vmm.
 // Nothing at or below VMM links Foundation.
 let package = Package(
     name: "Kumo",
@@ -15,10 +15,13 @@ let package = Package(
         .target(name: "GuestMemory"),
         .target(name: "Boot", dependencies: ["GuestMemory"]),
         .target(name: "Devices", dependencies: ["GuestMemory"]),
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices"]),
+        .target(name: "Virtio", dependencies: ["CKVM", "GuestMemory", "Devices"]),
+        // A host-side virtio driver for tests, the fuzzer and benchmarks (never linked into kumo-vmm).
+        .target(name: "VirtioTestDriver", dependencies: ["GuestMemory", "Devices", "Virtio"]),
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "Virtio"]),
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM"]),
         .executableTarget(name: "kumo-bench", dependencies: ["VMM", "KVM", "Boot"]),
-        .testTarget(name: "UnitTests", dependencies: ["GuestMemory", "Boot", "Devices", "VMM"]),
+        .testTarget(name: "UnitTests", dependencies: ["GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMM"]),
     ],

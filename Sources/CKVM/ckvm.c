@@ -1,6 +1,7 @@
 #include "ckvm.h"
 #include <sys/ioctl.h>
 #include <stdlib.h>
+#include <sys/random.h>
 
 int ckvm_ioctl(int fd, unsigned long request) { return ioctl(fd, request, 0); }
 int ckvm_ioctl_arg(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -17,3 +18,5 @@ struct kvm_msrs *ckvm_msrs_alloc(uint32_t nmsrs) {
     return m;
 }
 void ckvm_free(void *p) { free(p); }
+
+ssize_t ckvm_getrandom(void *buf, size_t len, unsigned int flags) { return getrandom(buf, len, flags); }

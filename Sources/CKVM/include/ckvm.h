@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <sys/eventfd.h>
+#include <sys/types.h>
 
 static const int CKVM_EFD_CLOEXEC = EFD_CLOEXEC;
 static const int CKVM_EFD_NONBLOCK = EFD_NONBLOCK;
@@ -88,5 +89,8 @@ static inline uint32_t ckvm_run_emulation_insn(const struct kvm_run *r, uint8_t 
 }
 static inline uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *r) { return r->fail_entry.hardware_entry_failure_reason; }
 static inline uint32_t ckvm_run_ex_exception(const struct kvm_run *r) { return r->ex.exception; }
+
+/// getrandom(2) (its header is not part of Swift's Glibc module).
+ssize_t ckvm_getrandom(void *buf, size_t len, unsigned int flags);
 
 #endif

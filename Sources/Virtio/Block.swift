@@ -1,0 +1,213 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import GuestMemory
+
+/// virtio-blk over a raw image file (virtio 1.x §5.2): read, write, flush, get-id; read-only disks.
+/// Requests are served with preadv/pwritev straight between the file and guest memory on the device's
+/// worker thread.
+public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
+    public enum Feature {
+        public static let sizeMax: UInt64 = 1 << 1
+        public static let segMax: UInt64 = 1 << 2
+        public static let readOnly: UInt64 = 1 << 5
+        public static let blockSize: UInt64 = 1 << 6
+        public static let flush: UInt64 = 1 << 9
+    }
+    public enum RequestType: UInt32 {
+        case read = 0, write = 1, flush = 4, getID = 8
+    }
+    public enum Status: UInt8 { case ok = 0, ioError = 1, unsupported = 2 }
+
+    public static let queueSize: UInt16 = 256
+    public static let sectorSize: UInt64 = 512
+    /// Segments per request we announce (queue size minus header and status), and accept.
+    public static let segMax: UInt32 = UInt32(queueSize) - 2
+
+    public let path: String
+    public let readOnly: Bool
+    public let fd: Int32
+    /// Capacity in 512-byte sectors (the file size rounded down).
+    public let sectors: UInt64
+    /// The 20-byte serial GET_ID returns.
+    public let serial: [UInt8]
+    public var limiter: RateLimiter?
+    /// Requests completed, by kind (for stats and tests).
+    public private(set) var completed = (reads: 0, writes: 0, flushes: 0, errors: 0)
+
+    public struct OpenError: Error, CustomStringConvertible { public let description: String }
+
+    public init(path: String, readOnly: Bool, serial: String? = nil) throws(OpenError) {
+        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+        guard fd >= 0 else { throw OpenError(description: "\(path): \(String(cString: strerror(errno)))") }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFBLK else {
+            close(fd)
+            throw OpenError(description: "\(path): not a regular file or block device")
+        }
+        var size = UInt64(st.st_size)
+        if (st.st_mode & S_IFMT) == S_IFBLK {
+            let end = lseek(fd, 0, SEEK_END)
+            size = end > 0 ? UInt64(end) : 0
+        }
+        guard size >= VirtioBlock.sectorSize else {
+            close(fd)
+            throw OpenError(description: "\(path): a disk image needs at least one 512-byte sector (it has \(size) bytes)")
+        }
+        self.path = path
+        self.readOnly = readOnly
+        self.fd = fd
+        sectors = size / VirtioBlock.sectorSize
+        let id = Array((serial ?? "kumo-\(st.st_dev)-\(st.st_ino)").utf8.prefix(20))
+        self.serial = id + Array(repeating: 0, count: 20 - id.count)
+        var f = Feature.segMax | Feature.flush | Feature.blockSize
+        if readOnly { f |= Feature.readOnly }
+        super.init(type: .block, queueMaxSizes: [VirtioBlock.queueSize], features: f)
+    }
+
+    deinit { close(fd) }
+
+    public override func readConfig(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        // struct virtio_blk_config: capacity (le64), size_max, seg_max, geometry, blk_size, …
+        var cfg = [UInt8](repeating: 0, count: 64)
+        func put(_ v: UInt64, _ at: Int, _ n: Int) { for i in 0..<n { cfg[at + i] = UInt8((v >> (8 * UInt64(i))) & 0xFF) } }
+        put(sectors, 0, 8)
+        put(UInt64(VirtioBlock.segMax), 12, 4)
+        put(VirtioBlock.sectorSize, 20, 4)
+        for i in 0..<data.count {
+            let o = offset + UInt64(i)
+            data[i] = o < UInt64(cfg.count) ? cfg[Int(o)] : 0
+        }
+    }
+
+    public override func process(queue index: Int, _ ctx: VirtioContext) {
+        guard let q = ctx.queues[index] else { return }
+        repeat {
+            while true {
+                if let l = limiter, !l.canProceed() { return }   // the limiter's timer re-runs us
+                let chain: DescriptorChain?
+                do { chain = try q.pop() } catch {
+                    ctx.fail("queue \(index): \(error)")
+                    return
+                }
+                guard let chain else { break }
+                let written = handle(chain)
+                q.push(head: chain.head, written: written)
+                ctx.notifyUsed(q)
+            }
+        } while q.armNotification()
+    }
+
+    /// Serves one request; returns the bytes written into the chain (data read plus the status byte).
+    func handle(_ chain: DescriptorChain) -> UInt32 {
+        // Layout: 16-byte header (type, reserved, sector), data, one status byte (device-writable, last).
+        guard let last = chain.segments.last, last.writable, chain.readableBytes >= 16 else {
+            completed.errors += 1
+            return 0   // no place for a status: nothing can be reported
+        }
+        var header = [UInt8](repeating: 0, count: 16)
+        _ = header.withUnsafeMutableBytes { chain.read(into: $0) }
+        let type = UInt32(header[0]) | UInt32(header[1]) << 8 | UInt32(header[2]) << 16 | UInt32(header[3]) << 24
+        var sector: UInt64 = 0
+        for i in 0..<8 { sector |= UInt64(header[8 + i]) << (8 * UInt64(i)) }
+        let statusAddr = last.host.advanced(by: Int(last.length) - 1)
+        // Data segments: readable ones after the header (writes), writable ones before the status byte (reads).
+        var status = Status.ok
+        var dataWritten: UInt64 = 0
+        switch RequestType(rawValue: type) {
+        case .read:
+            let (segs, total) = dataSegments(chain, writable: true)
+            if let err = checkRange(sector: sector, bytes: total, segments: segs.count) { status = err } else {
+                limiter?.consume(ops: 1, bytes: total)
+                if transfer(segs, offset: sector * VirtioBlock.sectorSize, write: false) { dataWritten = total; completed.reads += 1 } else { status = .ioError }
+            }
+        case .write:
+            let (segs, total) = dataSegments(chain, writable: false)
+            if readOnly { status = .ioError } else if let err = checkRange(sector: sector, bytes: total, segments: segs.count) { status = err } else {
+                limiter?.consume(ops: 1, bytes: total)
+                if transfer(segs, offset: sector * VirtioBlock.sectorSize, write: true) { completed.writes += 1 } else { status = .ioError }
+            }
+        case .flush:
+            limiter?.consume(ops: 1, bytes: 0)
+            if readOnly || fdatasync(fd) == 0 { completed.flushes += 1 } else { status = .ioError }
+        case .getID:
+            let (segs, total) = dataSegments(chain, writable: true)
+            if total < 20 {
+                status = .ioError
+            } else {
+                var off = 0
+                for s in segs where off < 20 {
+                    let n = min(Int(s.length), 20 - off)
+                    serial.withUnsafeBytes { s.host.copyMemory(from: $0.baseAddress!.advanced(by: off), byteCount: n) }
+                    off += n
+                }
+                dataWritten = 20
+            }
+        case nil:
+            status = .unsupported
+        }
+        if status != .ok { completed.errors += 1 }
+        statusAddr.storeBytes(of: status.rawValue, as: UInt8.self)
+        return UInt32(min(dataWritten + 1, UInt64(UInt32.max)))
+    }
+
+    /// The data segments of a request: readable after the 16-byte header, or writable before the status byte.
+    func dataSegments(_ chain: DescriptorChain, writable: Bool) -> ([Segment], UInt64) {
+        var out: [Segment] = []
+        var total: UInt64 = 0
+        if writable {
+            var w = Array(chain.writable)
+            // Drop the status byte from the last writable segment.
+            let last = w.removeLast()
+            if last.length > 1 {
+                w.append(Segment(gpa: last.gpa, length: last.length - 1, writable: true, hostAddress: last.hostAddress))
+            }
+            out = w
+        } else {
+            var skip: UInt64 = 16
+            for s in chain.readable {
+                if skip >= UInt64(s.length) { skip -= UInt64(s.length); continue }
+                out.append(Segment(gpa: s.gpa + skip, length: s.length - UInt32(skip), writable: false,
+                                   hostAddress: s.hostAddress + UInt(skip)))
+                skip = 0
+            }
+        }
+        for s in out { total += UInt64(s.length) }
+        return (out, total)
+    }
+
+    func checkRange(sector: UInt64, bytes: UInt64, segments: Int) -> Status? {
+        guard bytes % VirtioBlock.sectorSize == 0, segments <= Int(VirtioBlock.segMax) else { return .ioError }
+        let count = bytes / VirtioBlock.sectorSize
+        guard sector <= sectors, count <= sectors - sector else { return .ioError }
+        return nil
+    }
+
+    /// preadv/pwritev over the segments, resuming after short transfers.
+    func transfer(_ segs: [Segment], offset: UInt64, write: Bool) -> Bool {
+        var iov = segs.map { iovec(iov_base: $0.host, iov_len: Int($0.length)) }
+        var first = 0
+        var off = off_t(offset)
+        while first < iov.count {
+            let n = iov.withUnsafeMutableBufferPointer { b in
+                write ? pwritev(fd, b.baseAddress! + first, Int32(b.count - first), off)
+                      : preadv(fd, b.baseAddress! + first, Int32(b.count - first), off)
+            }
+            if n < 0 { if errno == EINTR { continue }; return false }
+            if n == 0 {
+                // Reading past the end of a file that shrank under us: zero the rest.
+                if write { return false }
+                for i in first..<iov.count { memset(iov[i].iov_base, 0, iov[i].iov_len) }
+                return true
+            }
+            off += off_t(n)
+            var left = n
+            while first < iov.count, left >= iov[first].iov_len { left -= iov[first].iov_len; first += 1 }
+            if left > 0 {
+                iov[first].iov_base = iov[first].iov_base! + left
+                iov[first].iov_len -= left
+            }
+        }
+        return true
+    }
+}

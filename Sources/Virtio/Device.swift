@@ -1,0 +1,106 @@
+import GuestMemory
+import Devices
+import Synchronization
+
+/// Virtio device IDs (virtio 1.x §5).
+public enum VirtioDeviceType: UInt32, Sendable {
+    case net = 1
+    case block = 2
+    case rng = 4
+    case balloon = 5
+}
+
+/// What a device model gets when the driver sets DRIVER_OK: its queues and a way to interrupt the guest.
+public final class VirtioContext: @unchecked Sendable {
+    public let memory: GuestMemory
+    /// One entry per queue the device declares; nil when the driver did not enable it.
+    public let queues: [SplitQueue?]
+    public let features: UInt64
+    let interruptStatus: InterruptStatus
+    let line: InterruptLine
+    let onError: @Sendable (String) -> Void
+
+    init(memory: GuestMemory, queues: [SplitQueue?], features: UInt64, interruptStatus: InterruptStatus,
+         line: InterruptLine, onError: @escaping @Sendable (String) -> Void) {
+        self.memory = memory
+        self.queues = queues
+        self.features = features
+        self.interruptStatus = interruptStatus
+        self.line = line
+        self.onError = onError
+    }
+
+    /// Raises the used-buffer interrupt if the queue's driver wants one now.
+    public func notifyUsed(_ q: SplitQueue) {
+        if q.needsInterrupt() {
+            interruptStatus.value.bitwiseOr(1, ordering: .sequentiallyConsistent)
+            line.trigger()
+        }
+    }
+
+    /// The configuration space changed (balloon target, capacity): interrupt with the config bit.
+    public func notifyConfigChange() {
+        interruptStatus.value.bitwiseOr(2, ordering: .sequentiallyConsistent)
+        line.trigger()
+    }
+
+    /// A queue broke the rules: the device stops and tells the driver to reset it.
+    public func fail(_ why: String) { onError(why) }
+}
+
+/// Base class of the virtio device models. Subclasses override the hooks; the transport calls
+/// `activate`, `reset` and `queueNotified` with the device lock held, so a model sees one caller at a time.
+open class VirtioDevice: @unchecked Sendable {
+    public let type: VirtioDeviceType
+    /// Maximum size of each queue; the count is the number of queues.
+    public let queueMaxSizes: [UInt16]
+    /// Device-specific feature bits (the transport adds VERSION_1, EVENT_IDX and INDIRECT_DESC).
+    public let deviceFeatures: UInt64
+    /// The context while the device is live (after DRIVER_OK, until reset).
+    public internal(set) var context: VirtioContext?
+    /// Serialises the worker's queue processing with activation and reset.
+    let lock = Mutex<Void>(())
+
+    public init(type: VirtioDeviceType, queueMaxSizes: [UInt16], features: UInt64) {
+        self.type = type
+        self.queueMaxSizes = queueMaxSizes
+        self.deviceFeatures = features
+    }
+
+    /// Configuration space reads (offset from 0x100). Default: no configuration space.
+    open func readConfig(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        for i in 0..<data.count { data[i] = 0 }
+    }
+    open func writeConfig(offset: UInt64, data: UnsafeRawBufferPointer) {}
+
+    /// DRIVER_OK: `ctx` holds the queues. Throwing refuses the activation (DEVICE_NEEDS_RESET).
+    open func activated(_ ctx: VirtioContext) throws(VirtioDeviceError) {}
+    /// The driver reset the device (or the VM is going away): drop every reference into guest memory.
+    open func didReset() {}
+    /// The driver notified queue `index` (through ioeventfd and the worker, or inline in tests).
+    open func process(queue index: Int, _ ctx: VirtioContext) {}
+
+    /// Runs `process` under the device lock when the device is live.
+    public func queueNotified(_ index: Int) {
+        lock.withLock { _ in
+            guard let ctx = context, index >= 0, index < ctx.queues.count, ctx.queues[index] != nil else { return }
+            process(queue: index, ctx)
+        }
+    }
+
+    /// Runs `body` under the device lock with the live context (for back-end events: tap readable, timers).
+    public func withContext(_ body: (VirtioContext) -> Void) {
+        lock.withLock { _ in if let c = context { body(c) } }
+    }
+}
+
+public struct VirtioDeviceError: Error, CustomStringConvertible, Equatable {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// The transport's InterruptStatus register, shared with the context the worker uses.
+public final class InterruptStatus: Sendable {
+    public let value = Atomic<UInt32>(0)
+    public init() {}
+}

@@ -1,0 +1,50 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CKVM
+
+/// virtio-rng (virtio 1.x §5.4): fills each device-writable buffer from the host's getrandom.
+public final class VirtioRng: VirtioDevice, @unchecked Sendable {
+    public static let queueSize: UInt16 = 256
+    /// Bytes served per request at most (the driver asks again for more).
+    public static let maxPerRequest = 64 * 1024
+    public var limiter: RateLimiter?
+    public private(set) var bytesServed: UInt64 = 0
+
+    public init() {
+        super.init(type: .rng, queueMaxSizes: [VirtioRng.queueSize], features: 0)
+    }
+
+    public override func process(queue index: Int, _ ctx: VirtioContext) {
+        guard let q = ctx.queues[index] else { return }
+        repeat {
+            while true {
+                if let l = limiter, !l.canProceed() { return }
+                let chain: DescriptorChain?
+                do { chain = try q.pop() } catch {
+                    ctx.fail("queue \(index): \(error)")
+                    return
+                }
+                guard let chain else { break }
+                var left = VirtioRng.maxPerRequest
+                var written = 0
+                for s in chain.writable where left > 0 {
+                    let want = min(Int(s.length), left)
+                    var got = 0
+                    while got < want {
+                        let n = ckvm_getrandom(s.host.advanced(by: got), want - got, 0)
+                        if n < 0 { if errno == EINTR { continue }; break }
+                        got += n
+                    }
+                    written += got
+                    left -= got
+                    if got < want { break }
+                }
+                limiter?.consume(ops: 1, bytes: UInt64(written))
+                bytesServed += UInt64(written)
+                q.push(head: chain.head, written: UInt32(written))
+                ctx.notifyUsed(q)
+            }
+        } while q.armNotification()
+    }
+}
