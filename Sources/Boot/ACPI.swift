@@ -101,6 +101,19 @@ public enum AML {
     }
 
     static func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8((v >> (8 * UInt64($0))) & 0xFF) } }
+
+    /// A virtio-mmio device as Linux's virtio_mmio driver matches it from ACPI ("LNRO0005"): its
+    /// 4 KiB register window and its edge-triggered interrupt.
+    public static func virtioMMIO(index: Int, base: UInt64, gsi: UInt32) -> [UInt8] {
+        let hex = Array("0123456789ABCDEF")
+        let seg = "VR" + String(hex[(index >> 4) & 0xF]) + String(hex[index & 0xF])
+        return device(seg, [
+            name("_HID", string("LNRO0005")),
+            name("_UID", integer(UInt64(index))),
+            name("_CCA", integer(1)),   // cache-coherent DMA
+            name("_CRS", resourceTemplate([memory32Fixed(UInt32(base), length: 0x1000), extendedInterrupt(gsi)])),
+        ])
+    }
 }
 
 /// RSDP, XSDT, FADT (hardware-reduced), MADT and DSDT.

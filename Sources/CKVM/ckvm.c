@@ -1,7 +1,9 @@
+#define _GNU_SOURCE
 #include "ckvm.h"
 #include <sys/ioctl.h>
 #include <stdlib.h>
 #include <sys/random.h>
+#include <pthread.h>
 
 int ckvm_ioctl(int fd, unsigned long request) { return ioctl(fd, request, 0); }
 int ckvm_ioctl_arg(int fd, unsigned long request, unsigned long arg) { return ioctl(fd, request, arg); }
@@ -20,3 +22,5 @@ struct kvm_msrs *ckvm_msrs_alloc(uint32_t nmsrs) {
 void ckvm_free(void *p) { free(p); }
 
 ssize_t ckvm_getrandom(void *buf, size_t len, unsigned int flags) { return getrandom(buf, len, flags); }
+
+int ckvm_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }

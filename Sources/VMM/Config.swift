@@ -42,6 +42,9 @@ public struct VMConfig: Sendable, Equatable {
     public var cpuid: [CPUIDModifier] = []
     public var serial: SerialMode = .stdio
     public var stats: Bool = false
+    public var disks: [DiskConfig] = []
+    public var rng: RngConfig? = nil
+    public var nets: [NetConfig] = []
 
     public init() {}
 }
@@ -64,7 +67,7 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
 
 extension VMConfig {
     static let keys: Set<String> = ["kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
-                                    "cpu_template", "cpuid", "serial", "stats"]
+                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets"]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
     public static func load(jsonFile path: String) throws(ConfigError) -> VMConfig {
@@ -104,6 +107,26 @@ extension VMConfig {
             case "stats":
                 guard case let .bool(b) = value else { throw .invalid(k, "must be true or false, not \(value.typeName)") }
                 stats = b
+            case "disks":
+                guard case let .array(items) = value else { throw .invalid(k, "must be an array, not \(value.typeName)") }
+                disks = try items.enumerated().map { (i, item) throws(ConfigError) in try DiskConfig.parse(json: item, key: "disks[\(i)]") }
+            case "nets":
+                guard case let .array(items) = value else { throw .invalid(k, "must be an array, not \(value.typeName)") }
+                nets = try items.enumerated().map { (i, item) throws(ConfigError) in try NetConfig.parse(json: item, key: "nets[\(i)]") }
+            case "rng":
+                switch value {
+                case .bool(false), .null: rng = nil
+                case .bool(true): rng = RngConfig()
+                case .object:
+                    guard case let .object(m) = value else { break }
+                    var r = RngConfig()
+                    for (rk, rv) in m {
+                        guard rk == "rate_limit" else { throw .invalid("rng.\(rk)", "unknown key (known: rate_limit)") }
+                        r.rateLimit = try RateLimitConfig.parse(json: rv, key: "rng.rate_limit")
+                    }
+                    rng = r
+                default: throw .invalid(k, "must be true, false or {\"rate_limit\": …}, not \(value.typeName)")
+                }
             default: break
             }
         }
@@ -191,6 +214,9 @@ extension VMConfig {
             case "--cpuid": c.cpuid.append(try modifier(flag: try value(a)))
             case "--serial": c.serial = try SerialMode(parsing: try value(a))
             case "--stats": c.stats = true
+            case "--disk": c.disks.append(try DiskConfig.parse(flag: try value(a)))
+            case "--rng": c.rng = RngConfig()
+            case "--net": c.nets.append(try NetConfig.parse(flag: try value(a)))
             default: throw .usage("unknown argument \"\(a)\" (see kumo-vmm --help)")
             }
             i += 1
@@ -211,6 +237,19 @@ extension VMConfig {
             throw .invalid("memory", "\(memoryMiB) MiB is more than this host has (\(hostMemoryBytes >> 20) MiB)")
         }
         if cmdline.utf8.contains(0) { throw .invalid("cmdline", "contains a NUL byte") }
+        let devices = disks.count + nets.count + (rng == nil ? 0 : 1)
+        guard devices <= Layout.virtioGSIs.count else {
+            throw .invalid("disks", "\(devices) virtio devices; at most \(Layout.virtioGSIs.count) are supported")
+        }
+        for (i, d) in disks.enumerated() { try d.validate("disks[\(i)]") }
+        for (i, n) in nets.enumerated() { try n.validate("nets[\(i)]") }
+        guard Set(nets.map(\.tap)).count == nets.count else { throw .invalid("nets", "the same tap is given twice") }
+        var seen = Set<String>()
+        for d in disks {
+            var r = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+            let canonical = realpath(d.path, &r) != nil ? String(cString: r) : d.path
+            guard seen.insert(canonical).inserted else { throw .file(d.path, "disk image given twice") }
+        }
     }
 }
 

@@ -3,6 +3,7 @@ import CKVM
 import GuestMemory
 import Boot
 import Devices
+import Virtio
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -102,8 +103,14 @@ public final class Machine: @unchecked Sendable {
     let sampleGeneration = Atomic<Int>(0)
     public let firstRunCPUNanos = Atomic<UInt64>(0)
     public private(set) var bootMarkerNanos: UInt64? = nil
+    /// Virtio devices: their MMIO transports, worker threads and the eventfds KVM signals.
+    public private(set) var virtio: [VirtioMMIO] = []
+    var workers: [DeviceWorker] = []
+    var virtioEvents: [EventFD] = []
+    /// DSDT entries describing the virtio devices (for the boot loader's ACPI tables).
+    public private(set) var acpiDevices: [[UInt8]] = []
 
-    public init(_ options: Options, kvm: KVMSystem, serialSink: SerialSink?) throws {
+    public init(_ options: Options, kvm: KVMSystem, serialSink: SerialSink?, virtio devices: [VirtioDevice] = []) throws {
         _ = installKickHandler
         self.options = options
         self.kvm = kvm
@@ -136,6 +143,32 @@ public final class Machine: @unchecked Sendable {
         try pio.insert(ACPIPowerDevice(sleepType: Layout.s5SleepType, resetValue: Layout.acpiResetValue),
                        base: UInt64(Layout.acpiSleepControlPort), length: 3)
         try mmio.insert(BootMarkerDevice(magic: Layout.bootMarkerValue), base: Layout.bootMarker, length: 0x1000)
+        if !devices.isEmpty && !options.irqchip { throw SysError("virtio devices need the in-kernel irqchip", errno: EINVAL) }
+        for (i, dev) in devices.enumerated() {
+            guard i < Layout.virtioGSIs.count else { throw SysError("too many virtio devices", errno: EINVAL) }
+            let base = Layout.virtioMMIO + UInt64(i) * MMIOReg.windowSize
+            let gsi = Layout.virtioGSIs[i]
+            // Interrupts leave by irqfd; notifications arrive by ioeventfd (one per queue, matched on
+            // the queue index written to QueueNotify), so neither costs a userspace exit.
+            let irqEvent = try EventFD()
+            try vm.registerIRQFD(irqEvent, gsi: gsi)
+            var queueEvents: [EventFD] = []
+            for q in dev.queueMaxSizes.indices {
+                let ev = try EventFD()
+                try vm.registerIOEventFD(ev, address: base + MMIOReg.queueNotify, length: 4, datamatch: UInt64(q))
+                queueEvents.append(ev)
+            }
+            let name = "virtio-\(dev.type)\(i)"
+            let qe = queueEvents
+            let t = VirtioMMIO(device: dev, memory: memory, interrupt: InterruptLine { irqEvent.signal() },
+                               notify: { q in qe[q].signal() }, log: { eprint("kumo-vmm: \(name): \($0)") })
+            try mmio.insert(t, base: base, length: MMIOReg.windowSize)
+            virtio.append(t)
+            virtioEvents.append(irqEvent)
+            virtioEvents.append(contentsOf: queueEvents)
+            workers.append(try DeviceWorker(device: dev, name: name, queueFDs: queueEvents.map { $0.fd.raw }))
+            acpiDevices.append(AML.virtioMMIO(index: i, base: base, gsi: gsi))
+        }
         // vCPUs.
         let supported = try kvm.supportedCPUID().map {
             CPUIDLeaf(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx, ecx: $0.ecx, edx: $0.edx)
@@ -192,7 +225,7 @@ public final class Machine: @unchecked Sendable {
     public func setBootState(_ cpu: BootCPUState, vcpu index: Int) throws {
         let v = vcpus[index]
         var s = try v.getSRegs()
-        func seg(_ x: SegmentState) -> Segment {
+        func seg(_ x: SegmentState) -> KVM.Segment {
             Segment(base: x.base, limit: x.limit, selector: x.selector, type: x.type, present: x.present, dpl: x.dpl,
                     db: x.db, s: x.s, l: x.l, g: x.g, avl: 0, unusable: 0, padding: 0)
         }
@@ -215,6 +248,7 @@ public final class Machine: @unchecked Sendable {
 
     /// Starts one thread per vCPU.
     public func start() throws {
+        for w in workers { try w.start() }
         for i in 0..<vcpus.count {
             let box = Unmanaged.passRetained(VcpuThreadContext(machine: self, index: i)).toOpaque()
             var tid = pthread_t()
@@ -276,10 +310,13 @@ public final class Machine: @unchecked Sendable {
         for t in threads { pthread_kill(t, kickSignal) }
         for t in threads { pthread_join(t, nil) }
         threads.removeAll()
+        for w in workers { w.stop() }
+        for t in virtio { t.reset() }
     }
 
     deinit {
         if !threads.isEmpty { stopAll() }
+        for w in workers { w.stop() }
     }
 
     // MARK: - The vCPU exit loop (no allocation or formatting on the common paths)

@@ -1,6 +1,7 @@
 import KVM
 import Boot
 import Devices
+import Virtio
 import GuestMemory
 import Synchronization
 #if canImport(Glibc)
@@ -32,6 +33,8 @@ public struct VMPlan: Sendable {
     public var template: CPUTemplate
     public var host: HostKVM
     public var bootProtocol: BootProtocol
+    /// Taps, opened once (before any VM) and kept across guest resets; MACs fixed for the VM's life.
+    public var taps: [(tap: Tap, mac: [UInt8])] = []
 
     public init(_ config: VMConfig, host: HostKVM = .detect(), hostMemory: UInt64 = hostMemoryBytes()) throws(ConfigError) {
         try config.validate(hostMemoryBytes: hostMemory)
@@ -56,6 +59,11 @@ public struct VMPlan: Sendable {
             if !present { cmd += (cmd.isEmpty ? "" : " ") + p }
         }
         cmdline = cmd
+        for (i, n) in config.nets.enumerated() {
+            do { taps.append((try Tap(name: n.tap), n.mac ?? VirtioNet.randomMAC())) } catch {
+                throw .invalid("nets[\(i)]", error.description)
+            }
+        }
         do { bootProtocol = try kernel.resolve(config.bootProtocol) } catch { throw .file(config.kernel, error.description) }
         do {
             var s = spec
@@ -69,6 +77,28 @@ public struct VMPlan: Sendable {
                  vcpus: config.vcpus, bootProtocol: bootProtocol)
     }
 
+    /// Fresh device models for one boot (disks are opened here; a guest reset gets new ones).
+    public func makeDevices() throws -> [VirtioDevice] {
+        var out: [VirtioDevice] = []
+        for d in config.disks {
+            let b = try VirtioBlock(path: d.path, readOnly: d.readOnly, serial: d.serial)
+            b.limiter = d.rateLimit?.make()
+            out.append(b)
+        }
+        for (i, t) in taps.enumerated() {
+            let dev = VirtioNet(tap: t.tap, mac: t.mac)
+            dev.rxLimiter = config.nets[i].rxRateLimit?.make()
+            dev.txLimiter = config.nets[i].txRateLimit?.make()
+            out.append(dev)
+        }
+        if let r = config.rng {
+            let dev = VirtioRng()
+            dev.limiter = r.rateLimit?.make()
+            out.append(dev)
+        }
+        return out
+    }
+
     public var machineOptions: Machine.Options {
         var o = Machine.Options(memorySize: UInt64(config.memoryMiB) << 20, vcpus: config.vcpus)
         o.cpuid = template.modifiers + config.cpuid
@@ -78,14 +108,14 @@ public struct VMPlan: Sendable {
 
 /// Builds a machine from a plan and boots it: memory, boot structures, vCPU state.
 public func bootMachine(_ plan: VMPlan, kvm: KVMSystem, sink: SerialSink?) throws -> (Machine, BootResult) {
-    let m = try Machine(plan.machineOptions, kvm: kvm, serialSink: sink)
+    let m = try Machine(plan.machineOptions, kvm: kvm, serialSink: sink, virtio: try plan.makeDevices())
     var spec = plan.spec
     if plan.template.tellsTSCFrequency, !spec.cmdline.contains("tsc_early_khz=") {
         // The guest cannot calibrate its TSC against the PIT when its kernel code is emulated
         // (the calibration loops run far too slowly), so it is told the frequency KVM gives it.
         spec.cmdline += " tsc_early_khz=\(try m.vcpus[0].tscKHz())"
     }
-    let result = try BootLoader.load(spec, into: m.memory, acpi: ACPIConfig(vcpus: plan.config.vcpus))
+    let result = try BootLoader.load(spec, into: m.memory, acpi: ACPIConfig(vcpus: plan.config.vcpus, devices: m.acpiDevices))
     try m.setBootState(result.cpu, vcpu: 0)
     return (m, result)
 }
@@ -127,6 +157,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
     var totals = [UInt64](repeating: 0, count: ExitCounters.size)
     var perVCPU: [[UInt64]] = Array(repeating: [UInt64](repeating: 0, count: ExitCounters.size), count: plan.config.vcpus)
     var status: Int32 = 0
+    var deviceStats: [String] = []
     while true {
         boots += 1
         let machine: Machine
@@ -147,6 +178,9 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         if boots == 1 {
             let cpu = machine.firstRunCPUNanos.load(ordering: .relaxed)
             if plan.config.stats { eprint("kumo-vmm: CPU time to first KVM_RUN: \(ms(cpu)) ms") }
+        }
+        deviceStats = machine.virtio.enumerated().map { (i, t) in
+            "  virtio-\(t.device.type)\(i): " + t.device.statistics
         }
         for (i, c) in machine.counters.enumerated() {
             for k in 0..<ExitCounters.size { perVCPU[i][k] &+= c.value(k); totals[k] &+= c.value(k) }
@@ -170,7 +204,10 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         }
         break
     }
-    if plan.config.stats { eprint(formatStats(perVCPU)) }
+    if plan.config.stats {
+        eprint(formatStats(perVCPU))
+        if !deviceStats.isEmpty { eprint("kumo-vmm: virtio devices (last boot)\n" + deviceStats.joined(separator: "\n")) }
+    }
     return status
 }
 

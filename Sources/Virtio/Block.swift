@@ -67,6 +67,12 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
 
     deinit { close(fd) }
 
+    public override var statistics: String {
+        var s = "reads=\(completed.reads) writes=\(completed.writes) flushes=\(completed.flushes) errors=\(completed.errors)"
+        if let l = limiter { s += " throttled=\(l.throttled)" }
+        return s
+    }
+
     public override func readConfig(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         // struct virtio_blk_config: capacity (le64), size_max, seg_max, geometry, blk_size, …
         var cfg = [UInt8](repeating: 0, count: 64)
@@ -78,6 +84,12 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             let o = offset + UInt64(i)
             data[i] = o < UInt64(cfg.count) ? cfg[Int(o)] : 0
         }
+    }
+
+    public override func retryAfterNanos() -> UInt64? {
+        guard let l = limiter else { return nil }
+        let w = l.waitNanos()
+        return w > 0 ? w : nil
     }
 
     public override func process(queue index: Int, _ ctx: VirtioContext) {

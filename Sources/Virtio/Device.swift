@@ -80,6 +80,17 @@ open class VirtioDevice: @unchecked Sendable {
     /// The driver notified queue `index` (through ioeventfd and the worker, or inline in tests).
     open func process(queue index: Int, _ ctx: VirtioContext) {}
 
+    /// One line of counters for `--stats`.
+    open var statistics: String { "" }
+
+    /// Host descriptors the worker should poll for this device (a tap), and what to do when one is ready.
+    open var backendFDs: [Int32] { [] }
+    open func backendReady(_ fd: Int32) {}
+    /// Whether the worker should poll `fd` now (a receive path with no guest buffers says no).
+    open func backendWanted(_ fd: Int32) -> Bool { true }
+    /// When the device has work it could not do yet (rate limited): nanoseconds until it can.
+    open func retryAfterNanos() -> UInt64? { nil }
+
     /// Runs `process` under the device lock when the device is live.
     public func queueNotified(_ index: Int) {
         lock.withLock { _ in

@@ -229,6 +229,7 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
                 try device.activated(ctx)
                 device.context = ctx
             }
+            log("driver ready: features 0x\(String(feat, radix: 16)), \(queues.compactMap { $0 }.count) queue(s)")
         } catch {
             log("virtio-\(device.type): cannot start: \(error)")
             state.withLock { s in s.status = (s.status & ~VirtioStatus.driverOK) | VirtioStatus.needsReset }

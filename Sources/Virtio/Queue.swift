@@ -222,6 +222,9 @@ public final class SplitQueue: @unchecked Sendable {
         if writable { chain.writableBytes += UInt64(len) } else { chain.readableBytes += UInt64(len) }
     }
 
+    /// Puts back the chain `pop` just returned (the device could not use it yet: no frame to receive).
+    public func unpop() { lastAvail &-= 1 }
+
     /// Returns a chain to the driver with the number of bytes the device wrote into it.
     public func push(head: UInt16, written: UInt32) {
         let slot = Int(nextUsed % size)

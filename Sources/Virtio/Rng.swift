@@ -11,8 +11,18 @@ public final class VirtioRng: VirtioDevice, @unchecked Sendable {
     public var limiter: RateLimiter?
     public private(set) var bytesServed: UInt64 = 0
 
+    public override var statistics: String {
+        "bytes=\(bytesServed)" + (limiter.map { " throttled=\($0.throttled)" } ?? "")
+    }
+
     public init() {
         super.init(type: .rng, queueMaxSizes: [VirtioRng.queueSize], features: 0)
+    }
+
+    public override func retryAfterNanos() -> UInt64? {
+        guard let l = limiter else { return nil }
+        let w = l.waitNanos()
+        return w > 0 ? w : nil
     }
 
     public override func process(queue index: Int, _ ctx: VirtioContext) {

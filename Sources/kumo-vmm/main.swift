@@ -20,10 +20,19 @@ usage: kumo-vmm --kernel PATH [options]        run one VM
   --cpuid SPEC           mask CPUID: LEAF[.INDEX]:REG:clear=MASK[,set=MASK] (repeatable)
   --serial MODE          stdio (default), none, file:PATH, socket:PATH
   --stats                print exit counts by reason per vCPU on exit
+  --disk PATH[,OPTS]     virtio-blk disk from a raw image (repeatable; /dev/vda, vdb, … in order)
+                         OPTS: readonly, serial=ID (≤ 20 bytes), bandwidth=BYTES_PER_S, iops=N
+  --net tap=NAME[,OPTS]  virtio-net on a tap (created, or attached when it exists; repeatable)
+                         OPTS: mac=52:54:00:12:34:56, rx-bandwidth=, tx-bandwidth= (bytes/s), rx-pps=, tx-pps=
+  --rng                  virtio-rng fed from the host's getrandom
   --help                 this text
 
 JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
-cpuid ([{function, index, register, clear, set}]), serial, stats.
+cpuid ([{function, index, register, clear, set}]), serial, stats,
+disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
+rng (true or {rate_limit}); a rate_limit is
+{"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
+Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.
 Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input.
 """
 

@@ -74,6 +74,16 @@ final class DataBox: @unchecked Sendable { var data = Data() }
         (["--kernel", "/etc/hostname", "--serial", "tcp:1"], "serial: must be"),
         (["--kernel", "/etc/hostname", "--boot-protocol", "uefi"], "must be auto, pvh or linux64"),
         (["--bogus"], "unknown argument \"--bogus\""),
+        (["--kernel", "/etc/hostname", "--disk", "/nonexistent.img"], "/nonexistent.img: disk image: No such file or directory"),
+        (["--kernel", "/etc/hostname", "--disk", "/etc/hostname"], "a disk needs at least one 512-byte sector"),
+        (["--kernel", "/etc/hostname", "--disk", "/tmp"], "disk image: not a regular file or block device"),
+        (["--kernel", "/etc/hostname", "--disk", "/etc/passwd,bogus"], "unknown option \"bogus\""),
+        (["--kernel", "/etc/hostname", "--disk", "/etc/passwd,iops=-1"], "iops must be a positive whole number"),
+        (["--kernel", "/etc/hostname", "--disk", ""], "--disk: needs a path"),
+        (["--kernel", "/etc/hostname", "--net", "mac=01:00:00:00:00:00"], "mac must be six hex bytes"),
+        (["--kernel", "/etc/hostname", "--net", "tap=a/b"], "is not a valid interface name"),
+        (["--kernel", "/etc/hostname", "--net", "mac=52:54:00:00:00:01"], "--net: needs tap=NAME"),
+        (["--kernel", "/etc/hostname", "--net", "tap=t0", "--net", "tap=t0"], "the same tap is given twice"),
     ])
     func badFlags(args: [String], message: String) throws {
         let r = try CLI.run(args)

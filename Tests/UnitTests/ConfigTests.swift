@@ -44,6 +44,37 @@ import Boot
         #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"serial": "tcp:1"}"#)) }
     }
 
+    @Test func virtioDevicesFromJSONAndFlags() throws {
+        var c = VMConfig()
+        try c.apply(json: JSONParser.parse(#"""
+            {"kernel": "/k", "rng": {"rate_limit": {"ops": {"size": 10, "refill_ms": 100}}},
+             "disks": [{"path": "/a.img", "read_only": true, "serial": "s1",
+                        "rate_limit": {"bandwidth": {"size": 1048576, "refill_ms": 1000, "one_time_burst": 4096}}},
+                       {"path": "/b.img"}],
+             "nets": [{"tap": "kt0", "mac": "52:54:00:00:00:01", "tx_rate_limit": {"ops": {"size": 100}}}]}
+            """#))
+        #expect(c.disks == [DiskConfig(path: "/a.img", readOnly: true, serial: "s1",
+                                       rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1 << 20, refillMillis: 1000, oneTimeBurst: 4096))),
+                            DiskConfig(path: "/b.img")])
+        #expect(c.rng == RngConfig(rateLimit: RateLimitConfig(ops: BucketConfig(size: 10, refillMillis: 100))))
+        #expect(c.nets.count == 1 && c.nets[0].tap == "kt0" && c.nets[0].mac == [0x52, 0x54, 0, 0, 0, 1])
+        #expect(c.nets[0].txRateLimit == RateLimitConfig(ops: BucketConfig(size: 100)))
+        let f = try VMConfig.parse(arguments: ["--kernel", "/k", "--disk", "/x.img,readonly,serial=abc,bandwidth=1000,iops=50",
+                                                "--net", "tap=kt1,rx-pps=5", "--rng"])
+        #expect(f.disks == [DiskConfig(path: "/x.img", readOnly: true, serial: "abc",
+                                       rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1000), ops: BucketConfig(size: 50)))])
+        #expect(f.nets[0].rxRateLimit == RateLimitConfig(ops: BucketConfig(size: 5)))
+        #expect(f.rng == RngConfig())
+        var d = VMConfig()
+        for bad in [#"{"disks": [{"path": "/a", "cache": "none"}]}"#, #"{"disks": [{}]}"#, #"{"disks": "/a"}"#,
+                    #"{"nets": [{"tap": "t", "mac": "ff:ff:ff:ff:ff:ff"}]}"#, #"{"nets": [{"mac": "52:54:00:00:00:01"}]}"#,
+                    #"{"rng": {"rate": 1}}"#, #"{"rng": 3}"#,
+                    #"{"disks": [{"path": "/a", "rate_limit": {"bandwidth": {"size": 0}}}]}"#,
+                    #"{"disks": [{"path": "/a", "rate_limit": {"iops": {"size": 1}}}]}"#] {
+            #expect(throws: ConfigError.self, "\(bad)") { try d.apply(json: JSONParser.parse(bad)) }
+        }
+    }
+
     @Test func validationBeforeAnyVM() throws {
         var c = VMConfig()
         #expect(throws: ConfigError.self) { try c.validate(hostMemoryBytes: 1 << 34) }   // no kernel

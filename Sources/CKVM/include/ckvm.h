@@ -93,4 +93,7 @@ static inline uint32_t ckvm_run_ex_exception(const struct kvm_run *r) { return r
 /// getrandom(2) (its header is not part of Swift's Glibc module).
 ssize_t ckvm_getrandom(void *buf, size_t len, unsigned int flags);
 
+/// pthread_setname_np on the calling thread (a GNU extension Swift's Glibc module does not show).
+int ckvm_set_thread_name(const char *name);
+
 #endif

@@ -1,0 +1,185 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Virtio
+
+/// A token bucket as configured: `size` tokens refilled every `refillMillis`, plus a one-time burst.
+public struct BucketConfig: Sendable, Equatable {
+    public var size: UInt64
+    public var refillMillis: UInt64 = 1000
+    public var oneTimeBurst: UInt64 = 0
+    public init(size: UInt64, refillMillis: UInt64 = 1000, oneTimeBurst: UInt64 = 0) {
+        self.size = size; self.refillMillis = refillMillis; self.oneTimeBurst = oneTimeBurst
+    }
+    var bucket: TokenBucket { TokenBucket(size: size, refillMillis: refillMillis, oneTimeBurst: oneTimeBurst) }
+}
+
+/// Firecracker-style rate limiter: a bandwidth bucket (bytes) and an operations bucket.
+public struct RateLimitConfig: Sendable, Equatable {
+    public var bandwidth: BucketConfig?
+    public var ops: BucketConfig?
+    public init(bandwidth: BucketConfig? = nil, ops: BucketConfig? = nil) { self.bandwidth = bandwidth; self.ops = ops }
+    public func make() -> RateLimiter? {
+        bandwidth == nil && ops == nil ? nil : RateLimiter(bandwidth: bandwidth?.bucket, ops: ops?.bucket)
+    }
+}
+
+public struct DiskConfig: Sendable, Equatable {
+    public var path: String
+    public var readOnly = false
+    public var serial: String? = nil
+    public var rateLimit: RateLimitConfig? = nil
+    public init(path: String, readOnly: Bool = false, serial: String? = nil, rateLimit: RateLimitConfig? = nil) {
+        self.path = path; self.readOnly = readOnly; self.serial = serial; self.rateLimit = rateLimit
+    }
+}
+
+public struct RngConfig: Sendable, Equatable {
+    public var rateLimit: RateLimitConfig? = nil
+    public init(rateLimit: RateLimitConfig? = nil) { self.rateLimit = rateLimit }
+}
+
+extension DiskConfig {
+    /// `--disk PATH[,readonly][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]`
+    static func parse(flag s: String) throws(ConfigError) -> DiskConfig {
+        let parts = s.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let first = parts.first, !first.isEmpty else { throw .invalid("--disk", "needs a path: --disk PATH[,readonly][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]") }
+        var d = DiskConfig(path: first.hasPrefix("path=") ? String(first.dropFirst(5)) : first)
+        var rl = RateLimitConfig()
+        for p in parts.dropFirst() {
+            let kv = p.split(separator: "=", maxSplits: 1).map(String.init)
+            switch (kv[0], kv.count) {
+            case ("readonly", 1), ("ro", 1): d.readOnly = true
+            case ("serial", 2): d.serial = kv[1]
+            case ("bandwidth", 2), ("iops", 2):
+                guard let n = parseInt(kv[1]), n > 0 else { throw .invalid("--disk", "\(kv[0]) must be a positive whole number, got \"\(kv[1])\"") }
+                if kv[0] == "bandwidth" { rl.bandwidth = BucketConfig(size: UInt64(n)) } else { rl.ops = BucketConfig(size: UInt64(n)) }
+            default: throw .invalid("--disk", "unknown option \"\(p)\" (readonly, serial=ID, bandwidth=BYTES_PER_S, iops=N)")
+            }
+        }
+        if rl.bandwidth != nil || rl.ops != nil { d.rateLimit = rl }
+        return d
+    }
+
+    static func parse(json v: JSONValue, key: String) throws(ConfigError) -> DiskConfig {
+        guard case let .object(m) = v else { throw .invalid(key, "must be an object with \"path\"") }
+        var d = DiskConfig(path: "")
+        for (k, value) in m {
+            switch k {
+            case "path": d.path = try str("\(key).path", value)
+            case "read_only":
+                guard case let .bool(b) = value else { throw .invalid("\(key).read_only", "must be true or false") }
+                d.readOnly = b
+            case "serial": d.serial = try str("\(key).serial", value)
+            case "rate_limit": d.rateLimit = try RateLimitConfig.parse(json: value, key: "\(key).rate_limit")
+            default: throw .invalid("\(key).\(k)", "unknown key (known: path, read_only, serial, rate_limit)")
+            }
+        }
+        guard !d.path.isEmpty else { throw .invalid(key, "needs a \"path\"") }
+        return d
+    }
+
+    /// Checks the image before any VM exists: it exists, is a file or block device of at least one
+    /// sector, and we may open it as asked.
+    func validate(_ key: String) throws(ConfigError) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw .file(path, "disk image: \(String(cString: strerror(errno)))") }
+        let kind = st.st_mode & S_IFMT
+        guard kind == S_IFREG || kind == S_IFBLK else { throw .file(path, "disk image: not a regular file or block device") }
+        if kind == S_IFREG && st.st_size < 512 {
+            throw .file(path, "disk image: \(st.st_size) bytes; a disk needs at least one 512-byte sector")
+        }
+        guard access(path, readOnly ? R_OK : (R_OK | W_OK)) == 0 else {
+            throw .file(path, "disk image: cannot open it \(readOnly ? "for reading" : "read-write (add readonly?)"): \(String(cString: strerror(errno)))")
+        }
+        if let s = serial, s.utf8.count > 20 { throw .invalid("\(key).serial", "at most 20 bytes, got \(s.utf8.count)") }
+    }
+}
+
+extension RateLimitConfig {
+    /// {"bandwidth": {"size": BYTES, "refill_ms": MS, "one_time_burst": BYTES}, "ops": {...}}
+    static func parse(json v: JSONValue, key: String) throws(ConfigError) -> RateLimitConfig {
+        guard case let .object(m) = v else { throw .invalid(key, "must be an object with \"bandwidth\" and/or \"ops\"") }
+        var r = RateLimitConfig()
+        for (k, value) in m {
+            guard k == "bandwidth" || k == "ops" else { throw .invalid("\(key).\(k)", "unknown key (known: bandwidth, ops)") }
+            guard case let .object(b) = value else { throw .invalid("\(key).\(k)", "must be an object with size, refill_ms, one_time_burst") }
+            var cfg = BucketConfig(size: 0)
+            for (bk, bv) in b {
+                let n = try int("\(key).\(k).\(bk)", bv)
+                guard n >= 0 else { throw .invalid("\(key).\(k).\(bk)", "must not be negative") }
+                switch bk {
+                case "size": cfg.size = UInt64(n)
+                case "refill_ms": cfg.refillMillis = UInt64(n)
+                case "one_time_burst": cfg.oneTimeBurst = UInt64(n)
+                default: throw .invalid("\(key).\(k).\(bk)", "unknown key (known: size, refill_ms, one_time_burst)")
+                }
+            }
+            guard cfg.size > 0, cfg.refillMillis > 0 else { throw .invalid("\(key).\(k)", "size and refill_ms must be positive") }
+            if k == "bandwidth" { r.bandwidth = cfg } else { r.ops = cfg }
+        }
+        return r
+    }
+}
+
+public struct NetConfig: Sendable, Equatable {
+    public var tap: String
+    public var mac: [UInt8]? = nil
+    public var rxRateLimit: RateLimitConfig? = nil
+    public var txRateLimit: RateLimitConfig? = nil
+    public init(tap: String, mac: [UInt8]? = nil) { self.tap = tap; self.mac = mac }
+
+    /// `--net tap=NAME[,mac=52:54:00:12:34:56][,rx-bandwidth=BYTES_PER_S][,tx-bandwidth=…][,rx-pps=N][,tx-pps=N]`
+    static func parse(flag s: String) throws(ConfigError) -> NetConfig {
+        var n = NetConfig(tap: "")
+        var rx = RateLimitConfig(), tx = RateLimitConfig()
+        for p in s.split(separator: ",").map(String.init) {
+            let kv = p.split(separator: "=", maxSplits: 1).map(String.init)
+            guard kv.count == 2 else { throw .invalid("--net", "expected KEY=VALUE, got \"\(p)\"") }
+            switch kv[0] {
+            case "tap": n.tap = kv[1]
+            case "mac":
+                guard let m = VirtioNet.parseMAC(kv[1]) else { throw .invalid("--net", "mac must be six hex bytes like 52:54:00:12:34:56 (unicast), got \"\(kv[1])\"") }
+                n.mac = m
+            case "rx-bandwidth", "tx-bandwidth", "rx-pps", "tx-pps":
+                guard let v = parseInt(kv[1]), v > 0 else { throw .invalid("--net", "\(kv[0]) must be a positive whole number, got \"\(kv[1])\"") }
+                let b = BucketConfig(size: UInt64(v))
+                switch kv[0] {
+                case "rx-bandwidth": rx.bandwidth = b
+                case "tx-bandwidth": tx.bandwidth = b
+                case "rx-pps": rx.ops = b
+                default: tx.ops = b
+                }
+            default: throw .invalid("--net", "unknown option \"\(kv[0])\" (tap, mac, rx-bandwidth, tx-bandwidth, rx-pps, tx-pps)")
+            }
+        }
+        guard !n.tap.isEmpty else { throw .invalid("--net", "needs tap=NAME") }
+        if rx != RateLimitConfig() { n.rxRateLimit = rx }
+        if tx != RateLimitConfig() { n.txRateLimit = tx }
+        return n
+    }
+
+    static func parse(json v: JSONValue, key: String) throws(ConfigError) -> NetConfig {
+        guard case let .object(m) = v else { throw .invalid(key, "must be an object with \"tap\"") }
+        var n = NetConfig(tap: "")
+        for (k, value) in m {
+            switch k {
+            case "tap": n.tap = try str("\(key).tap", value)
+            case "mac":
+                let s = try str("\(key).mac", value)
+                guard let mac = VirtioNet.parseMAC(s) else { throw .invalid("\(key).mac", "must be six hex bytes like 52:54:00:12:34:56 (unicast), got \"\(s)\"") }
+                n.mac = mac
+            case "rx_rate_limit": n.rxRateLimit = try RateLimitConfig.parse(json: value, key: "\(key).rx_rate_limit")
+            case "tx_rate_limit": n.txRateLimit = try RateLimitConfig.parse(json: value, key: "\(key).tx_rate_limit")
+            default: throw .invalid("\(key).\(k)", "unknown key (known: tap, mac, rx_rate_limit, tx_rate_limit)")
+            }
+        }
+        guard !n.tap.isEmpty else { throw .invalid(key, "needs a \"tap\"") }
+        return n
+    }
+
+    func validate(_ key: String) throws(ConfigError) {
+        guard n(tap) else { throw .invalid("\(key).tap", "\"\(tap)\" is not a valid interface name (1 to 15 characters, no '/' or spaces)") }
+    }
+    private func n(_ s: String) -> Bool { !s.isEmpty && s.utf8.count < 16 && !s.contains("/") && !s.contains(" ") }
+}
