@@ -86,28 +86,11 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         }
     }
 
-    public override func retryAfterNanos() -> UInt64? {
-        guard let l = limiter else { return nil }
-        let w = l.waitNanos()
-        return w > 0 ? w : nil
-    }
+    public override func retryAfterNanos() -> UInt64? { VirtioDevice.retryAfter(limiter) }
 
     public override func process(queue index: Int, _ ctx: VirtioContext) {
         guard let q = ctx.queues[index] else { return }
-        repeat {
-            while true {
-                if let l = limiter, !l.canProceed() { return }   // the limiter's timer re-runs us
-                let chain: DescriptorChain?
-                do { chain = try q.pop() } catch {
-                    ctx.fail("queue \(index): \(error)")
-                    return
-                }
-                guard let chain else { break }
-                let written = handle(chain)
-                q.push(head: chain.head, written: written)
-                ctx.notifyUsed(q)
-            }
-        } while q.armNotification()
+        serve(q, ctx, name: "queue \(index)", limiter: limiter) { handle($0) }
     }
 
     /// Serves one request; returns the bytes written into the chain (data read plus the status byte).

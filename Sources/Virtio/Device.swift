@@ -91,6 +91,37 @@ open class VirtioDevice: @unchecked Sendable {
     /// When the device has work it could not do yet (rate limited): nanoseconds until it can.
     open func retryAfterNanos() -> UInt64? { nil }
 
+    /// The common service loop: takes every available chain (while `limiter` allows), lets `handle` serve
+    /// it and return the bytes it wrote, hands it back, interrupts once per batch, and re-arms the
+    /// notification before sleeping. A malformed queue stops the device.
+    public func serve(_ q: SplitQueue, _ ctx: VirtioContext, name: String, limiter: RateLimiter?,
+                      _ handle: (DescriptorChain) -> UInt32) {
+        repeat {
+            var done = false
+            while true {
+                if let l = limiter, !l.canProceed() {
+                    if done { ctx.notifyUsed(q) }
+                    return   // the worker runs us again when tokens are back (retryAfterNanos)
+                }
+                let chain: DescriptorChain?
+                do { chain = try q.pop() } catch {
+                    ctx.fail("\(name): \(error)")
+                    return
+                }
+                guard let chain else { break }
+                q.push(head: chain.head, written: handle(chain))
+                done = true
+            }
+            if done { ctx.notifyUsed(q) }
+        } while q.armNotification()
+    }
+
+    /// Nanoseconds until the most constrained of `limiters` lets work through, nil when none holds it back.
+    public static func retryAfter(_ limiters: RateLimiter?...) -> UInt64? {
+        let w = limiters.map { $0?.waitNanos() ?? 0 }.max() ?? 0
+        return w > 0 ? w : nil
+    }
+
     /// Runs `process` under the device lock when the device is live.
     public func queueNotified(_ index: Int) {
         lock.withLock { _ in

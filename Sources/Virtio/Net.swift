@@ -93,10 +93,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         !rxStalled && (rxLimiter.map { $0.waitNanos() == 0 } ?? true)
     }
 
-    public override func retryAfterNanos() -> UInt64? {
-        let w = max(rxLimiter?.waitNanos() ?? 0, txLimiter?.waitNanos() ?? 0)
-        return w > 0 ? w : nil
-    }
+    public override func retryAfterNanos() -> UInt64? { VirtioDevice.retryAfter(rxLimiter, txLimiter) }
 
     public override func didReset() { rxStalled = false }
 
@@ -156,35 +153,23 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
     /// on a real link).
     func transmit(_ ctx: VirtioContext) {
         guard let q = ctx.queues[1] else { return }
-        repeat {
-            var sent = false
-            while true {
-                if let l = txLimiter, !l.canProceed() { if sent { ctx.notifyUsed(q) }; return }
-                let chain: DescriptorChain?
-                do { chain = try q.pop() } catch {
-                    ctx.fail("transmit queue: \(error)")
-                    return
-                }
-                guard let chain else { break }
-                let len = chain.readableBytes
-                if chain.writableBytes != 0 || len < UInt64(Tap.headerSize) || len > UInt64(VirtioNet.maxFrame) {
-                    counters.txDropped += 1
-                } else {
-                    var iov = chain.segments.map { iovec(iov_base: $0.host, iov_len: Int($0.length)) }
-                    let n = iov.withUnsafeMutableBufferPointer { writev(tap.fd, $0.baseAddress, Int32($0.count)) }
-                    if n < 0 {
-                        counters.txDropped += 1
-                    } else {
-                        counters.txFrames += 1
-                        counters.txBytes += Int(len) - Tap.headerSize
-                    }
-                    txLimiter?.consume(ops: 1, bytes: len)
-                }
-                q.push(head: chain.head, written: 0)
-                sent = true
+        serve(q, ctx, name: "transmit queue", limiter: txLimiter) { chain in
+            let len = chain.readableBytes
+            if chain.writableBytes != 0 || len < UInt64(Tap.headerSize) || len > UInt64(VirtioNet.maxFrame) {
+                counters.txDropped += 1
+                return 0
             }
-            if sent { ctx.notifyUsed(q) }
-        } while q.armNotification()
+            var iov = chain.segments.map { iovec(iov_base: $0.host, iov_len: Int($0.length)) }
+            let n = iov.withUnsafeMutableBufferPointer { writev(tap.fd, $0.baseAddress, Int32($0.count)) }
+            if n < 0 {
+                counters.txDropped += 1
+            } else {
+                counters.txFrames += 1
+                counters.txBytes += Int(len) - Tap.headerSize
+            }
+            txLimiter?.consume(ops: 1, bytes: len)
+            return 0
+        }
     }
 
     /// Parses "52:54:00:12:34:56".

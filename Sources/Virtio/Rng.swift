@@ -19,42 +19,28 @@ public final class VirtioRng: VirtioDevice, @unchecked Sendable {
         super.init(type: .rng, queueMaxSizes: [VirtioRng.queueSize], features: 0)
     }
 
-    public override func retryAfterNanos() -> UInt64? {
-        guard let l = limiter else { return nil }
-        let w = l.waitNanos()
-        return w > 0 ? w : nil
-    }
+    public override func retryAfterNanos() -> UInt64? { VirtioDevice.retryAfter(limiter) }
 
     public override func process(queue index: Int, _ ctx: VirtioContext) {
         guard let q = ctx.queues[index] else { return }
-        repeat {
-            while true {
-                if let l = limiter, !l.canProceed() { return }
-                let chain: DescriptorChain?
-                do { chain = try q.pop() } catch {
-                    ctx.fail("queue \(index): \(error)")
-                    return
+        serve(q, ctx, name: "queue \(index)", limiter: limiter) { chain in
+            var left = VirtioRng.maxPerRequest
+            var written = 0
+            for s in chain.writable where left > 0 {
+                let want = min(Int(s.length), left)
+                var got = 0
+                while got < want {
+                    let n = ckvm_getrandom(s.host.advanced(by: got), want - got, 0)
+                    if n < 0 { if errno == EINTR { continue }; break }
+                    got += n
                 }
-                guard let chain else { break }
-                var left = VirtioRng.maxPerRequest
-                var written = 0
-                for s in chain.writable where left > 0 {
-                    let want = min(Int(s.length), left)
-                    var got = 0
-                    while got < want {
-                        let n = ckvm_getrandom(s.host.advanced(by: got), want - got, 0)
-                        if n < 0 { if errno == EINTR { continue }; break }
-                        got += n
-                    }
-                    written += got
-                    left -= got
-                    if got < want { break }
-                }
-                limiter?.consume(ops: 1, bytes: UInt64(written))
-                bytesServed += UInt64(written)
-                q.push(head: chain.head, written: UInt32(written))
-                ctx.notifyUsed(q)
+                written += got
+                left -= got
+                if got < want { break }
             }
-        } while q.armNotification()
+            limiter?.consume(ops: 1, bytes: UInt64(written))
+            bytesServed += UInt64(written)
+            return UInt32(written)
+        }
     }
 }
