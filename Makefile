@@ -5,7 +5,7 @@ GUEST := $(shell scripts/guest.sh path)
 SWIFT_RELEASE := scripts/swift-release.sh kumo-vmm
 VMM := .build/release/kumo-vmm
 
-.PHONY: all build guest run test unit kvm-tests e2e bench clean
+.PHONY: all build guest run test unit kvm-tests e2e bench fuzz clean
 
 all: build
 
@@ -28,6 +28,12 @@ test: guest
 	swift build --build-tests
 	$(SWIFT_RELEASE)
 	KUMO_VMM=$(CURDIR)/$(VMM) swift test --skip-build
+	scripts/fuzz.sh 5000
+
+# The virtio fuzzer (libFuzzer + ASan) for a long run: FUZZ_RUNS inputs from the seed corpus.
+FUZZ_RUNS ?= 1000000
+fuzz:
+	scripts/fuzz.sh $(FUZZ_RUNS)
 
 unit:
 	swift test --filter UnitTests

@@ -20,6 +20,8 @@ let package = Package(
         .target(name: "VirtioTestDriver", dependencies: ["GuestMemory", "Devices", "Virtio"]),
         .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "Virtio"]),
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM"]),
+        // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
+        .executableTarget(name: "kumo-fuzz", dependencies: ["GuestMemory", "Devices", "Virtio", "VirtioTestDriver"]),
         .executableTarget(name: "kumo-bench", dependencies: ["VMM", "KVM", "Boot"]),
         .testTarget(name: "UnitTests", dependencies: ["GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "VMM"]),

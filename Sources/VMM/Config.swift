@@ -45,6 +45,9 @@ public struct VMConfig: Sendable, Equatable {
     public var disks: [DiskConfig] = []
     public var rng: RngConfig? = nil
     public var nets: [NetConfig] = []
+    public var balloon: BalloonConfig? = nil
+    /// The control socket (docs/CONTROL.md), if any.
+    public var apiSocket: String? = nil
 
     public init() {}
 }
@@ -67,7 +70,7 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
 
 extension VMConfig {
     static let keys: Set<String> = ["kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
-                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets"]
+                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket"]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
     public static func load(jsonFile path: String) throws(ConfigError) -> VMConfig {
@@ -110,6 +113,8 @@ extension VMConfig {
             case "disks":
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array, not \(value.typeName)") }
                 disks = try items.enumerated().map { (i, item) throws(ConfigError) in try DiskConfig.parse(json: item, key: "disks[\(i)]") }
+            case "balloon": balloon = try BalloonConfig.parse(json: value, key: k)
+            case "api_socket": apiSocket = value == .null ? nil : try str(k, value)
             case "nets":
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array, not \(value.typeName)") }
                 nets = try items.enumerated().map { (i, item) throws(ConfigError) in try NetConfig.parse(json: item, key: "nets[\(i)]") }
@@ -217,6 +222,16 @@ extension VMConfig {
             case "--disk": c.disks.append(try DiskConfig.parse(flag: try value(a)))
             case "--rng": c.rng = RngConfig()
             case "--net": c.nets.append(try NetConfig.parse(flag: try value(a)))
+            case "--balloon": c.balloon = c.balloon ?? BalloonConfig()
+            case "--balloon-target":
+                let v = try value(a)
+                guard let n = parseInt(v), n >= 0 else { throw .invalid("--balloon-target", "expected MiB as a whole number, got \"\(v)\"") }
+                c.balloon = c.balloon ?? BalloonConfig()
+                c.balloon!.targetMiB = n
+            case "--no-deflate-on-oom":
+                c.balloon = c.balloon ?? BalloonConfig()
+                c.balloon!.deflateOnOOM = false
+            case "--api-socket": c.apiSocket = try value(a)
             default: throw .usage("unknown argument \"\(a)\" (see kumo-vmm --help)")
             }
             i += 1
@@ -237,7 +252,13 @@ extension VMConfig {
             throw .invalid("memory", "\(memoryMiB) MiB is more than this host has (\(hostMemoryBytes >> 20) MiB)")
         }
         if cmdline.utf8.contains(0) { throw .invalid("cmdline", "contains a NUL byte") }
-        let devices = disks.count + nets.count + (rng == nil ? 0 : 1)
+        let devices = disks.count + nets.count + (rng == nil ? 0 : 1) + (balloon == nil ? 0 : 1)
+        if let b = balloon, b.targetMiB > memoryMiB {
+            throw .invalid("balloon", "target \(b.targetMiB) MiB is more than the guest's \(memoryMiB) MiB")
+        }
+        if let p = apiSocket, p.isEmpty || p.utf8.count >= 108 {
+            throw .invalid("api_socket", "a socket path must be 1 to 107 bytes")
+        }
         guard devices <= Layout.virtioGSIs.count else {
             throw .invalid("disks", "\(devices) virtio devices; at most \(Layout.virtioGSIs.count) are supported")
         }

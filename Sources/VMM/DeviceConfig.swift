@@ -183,3 +183,30 @@ public struct NetConfig: Sendable, Equatable {
     }
     private func n(_ s: String) -> Bool { !s.isEmpty && s.utf8.count < 16 && !s.contains("/") && !s.contains(" ") }
 }
+
+public struct BalloonConfig: Sendable, Equatable {
+    public var deflateOnOOM = true
+    /// Initial target (MiB given back to the host); changed at run time through the control socket.
+    public var targetMiB = 0
+    public init(deflateOnOOM: Bool = true, targetMiB: Int = 0) { self.deflateOnOOM = deflateOnOOM; self.targetMiB = targetMiB }
+
+    static func parse(json v: JSONValue, key: String) throws(ConfigError) -> BalloonConfig? {
+        switch v {
+        case .bool(false), .null: return nil
+        case .bool(true): return BalloonConfig()
+        case let .object(m):
+            var b = BalloonConfig()
+            for (k, value) in m {
+                switch k {
+                case "deflate_on_oom":
+                    guard case let .bool(x) = value else { throw .invalid("\(key).\(k)", "must be true or false") }
+                    b.deflateOnOOM = x
+                case "target_mib": b.targetMiB = try int("\(key).\(k)", value)
+                default: throw .invalid("\(key).\(k)", "unknown key (known: deflate_on_oom, target_mib)")
+                }
+            }
+            return b
+        default: throw .invalid(key, "must be true, false or {deflate_on_oom, target_mib}, not \(v.typeName)")
+        }
+    }
+}

@@ -222,4 +222,10 @@ extension JSONValue {
         }
         return out + "\""
     }
+
+    /// Member lookup in an object.
+    public subscript(key: String) -> JSONValue? {
+        guard case let .object(m) = self else { return nil }
+        return m.first { $0.0 == key }?.1
+    }
 }

@@ -107,6 +107,9 @@ public final class Machine: @unchecked Sendable {
     public private(set) var virtio: [VirtioMMIO] = []
     var workers: [DeviceWorker] = []
     var virtioEvents: [EventFD] = []
+    /// The balloon, when the VM has one (the control socket drives it).
+    public var balloon: VirtioBalloon? { virtio.lazy.compactMap { $0.device as? VirtioBalloon }.first }
+    public var balloonTransport: VirtioMMIO? { virtio.first { $0.device is VirtioBalloon } }
     /// DSDT entries describing the virtio devices (for the boot loader's ACPI tables).
     public private(set) var acpiDevices: [[UInt8]] = []
 
@@ -140,6 +143,7 @@ public final class Machine: @unchecked Sendable {
         serial = Serial8250(sink: serialSink, irq: irq)
         try pio.insert(serial, base: UInt64(Layout.com1Port), length: 8)
         try pio.insert(I8042(), base: 0x60, length: 5)
+        try pio.insert(CMOSRTC(), base: 0x70, length: 2)
         try pio.insert(ACPIPowerDevice(sleepType: Layout.s5SleepType, resetValue: Layout.acpiResetValue),
                        base: UInt64(Layout.acpiSleepControlPort), length: 3)
         try mmio.insert(BootMarkerDevice(magic: Layout.bootMarkerValue), base: Layout.bootMarker, length: 0x1000)
@@ -343,7 +347,20 @@ public final class Machine: @unchecked Sendable {
                 let g = sampleGeneration.load(ordering: .acquiring)
                 if g != sampleSeen, let r = try? vcpu.getRegs() {
                     sampleSeen = g
-                    eprint("kumo-vmm: sample vCPU \(index): rip 0x\(hex(r.rip)) rsp 0x\(hex(r.rsp))")
+                    // With the top of the stack: return addresses show who called the hot spot.
+                    var stack = ""
+                    if let sr = try? vcpu.getSRegs() {
+                        let mode = PagingMode(cr0: sr.cr0, cr3: sr.cr3, cr4: sr.cr4, efer: sr.efer)
+                        let words = memory.readVirtual(r.rsp, count: 128, mode: mode).bytes
+                        var i = 0
+                        while i + 8 <= words.count {
+                            var v: UInt64 = 0
+                            for k in 0..<8 { v |= UInt64(words[i + k]) << (8 * UInt64(k)) }
+                            if v >> 44 == 0xFFFFF { stack += " 0x" + hex(v) }   // kernel text-looking values only
+                            i += 8
+                        }
+                    }
+                    eprint("kumo-vmm: sample vCPU \(index): rip 0x\(hex(r.rip)) rsp 0x\(hex(r.rsp))" + (stack.isEmpty ? "" : " stack:" + stack))
                 }
                 continue
             }

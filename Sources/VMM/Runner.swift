@@ -91,6 +91,7 @@ public struct VMPlan: Sendable {
             dev.txLimiter = config.nets[i].txRateLimit?.make()
             out.append(dev)
         }
+        if let b = config.balloon { out.append(VirtioBalloon(deflateOnOOM: b.deflateOnOOM)) }
         if let r = config.rng {
             let dev = VirtioRng()
             dev.limiter = r.rateLimit?.make()
@@ -158,6 +159,19 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
     var perVCPU: [[UInt64]] = Array(repeating: [UInt64](repeating: 0, count: ExitCounters.size), count: plan.config.vcpus)
     var status: Int32 = 0
     var deviceStats: [String] = []
+    let control = ControlState(memoryBytes: UInt64(plan.config.memoryMiB) << 20, vcpus: plan.config.vcpus,
+                               balloonTargetMiB: plan.config.balloon?.targetMiB ?? 0)
+    var server: ControlServer? = nil
+    if let path = plan.config.apiSocket {
+        do {
+            server = try ControlServer(path: path) { [control] in control.handle($0) }
+            try server!.start()
+        } catch {
+            eprint("kumo-vmm: api socket: \(error)")
+            return 1
+        }
+    }
+    defer { server?.shutdown() }
     while true {
         boots += 1
         let machine: Machine
@@ -166,6 +180,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
             return 1
         }
         console.attach(machine.serial)
+        control.attach(machine)
         do { try machine.start() } catch {
             eprint("kumo-vmm: \(error)")
             return 1
@@ -175,6 +190,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
             eprint("kumo-vmm: boot marker: \(ms(t &- startNanos)) ms from process start, \(ms(t &- first)) ms from first KVM_RUN")
         }
         console.attach(nil)
+        control.attach(nil)
         if boots == 1 {
             let cpu = machine.firstRunCPUNanos.load(ordering: .relaxed)
             if plan.config.stats { eprint("kumo-vmm: CPU time to first KVM_RUN: \(ms(cpu)) ms") }

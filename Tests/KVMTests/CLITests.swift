@@ -84,6 +84,9 @@ final class DataBox: @unchecked Sendable { var data = Data() }
         (["--kernel", "/etc/hostname", "--net", "tap=a/b"], "is not a valid interface name"),
         (["--kernel", "/etc/hostname", "--net", "mac=52:54:00:00:00:01"], "--net: needs tap=NAME"),
         (["--kernel", "/etc/hostname", "--net", "tap=t0", "--net", "tap=t0"], "the same tap is given twice"),
+        (["--kernel", "/etc/hostname", "--balloon-target", "-1"], "--balloon-target: expected MiB"),
+        (["--kernel", "/etc/hostname", "--memory", "128", "--balloon-target", "200"], "more than the guest's 128 MiB"),
+        (["--kernel", "/etc/hostname", "--api-socket", ""], "api_socket: a socket path must be 1 to 107 bytes"),
     ])
     func badFlags(args: [String], message: String) throws {
         let r = try CLI.run(args)

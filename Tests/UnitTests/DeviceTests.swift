@@ -104,3 +104,21 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
         #expect(!claimed && r == 0xFFFF_FFFF)
     }
 }
+
+@Suite struct RTCTests {
+    @Test func readsHostTimeInBCD() {
+        // 2026-11-27 10:20:30 UTC, a Friday.
+        let rtc = CMOSRTC(fixedTime: 1_795_774_830)
+        func reg(_ r: UInt8) -> UInt8 { _ = out(rtc, 0, r); return inb(rtc, 1) }
+        #expect(reg(0x00) == 0x30 && reg(0x02) == 0x20 && reg(0x04) == 0x10)
+        #expect(reg(0x07) == 0x27 && reg(0x08) == 0x11 && reg(0x09) == 0x26 && reg(0x32) == 0x20)
+        #expect(reg(0x06) == 0x06)            // Friday (Sunday = 1)
+        #expect(reg(0x0A) & 0x80 == 0)        // never "update in progress"
+        #expect(reg(0x0B) == 0x02 && reg(0x0D) == 0x80)
+        // NMI-mask bit in the index is ignored; CMOS RAM keeps what the guest writes, time does not change.
+        _ = out(rtc, 0, 0x80 | 0x40); _ = out(rtc, 1, 0x5A)
+        #expect(reg(0x40) == 0x5A)
+        _ = out(rtc, 0, 0x00); _ = out(rtc, 1, 0x99)
+        #expect(reg(0x00) == 0x30)
+    }
+}

@@ -1,0 +1,215 @@
+import KVM
+import Virtio
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// kumo-vmm's control socket (`--api-socket PATH`): a Unix stream socket speaking one JSON object per
+/// line each way. docs/CONTROL.md lists the requests. It runs on its own thread and never touches a
+/// vCPU thread; it reaches the running machine through `ControlState`.
+public final class ControlServer: @unchecked Sendable {
+    let path: String
+    let listenFD: Int32
+    let stop: EventFD
+    let handler: @Sendable (JSONValue) -> JSONValue
+    var thread: pthread_t? = nil
+
+    public struct ControlError: Error, CustomStringConvertible { public let description: String }
+
+    public init(path: String, handler: @escaping @Sendable (JSONValue) -> JSONValue) throws(ControlError) {
+        guard path.utf8.count < 108 else { throw ControlError(description: "\(path): a socket path must be shorter than 108 bytes") }
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            // Replace a stale socket from an earlier run, never a regular file.
+            guard st.st_mode & S_IFMT == S_IFSOCK else { throw ControlError(description: "\(path): exists and is not a socket") }
+            unlink(path)
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ControlError(description: "socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+        let ok = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard ok == 0, listen(fd, 8) == 0 else {
+            let e = errno
+            close(fd)
+            throw ControlError(description: "\(path): \(String(cString: strerror(e)))")
+        }
+        chmod(path, 0o600)
+        listenFD = fd
+        self.path = path
+        self.handler = handler
+        do { stop = try EventFD() } catch { close(fd); throw ControlError(description: "eventfd: \(error)") }
+    }
+
+    deinit {
+        shutdown()
+        close(listenFD)
+        unlink(path)
+    }
+
+    public func start() throws(ControlError) {
+        let box = Unmanaged.passRetained(self).toOpaque()
+        var tid = pthread_t()
+        let rc = pthread_create(&tid, nil, { arg in
+            let s = Unmanaged<ControlServer>.fromOpaque(arg!).takeRetainedValue()
+            s.loop()
+            return nil
+        }, box)
+        guard rc == 0 else {
+            Unmanaged<ControlServer>.fromOpaque(box).release()
+            throw ControlError(description: "pthread_create: \(rc)")
+        }
+        thread = tid
+    }
+
+    public func shutdown() {
+        guard let t = thread else { return }
+        stop.signal()
+        pthread_join(t, nil)
+        thread = nil
+    }
+
+    func loop() {
+        var clients: [(fd: Int32, buffer: [UInt8])] = []
+        defer { for c in clients { close(c.fd) } }
+        while true {
+            var fds = [pollfd(fd: stop.fd.raw, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)]
+            for c in clients { fds.append(pollfd(fd: c.fd, events: Int16(POLLIN), revents: 0)) }
+            let n = poll(&fds, nfds_t(fds.count), -1)
+            if n < 0 { if errno == EINTR { continue }; return }
+            if fds[0].revents != 0 { return }
+            var closed: [Int] = []
+            for i in clients.indices where fds[2 + i].revents != 0 {
+                var chunk = [UInt8](repeating: 0, count: 4096)
+                let r = chunk.withUnsafeMutableBytes { read(clients[i].fd, $0.baseAddress, 4096) }
+                if r <= 0 { closed.append(i); continue }
+                clients[i].buffer += chunk.prefix(r)
+                while let nl = clients[i].buffer.firstIndex(of: 0x0A) {
+                    let line = String(decoding: clients[i].buffer[..<nl], as: UTF8.self)
+                    clients[i].buffer.removeSubrange(...nl)
+                    let reply = respond(line).serialized + "\n"
+                    if !send(clients[i].fd, reply) { closed.append(i); break }
+                }
+                if clients[i].buffer.count > 65536 { closed.append(i) }   // no newline in 64 KiB: not our protocol
+            }
+            for i in Set(closed).sorted(by: >) {
+                close(clients[i].fd)
+                clients.remove(at: i)
+            }
+            if fds[1].revents != 0 {
+                let c = accept(listenFD, nil, nil)
+                if c >= 0 {
+                    _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                    if clients.count < 16 { clients.append((c, [])) } else { close(c) }
+                }
+            }
+        }
+    }
+
+    func respond(_ line: String) -> JSONValue {
+        let v: JSONValue
+        do { v = try JSONParser.parse(line) } catch {
+            return .object([("ok", .bool(false)), ("error", .string("malformed JSON: \(error)"))])
+        }
+        return handler(v)
+    }
+
+    func send(_ fd: Int32, _ s: String) -> Bool {
+        let bytes = Array(s.utf8)
+        var off = 0
+        while off < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + off, bytes.count - off, Int32(MSG_NOSIGNAL)) }
+            if n < 0 { if errno == EINTR { continue }; return false }
+            off += n
+        }
+        return true
+    }
+}
+
+/// What the control socket can reach: the machine of the current boot and settings that outlive a
+/// guest reset (the balloon target).
+public final class ControlState: @unchecked Sendable {
+    struct Inner {
+        var machine: Machine? = nil
+        var balloonTargetPages: UInt32 = 0
+    }
+    let inner = Mutex(Inner())
+    let memoryBytes: UInt64
+    let vcpus: Int
+
+    init(memoryBytes: UInt64, vcpus: Int, balloonTargetMiB: Int) {
+        self.memoryBytes = memoryBytes
+        self.vcpus = vcpus
+        inner.withLock { $0.balloonTargetPages = UInt32(balloonTargetMiB * 256) }
+    }
+
+    /// A new boot: its balloon gets the standing target.
+    func attach(_ m: Machine?) {
+        let target = inner.withLock { s in s.machine = m; return s.balloonTargetPages }
+        if let b = m?.balloon {
+            _ = b.setTarget(pages: target, memory: memoryBytes)
+            m?.balloonTransport?.configChanged()
+        }
+    }
+
+    var machine: Machine? { inner.withLock { $0.machine } }
+
+    static func fail(_ msg: String) -> JSONValue { .object([("ok", .bool(false)), ("error", .string(msg))]) }
+    static func num<T: BinaryInteger>(_ v: T) -> JSONValue { .number(Double(v)) }
+
+    public func handle(_ req: JSONValue) -> JSONValue {
+        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, balloon.get, balloon.set") }
+        switch op {
+        case "vm.info":
+            return .object([("ok", .bool(true)), ("vcpus", Self.num(vcpus)), ("memory_mib", Self.num(memoryBytes >> 20)),
+                            ("rss_kib", Self.num(residentKiB())),
+                            ("devices", .array((machine?.virtio ?? []).enumerated().map { (i, t) in
+                                .object([("name", .string("virtio-\(t.device.type)\(i)")), ("status", Self.num(t.status)),
+                                         ("statistics", .string(t.device.statistics))])
+                            }))])
+        case "balloon.set":
+            guard case let .number(mib)? = req["target_mib"], mib >= 0, mib == mib.rounded() else {
+                return Self.fail("balloon.set needs \"target_mib\": a whole number of MiB")
+            }
+            guard UInt64(mib) << 20 <= memoryBytes else {
+                return Self.fail("target_mib \(Int(mib)) is more than the guest's \(memoryBytes >> 20) MiB")
+            }
+            guard let m = machine, let b = m.balloon else { return Self.fail("this VM has no balloon (start kumo-vmm with --balloon)") }
+            let pages = UInt32(mib) * 256
+            inner.withLock { $0.balloonTargetPages = pages }
+            _ = b.setTarget(pages: pages, memory: memoryBytes)
+            m.balloonTransport?.configChanged()
+            return .object([("ok", .bool(true)), ("target_mib", Self.num(Int(mib)))])
+        case "balloon.get":
+            guard let m = machine, let b = m.balloon else { return Self.fail("this VM has no balloon (start kumo-vmm with --balloon)") }
+            if case .bool(true)? = req["refresh"] {
+                let before = b.snapshot.statsUpdates
+                b.requestStats()
+                for _ in 0..<100 where b.snapshot.statsUpdates == before { usleep(10_000) }
+            }
+            let s = b.snapshot
+            return .object([("ok", .bool(true)), ("driver_ready", .bool(s.driverReady)),
+                            ("target_mib", Self.num(s.targetPages / 256)), ("actual_mib", Self.num(s.actualPages / 256)),
+                            ("target_pages", Self.num(s.targetPages)), ("actual_pages", Self.num(s.actualPages)),
+                            ("inflated_pages", Self.num(s.inflatedPages)), ("deflated_pages", Self.num(s.deflatedPages)),
+                            ("reported_pages", Self.num(s.reportedPages)), ("stats_updates", Self.num(s.statsUpdates)),
+                            ("stats", .object(s.stats.sorted { $0.key < $1.key }.map { ($0.key, Self.num($0.value)) })),
+                            ("rss_kib", Self.num(residentKiB()))])
+        default:
+            return Self.fail("unknown op \"\(op)\"; ops: vm.info, balloon.get, balloon.set")
+        }
+    }
+}
+
+/// This process's resident set in KiB (/proc/self/statm).
+public func residentKiB() -> UInt64 {
+    guard let bytes = try? readFile("/proc/self/statm", limit: 4096) else { return 0 }
+    let fields = String(decoding: bytes, as: UTF8.self).split(separator: " ")
+    guard fields.count > 1, let pages = UInt64(fields[1]) else { return 0 }
+    return pages * UInt64(sysconf(Int32(_SC_PAGESIZE))) / 1024
+}
