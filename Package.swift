@@ -22,7 +22,7 @@ let package = Package(
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM"]),
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
         .executableTarget(name: "kumo-fuzz", dependencies: ["GuestMemory", "Devices", "Virtio", "VirtioTestDriver"]),
-        .executableTarget(name: "kumo-bench", dependencies: ["VMM", "KVM", "Boot"]),
+        .executableTarget(name: "kumo-bench", dependencies: ["VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver"]),
         .testTarget(name: "UnitTests", dependencies: ["GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMM"]),

@@ -12,7 +12,7 @@ public struct MemoryRegion: Sendable {
     public var host: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: hostAddress)! }
     public var end: UInt64 { guestPhys + size }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func contains(_ gpa: UInt64, _ length: UInt64) -> Bool {
         gpa >= guestPhys && length <= size && gpa - guestPhys <= size - length
     }
@@ -70,7 +70,7 @@ public final class GuestMemory: @unchecked Sendable {
     public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
 
     /// Host pointer for `length` bytes at `gpa`, or nil unless the whole range lies in one region.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func hostPointer(_ gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
         for r in regions where r.contains(gpa, length) {
             return r.host.advanced(by: Int(gpa - r.guestPhys))
@@ -104,7 +104,7 @@ public final class GuestMemory: @unchecked Sendable {
         return Array(UnsafeRawBufferPointer(start: p, count: count))
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public func load<T: FixedWidthInteger>(_ type: T.Type, at gpa: UInt64) throws(MemoryError) -> T {
         guard let p = hostPointer(gpa, length: UInt64(MemoryLayout<T>.size)) else {
             throw .outOfBounds(gpa: gpa, length: UInt64(MemoryLayout<T>.size))
@@ -112,7 +112,7 @@ public final class GuestMemory: @unchecked Sendable {
         return T(littleEndian: p.loadUnaligned(as: T.self))
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     public func store<T: FixedWidthInteger>(_ value: T, at gpa: UInt64) throws(MemoryError) {
         guard let p = hostPointer(gpa, length: UInt64(MemoryLayout<T>.size)) else {
             throw .outOfBounds(gpa: gpa, length: UInt64(MemoryLayout<T>.size))

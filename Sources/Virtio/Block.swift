@@ -100,11 +100,11 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             completed.errors += 1
             return 0   // no place for a status: nothing can be reported
         }
-        var header = [UInt8](repeating: 0, count: 16)
-        _ = header.withUnsafeMutableBytes { chain.read(into: $0) }
-        let type = UInt32(header[0]) | UInt32(header[1]) << 8 | UInt32(header[2]) << 16 | UInt32(header[3]) << 24
-        var sector: UInt64 = 0
-        for i in 0..<8 { sector |= UInt64(header[8 + i]) << (8 * UInt64(i)) }
+        // The header, read once (it may straddle descriptors).
+        var hdr: (UInt64, UInt64) = (0, 0)
+        _ = withUnsafeMutableBytes(of: &hdr) { chain.read(into: $0) }
+        let type = UInt32(truncatingIfNeeded: UInt64(littleEndian: hdr.0))
+        let sector = UInt64(littleEndian: hdr.1)
         let statusAddr = last.host.advanced(by: Int(last.length) - 1)
         // Data segments: readable ones after the header (writes), writable ones before the status byte (reads).
         var status = Status.ok
@@ -149,18 +149,21 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     /// The data segments of a request: readable after the 16-byte header, or writable before the status byte.
     func dataSegments(_ chain: DescriptorChain, writable: Bool) -> ([Segment], UInt64) {
         var out: [Segment] = []
+        out.reserveCapacity(chain.segments.count)
         var total: UInt64 = 0
         if writable {
-            var w = Array(chain.writable)
-            // Drop the status byte from the last writable segment.
-            let last = w.removeLast()
-            if last.length > 1 {
-                w.append(Segment(gpa: last.gpa, length: last.length - 1, writable: true, hostAddress: last.hostAddress))
+            let n = chain.segments.count
+            for (k, s) in chain.segments.enumerated() where s.writable {
+                if k == n - 1 {
+                    // Drop the status byte from the last writable segment.
+                    if s.length > 1 { out.append(Segment(gpa: s.gpa, length: s.length - 1, writable: true, hostAddress: s.hostAddress)) }
+                } else {
+                    out.append(s)
+                }
             }
-            out = w
         } else {
             var skip: UInt64 = 16
-            for s in chain.readable {
+            for s in chain.segments where !s.writable {
                 if skip >= UInt64(s.length) { skip -= UInt64(s.length); continue }
                 out.append(Segment(gpa: s.gpa + skip, length: s.length - UInt32(skip), writable: false,
                                    hostAddress: s.hostAddress + UInt(skip)))
@@ -180,6 +183,24 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
 
     /// preadv/pwritev over the segments, resuming after short transfers.
     func transfer(_ segs: [Segment], offset: UInt64, write: Bool) -> Bool {
+        if segs.count == 1 {
+            // One buffer (the common case): pread/pwrite with no iovec array.
+            var done = 0
+            let s = segs[0]
+            while done < Int(s.length) {
+                let p = s.host.advanced(by: done)
+                let n = write ? pwrite(fd, p, Int(s.length) - done, off_t(offset) + off_t(done))
+                              : pread(fd, p, Int(s.length) - done, off_t(offset) + off_t(done))
+                if n < 0 { if errno == EINTR { continue }; return false }
+                if n == 0 {
+                    if write { return false }
+                    memset(p, 0, Int(s.length) - done)
+                    return true
+                }
+                done += n
+            }
+            return true
+        }
         var iov = segs.map { iovec(iov_base: $0.host, iov_len: Int($0.length)) }
         var first = 0
         var off = off_t(offset)

@@ -132,7 +132,8 @@ public final class DriverQueue: @unchecked Sendable {
     public let size: UInt16
     public let config: QueueConfig
     var free: [UInt16]
-    var chains: [UInt16: [UInt16]] = [:]
+    /// The descriptors of each outstanding chain, by head.
+    var chains: [[UInt16]]
     public private(set) var availIdx: UInt16 = 0
     var lastUsed: UInt16 = 0
 
@@ -142,6 +143,7 @@ public final class DriverQueue: @unchecked Sendable {
         self.size = size
         config = QueueConfig(size: size, desc: desc, avail: avail, used: used)
         free = Array((0..<size).reversed())
+        chains = Array(repeating: [], count: Int(size))
     }
 
     var mem: GuestMemory { driver.memory }
@@ -176,7 +178,7 @@ public final class DriverQueue: @unchecked Sendable {
             setDescriptor(ids[k], addr: b.gpa, len: b.length, flags: (last ? 0 : 1) | (b.writable ? 2 : 0),
                           next: last ? 0 : ids[k + 1])
         }
-        chains[ids[0]] = ids
+        chains[Int(ids[0])] = ids
         publish(ids[0])
         return ids[0]
     }
@@ -195,7 +197,7 @@ public final class DriverQueue: @unchecked Sendable {
             try! mem.store(UInt16(last ? 0 : k + 1), at: d + 14)
         }
         setDescriptor(id, addr: table, len: UInt32(16 * bufs.count), flags: 4, next: 0)
-        chains[id] = [id]
+        chains[Int(id)] = [id]
         publish(id)
         return id
     }
@@ -210,7 +212,10 @@ public final class DriverQueue: @unchecked Sendable {
         let id = try! mem.load(UInt32.self, at: e)
         let len = try! mem.load(UInt32.self, at: e + 4)
         lastUsed &+= 1
-        if let ids = chains.removeValue(forKey: UInt16(truncatingIfNeeded: id)) { free.append(contentsOf: ids.reversed()) }
+        if id < UInt32(size) {
+            free.append(contentsOf: chains[Int(id)].reversed())
+            chains[Int(id)] = []
+        }
         return (id, len)
     }
 
