@@ -160,6 +160,7 @@ public final class SplitQueue: @unchecked Sendable {
         let head = UInt16(littleEndian: avail.advanced(by: 4 + 2 * slot).loadUnaligned(as: UInt16.self))
         guard head < size else { throw .headOutOfRange(head) }
         var chain = DescriptorChain(head: head)
+        chain.segments.reserveCapacity(4)   // one allocation for the usual header/data/status chain
         var i = head
         var count = 0
         var sawWritable = false
