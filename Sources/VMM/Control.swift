@@ -170,7 +170,7 @@ public final class ControlState: @unchecked Sendable {
                             ("rss_kib", Self.num(residentKiB())),
                             ("devices", .array((machine?.virtio ?? []).enumerated().map { (i, t) in
                                 .object([("name", .string("virtio-\(t.device.type)\(i)")), ("status", Self.num(t.status)),
-                                         ("statistics", .string(t.device.statistics))])
+                                         ("statistics", .string(t.device.currentStatistics))])
                             }))])
         case "balloon.set":
             guard case let .number(mib)? = req["target_mib"], mib >= 0, mib == mib.rounded() else {

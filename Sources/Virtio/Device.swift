@@ -80,8 +80,10 @@ open class VirtioDevice: @unchecked Sendable {
     /// The driver notified queue `index` (through ioeventfd and the worker, or inline in tests).
     open func process(queue index: Int, _ ctx: VirtioContext) {}
 
-    /// One line of counters for `--stats`.
+    /// One line of counters for `--stats`. Read it through `currentStatistics` while the worker runs.
     open var statistics: String { "" }
+    /// `statistics` under the device lock (the worker updates the counters).
+    public var currentStatistics: String { lock.withLock { _ in statistics } }
 
     /// Host descriptors the worker should poll for this device (a tap), and what to do when one is ready.
     open var backendFDs: [Int32] { [] }
