@@ -67,10 +67,7 @@ public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
             cfg[i] = UInt8((s.targetPages >> (8 * UInt32(i))) & 0xFF)
             cfg[4 + i] = UInt8((s.actualPages >> (8 * UInt32(i))) & 0xFF)
         }
-        for i in 0..<data.count {
-            let o = offset + UInt64(i)
-            data[i] = o < UInt64(cfg.count) ? cfg[Int(o)] : 0
-        }
+        VirtioDevice.readWindow(cfg, offset: offset, into: data)
     }
 
     public override func writeConfig(offset: UInt64, data: UnsafeRawBufferPointer) {

@@ -80,10 +80,7 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         put(sectors, 0, 8)
         put(UInt64(VirtioBlock.segMax), 12, 4)
         put(VirtioBlock.sectorSize, 20, 4)
-        for i in 0..<data.count {
-            let o = offset + UInt64(i)
-            data[i] = o < UInt64(cfg.count) ? cfg[Int(o)] : 0
-        }
+        VirtioDevice.readWindow(cfg, offset: offset, into: data)
     }
 
     public override func retryAfterNanos() -> UInt64? { VirtioDevice.retryAfter(limiter) }

@@ -73,6 +73,15 @@ open class VirtioDevice: @unchecked Sendable {
     }
     open func writeConfig(offset: UInt64, data: UnsafeRawBufferPointer) {}
 
+    /// Copies the part of a configuration-space image that an access at `offset` covers; bytes past
+    /// its end read as zero (a driver may read any width at any offset).
+    public static func readWindow(_ cfg: [UInt8], offset: UInt64, into data: UnsafeMutableRawBufferPointer) {
+        for i in 0..<data.count {
+            let o = offset &+ UInt64(i)
+            data[i] = o < UInt64(cfg.count) ? cfg[Int(o)] : 0
+        }
+    }
+
     /// DRIVER_OK: `ctx` holds the queues. Throwing refuses the activation (DEVICE_NEEDS_RESET).
     open func activated(_ ctx: VirtioContext) throws(VirtioDeviceError) {}
     /// The driver reset the device (or the VM is going away): drop every reference into guest memory.

@@ -82,10 +82,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         // struct virtio_net_config: mac[6], status (le16: 1 = link up), max_virtqueue_pairs, mtu.
         var cfg = mac + [1, 0, 1, 0, 0xDC, 0x05]   // mtu 1500
         cfg += [UInt8](repeating: 0, count: 8)
-        for i in 0..<data.count {
-            let o = offset + UInt64(i)
-            data[i] = o < UInt64(cfg.count) ? cfg[Int(o)] : 0
-        }
+        VirtioDevice.readWindow(cfg, offset: offset, into: data)
     }
 
     public override var backendFDs: [Int32] { [tap.fd] }
