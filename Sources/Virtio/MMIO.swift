@@ -264,9 +264,16 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
         interruptStatus.value.store(0, ordering: .sequentiallyConsistent)
     }
 
-    /// Tells the driver the configuration space changed (balloon target, disk size).
+    /// Tells the driver the configuration space changed (balloon target, disk size). The interrupt is
+    /// raised only once the driver is running (DRIVER_OK): before that the driver reads the configuration
+    /// when it probes, and a line raised while the guest is still booting reaches interrupt controllers
+    /// the guest has not set up yet (on kvm_pvm hosts such an early interrupt corrupted the boot: an
+    /// "invalid opcode" on valid kernel code right after interrupts were first enabled).
     public func configChanged() {
-        state.withLock { s in s.configGeneration &+= 1 }
-        notifyConfigChange()
+        let live = state.withLock { s in
+            s.configGeneration &+= 1
+            return s.status & VirtioStatus.driverOK != 0
+        }
+        if live { notifyConfigChange() }
     }
 }

@@ -61,6 +61,27 @@ func residentPages(_ m: GuestMemory, _ gpa: UInt64, _ length: UInt64) -> Int {
         #expect(b.snapshot.deflatedPages == 2)
     }
 
+    /// A configuration change (the host moving the target) interrupts only a running driver: before
+    /// DRIVER_OK the line stays quiet and the driver reads the target when it probes.
+    @Test func configChangeInterruptsOnlyARunningDriver() throws {
+        let b = VirtioBalloon()
+        let d = try VirtioTestDriver(device: b)
+        #expect(b.setTarget(pages: 256, memory: d.memory.totalSize))
+        d.transport.configChanged()
+        #expect(d.interruptCount == 0)
+        #expect(d.read(MMIOReg.interruptStatus) == 0)
+        #expect(d.negotiate())
+        _ = (0..<4).map { d.setupQueue($0, size: 64) }
+        d.driverOK()
+        let generation = d.read(MMIOReg.configGeneration)
+        #expect(d.readConfig(0, count: 4) == [0x00, 0x01, 0, 0])
+        #expect(b.setTarget(pages: 512, memory: d.memory.totalSize))
+        d.transport.configChanged()
+        #expect(d.interruptCount == 1)
+        #expect(d.ackInterrupt() & 2 != 0)
+        #expect(d.read(MMIOReg.configGeneration) != generation)
+    }
+
     @Test func hostilePageNumbersAreIgnored() throws {
         let b = VirtioBalloon()
         let (d, qs) = try start(b)
