@@ -40,8 +40,9 @@ public enum MemoryError: Error, Equatable, CustomStringConvertible {
 public final class GuestMemory: @unchecked Sendable {
     public let regions: [MemoryRegion]
 
-    /// Maps anonymous memory for each (guest-physical base, size) pair.
-    public init(layout: [(guestPhys: UInt64, size: UInt64)]) throws(MemoryError) {
+    /// Maps anonymous memory for each (guest-physical base, size) pair. `hugePages` asks for
+    /// transparent huge pages (see below); a VM with a balloon goes without them.
+    public init(layout: [(guestPhys: UInt64, size: UInt64)], hugePages: Bool = true) throws(MemoryError) {
         var made: [MemoryRegion] = []
         let sorted = layout.sorted { $0.guestPhys < $1.guestPhys }
         for (i, r) in sorted.enumerated() {
@@ -57,7 +58,9 @@ public final class GuestMemory: @unchecked Sendable {
             }
             // Transparent huge pages: one fault per 2 MiB instead of 512 (faults are costly when KVM is
             // nested), and a shorter walk for the host's TLB. Advisory: ignored where THP is off.
-            _ = madvise(p, Int(r.size), MADV_HUGEPAGE)
+            // Not with a balloon: the 4 KiB pages it gives back would be filled again by khugepaged,
+            // which collapses a 2 MiB range into a huge page when a single page of it is present.
+            if hugePages { _ = madvise(p, Int(r.size), MADV_HUGEPAGE) }
             made.append(MemoryRegion(guestPhys: r.guestPhys, size: r.size, hostAddress: UInt(bitPattern: p)))
         }
         regions = made

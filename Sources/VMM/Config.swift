@@ -231,6 +231,9 @@ extension VMConfig {
             case "--no-deflate-on-oom":
                 c.balloon = c.balloon ?? BalloonConfig()
                 c.balloon!.deflateOnOOM = false
+            case "--no-free-page-reporting":
+                c.balloon = c.balloon ?? BalloonConfig()
+                c.balloon!.freePageReporting = false
             case "--api-socket": c.apiSocket = try value(a)
             default: throw .usage("unknown argument \"\(a)\" (see kumo-vmm --help)")
             }

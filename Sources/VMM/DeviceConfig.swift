@@ -188,7 +188,11 @@ public struct BalloonConfig: Sendable, Equatable {
     public var deflateOnOOM = true
     /// Initial target (MiB given back to the host); changed at run time through the control socket.
     public var targetMiB = 0
-    public init(deflateOnOOM: Bool = true, targetMiB: Int = 0) { self.deflateOnOOM = deflateOnOOM; self.targetMiB = targetMiB }
+    /// Offer free page reporting: the guest hands free 2 MiB+ blocks back to the host on its own.
+    public var freePageReporting = true
+    public init(deflateOnOOM: Bool = true, targetMiB: Int = 0, freePageReporting: Bool = true) {
+        self.deflateOnOOM = deflateOnOOM; self.targetMiB = targetMiB; self.freePageReporting = freePageReporting
+    }
 
     static func parse(json v: JSONValue, key: String) throws(ConfigError) -> BalloonConfig? {
         switch v {
@@ -202,11 +206,14 @@ public struct BalloonConfig: Sendable, Equatable {
                     guard case let .bool(x) = value else { throw .invalid("\(key).\(k)", "must be true or false") }
                     b.deflateOnOOM = x
                 case "target_mib": b.targetMiB = try int("\(key).\(k)", value)
-                default: throw .invalid("\(key).\(k)", "unknown key (known: deflate_on_oom, target_mib)")
+                case "free_page_reporting":
+                    guard case let .bool(x) = value else { throw .invalid("\(key).\(k)", "must be true or false") }
+                    b.freePageReporting = x
+                default: throw .invalid("\(key).\(k)", "unknown key (known: deflate_on_oom, free_page_reporting, target_mib)")
                 }
             }
             return b
-        default: throw .invalid(key, "must be true, false or {deflate_on_oom, target_mib}, not \(v.typeName)")
+        default: throw .invalid(key, "must be true, false or {deflate_on_oom, free_page_reporting, target_mib}, not \(v.typeName)")
         }
     }
 }

@@ -77,6 +77,8 @@ public final class Machine: @unchecked Sendable {
         public var cpuid: [CPUIDModifier] = []
         /// Run the emulation fallback on KVM emulation failures.
         public var emulationFallback: Bool = true
+        /// Transparent huge pages for guest RAM (off when the VM has a balloon).
+        public var hugePages: Bool = true
         public init(memorySize: UInt64, vcpus: Int) { self.memorySize = memorySize; self.vcpus = vcpus }
     }
 
@@ -118,7 +120,8 @@ public final class Machine: @unchecked Sendable {
         self.options = options
         self.kvm = kvm
         vm = try kvm.createVM()
-        memory = try GuestMemory(layout: Layout.ramRegions(size: options.memorySize))
+        memory = try GuestMemory(layout: Layout.ramRegions(size: options.memorySize),
+                                 hugePages: options.hugePages && !devices.contains { $0 is VirtioBalloon })
         for (slot, r) in memory.regions.enumerated() {
             try vm.setUserMemoryRegion(slot: UInt32(slot), guestPhys: r.guestPhys, size: r.size, host: r.host)
         }

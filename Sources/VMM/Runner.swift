@@ -91,7 +91,7 @@ public struct VMPlan: Sendable {
             dev.txLimiter = config.nets[i].txRateLimit?.make()
             out.append(dev)
         }
-        if let b = config.balloon { out.append(VirtioBalloon(deflateOnOOM: b.deflateOnOOM)) }
+        if let b = config.balloon { out.append(VirtioBalloon(deflateOnOOM: b.deflateOnOOM, freePageReporting: b.freePageReporting)) }
         if let r = config.rng {
             let dev = VirtioRng()
             dev.limiter = r.rateLimit?.make()

@@ -47,9 +47,10 @@ public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
     var statsHead: UInt16? = nil
     let wantStats = Atomic<Bool>(false)
 
-    public init(deflateOnOOM: Bool = true) {
+    public init(deflateOnOOM: Bool = true, freePageReporting: Bool = true) {
         self.deflateOnOOM = deflateOnOOM
-        var f = Feature.statsVQ | Feature.pageReporting
+        var f = Feature.statsVQ
+        if freePageReporting { f |= Feature.pageReporting }
         if deflateOnOOM { f |= Feature.deflateOnOOM }
         super.init(type: .balloon, queueMaxSizes: Array(repeating: VirtioBalloon.queueSize, count: 4), features: f)
     }

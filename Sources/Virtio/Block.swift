@@ -108,29 +108,30 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         var dataWritten: UInt64 = 0
         switch RequestType(rawValue: type) {
         case .read:
-            let (segs, total) = dataSegments(chain, writable: true)
-            if let err = checkRange(sector: sector, bytes: total, segments: segs.count) { status = err } else {
-                limiter?.consume(ops: 1, bytes: total)
-                if transfer(segs, offset: sector * VirtioBlock.sectorSize, write: false) { dataWritten = total; completed.reads += 1 } else { status = .ioError }
+            let data = DataRange(chain, writable: true)
+            if let err = checkRange(sector: sector, bytes: data.total, segments: data.count) { status = err } else {
+                limiter?.consume(ops: 1, bytes: data.total)
+                if transfer(data, chain, offset: sector * VirtioBlock.sectorSize, write: false) { dataWritten = data.total; completed.reads += 1 } else { status = .ioError }
             }
         case .write:
-            let (segs, total) = dataSegments(chain, writable: false)
-            if readOnly { status = .ioError } else if let err = checkRange(sector: sector, bytes: total, segments: segs.count) { status = err } else {
-                limiter?.consume(ops: 1, bytes: total)
-                if transfer(segs, offset: sector * VirtioBlock.sectorSize, write: true) { completed.writes += 1 } else { status = .ioError }
+            let data = DataRange(chain, writable: false)
+            if readOnly { status = .ioError } else if let err = checkRange(sector: sector, bytes: data.total, segments: data.count) { status = err } else {
+                limiter?.consume(ops: 1, bytes: data.total)
+                if transfer(data, chain, offset: sector * VirtioBlock.sectorSize, write: true) { completed.writes += 1 } else { status = .ioError }
             }
         case .flush:
             limiter?.consume(ops: 1, bytes: 0)
             if readOnly || fdatasync(fd) == 0 { completed.flushes += 1 } else { status = .ioError }
         case .getID:
-            let (segs, total) = dataSegments(chain, writable: true)
-            if total < 20 {
+            let data = DataRange(chain, writable: true)
+            if data.total < 20 {
                 status = .ioError
             } else {
                 var off = 0
-                for s in segs where off < 20 {
-                    let n = min(Int(s.length), 20 - off)
-                    serial.withUnsafeBytes { s.host.copyMemory(from: $0.baseAddress!.advanced(by: off), byteCount: n) }
+                for i in data.first..<data.end where off < 20 {
+                    let (p, len) = data.segment(i, chain)
+                    let n = min(len, 20 - off)
+                    serial.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!.advanced(by: off), byteCount: n) }
                     off += n
                 }
                 dataWritten = 20
@@ -143,32 +144,45 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         return UInt32(min(dataWritten + 1, UInt64(UInt32.max)))
     }
 
-    /// The data segments of a request: readable after the 16-byte header, or writable before the status byte.
-    func dataSegments(_ chain: DescriptorChain, writable: Bool) -> ([Segment], UInt64) {
-        var out: [Segment] = []
-        out.reserveCapacity(chain.segments.count)
+    /// The data part of a request as positions in its chain, so that serving it builds no array:
+    /// segments `first..<end`, the first entered `skip` bytes in, the last shortened by `trim` bytes.
+    /// Readable data follows the 16-byte header (writes); writable data precedes the status byte (reads).
+    struct DataRange {
+        var first = 0, end = 0
+        var skip: UInt32 = 0, trim: UInt32 = 0
         var total: UInt64 = 0
-        if writable {
-            let n = chain.segments.count
-            for (k, s) in chain.segments.enumerated() where s.writable {
-                if k == n - 1 {
-                    // Drop the status byte from the last writable segment.
-                    if s.length > 1 { out.append(Segment(gpa: s.gpa, length: s.length - 1, writable: true, hostAddress: s.hostAddress)) }
-                } else {
-                    out.append(s)
+        var count: Int { end - first }
+
+        init(_ chain: DescriptorChain, writable: Bool) {
+            let segs = chain.segments
+            let r = chain.readableCount
+            if writable {
+                // The caller checked that the last segment is writable (it holds the status byte).
+                first = r
+                end = segs.count
+                if segs[end - 1].length == 1 { end -= 1 } else { trim = 1 }
+                total = chain.writableBytes - 1
+            } else {
+                var left: UInt32 = 16
+                first = r
+                for i in 0..<r {
+                    if left >= segs[i].length { left -= segs[i].length; continue }
+                    first = i
+                    skip = left
+                    break
                 }
-            }
-        } else {
-            var skip: UInt64 = 16
-            for s in chain.segments where !s.writable {
-                if skip >= UInt64(s.length) { skip -= UInt64(s.length); continue }
-                out.append(Segment(gpa: s.gpa + skip, length: s.length - UInt32(skip), writable: false,
-                                   hostAddress: s.hostAddress + UInt(skip)))
-                skip = 0
+                end = r
+                total = chain.readableBytes - 16
             }
         }
-        for s in out { total += UInt64(s.length) }
-        return (out, total)
+
+        /// Host address and length of segment `i` of the range.
+        @inline(__always) func segment(_ i: Int, _ chain: DescriptorChain) -> (UnsafeMutableRawPointer, Int) {
+            let s = chain.segments[i]
+            let head = i == first ? skip : 0
+            let tail = i == end - 1 ? trim : 0
+            return (s.host.advanced(by: Int(head)), Int(s.length - head - tail))
+        }
     }
 
     func checkRange(sector: UInt64, bytes: UInt64, segments: Int) -> Status? {
@@ -178,49 +192,54 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         return nil
     }
 
-    /// preadv/pwritev over the segments, resuming after short transfers.
-    func transfer(_ segs: [Segment], offset: UInt64, write: Bool) -> Bool {
-        if segs.count == 1 {
-            // One buffer (the common case): pread/pwrite with no iovec array.
+    /// pread/pwrite (one buffer) or preadv/pwritev over the range, resuming after short transfers.
+    func transfer(_ data: DataRange, _ chain: DescriptorChain, offset: UInt64, write: Bool) -> Bool {
+        if data.count == 0 { return true }
+        if data.count == 1 {
+            // One buffer (the common case): no iovec array.
+            let (base, length) = data.segment(data.first, chain)
             var done = 0
-            let s = segs[0]
-            while done < Int(s.length) {
-                let p = s.host.advanced(by: done)
-                let n = write ? pwrite(fd, p, Int(s.length) - done, off_t(offset) + off_t(done))
-                              : pread(fd, p, Int(s.length) - done, off_t(offset) + off_t(done))
+            while done < length {
+                let p = base.advanced(by: done)
+                let n = write ? pwrite(fd, p, length - done, off_t(offset) + off_t(done))
+                              : pread(fd, p, length - done, off_t(offset) + off_t(done))
                 if n < 0 { if errno == EINTR { continue }; return false }
                 if n == 0 {
                     if write { return false }
-                    memset(p, 0, Int(s.length) - done)
+                    memset(p, 0, length - done)
                     return true
                 }
                 done += n
             }
             return true
         }
-        var iov = segs.map { iovec(iov_base: $0.host, iov_len: Int($0.length)) }
-        var first = 0
-        var off = off_t(offset)
-        while first < iov.count {
-            let n = iov.withUnsafeMutableBufferPointer { b in
-                write ? pwritev(fd, b.baseAddress! + first, Int32(b.count - first), off)
-                      : preadv(fd, b.baseAddress! + first, Int32(b.count - first), off)
+        // At most segMax entries (checkRange): on the stack.
+        return withUnsafeTemporaryAllocation(of: iovec.self, capacity: data.count) { iov in
+            for k in 0..<data.count {
+                let (p, len) = data.segment(data.first + k, chain)
+                iov[k] = iovec(iov_base: p, iov_len: len)
             }
-            if n < 0 { if errno == EINTR { continue }; return false }
-            if n == 0 {
-                // Reading past the end of a file that shrank under us: zero the rest.
-                if write { return false }
-                for i in first..<iov.count { memset(iov[i].iov_base, 0, iov[i].iov_len) }
-                return true
+            var first = 0
+            var off = off_t(offset)
+            while first < iov.count {
+                let n = write ? pwritev(fd, iov.baseAddress! + first, Int32(iov.count - first), off)
+                              : preadv(fd, iov.baseAddress! + first, Int32(iov.count - first), off)
+                if n < 0 { if errno == EINTR { continue }; return false }
+                if n == 0 {
+                    // Reading past the end of a file that shrank under us: zero the rest.
+                    if write { return false }
+                    for i in first..<iov.count { memset(iov[i].iov_base, 0, iov[i].iov_len) }
+                    return true
+                }
+                off += off_t(n)
+                var left = n
+                while first < iov.count, left >= iov[first].iov_len { left -= iov[first].iov_len; first += 1 }
+                if left > 0 {
+                    iov[first].iov_base = iov[first].iov_base! + left
+                    iov[first].iov_len -= left
+                }
             }
-            off += off_t(n)
-            var left = n
-            while first < iov.count, left >= iov[first].iov_len { left -= iov[first].iov_len; first += 1 }
-            if left > 0 {
-                iov[first].iov_base = iov[first].iov_base! + left
-                iov[first].iov_len -= left
-            }
+            return true
         }
-        return true
     }
 }

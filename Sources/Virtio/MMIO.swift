@@ -230,6 +230,9 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
                 device.context = ctx
             }
             log("driver ready: features 0x\(String(feat, radix: 16)), \(queues.compactMap { $0 }.count) queue(s)")
+            // Buffers made available before DRIVER_OK (Linux's balloon driver primes its statistics
+            // queue and kicks it while probing) were not served then: the device worker looks now.
+            for (i, q) in queues.enumerated() where q?.hasAvailable == true { notify(i) }
         } catch {
             log("virtio-\(device.type): cannot start: \(error)")
             state.withLock { s in s.status = (s.status & ~VirtioStatus.driverOK) | VirtioStatus.needsReset }

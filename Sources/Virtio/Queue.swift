@@ -56,12 +56,22 @@ public struct Segment: Sendable, Equatable {
 
 /// A validated descriptor chain: device-readable segments first, then device-writable ones.
 public struct DescriptorChain: Sendable {
-    public let head: UInt16
+    public internal(set) var head: UInt16
     public internal(set) var segments: [Segment] = []
     public internal(set) var readableBytes: UInt64 = 0
     public internal(set) var writableBytes: UInt64 = 0
     public var readable: ArraySlice<Segment> { segments.prefix { !$0.writable } }
     public var writable: ArraySlice<Segment> { segments.drop { !$0.writable } }
+    /// Device-readable segments come first: this many of them.
+    public var readableCount: Int { segments.firstIndex { $0.writable } ?? segments.count }
+
+    /// Empties the chain for reuse, keeping its storage (no allocation when nobody else holds it).
+    mutating func reset(head: UInt16) {
+        self.head = head
+        segments.removeAll(keepingCapacity: true)
+        readableBytes = 0
+        writableBytes = 0
+    }
 
     /// Copies up to `count` device-readable bytes starting `offset` bytes into the chain.
     public func read(into dst: UnsafeMutableRawBufferPointer, offset: UInt64 = 0) -> Int {
@@ -125,6 +135,9 @@ public final class SplitQueue: @unchecked Sendable {
     var signalledValid = false
     /// Longest chain accepted, counting indirect entries.
     public let maxChain: Int
+    /// The chain `pop` fills and returns, reused from one request to the next: as long as the caller
+    /// lets go of a chain before popping the next one, serving a request allocates nothing.
+    var scratch = DescriptorChain(head: 0)
 
     public init(_ c: QueueConfig, memory: GuestMemory, maxSize: UInt16, features: UInt64) throws(QueueError) {
         guard c.size > 0, c.size <= maxSize, c.size <= 32768, c.size & (c.size - 1) == 0 else { throw .badSize(c.size) }
@@ -142,6 +155,7 @@ public final class SplitQueue: @unchecked Sendable {
         eventIdx = features & VirtioFeature.eventIdx != 0
         indirect = features & VirtioFeature.indirectDesc != 0
         maxChain = max(Int(c.size), 1024)
+        scratch.segments.reserveCapacity(8)
     }
 
     @inline(__always) func availIdx() -> UInt16 { UInt16(littleEndian: avail.advanced(by: 2).loadUnaligned(as: UInt16.self)) }
@@ -159,8 +173,7 @@ public final class SplitQueue: @unchecked Sendable {
         let slot = Int(lastAvail % size)
         let head = UInt16(littleEndian: avail.advanced(by: 4 + 2 * slot).loadUnaligned(as: UInt16.self))
         guard head < size else { throw .headOutOfRange(head) }
-        var chain = DescriptorChain(head: head)
-        chain.segments.reserveCapacity(4)   // one allocation for the usual header/data/status chain
+        scratch.reset(head: head)
         var i = head
         var count = 0
         var sawWritable = false
@@ -173,18 +186,18 @@ public final class SplitQueue: @unchecked Sendable {
             if flags & 4 != 0 {   // INDIRECT
                 guard indirect else { throw .indirectNotNegotiated }
                 guard flags & 1 == 0 else { throw .indirectWithNext }
-                try walkIndirect(addr: addr, len: len, into: &chain, count: &count, sawWritable: &sawWritable)
+                try walkIndirect(addr: addr, len: len, into: &scratch, count: &count, sawWritable: &sawWritable)
                 break
             }
             count += 1
             guard count <= Int(size) else { throw .chainTooLong(Int(size)) }
-            try add(addr: addr, len: len, writable: flags & 2 != 0, to: &chain, sawWritable: &sawWritable)
+            try add(addr: addr, len: len, writable: flags & 2 != 0, to: &scratch, sawWritable: &sawWritable)
             if flags & 1 == 0 { break }
             guard next < size else { throw .nextOutOfRange(next) }
             i = next
         }
         lastAvail &+= 1
-        return chain
+        return scratch
     }
 
     func walkIndirect(addr: UInt64, len: UInt32, into chain: inout DescriptorChain, count: inout Int,

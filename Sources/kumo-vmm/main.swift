@@ -25,8 +25,10 @@ usage: kumo-vmm --kernel PATH [options]        run one VM
   --net tap=NAME[,OPTS]  virtio-net on a tap (created, or attached when it exists; repeatable)
                          OPTS: mac=52:54:00:12:34:56, rx-bandwidth=, tx-bandwidth= (bytes/s), rx-pps=, tx-pps=
   --rng                  virtio-rng fed from the host's getrandom
-  --balloon              virtio-balloon (statistics, deflate-on-OOM, free page reporting)
-  --balloon-target MIB   initial balloon size (implies --balloon); --no-deflate-on-oom
+  --balloon              virtio-balloon (statistics, deflate-on-OOM, free page reporting);
+                         guest RAM then goes without transparent huge pages
+  --balloon-target MIB   initial balloon size (implies --balloon); --no-deflate-on-oom,
+                         --no-free-page-reporting
   --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
                          {"op":"balloon.set","target_mib":64}
   --help                 this text
@@ -34,7 +36,7 @@ usage: kumo-vmm --kernel PATH [options]        run one VM
 JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
 cpuid ([{function, index, register, clear, set}]), serial, stats,
 disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
-rng (true or {rate_limit}), balloon (true or {deflate_on_oom, target_mib}), api_socket; a rate_limit is
+rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), api_socket; a rate_limit is
 {"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
 Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.
 Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input.

@@ -68,13 +68,17 @@ import Boot
         var b = VMConfig()
         try b.apply(json: JSONParser.parse(#"{"kernel": "/k", "balloon": {"deflate_on_oom": false, "target_mib": 32}, "api_socket": "/tmp/x.sock"}"#))
         #expect(b.balloon == BalloonConfig(deflateOnOOM: false, targetMiB: 32) && b.apiSocket == "/tmp/x.sock")
+        try b.apply(json: JSONParser.parse(#"{"balloon": {"free_page_reporting": false}}"#))
+        #expect(b.balloon == BalloonConfig(freePageReporting: false))
+        let nb = try VMConfig.parse(arguments: ["--kernel", "/k", "--balloon", "--no-free-page-reporting"])
+        #expect(nb.balloon == BalloonConfig(freePageReporting: false))
         var d = VMConfig()
         for bad in [#"{"disks": [{"path": "/a", "cache": "none"}]}"#, #"{"disks": [{}]}"#, #"{"disks": "/a"}"#,
                     #"{"nets": [{"tap": "t", "mac": "ff:ff:ff:ff:ff:ff"}]}"#, #"{"nets": [{"mac": "52:54:00:00:00:01"}]}"#,
                     #"{"rng": {"rate": 1}}"#, #"{"rng": 3}"#,
                     #"{"disks": [{"path": "/a", "rate_limit": {"bandwidth": {"size": 0}}}]}"#,
                     #"{"disks": [{"path": "/a", "rate_limit": {"iops": {"size": 1}}}]}"#,
-                    #"{"balloon": {"target": 1}}"#, #"{"balloon": 1}"#, #"{"api_socket": 3}"#] {
+                    #"{"balloon": {"target": 1}}"#, #"{"balloon": {"free_page_reporting": 1}}"#, #"{"balloon": 1}"#, #"{"api_socket": 3}"#] {
             #expect(throws: ConfigError.self, "\(bad)") { try d.apply(json: JSONParser.parse(bad)) }
         }
     }

@@ -1,4 +1,5 @@
 import Testing
+import Foundation
 @testable import GuestMemory
 
 @Suite struct GuestMemoryTests {
@@ -31,6 +32,30 @@ import Testing
         try mem.store(0x0040_0000 | 0x83, at: pd + 2 * 8)                // 2 MiB page
         try mem.store(0x8000_0000 | 0x81, at: pdpt + 3 * 8)              // 1 GiB page, read-only
         return (mem, PagingMode(cr0: 0x8000_0001, cr3: pml4, cr4: 0x20, efer: 0x500))
+    }
+
+    /// Guest RAM asks for transparent huge pages (the VMA's "hg" flag in smaps) unless told not to
+    /// (a VM with a balloon).
+    @Test func hugePagesAreAskedForUnlessTurnedOff() throws {
+        func vmFlags(_ m: GuestMemory) throws -> [Substring] {
+            let addr = m.regions[0].hostAddress
+            // Read to the end (a /proc file has no size; String(contentsOfFile:) stops at one page).
+            let handle = try #require(FileHandle(forReadingAtPath: "/proc/self/smaps"))
+            let smaps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
+            let lines = smaps.split(separator: "\n")
+            // The mapping holding guest RAM (it may have merged with a neighbour).
+            let i = try #require(lines.firstIndex { line in
+                let range = line.split(separator: " ", maxSplits: 1)[0].split(separator: "-")
+                guard range.count == 2, let lo = UInt(range[0], radix: 16), let hi = UInt(range[1], radix: 16) else { return false }
+                return lo <= addr && addr < hi
+            })
+            let flags = try #require(lines[i...].first { $0.hasPrefix("VmFlags:") })
+            return flags.split(separator: " ").dropFirst().map { $0 }
+        }
+        let with = try GuestMemory(layout: [(0, 4 << 20)])
+        #expect(try vmFlags(with).contains("hg"))
+        let without = try GuestMemory(layout: [(0, 4 << 20)], hugePages: false)
+        #expect(try !vmFlags(without).contains("hg"))
     }
 
     @Test func walksFourKiB2MiBAnd1GiBPages() throws {

@@ -82,6 +82,31 @@ func residentPages(_ m: GuestMemory, _ gpa: UInt64, _ length: UInt64) -> Int {
         #expect(d.read(MMIOReg.configGeneration) != generation)
     }
 
+    /// Linux's driver queues its first statistics buffer and kicks before it sets DRIVER_OK; the kick
+    /// is not served then, but the buffer is taken as soon as the driver is ready.
+    @Test func statisticsQueuedBeforeDriverOKAreTaken() throws {
+        let b = VirtioBalloon()
+        let d = try VirtioTestDriver(device: b)
+        #expect(d.negotiate())
+        let qs = (0..<4).map { d.setupQueue($0, size: 64) }
+        let buf = d.alloc(10)
+        try d.memory.store(UInt16(4).littleEndian, at: buf)        // free memory
+        try d.memory.store(UInt64(123 << 20).littleEndian, at: buf + 2)
+        qs[2].submit([Buffer(buf, 10, writable: false)])
+        qs[2].kick()
+        #expect(b.snapshot.statsUpdates == 0)
+        d.driverOK()
+        #expect(b.snapshot.statsUpdates == 1)
+        #expect(b.snapshot.stats["free_memory"] == 123 << 20)
+    }
+
+    @Test func freePageReportingIsOptional() throws {
+        let d = try VirtioTestDriver(device: VirtioBalloon(freePageReporting: false))
+        #expect(d.negotiate())
+        #expect(d.negotiated & (1 << 5) == 0)
+        #expect(d.negotiated & (1 << 1) != 0)   // statistics stay
+    }
+
     @Test func hostilePageNumbersAreIgnored() throws {
         let b = VirtioBalloon()
         let (d, qs) = try start(b)
