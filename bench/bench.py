@@ -79,6 +79,8 @@ else:
 
 # virtio-blk back end (issue 3): the host-side test driver through the real transport and queues,
 # against pread(2) on the same 256 MiB file (in the page cache) into the same buffers, in this run.
+# The ratio is the device's own time (pop, validation, pread, used ring, interrupt); the figure with
+# the test driver's work added (what a guest's driver does on its vCPU) is shown beside it.
 import json
 img = os.path.join(args.work, "blk.img")
 with open(img, "wb") as f:
@@ -86,11 +88,11 @@ with open(img, "wb") as f:
 for line in subprocess.check_output([args.bench, "blk", img], text=True).splitlines():
     r = json.loads(line)
     if r["test"] == "randread4k":
-        row("virtio-blk 4 KiB random reads (IOPS, page cache)", r["virtio_iops"], f'{r["pread_iops"]} (pread)',
-            f'{r["virtio_iops"] / r["pread_iops"]:.2f}', ">= 0.8x")
+        row("virtio-blk 4 KiB random reads (IOPS, page cache)", f'{r["virtio_iops"]} ({r["with_driver_iops"]} with driver)',
+            f'{r["pread_iops"]} (pread)', f'{r["virtio_iops"] / r["pread_iops"]:.2f}', ">= 0.8x")
     else:
-        row("virtio-blk 1 MiB sequential reads (MiB/s, page cache)", r["virtio_mibs"], f'{r["pread_mibs"]} (pread)',
-            f'{r["virtio_mibs"] / r["pread_mibs"]:.2f}', ">= 0.8x")
+        row("virtio-blk 1 MiB sequential reads (MiB/s, page cache)", f'{r["virtio_mibs"]} ({r["with_driver_mibs"]} with driver)',
+            f'{r["pread_mibs"]} (pread)', f'{r["virtio_mibs"] / r["pread_mibs"]:.2f}', ">= 0.8x")
 os.unlink(img)
 
 

@@ -83,7 +83,8 @@ initramfs() {
   done
   cp "$here/guest/init/init" "$out/root/init"
   cp "$here/guest/init/scenario.sh" "$out/root/etc/scenario.sh"
-  chmod 755 "$out/root/init" "$out/root/etc/scenario.sh"
+  cp "$here/guest/init/udhcpc.script" "$out/root/etc/udhcpc.script"
+  chmod 755 "$out/root/init" "$out/root/etc/scenario.sh" "$out/root/etc/udhcpc.script"
   # Uncompressed cpio: decompression is the slowest thing a guest kernel can do here.
   (cd "$out/root" && find . | sort | cpio -o -H newc --quiet) > "$out/initramfs.cpio"
   rm -rf "$out/x"

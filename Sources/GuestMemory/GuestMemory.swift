@@ -129,4 +129,18 @@ public final class GuestMemory: @unchecked Sendable {
         }
         memset(p, Int32(byte), count)
     }
+
+    /// Bytes of guest RAM the host holds in memory (mincore(2) over every region): what the guest has
+    /// touched, less what a balloon or free page reporting gave back.
+    public func residentBytes() -> UInt64 {
+        let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        var total: UInt64 = 0
+        for r in regions {
+            let pages = Int((r.size + page - 1) / page)
+            var vec = [UInt8](repeating: 0, count: pages)
+            guard mincore(r.host, Int(r.size), &vec) == 0 else { continue }
+            for v in vec where v & 1 != 0 { total += page }
+        }
+        return total
+    }
 }

@@ -168,6 +168,7 @@ public final class ControlState: @unchecked Sendable {
         case "vm.info":
             return .object([("ok", .bool(true)), ("vcpus", Self.num(vcpus)), ("memory_mib", Self.num(memoryBytes >> 20)),
                             ("rss_kib", Self.num(residentKiB())),
+                            ("guest_resident_kib", Self.num((machine?.memory.residentBytes() ?? 0) >> 10)),
                             ("devices", .array((machine?.virtio ?? []).enumerated().map { (i, t) in
                                 .object([("name", .string("virtio-\(t.device.type)\(i)")), ("status", Self.num(t.status)),
                                          ("statistics", .string(t.device.currentStatistics))])

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import VMM
 
@@ -144,5 +145,178 @@ struct VirtioBootTests {
         #expect(try Self.mountCount(image) == 3)
         let fsck = try Self.run("/usr/sbin/e2fsck", ["-n", "-f", image])
         #expect(fsck.contains("kumoroot: ") || fsck.contains("clean"), "\(fsck)")
+    }
+
+    /// One request to kumo-vmm's control socket (docs/CONTROL.md): a JSON line out, a JSON line back.
+    static func control(_ socket: String, _ request: String) throws -> [String: Any] {
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw VirtioDeviceErrorE2E("socket: \(errno)") }
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        _ = withUnsafeMutableBytes(of: &addr.sun_path) { p in socket.utf8CString.withUnsafeBytes { p.copyMemory(from: $0) } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard rc == 0 else { throw VirtioDeviceErrorE2E("connect \(socket): \(errno)") }
+        let line = Array((request + "\n").utf8)
+        guard write(fd, line, line.count) == line.count else { throw VirtioDeviceErrorE2E("write: \(errno)") }
+        var reply: [UInt8] = []
+        var byte: UInt8 = 0
+        while read(fd, &byte, 1) == 1, byte != 10 { reply.append(byte) }
+        guard let obj = try JSONSerialization.jsonObject(with: Data(reply)) as? [String: Any] else {
+            throw VirtioDeviceErrorE2E("not a JSON object: \(String(decoding: reply, as: UTF8.self))")
+        }
+        return obj
+    }
+
+    static func int(_ o: [String: Any], _ k: String) -> Int { (o[k] as? NSNumber)?.intValue ?? -1 }
+
+    /// An init that never makes a system call (guest userspace cannot on kvm_pvm hosts): it spins, so the
+    /// kernel stays up, scheduling its own threads (the balloon driver's work) around it.
+    static func spinningInit(_ dir: URL) throws -> String {
+        let src = dir.appendingPathComponent("spin.S"), obj = dir.appendingPathComponent("spin.o")
+        let exe = dir.appendingPathComponent("root/sbin/init")
+        try ".globl _start\n_start:\n1: pause\n   jmp 1b\n".write(to: src, atomically: true, encoding: .utf8)
+        _ = try run("/usr/bin/as", ["--64", "-o", obj.path, src.path])
+        _ = try run("/usr/bin/ld", ["-static", "-o", exe.path, obj.path])
+        try #require(FileManager.default.isExecutableFile(atPath: exe.path), "as/ld did not make \(exe.path)")
+        return exe.path
+    }
+
+    /// virtio-balloon end to end: the kernel's balloon driver inflates to the target the host sets through
+    /// the control socket, giving back pages the guest had touched (the VMM's RSS and its resident guest
+    /// RAM fall), the statistics queue reports the guest's free memory before and after, and setting the
+    /// target back to 0 deflates the balloon. The guest touches memory first by booting with a 64 MiB
+    /// initrd that is not an archive: the VMM writes it into guest RAM, the kernel frees it.
+    @Test(.timeLimit(.minutes(20)))
+    func balloonInflatesAndDeflatesOnTheHostsRequest() throws {
+        let kernel = E2E.guest.appendingPathComponent("test-kernel/vmlinux").path
+        try #require(FileManager.default.fileExists(atPath: kernel), "missing \(kernel): run `make guest`")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-balloon-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("root/sbin"), withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        _ = try Self.spinningInit(dir)
+        let image = dir.appendingPathComponent("root.ext4").path
+        _ = try Self.run("/usr/sbin/mkfs.ext4", ["-q", "-F", "-d", dir.appendingPathComponent("root").path, image, "16M"])
+        let filler = dir.appendingPathComponent("filler")
+        var bytes = [UInt8](repeating: 0, count: 64 << 20)
+        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 2654435761 >> 13) | 1 }
+        bytes.replaceSubrange(0..<8, with: Array("KUMOFILL".utf8))   // not a cpio or compressed archive
+        try Data(bytes).write(to: filler)
+        let api = dir.appendingPathComponent("api.sock").path
+        let vm = try E2E.VMMProcess(["--kernel", kernel, "--initrd", filler.path, "--vcpus", "1", "--memory", "192",
+                                     "--disk", image, "--balloon", "--no-free-page-reporting", "--api-socket", api,
+                                     "--cmdline", "console=ttyS0 root=/dev/vda rw reboot=k panic=-1"])
+        defer { _ = vm.terminate() }
+        let booted = vm.waitFor("Run /sbin/init as init process", timeout: 900)
+        try #require(booted, "console tail: \(vm.console.suffix(3000))")
+        #expect(vm.console.contains("Freeing initrd memory: 65536K"))
+
+        // The driver primes its statistics queue while probing; fresh numbers on request.
+        var stats: [String: Any] = [:]
+        for _ in 0..<30 {
+            stats = try Self.control(api, #"{"op":"balloon.get","refresh":true}"#)
+            if stats["driver_ready"] as? Bool == true, Self.int(stats, "stats_updates") > 0 { break }
+            Thread.sleep(forTimeInterval: 2)
+        }
+        let freeBefore = ((stats["stats"] as? [String: Any]).map { Self.int($0, "free_memory") }) ?? -1
+        #expect(freeBefore > 100 << 20, "\(stats)")
+        let info0 = try Self.control(api, #"{"op":"vm.info"}"#)
+        let rss0 = Self.int(info0, "rss_kib"), guest0 = Self.int(info0, "guest_resident_kib")
+
+        // Inflate to 96 MiB and wait for the driver to report it.
+        let set = try Self.control(api, #"{"op":"balloon.set","target_mib":96}"#)
+        #expect(set["ok"] as? Bool == true, "\(set)")
+        var b: [String: Any] = [:]
+        let inflateStart = Date()
+        while Date().timeIntervalSince(inflateStart) < 400 {
+            b = try Self.control(api, #"{"op":"balloon.get"}"#)
+            if Self.int(b, "actual_mib") == 96 { break }
+            Thread.sleep(forTimeInterval: 2)
+        }
+        let inflateSeconds = Date().timeIntervalSince(inflateStart)
+        #expect(Self.int(b, "actual_mib") == 96, "\(b)")
+        #expect(Self.int(b, "inflated_pages") >= 96 * 256)
+        let info1 = try Self.control(api, #"{"op":"vm.info"}"#)
+        let rss1 = Self.int(info1, "rss_kib"), guest1 = Self.int(info1, "guest_resident_kib")
+        // Pages the guest had touched went back to the host: at least 48 of the 96 MiB.
+        #expect(rss0 - rss1 >= 48 << 10, "RSS \(rss0) -> \(rss1) KiB")
+        #expect(guest0 - guest1 >= 48 << 10, "resident guest RAM \(guest0) -> \(guest1) KiB")
+        let after = try Self.control(api, #"{"op":"balloon.get","refresh":true}"#)
+        let freeAfter = ((after["stats"] as? [String: Any]).map { Self.int($0, "free_memory") }) ?? -1
+        #expect(freeAfter >= 0 && freeBefore - freeAfter >= 90 << 20, "guest free memory \(freeBefore) -> \(freeAfter)")
+        print("balloon: inflated 96 MiB in \(Int(inflateSeconds)) s; RSS \(rss0 >> 10) -> \(rss1 >> 10) MiB, resident guest RAM \(guest0 >> 10) -> \(guest1 >> 10) MiB, guest free \(freeBefore >> 20) -> \(freeAfter >> 20) MiB")
+
+        // Deflate: the target back to 0.
+        _ = try Self.control(api, #"{"op":"balloon.set","target_mib":0}"#)
+        let deflateStart = Date()
+        while Date().timeIntervalSince(deflateStart) < 400 {
+            b = try Self.control(api, #"{"op":"balloon.get"}"#)
+            if Self.int(b, "actual_mib") == 0 { break }
+            Thread.sleep(forTimeInterval: 2)
+        }
+        #expect(Self.int(b, "actual_mib") == 0, "\(b)")
+        #expect(Self.int(b, "deflated_pages") >= 96 * 256)
+        let final = try Self.control(api, #"{"op":"balloon.get","refresh":true}"#)
+        let freeFinal = ((final["stats"] as? [String: Any]).map { Self.int($0, "free_memory") }) ?? -1
+        #expect(freeFinal - freeAfter >= 90 << 20, "guest free memory after deflating: \(freeFinal)")
+        let status = vm.terminate()
+        #expect(status == 0, "\(vm.stderrText)")
+        #expect(vm.stderrText.contains("virtio-balloon1: driver ready"))
+        #expect(!vm.console.contains("Call Trace"), "\(vm.console.suffix(3000))")
+    }
+
+    /// Guest userspace over virtio (busybox scenario "virtio"): writes and syncs a file on an ext4
+    /// virtio-blk disk, gets a DHCP lease with udhcpc, pings the host bridge and sends a line over TCP
+    /// to a listener on the host. Checked from the host: the file in the image (debugfs), the line the
+    /// listener received, the scenario's results on the console.
+    @Test(.enabled(if: !E2E.host.emulatesGuestKernel, Comment(rawValue: E2E.userspaceSkipReason)), .timeLimit(.minutes(15)))
+    func guestUserspaceWritesPingsAndTalksTCP() throws {
+        let kernel = E2E.guest.appendingPathComponent("test-kernel/vmlinux").path
+        let initrd = E2E.guest.appendingPathComponent("initramfs/initramfs.cpio").path
+        try #require(FileManager.default.fileExists(atPath: kernel) && FileManager.default.fileExists(atPath: initrd), "run `make guest`")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-userspace-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let image = dir.appendingPathComponent("data.ext4").path
+        _ = try Self.run("/usr/sbin/mkfs.ext4", ["-q", "-F", "-L", "kumodata", image, "16M"])
+        let net = try HostNetwork(dir: dir, subnet: "10.77.3")
+        defer { net.close() }
+        // A TCP listener on the host bridge: accepts one connection and keeps the first line.
+        let listener = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var one: Int32 = 1
+        setsockopt(listener, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = UInt16(7777).bigEndian
+        sin.sin_addr.s_addr = inet_addr("10.77.3.1")
+        let bound = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        try #require(bound == 0 && listen(listener, 1) == 0, "bind/listen: \(errno)")
+        let received = Mutex<String>("")
+        let acceptor = Thread {
+            let c = accept(listener, nil, nil)
+            guard c >= 0 else { return }
+            var buf = [UInt8](repeating: 0, count: 256)
+            let n = read(c, &buf, buf.count)
+            if n > 0 { received.withLock { $0 = String(decoding: buf[0..<n], as: UTF8.self) } }
+            _ = write(c, "kumo-host-ack\n", 14)
+            close(c)
+        }
+        acceptor.start()
+        let vm = try E2E.VMMProcess(["--kernel", kernel, "--initrd", initrd, "--vcpus", "1", "--memory", "256",
+                                     "--disk", image, "--net", "tap=\(net.tap),mac=52:54:00:77:03:10", "--rng",
+                                     "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=virtio kumo.host=10.77.3.1"])
+        let done = vm.waitFor("kumo-result: virtio=done", timeout: 600)
+        vm.process.waitUntilExit()
+        let console = vm.console
+        let status = vm.terminate()
+        #expect(done, "console tail: \(console.suffix(3000))")
+        #expect(status == 0)
+        #expect(console.contains("kumo-result: dhcp=10.77.3."))
+        #expect(console.contains("kumo-result: ping=ok"))
+        #expect(console.contains("kumo-result: tcp=kumo-host-ack"))
+        #expect(received.withLock { $0 }.hasPrefix("hello from kumo guest"))
+        let file = try Self.run("/usr/sbin/debugfs", ["-R", "cat /kumo-userspace.txt", image])
+        #expect(file.contains("written by the kumo guest"), "\(file)")
     }
 }

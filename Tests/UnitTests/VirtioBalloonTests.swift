@@ -40,11 +40,13 @@ func residentPages(_ m: GuestMemory, _ gpa: UInt64, _ length: UInt64) -> Int {
             for i in 0..<256 { try d.memory.store(UInt32((base >> 12) + UInt64(chunk * 256 + i)), at: arr + UInt64(4 * i)) }
             qs[0].submit([Buffer(arr, 1024, writable: false)])
         }
+        let residentBefore = d.memory.residentBytes()
         qs[0].kick()
         var used = 0
         while qs[0].popUsed() != nil { used += 1 }
         #expect(used == 4)
         #expect(residentPages(d.memory, base, 4 << 20) == 0)
+        #expect(residentBefore - d.memory.residentBytes() == 4 << 20)
         #expect(try d.memory.load(UInt8.self, at: base) == 0)   // a deflated page comes back zeroed
         // The driver reports its size through `actual`.
         var actual = UInt32(1024).littleEndian

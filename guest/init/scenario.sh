@@ -2,7 +2,25 @@
 # Kumo guest scenarios; results go to the serial console as "kumo-result: KEY=VALUE" lines,
 # which the host-side tests parse.
 result() { echo "kumo-result: $1=$2"; }
+arg() { sed -n "s/.*$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
 case "$1" in
+  virtio)
+    # Userspace over virtio: a file on the ext4 disk, a DHCP lease, ping and TCP to the host.
+    host=$(arg kumo.host)
+    mkdir -p /mnt
+    if mount -t ext4 /dev/vda /mnt && echo "written by the kumo guest" > /mnt/kumo-userspace.txt && sync && umount /mnt; then
+      result disk written
+    else
+      result disk failed
+    fi
+    ip link set eth0 up
+    udhcpc -i eth0 -n -q -t 10 -s /etc/udhcpc.script >/dev/null 2>&1
+    addr=$(ip -4 addr show dev eth0 | awk '/inet / {print $2}')
+    result dhcp "${addr%/*}"
+    if ping -c 3 -W 5 "$host" >/dev/null 2>&1; then result ping ok; else result ping failed; fi
+    result tcp "$(echo "hello from kumo guest" | nc -w 10 "$host" 7777)"
+    result virtio done
+    ;;
   report|*)
     result cpus "$(grep -c ^processor /proc/cpuinfo)"
     result online "$(cat /sys/devices/system/cpu/online)"
