@@ -2,12 +2,21 @@
 import PackageDescription
 
 // Layers point down only: CKVM → KVM → GuestMemory → Boot → Devices → Virtio → VMM → kumo-vmm.
-// Nothing at or below VMM links Foundation.
+// Nothing at or below VMM links Foundation. Above it, the control plane: KumoAPI (the REST resources,
+// shared by server and CLI) → Kumod (state in SQLite, placement, supervision of kumo-vmm processes,
+// the HTTP API) → kumod; the CLI will sit on KumoAPI too. The control plane never links the VMM's modules:
+// it drives kumo-vmm as a process, through its command line and control socket.
 let package = Package(
     name: "Kumo",
     products: [
         .executable(name: "kumo-vmm", targets: ["kumo-vmm"]),
         .library(name: "VMM", targets: ["VMM"]),
+        .executable(name: "kumod", targets: ["kumod"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .target(name: "CKVM"),
@@ -23,6 +32,14 @@ let package = Package(
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
         .executableTarget(name: "kumo-fuzz", dependencies: ["GuestMemory", "Devices", "Virtio", "VirtioTestDriver"]),
         .executableTarget(name: "kumo-bench", dependencies: ["VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver"]),
+        .target(name: "KumoAPI"),
+        .target(name: "CKumod"),
+        .target(name: "Kumod", dependencies: ["KumoAPI", "CKumod", .product(name: "GRDB", package: "GRDB.swift"),
+                                              .product(name: "Hummingbird", package: "hummingbird"),
+                                              .product(name: "Crypto", package: "swift-crypto")],
+                resources: [.copy("openapi.yaml")]),
+        .executableTarget(name: "kumod", dependencies: ["Kumod"]),
+        .testTarget(name: "KumodTests", dependencies: ["Kumod", "KumoAPI", .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "UnitTests", dependencies: ["GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMM"]),

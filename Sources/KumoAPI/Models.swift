@@ -1,0 +1,160 @@
+// The REST resources of kumod, shared by the server and the `kumo` CLI. JSON field names are
+// snake_case on the wire (see Sources/Kumod/openapi.yaml, the contract).
+import Foundation
+
+/// Lifecycle of an instance. `pending` → `starting` → `running` → `stopping` → `stopped`, plus
+/// `error` (the VMM could not start, or died) and `deleted`.
+public enum InstanceState: String, Codable, Sendable, CaseIterable {
+    case pending, starting, running, stopping, stopped, error, deleted
+
+    /// States whose instance holds host capacity (its vCPUs and RAM are reserved).
+    public var holdsCapacity: Bool {
+        switch self {
+        case .pending, .starting, .running, .stopping: return true
+        case .stopped, .error, .deleted: return false
+        }
+    }
+}
+
+public struct InstanceType: Codable, Sendable, Equatable {
+    public var name: String
+    public var vcpus: Int
+    public var memoryMiB: Int
+    /// Built-in types (kumo.small/medium/large) cannot be deleted.
+    public var builtin: Bool
+    public init(name: String, vcpus: Int, memoryMiB: Int, builtin: Bool = false) {
+        self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.builtin = builtin
+    }
+    enum CodingKeys: String, CodingKey { case name, vcpus, memoryMiB = "memory_mib", builtin }
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        vcpus = try c.decode(Int.self, forKey: .vcpus)
+        memoryMiB = try c.decode(Int.self, forKey: .memoryMiB)
+        builtin = try c.decodeIfPresent(Bool.self, forKey: .builtin) ?? false
+    }
+
+    public static let builtins = [InstanceType(name: "kumo.small", vcpus: 1, memoryMiB: 2048, builtin: true),
+                                  InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true),
+                                  InstanceType(name: "kumo.large", vcpus: 4, memoryMiB: 8192, builtin: true)]
+}
+
+public struct Image: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var kernel: String
+    public var initrd: String?
+    public var rootDisk: String?
+    /// Kernel command line the instance boots with (console and root are added by kumod).
+    public var cmdline: String
+    public var kernelFormat: String
+    public var createdAt: String
+    enum CodingKeys: String, CodingKey {
+        case id, name, kernel, initrd, cmdline
+        case rootDisk = "root_disk", kernelFormat = "kernel_format", createdAt = "created_at"
+    }
+    public init(id: String, name: String, kernel: String, initrd: String?, rootDisk: String?, cmdline: String,
+                kernelFormat: String, createdAt: String) {
+        self.id = id; self.name = name; self.kernel = kernel; self.initrd = initrd; self.rootDisk = rootDisk
+        self.cmdline = cmdline; self.kernelFormat = kernelFormat; self.createdAt = createdAt
+    }
+}
+
+/// One entry of an instance's state history.
+public struct StateChange: Codable, Sendable, Equatable {
+    public var state: InstanceState
+    public var reason: String
+    public var at: String
+    public init(state: InstanceState, reason: String, at: String) { self.state = state; self.reason = reason; self.at = at }
+}
+
+public struct Instance: Codable, Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var tenant: String
+    public var type: String
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public var image: String
+    public var state: InstanceState
+    public var stateReason: String
+    public var createdAt: String
+    public var updatedAt: String
+    public var launchedAt: String?
+    public var reservation: String
+    /// The kumo-vmm process while the instance has one.
+    public var pid: Int?
+    public var history: [StateChange]?
+    enum CodingKeys: String, CodingKey {
+        case id, name, tenant, type, vcpus, image, state, reservation, pid, history
+        case memoryMiB = "memory_mib", stateReason = "state_reason", createdAt = "created_at"
+        case updatedAt = "updated_at", launchedAt = "launched_at"
+    }
+    public init(id: String, name: String, tenant: String, type: String, vcpus: Int, memoryMiB: Int, image: String,
+                state: InstanceState, stateReason: String, createdAt: String, updatedAt: String, launchedAt: String?,
+                reservation: String, pid: Int?, history: [StateChange]? = nil) {
+        self.id = id; self.name = name; self.tenant = tenant; self.type = type; self.vcpus = vcpus
+        self.memoryMiB = memoryMiB; self.image = image; self.state = state; self.stateReason = stateReason
+        self.createdAt = createdAt; self.updatedAt = updatedAt; self.launchedAt = launchedAt
+        self.reservation = reservation; self.pid = pid; self.history = history
+    }
+}
+
+// MARK: requests and responses
+
+public struct RunInstancesRequest: Codable, Sendable, Equatable {
+    public var type: String
+    public var image: String
+    public var count: Int?
+    public var name: String?
+    /// Stored for later use (cloud-init), base64 in JSON, at most 16 KiB decoded.
+    public var userData: String?
+    /// Idempotency token: the same token (per tenant) returns the first call's instances.
+    public var clientToken: String?
+    enum CodingKeys: String, CodingKey {
+        case type, image, count, name
+        case userData = "user_data", clientToken = "client_token"
+    }
+    public init(type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil) {
+        self.type = type; self.image = image; self.count = count; self.name = name; self.userData = userData
+        self.clientToken = clientToken
+    }
+}
+
+public struct RunInstancesResponse: Codable, Sendable {
+    public var reservation: String
+    public var instances: [Instance]
+    public init(reservation: String, instances: [Instance]) { self.reservation = reservation; self.instances = instances }
+}
+
+public struct InstanceList: Codable, Sendable {
+    public var instances: [Instance]
+    /// Pass back as `next_token` for the next page; absent on the last page.
+    public var nextToken: String?
+    enum CodingKeys: String, CodingKey { case instances, nextToken = "next_token" }
+    public init(instances: [Instance], nextToken: String?) { self.instances = instances; self.nextToken = nextToken }
+}
+
+public struct RegisterImageRequest: Codable, Sendable {
+    public var name: String
+    public var kernel: String
+    public var initrd: String?
+    public var rootDisk: String?
+    public var cmdline: String?
+    enum CodingKeys: String, CodingKey { case name, kernel, initrd, cmdline, rootDisk = "root_disk" }
+    public init(name: String, kernel: String, initrd: String? = nil, rootDisk: String? = nil, cmdline: String? = nil) {
+        self.name = name; self.kernel = kernel; self.initrd = initrd; self.rootDisk = rootDisk; self.cmdline = cmdline
+    }
+}
+
+/// Every error response: a machine-readable code, and a message that says what to do.
+public struct APIError: Codable, Sendable, Error, Equatable {
+    public var code: String
+    public var message: String
+    public init(code: String, message: String) { self.code = code; self.message = message }
+}
+
+public struct ErrorBody: Codable, Sendable {
+    public var error: APIError
+    public init(error: APIError) { self.error = error }
+}

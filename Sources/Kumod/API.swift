@@ -1,0 +1,167 @@
+// kumod's REST API (Hummingbird): JSON in and out, bearer tokens, the OpenAPI document served at
+// /v1/openapi.yaml. Every route here is listed in `API.routes` and must be in openapi.yaml (a test
+// checks both ways).
+import Foundation
+import Hummingbird
+import KumoAPI
+
+public struct KumoContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public var principal: Store.Principal?
+    public init(source: Source) { coreContext = .init(source: source) }
+    public var maxUploadSize: Int { 1 << 20 }
+}
+
+public enum API {
+    /// (method, OpenAPI path) of every route.
+    public static let routes: [(String, String)] = [
+        ("GET", "/v1/openapi.yaml"), ("GET", "/v1/health"),
+        ("GET", "/v1/instance-types"), ("POST", "/v1/instance-types"),
+        ("GET", "/v1/images"), ("POST", "/v1/images"),
+        ("GET", "/v1/instances"), ("POST", "/v1/instances"),
+        ("GET", "/v1/instances/{id}"), ("DELETE", "/v1/instances/{id}"),
+        ("POST", "/v1/instances/{id}/start"), ("POST", "/v1/instances/{id}/stop"), ("POST", "/v1/instances/{id}/reboot"),
+        ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"),
+    ]
+
+    /// The OpenAPI document shipped with kumod.
+    public static let openAPIDocument: String = {
+        guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
+              let text = try? String(contentsOf: url, encoding: .utf8) else { return "openapi: 3.0.3\n" }
+        return text
+    }()
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }()
+
+    static func json<T: Encodable>(_ value: T, status: HTTPResponse.Status = .ok) -> Response {
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    static func status(for code: String) -> HTTPResponse.Status {
+        switch code {
+        case "unauthorized": return .unauthorized
+        case "forbidden": return .forbidden
+        case "not_found": return .notFound
+        case "conflict", "incorrect_state", "idempotent_parameter_mismatch": return .conflict
+        case "insufficient_capacity": return .serviceUnavailable
+        case "internal", "launch_failed": return .internalServerError
+        case "payload_too_large": return .contentTooLarge
+        default: return .badRequest
+        }
+    }
+
+    static func error(_ e: APIError) -> Response { json(ErrorBody(error: e), status: status(for: e.code)) }
+
+    /// Reads a JSON body into `T`, with a message that names the field at fault.
+    static func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: KumoContext) async throws(APIError) -> T {
+        let buffer: ByteBuffer
+        do { buffer = try await request.body.collect(upTo: context.maxUploadSize) } catch {
+            throw APIError(code: "payload_too_large", message: "request body over \(context.maxUploadSize) bytes")
+        }
+        do { return try JSONDecoder().decode(T.self, from: Data(buffer: buffer)) } catch let DecodingError.keyNotFound(k, _) {
+            throw APIError(code: "invalid_argument", message: "missing field \"\(k.stringValue)\"")
+        } catch let DecodingError.typeMismatch(_, c) {
+            throw APIError(code: "invalid_argument", message: "field \"\(c.codingPath.map(\.stringValue).joined(separator: "."))\": wrong type")
+        } catch let DecodingError.valueNotFound(_, c) {
+            throw APIError(code: "invalid_argument", message: "field \"\(c.codingPath.map(\.stringValue).joined(separator: "."))\" is null")
+        } catch let DecodingError.dataCorrupted(c) {
+            throw APIError(code: "invalid_argument", message: "body is not valid JSON for this request: \(c.debugDescription)")
+        } catch {
+            throw APIError(code: "invalid_argument", message: "body is not valid JSON for this request")
+        }
+    }
+
+    /// Bearer-token authentication for everything under /v1 but the OpenAPI document and health.
+    struct Auth: RouterMiddleware {
+        typealias Context = KumoContext
+        let store: Store
+        func handle(_ request: Request, context: KumoContext, next: (Request, KumoContext) async throws -> Response) async throws -> Response {
+            let path = request.uri.path
+            if path == "/v1/openapi.yaml" || path == "/v1/health" { return try await next(request, context) }
+            guard let h = request.headers[.authorization], h.hasPrefix("Bearer "), h.count > 7 else {
+                return API.error(APIError(code: "unauthorized", message: "send an API token: Authorization: Bearer TOKEN (kumod prints the admin token's file at start)"))
+            }
+            guard let p = try? store.principal(token: String(h.dropFirst(7))) else {
+                return API.error(APIError(code: "unauthorized", message: "unknown API token"))
+            }
+            var c = context
+            c.principal = p
+            return try await next(request, c)
+        }
+    }
+
+    /// Runs `body` for an authenticated principal, mapping APIError to its HTTP response.
+    static func handle(_ context: KumoContext, _ body: (Store.Principal) async throws(APIError) -> Response) async -> Response {
+        guard let p = context.principal else { return error(APIError(code: "unauthorized", message: "no API token")) }
+        do { return try await body(p) } catch { return API.error(error) }
+    }
+
+    static func id(_ context: KumoContext) throws(APIError) -> String {
+        guard let id = context.parameters.get("id") else { throw APIError(code: "invalid_argument", message: "missing instance id") }
+        return id
+    }
+
+    public static func router(_ service: Service) -> Router<KumoContext> {
+        let router = Router(context: KumoContext.self)
+        router.add(middleware: Auth(store: service.store))
+        router.get("/v1/openapi.yaml") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(string: openAPIDocument)))
+        }
+        router.get("/v1/health") { _, _ in json(["status": "ok"]) }
+        router.get("/v1/instance-types") { _, c in await handle(c) { _ throws(APIError) in json(["instance_types": try service.types()]) } }
+        router.post("/v1/instance-types") { r, c in
+            await handle(c) { p throws(APIError) in json(try service.addType(try await decode(InstanceType.self, r, c), by: p), status: .created) }
+        }
+        router.get("/v1/images") { _, c in await handle(c) { _ throws(APIError) in json(["images": try service.images()]) } }
+        router.post("/v1/images") { r, c in
+            await handle(c) { p throws(APIError) in json(try service.registerImage(try await decode(RegisterImageRequest.self, r, c), by: p), status: .created) }
+        }
+        router.post("/v1/instances") { r, c in
+            await handle(c) { p throws(APIError) in json(try service.runInstances(try await decode(RunInstancesRequest.self, r, c), by: p), status: .accepted) }
+        }
+        router.get("/v1/instances") { r, c in
+            await handle(c) { p throws(APIError) in
+                let qp = r.uri.queryParameters
+                var q = Service.ListQuery()
+                for s in qp.getAll("state") {
+                    guard let st = InstanceState(rawValue: String(s)) else {
+                        throw APIError(code: "invalid_argument", message: "state \"\(s)\": one of \(InstanceState.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    q.states.append(st)
+                }
+                q.names = qp.getAll("name").map { String($0) }
+                q.ids = qp.getAll("id").map { String($0) }
+                q.types = qp.getAll("type").map { String($0) }
+                if let l = qp.get("limit") {
+                    guard let n = Int(l) else { throw APIError(code: "invalid_argument", message: "limit must be a whole number") }
+                    q.limit = n
+                }
+                q.nextToken = qp.get("next_token").map { String($0) }
+                return json(try service.describe(q, by: p))
+            }
+        }
+        router.get("/v1/instances/{id}") { _, c in await handle(c) { p throws(APIError) in json(try service.show(try id(c), by: p)) } }
+        router.delete("/v1/instances/{id}") { _, c in await handle(c) { p throws(APIError) in json(try service.delete(try id(c), by: p)) } }
+        router.post("/v1/instances/{id}/start") { _, c in await handle(c) { p throws(APIError) in json(try service.start(try id(c), by: p), status: .accepted) } }
+        router.post("/v1/instances/{id}/stop") { r, c in
+            await handle(c) { p throws(APIError) in
+                let force = r.uri.queryParameters.get("force").map { $0 == "true" || $0 == "1" } ?? false
+                return json(try service.stop(try id(c), by: p, force: force), status: .accepted)
+            }
+        }
+        router.post("/v1/instances/{id}/reboot") { _, c in await handle(c) { p throws(APIError) in json(try service.reboot(try id(c), by: p), status: .accepted) } }
+        router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacity()) } }
+        router.put("/v1/host/placement") { r, c in
+            await handle(c) { p throws(APIError) in
+                try service.setPolicy(try await decode(PlacementPolicy.self, r, c), by: p)
+                return json(try service.capacity())
+            }
+        }
+        return router
+    }
+}

@@ -1,0 +1,143 @@
+// Starting and watching kumo-vmm processes. Each instance is its own kumo-vmm in its own session
+// (so that kumod can die and come back without taking VMs with it), with a work directory holding
+// its config, console log, VMM log and control socket.
+import Foundation
+import KumoAPI
+import CKumod
+
+/// What a VMM needs to boot an instance.
+public struct LaunchSpec: Sendable {
+    public var instanceID: String
+    public var workDir: URL
+    public var vcpus: Int
+    public var memoryMiB: Int
+    public var image: Image
+    public init(instanceID: String, workDir: URL, vcpus: Int, memoryMiB: Int, image: Image) {
+        self.instanceID = instanceID; self.workDir = workDir; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.image = image
+    }
+
+    public var configPath: URL { workDir.appendingPathComponent("config.json") }
+    public var controlSocket: URL { workDir.appendingPathComponent("control.sock") }
+    public var consoleLog: URL { workDir.appendingPathComponent("console.log") }
+    public var vmmLog: URL { workDir.appendingPathComponent("vmm.log") }
+}
+
+/// A running VMM process: its pid and its start time in clock ticks since boot (field 22 of
+/// /proc/PID/stat), which together name it even after the pid number is reused.
+public struct VMMProcess: Sendable, Equatable {
+    public var pid: Int32
+    public var startTicks: UInt64
+    public init(pid: Int32, startTicks: UInt64) { self.pid = pid; self.startTicks = startTicks }
+}
+
+/// The protocol in front of the VMM: placement and API logic drive it; the real implementation
+/// spawns kumo-vmm.
+public protocol VMMLauncher: Sendable {
+    func launch(_ spec: LaunchSpec) throws -> VMMProcess
+    /// nil while the process runs; its fate once it is gone.
+    func exitStatus(_ p: VMMProcess) -> ExitFate?
+    func signal(_ p: VMMProcess, _ sig: Int32)
+}
+
+public enum ExitFate: Sendable, Equatable {
+    /// A child of this kumod: the status waitpid gave.
+    case exited(Int32)
+    case killed(Int32)
+    /// Gone while kumod was not its parent (kumod restarted): status unknown.
+    case vanished
+}
+
+public struct ProcessLauncher: VMMLauncher {
+    public let vmmPath: String
+    public init(vmmPath: String) { self.vmmPath = vmmPath }
+
+    /// The kumo-vmm configuration file for `spec` (JSON, the same keys as `kumo-vmm --config`).
+    public static func config(_ spec: LaunchSpec) -> [String: Any] {
+        var c: [String: Any] = [
+            "kernel": spec.image.kernel, "memory_mib": spec.memoryMiB, "vcpus": spec.vcpus,
+            "cmdline": spec.image.cmdline, "serial": "file:" + spec.consoleLog.path,
+            "api_socket": spec.controlSocket.path, "balloon": true,
+        ]
+        if let i = spec.image.initrd { c["initrd"] = i }
+        if let d = spec.image.rootDisk { c["disks"] = [["path": spec.workDir.appendingPathComponent("root.img").path]] ; _ = d }
+        return c
+    }
+
+    public func launch(_ spec: LaunchSpec) throws -> VMMProcess {
+        let fm = FileManager.default
+        try fm.createDirectory(at: spec.workDir, withIntermediateDirectories: true)
+        if let disk = spec.image.rootDisk {
+            // Each instance boots from its own copy of the image's root disk.
+            let dst = spec.workDir.appendingPathComponent("root.img")
+            if !fm.fileExists(atPath: dst.path) { try fm.copyItem(atPath: disk, toPath: dst.path) }
+        }
+        let json = try JSONSerialization.data(withJSONObject: Self.config(spec), options: [.prettyPrinted, .sortedKeys])
+        try json.write(to: spec.configPath)
+        try? fm.removeItem(at: spec.controlSocket)
+
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        // Its own session: a signal to kumod's process group (Ctrl-C, kill -9 of a service) leaves VMs up.
+        // Default signal mask and dispositions: kumod's threads may block signals kumo-vmm relies on.
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigmask(&attr, &none)
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        posix_spawnattr_setsigdefault(&attr, &defaults)
+        posix_spawnattr_setflags(&attr, Int16(ckumod_spawn_setsid_flag() | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, spec.vmmLog.path, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Nothing else of kumod's crosses over: its listening sockets, event loops and database would
+        // otherwise live on in every VMM (and keep kumod's port taken after kumod dies).
+        guard ckumod_spawn_addclosefrom(&actions, 3) == 0 else { throw APIError(code: "launch_failed", message: "posix_spawn_file_actions_addclosefrom_np failed") }
+        let words = [vmmPath, "--config", spec.configPath.path]
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        defer { for a in argv { free(a) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, vmmPath, &actions, &attr, argv, environ)
+        guard rc == 0 else { throw APIError(code: "launch_failed", message: "cannot start \(vmmPath): \(String(cString: strerror(rc)))") }
+        let ticks = Self.startTicks(pid) ?? 0
+        try? "\(pid) \(ticks)\n".write(to: spec.workDir.appendingPathComponent("vmm.pid"), atomically: true, encoding: .utf8)
+        return VMMProcess(pid: pid, startTicks: ticks)
+    }
+
+    /// Field 22 of /proc/PID/stat (after the parenthesised command name, which may hold spaces).
+    public static func startTicks(_ pid: Int32) -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // fields[0] is the state (field 3), so field 22 is fields[19].
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
+    static func state(_ pid: Int32) -> Character? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: close)...].split(separator: " ").first?.first
+    }
+
+    public func exitStatus(_ p: VMMProcess) -> ExitFate? {
+        var st: Int32 = 0
+        let r = waitpid(p.pid, &st, WNOHANG)
+        if r == p.pid {
+            if st & 0x7f == 0 { return .exited((st >> 8) & 0xff) }
+            return .killed(st & 0x7f)
+        }
+        if r == 0 { return nil }   // our child, still running
+        // Not our child (adopted after a kumod restart): alive while /proc shows the same process.
+        guard let ticks = Self.startTicks(p.pid), ticks == p.startTicks, Self.state(p.pid) != "Z" else { return .vanished }
+        return nil
+    }
+
+    public func signal(_ p: VMMProcess, _ sig: Int32) {
+        guard Self.startTicks(p.pid) == p.startTicks else { return }   // never signal a reused pid
+        kill(p.pid, sig)
+    }
+}

@@ -1,0 +1,98 @@
+// Placement on one host, Nova's way: capacity = (total − reserved) × allocation ratio, for vCPUs and
+// for RAM; an instance holds its type's vCPUs and RAM from RunInstances (pending) until it stops.
+// A request that does not fit is refused with a message that says which resource is short, by how
+// much, and what uses it.
+import Foundation
+import KumoAPI
+
+public struct HostResources: Sendable, Equatable {
+    public var logicalCPUs: Int
+    public var memoryMiB: Int
+    public init(logicalCPUs: Int, memoryMiB: Int) { self.logicalCPUs = logicalCPUs; self.memoryMiB = memoryMiB }
+
+    /// This machine: online logical CPUs and MemTotal.
+    public static func detect() -> HostResources {
+        let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        var mib = 0
+        if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
+           let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) {
+            mib = kib / 1024
+        }
+        return HostResources(logicalCPUs: max(cpus, 1), memoryMiB: mib)
+    }
+}
+
+public struct PlacementPolicy: Codable, Sendable, Equatable {
+    public var cpuAllocationRatio = 4.0
+    public var ramAllocationRatio = 1.0
+    public var reservedHostMemoryMiB = 512
+    public var reservedCPUs = 0
+    public init() {}
+    enum CodingKeys: String, CodingKey {
+        case cpuAllocationRatio = "cpu_allocation_ratio", ramAllocationRatio = "ram_allocation_ratio"
+        case reservedHostMemoryMiB = "reserved_host_memory_mib", reservedCPUs = "reserved_cpus"
+    }
+}
+
+public struct Capacity: Codable, Sendable, Equatable {
+    public var vcpusTotal: Int
+    public var vcpusUsed: Int
+    public var memoryMiBTotal: Int
+    public var memoryMiBUsed: Int
+    public var logicalCPUs: Int
+    public var hostMemoryMiB: Int
+    public var policy: PlacementPolicy
+    enum CodingKeys: String, CodingKey {
+        case vcpusTotal = "vcpus_total", vcpusUsed = "vcpus_used", memoryMiBTotal = "memory_mib_total"
+        case memoryMiBUsed = "memory_mib_used", logicalCPUs = "logical_cpus", hostMemoryMiB = "host_memory_mib", policy
+    }
+    public var vcpusFree: Int { vcpusTotal - vcpusUsed }
+    public var memoryMiBFree: Int { memoryMiBTotal - memoryMiBUsed }
+}
+
+public enum Placement {
+    public struct Holder: Sendable {
+        public var id: String, type: String, vcpus: Int, memoryMiB: Int, tenantID: String
+        public init(id: String, type: String, vcpus: Int, memoryMiB: Int, tenantID: String) {
+            self.id = id; self.type = type; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.tenantID = tenantID
+        }
+    }
+
+    public static func capacity(host: HostResources, policy: PlacementPolicy, holders: [Holder]) -> Capacity {
+        let vcpus = Int((Double(max(host.logicalCPUs - policy.reservedCPUs, 0)) * policy.cpuAllocationRatio).rounded(.down))
+        let mem = Int((Double(max(host.memoryMiB - policy.reservedHostMemoryMiB, 0)) * policy.ramAllocationRatio).rounded(.down))
+        return Capacity(vcpusTotal: vcpus, vcpusUsed: holders.reduce(0) { $0 + $1.vcpus },
+                        memoryMiBTotal: mem, memoryMiBUsed: holders.reduce(0) { $0 + $1.memoryMiB },
+                        logicalCPUs: host.logicalCPUs, hostMemoryMiB: host.memoryMiB, policy: policy)
+    }
+
+    /// Throws `insufficient_capacity` when `count` instances of `type` do not fit beside `holders`.
+    /// Instances of other tenants are counted but not named to `tenantID` (unless `admin`).
+    public static func check(type: InstanceType, count: Int, host: HostResources, policy: PlacementPolicy,
+                             holders: [Holder], tenantID: String, admin: Bool) throws(APIError) {
+        let cap = capacity(host: host, policy: policy, holders: holders)
+        let needCPU = type.vcpus * count, needMem = type.memoryMiB * count
+        var short: [String] = []
+        if needMem > cap.memoryMiBFree {
+            short.append("memory: \(count) × \(type.name) need \(needMem) MiB, \(max(cap.memoryMiBFree, 0)) MiB free, short by \(needMem - max(cap.memoryMiBFree, 0)) MiB "
+                         + "(capacity \(cap.memoryMiBTotal) MiB = (\(host.memoryMiB) MiB RAM − \(policy.reservedHostMemoryMiB) MiB reserved) × ram_allocation_ratio \(policy.ramAllocationRatio); \(cap.memoryMiBUsed) MiB in use)")
+        }
+        if needCPU > cap.vcpusFree {
+            short.append("vCPUs: \(count) × \(type.name) need \(needCPU), \(max(cap.vcpusFree, 0)) free, short by \(needCPU - max(cap.vcpusFree, 0)) "
+                         + "(capacity \(cap.vcpusTotal) = (\(host.logicalCPUs) logical CPUs − \(policy.reservedCPUs) reserved) × cpu_allocation_ratio \(policy.cpuAllocationRatio); \(cap.vcpusUsed) in use)")
+        }
+        guard !short.isEmpty else { return }
+        let mine = holders.filter { admin || $0.tenantID == tenantID }
+        let others = holders.filter { !(admin || $0.tenantID == tenantID) }
+        var users: [String] = mine.sorted { $0.memoryMiB > $1.memoryMiB }.prefix(10).map { "\($0.id) (\($0.type): \($0.vcpus) vCPU, \($0.memoryMiB) MiB)" }
+        if mine.count > 10 { users.append("and \(mine.count - 10) more") }
+        if !others.isEmpty {
+            users.append("\(others.count) instance(s) of other tenants (\(others.reduce(0) { $0 + $1.vcpus }) vCPU, \(others.reduce(0) { $0 + $1.memoryMiB }) MiB)")
+        }
+        let used = users.isEmpty ? "nothing else runs here" : "in use by " + users.joined(separator: ", ")
+        throw APIError(code: "insufficient_capacity",
+                       message: "not enough capacity on this host — " + short.joined(separator: "; ") + "; \(used). "
+                       + "Stop or delete instances, pick a smaller type, or raise the allocation ratio (admin).")
+    }
+}

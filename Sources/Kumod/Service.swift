@@ -1,0 +1,423 @@
+// The compute service: instance types, images and instances, asynchronous like EC2 — a request
+// records what is wanted and returns; kumod's own tasks start and watch the VMMs and move each
+// instance through pending → starting → running → stopping → stopped (or error), with reasons.
+import Foundation
+import KumoAPI
+import GRDB
+import Synchronization
+
+public final class Service: Sendable {
+    public let store: Store
+    public let launcher: any VMMLauncher
+    public let host: HostResources
+    public let dataDir: URL
+    /// How long a stopping instance gets before it is killed.
+    public let stopTimeout: Duration
+    /// Live VMM processes by instance id (kumod's view; the store has the same pids).
+    let processes = Mutex<[String: VMMProcess]>([:])
+    let monitorTask = Mutex<Task<Void, Never>?>(nil)
+
+    public init(store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
+                stopTimeout: Duration = .seconds(30)) {
+        self.store = store; self.launcher = launcher; self.host = host; self.dataDir = dataDir; self.stopTimeout = stopTimeout
+    }
+
+    // MARK: settings
+
+    public func policy() -> PlacementPolicy {
+        guard let s = try? store.setting("placement"), let p = try? JSONDecoder().decode(PlacementPolicy.self, from: Data(s.utf8)) else {
+            return PlacementPolicy()
+        }
+        return p
+    }
+
+    public func setPolicy(_ p: PlacementPolicy, by who: Store.Principal) throws(APIError) {
+        try requireAdmin(who)
+        guard p.cpuAllocationRatio > 0, p.ramAllocationRatio > 0, p.reservedHostMemoryMiB >= 0, p.reservedCPUs >= 0,
+              p.reservedCPUs < host.logicalCPUs else {
+            throw APIError(code: "invalid_argument", message: "allocation ratios must be > 0; reserved_cpus from 0 to \(host.logicalCPUs - 1); reserved_host_memory_mib ≥ 0")
+        }
+        let data = try! JSONEncoder().encode(p)
+        try wrap { try store.setSetting("placement", String(decoding: data, as: UTF8.self)) }
+    }
+
+    func holders() throws(APIError) -> [Placement.Holder] {
+        try wrap { try store.capacityHolders().map { Placement.Holder(id: $0.instance.id, type: $0.instance.type, vcpus: $0.instance.vcpus, memoryMiB: $0.instance.memoryMiB, tenantID: $0.tenantID) } }
+    }
+
+    public func capacity() throws(APIError) -> Capacity {
+        Placement.capacity(host: host, policy: policy(), holders: try holders())
+    }
+
+    // MARK: errors
+
+    @discardableResult
+    func wrap<T>(_ body: () throws -> T) throws(APIError) -> T {
+        do { return try body() } catch let e as APIError { throw e } catch {
+            throw APIError(code: "internal", message: "state store: \(error)")
+        }
+    }
+
+    func requireAdmin(_ who: Store.Principal) throws(APIError) {
+        guard who.admin else { throw APIError(code: "forbidden", message: "this needs an admin token") }
+    }
+
+    // MARK: types
+
+    public func types() throws(APIError) -> [InstanceType] { try wrap { try store.types() } }
+
+    public func addType(_ t: InstanceType, by who: Store.Principal) throws(APIError) -> InstanceType {
+        try requireAdmin(who)
+        guard t.name.range(of: #"^[a-z0-9][a-z0-9.\-]{0,62}$"#, options: .regularExpression) != nil else {
+            throw APIError(code: "invalid_argument", message: "type name \"\(t.name)\": 1–63 of a-z, 0-9, '.', '-', starting with a letter or digit")
+        }
+        guard (1...64).contains(t.vcpus), (64...1 << 20).contains(t.memoryMiB) else {
+            throw APIError(code: "invalid_argument", message: "vcpus must be 1–64 and memory_mib 64–1048576")
+        }
+        if try wrap({ try store.type(t.name) }) != nil {
+            throw APIError(code: "conflict", message: "instance type \(t.name) exists")
+        }
+        try wrap { try store.addType(InstanceType(name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB)) }
+        return InstanceType(name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB)
+    }
+
+    // MARK: images
+
+    public func images() throws(APIError) -> [Image] { try wrap { try store.images() } }
+
+    /// Registers an image from files on the host, validating each before anything is recorded.
+    public func registerImage(_ r: RegisterImageRequest, by who: Store.Principal) throws(APIError) -> Image {
+        try requireAdmin(who)
+        guard r.name.range(of: #"^[A-Za-z0-9][A-Za-z0-9._\-]{0,62}$"#, options: .regularExpression) != nil else {
+            throw APIError(code: "invalid_argument", message: "image name \"\(r.name)\": 1–63 of A-Z, a-z, 0-9, '.', '_', '-'")
+        }
+        if try wrap({ try store.image(r.name) }) != nil { throw APIError(code: "conflict", message: "image \(r.name) exists") }
+        let format = try Self.kernelFormat(r.kernel)
+        if let i = r.initrd { try Self.readableFile(i, what: "initrd") }
+        if let d = r.rootDisk {
+            let size = try Self.readableFile(d, what: "root disk")
+            guard size > 0, size % 512 == 0 else {
+                throw APIError(code: "invalid_argument", message: "root disk \(d): \(size) bytes is not a whole number of 512-byte sectors (a raw image is)")
+            }
+        }
+        var cmdline = r.cmdline ?? "console=ttyS0 reboot=k panic=-1"
+        if r.rootDisk != nil && !cmdline.contains("root=") { cmdline += " root=/dev/vda rw" }
+        let img = Image(id: Store.newID("img"), name: r.name, kernel: Self.absolute(r.kernel), initrd: r.initrd.map(Self.absolute),
+                        rootDisk: r.rootDisk.map(Self.absolute), cmdline: cmdline, kernelFormat: format, createdAt: Store.now())
+        try wrap { try store.addImage(img) }
+        return img
+    }
+
+    static func absolute(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.path }
+
+    @discardableResult
+    static func readableFile(_ path: String, what: String) throws(APIError) -> Int {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw APIError(code: "invalid_argument", message: "\(what) \(path): \(String(cString: strerror(errno)))")
+        }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw APIError(code: "invalid_argument", message: "\(what) \(path) is not a regular file") }
+        guard access(path, R_OK) == 0 else { throw APIError(code: "invalid_argument", message: "\(what) \(path) is not readable by kumod") }
+        return Int(st.st_size)
+    }
+
+    /// "elf" (vmlinux) or "bzimage", from the file's magic numbers.
+    static func kernelFormat(_ path: String) throws(APIError) -> String {
+        try readableFile(path, what: "kernel")
+        guard let h = FileHandle(forReadingAtPath: path) else { throw APIError(code: "invalid_argument", message: "kernel \(path): cannot open") }
+        defer { try? h.close() }
+        let head = [UInt8]((try? h.read(upToCount: 0x210)) ?? Data())
+        if head.count >= 4, head[0] == 0x7F, head[1] == 0x45, head[2] == 0x4C, head[3] == 0x46 {
+            guard head.count > 18, head[4] == 2, head[18] == 0x3E else {
+                throw APIError(code: "invalid_argument", message: "kernel \(path) is an ELF file but not x86-64 (64-bit, EM_X86_64)")
+            }
+            return "elf"
+        }
+        if head.count >= 0x206, head[0x202] == 0x48, head[0x203] == 0x64, head[0x204] == 0x72, head[0x205] == 0x53 { return "bzimage" }
+        throw APIError(code: "invalid_argument", message: "kernel \(path) is neither an x86-64 ELF vmlinux nor a bzImage")
+    }
+
+    // MARK: instances
+
+    static let maxCount = 100
+
+    public func runInstances(_ r: RunInstancesRequest, by who: Store.Principal) throws(APIError) -> RunInstancesResponse {
+        let count = r.count ?? 1
+        guard (1...Self.maxCount).contains(count) else {
+            throw APIError(code: "invalid_argument", message: "count must be 1–\(Self.maxCount), not \(count)")
+        }
+        guard let type = try wrap({ try store.type(r.type) }) else {
+            let known = (try? store.types().map(\.name).joined(separator: ", ")) ?? ""
+            throw APIError(code: "not_found", message: "no instance type \"\(r.type)\" (known: \(known); `kumo type list`)")
+        }
+        guard let image = try wrap({ try store.image(r.image) }) else {
+            throw APIError(code: "not_found", message: "no image \"\(r.image)\" (`kumo image list`)")
+        }
+        if let n = r.name, n.count > 128 || n.contains(where: { $0.isNewline }) {
+            throw APIError(code: "invalid_argument", message: "name: at most 128 characters on one line")
+        }
+        var userData: Data? = nil
+        if let u = r.userData {
+            guard let d = Data(base64Encoded: u) else { throw APIError(code: "invalid_argument", message: "user_data must be base64") }
+            guard d.count <= 16 << 10 else { throw APIError(code: "invalid_argument", message: "user_data is \(d.count) bytes; at most 16384") }
+            userData = d
+        }
+        if let t = r.clientToken, t.isEmpty || t.count > 64 {
+            throw APIError(code: "invalid_argument", message: "client_token: 1–64 characters")
+        }
+        // The request as recorded for idempotency: the same token with a different request is refused.
+        let canonical = String(decoding: try! Self.canonicalEncoder.encode(RunInstancesRequest(type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken)), as: UTF8.self)
+        let new = (0..<count).map { i -> Store.NewInstance in
+            let id = Store.newID("i")
+            let name = r.name.map { count > 1 ? "\($0)-\(i + 1)" : $0 } ?? id
+            return Store.NewInstance(id: id, name: name, type: type, imageID: image.id, userData: userData,
+                                     workDir: dataDir.appendingPathComponent("instances/\(id)").path)
+        }
+        let host = self.host, policy = self.policy()
+        let outcome: Store.Reserved
+        do {
+            outcome = try store.reserve(tenantID: who.tenantID, clientToken: r.clientToken, request: canonical, instances: new) { db in
+                // Inside the write transaction: every committed reservation is counted.
+                let holders = try Row.fetchAll(db, sql: "SELECT id, type, vcpus, memory_mib, tenant_id FROM instances WHERE state IN ('pending','starting','running','stopping')")
+                    .map { Placement.Holder(id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4]) }
+                try Placement.check(type: type, count: count, host: host, policy: policy, holders: holders, tenantID: who.tenantID, admin: who.admin)
+            }
+        } catch let e as APIError { throw e } catch { throw APIError(code: "internal", message: "state store: \(error)") }
+        switch outcome {
+        case let .created(rid, ids):
+            for id in ids { startLaunch(id) }
+            return RunInstancesResponse(reservation: rid, instances: try ids.map { id throws(APIError) in try show(id, by: who) })
+        case let .replay(rid, ids, same):
+            guard same else {
+                throw APIError(code: "idempotent_parameter_mismatch",
+                               message: "client_token \"\(r.clientToken ?? "")\" was used with a different request (reservation \(rid)); use a new token")
+            }
+            return RunInstancesResponse(reservation: rid, instances: try ids.map { id throws(APIError) in try show(id, by: who) })
+        }
+    }
+
+    static let canonicalEncoder: JSONEncoder = { let e = JSONEncoder(); e.outputFormatting = .sortedKeys; return e }()
+
+    /// The instance, if `who` may see it (its tenant, or an admin); not found otherwise (no hint that
+    /// another tenant's instance exists).
+    func record(_ id: String, by who: Store.Principal) throws(APIError) -> Store.InstanceRecord {
+        guard let rec = try wrap({ try store.instance(id) }), who.admin || rec.tenantID == who.tenantID,
+              rec.instance.state != .deleted || who.admin else {
+            throw APIError(code: "not_found", message: "no instance \(id) (`kumo instance list`)")
+        }
+        return rec
+    }
+
+    public func show(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
+        try record(id, by: who).instance
+    }
+
+    public struct ListQuery: Sendable {
+        public var states: [InstanceState] = []
+        public var names: [String] = []
+        public var ids: [String] = []
+        public var types: [String] = []
+        public var limit = 100
+        public var nextToken: String?
+        public init() {}
+    }
+
+    public func describe(_ q: ListQuery, by who: Store.Principal) throws(APIError) -> InstanceList {
+        guard (1...1000).contains(q.limit) else { throw APIError(code: "invalid_argument", message: "limit must be 1–1000") }
+        var after: Int64 = 0
+        if let t = q.nextToken {
+            guard let d = Data(base64Encoded: t), let s = String(data: d, encoding: .utf8), s.hasPrefix("seq:"), let v = Int64(s.dropFirst(4)) else {
+                throw APIError(code: "invalid_argument", message: "next_token is not one this server gave out")
+            }
+            after = v
+        }
+        var f = Store.Filter(tenantID: who.admin ? nil : who.tenantID)
+        f.states = q.states; f.names = q.names; f.ids = q.ids; f.types = q.types
+        let (recs, more) = try wrap { try store.instances(f, afterSeq: after, limit: q.limit) }
+        let next = more ? recs.last.map { Data("seq:\($0.seq)".utf8).base64EncodedString() } : nil
+        return InstanceList(instances: recs.map(\.instance), nextToken: next)
+    }
+
+    public func start(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
+        let rec = try record(id, by: who)
+        switch rec.instance.state {
+        case .running, .starting, .pending: return rec.instance
+        case .stopped, .error:
+            let host = self.host, policy = self.policy()
+            let type = InstanceType(name: rec.instance.type, vcpus: rec.instance.vcpus, memoryMiB: rec.instance.memoryMiB)
+            do {
+                let ok = try store.transition(id, to: .pending, reason: "StartInstances", from: [.stopped, .error]) { db in
+                    let holders = try Row.fetchAll(db, sql: "SELECT id, type, vcpus, memory_mib, tenant_id FROM instances WHERE state IN ('pending','starting','running','stopping')")
+                        .map { Placement.Holder(id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4]) }
+                    try Placement.check(type: type, count: 1, host: host, policy: policy, holders: holders, tenantID: who.tenantID, admin: who.admin)
+                }
+                if ok { startLaunch(id) }
+            } catch let e as APIError { throw e } catch { throw APIError(code: "internal", message: "state store: \(error)") }
+            return try show(id, by: who)
+        case .stopping:
+            throw APIError(code: "incorrect_state", message: "instance \(id) is stopping; start it once it is stopped")
+        case .deleted:
+            throw APIError(code: "not_found", message: "no instance \(id)")
+        }
+    }
+
+    public func stop(_ id: String, by who: Store.Principal, force: Bool = false) throws(APIError) -> Instance {
+        let rec = try record(id, by: who)
+        switch rec.instance.state {
+        case .stopped, .error: return rec.instance
+        case .stopping where !force: return rec.instance
+        case .deleted: throw APIError(code: "not_found", message: "no instance \(id)")
+        default: break
+        }
+        try wrap { try store.transition(id, to: .stopping, reason: force ? "StopInstances (force)" : "StopInstances",
+                                        from: [.pending, .starting, .running, .stopping]) }
+        requestStop(id, force: force)
+        return try show(id, by: who)
+    }
+
+    public func reboot(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
+        let rec = try record(id, by: who)
+        guard rec.instance.state == .running else {
+            throw APIError(code: "incorrect_state", message: "instance \(id) is \(rec.instance.state.rawValue); only a running instance reboots")
+        }
+        // A hard reboot: the VMM process is replaced, the instance keeps its capacity and work directory.
+        try wrap { try store.transition(id, to: .starting, reason: "RebootInstances", from: [.running]) }
+        let proc = processes.withLock { $0[id] }
+        if let p = proc {
+            launcher.signal(p, SIGKILL)
+            processes.withLock { _ = $0.removeValue(forKey: id) }
+            Task.detached { [self] in
+                for _ in 0..<100 where launcher.exitStatus(p) == nil { try? await Task.sleep(for: .milliseconds(50)) }
+                self.launch(id)
+            }
+        } else {
+            startLaunch(id)
+        }
+        return try show(id, by: who)
+    }
+
+    public func delete(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
+        let rec = try record(id, by: who)
+        if rec.instance.state == .deleted { return rec.instance }
+        if let p = processes.withLock({ $0.removeValue(forKey: id) }) {
+            launcher.signal(p, SIGKILL)
+            for _ in 0..<200 where launcher.exitStatus(p) == nil { usleep(10_000) }
+        }
+        try wrap { try store.transition(id, to: .deleted, reason: "TerminateInstances", pid: .some(nil)) }
+        try? FileManager.default.removeItem(atPath: rec.workDir)
+        guard let gone = try wrap({ try store.instance(id) }) else { throw APIError(code: "internal", message: "instance \(id) vanished") }
+        return gone.instance
+    }
+
+    // MARK: supervision
+
+    func startLaunch(_ id: String) {
+        Task.detached { [self] in self.launch(id) }
+    }
+
+    /// pending/starting → starting → (VMM spawned) → running, or error with the reason.
+    func launch(_ id: String) {
+        guard let rec = try? store.instance(id), [.pending, .starting].contains(rec.instance.state) else { return }
+        guard let image = try? store.image(rec.imageID) else {
+            _ = try? store.transition(id, to: .error, reason: "image \(rec.imageID) is gone")
+            return
+        }
+        _ = try? store.transition(id, to: .starting, reason: "launching kumo-vmm", from: [.pending, .starting])
+        let spec = LaunchSpec(instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
+                              memoryMiB: rec.instance.memoryMiB, image: image)
+        do {
+            let p = try launcher.launch(spec)
+            processes.withLock { $0[id] = p }
+            let moved = (try? store.transition(id, to: .running, reason: "kumo-vmm \(p.pid) started", from: [.starting],
+                                                pid: .some((Int(p.pid), p.startTicks)))) ?? false
+            if !moved {
+                // Stopped or deleted meanwhile: the monitor takes it from here.
+                _ = try? store.transition(id, to: .stopping, reason: "stopped while starting", from: [.stopping], pid: .some((Int(p.pid), p.startTicks)))
+            }
+        } catch {
+            _ = try? store.transition(id, to: .error, reason: "\(error)", from: [.starting])
+        }
+    }
+
+    func requestStop(_ id: String, force: Bool) {
+        guard let p = processes.withLock({ $0[id] }) else {
+            // No VMM (still pending, or its process is gone): stopped at once.
+            _ = try? store.transition(id, to: .stopped, reason: "stopped before its VMM started", from: [.stopping], pid: .some(nil))
+            return
+        }
+        launcher.signal(p, force ? SIGKILL : SIGTERM)
+        if !force {
+            let timeout = stopTimeout
+            Task.detached { [self] in
+                try? await Task.sleep(for: timeout)
+                if processes.withLock({ $0[id] }) == p, launcher.exitStatus(p) == nil { launcher.signal(p, SIGKILL) }
+            }
+        }
+    }
+
+    /// One pass of the monitor: every live VMM whose process is gone moves its instance on.
+    public func reap() {
+        let live = processes.withLock { $0 }
+        for (id, p) in live {
+            guard let fate = launcher.exitStatus(p) else { continue }
+            processes.withLock { if $0[id] == p { $0.removeValue(forKey: id) } }
+            let state = (try? store.instance(id))?.instance.state
+            let why: String
+            switch fate {
+            case .exited(0): why = "kumo-vmm \(p.pid) exited: guest powered off or stopped"
+            case let .exited(c): why = "kumo-vmm \(p.pid) exited with status \(c) (see vmm.log in the instance's work directory)"
+            case let .killed(s): why = "kumo-vmm \(p.pid) killed by signal \(s)"
+            case .vanished: why = "kumo-vmm \(p.pid) is gone (exit status unknown: it outlived a kumod restart)"
+            }
+            switch state {
+            case .stopping?: _ = try? store.transition(id, to: .stopped, reason: "StopInstances: " + why, pid: .some(nil))
+            case .running?, .starting?:
+                if case .exited(0) = fate { _ = try? store.transition(id, to: .stopped, reason: why, pid: .some(nil)) }
+                else { _ = try? store.transition(id, to: .error, reason: why, pid: .some(nil)) }
+            default: break
+            }
+        }
+    }
+
+    /// After a (re)start of kumod: adopt the VMMs that still run, settle the instances whose VMM is
+    /// gone, and launch the ones that were pending. Returns the instances adopted.
+    @discardableResult
+    public func recover() throws(APIError) -> [String] {
+        var f = Store.Filter()
+        f.states = [.pending, .starting, .running, .stopping]
+        let recs = try wrap { try store.instances(f, limit: 1_000_000).0 }
+        var adopted: [String] = []
+        for rec in recs {
+            let id = rec.instance.id
+            if let pid = rec.instance.pid, let ticks = rec.pidStartTicks {
+                let p = VMMProcess(pid: Int32(pid), startTicks: ticks)
+                if launcher.exitStatus(p) == nil {
+                    processes.withLock { $0[id] = p }
+                    adopted.append(id)
+                    if rec.instance.state == .stopping { requestStop(id, force: false) }
+                    continue
+                }
+                let to: InstanceState = rec.instance.state == .stopping ? .stopped : .error
+                _ = try? store.transition(id, to: to, reason: "kumo-vmm \(pid) exited while kumod was down", pid: .some(nil))
+            } else if rec.instance.state == .stopping {
+                _ = try? store.transition(id, to: .stopped, reason: "stopped while kumod was down", pid: .some(nil))
+            } else {
+                startLaunch(id)
+            }
+        }
+        return adopted
+    }
+
+    /// Starts the monitor (every `interval`).
+    public func startMonitor(interval: Duration = .milliseconds(250)) {
+        let t = Task.detached { [self] in
+            while !Task.isCancelled {
+                reap()
+                try? await Task.sleep(for: interval)
+            }
+        }
+        monitorTask.withLock { $0 = t }
+    }
+
+    public func stopMonitor() { monitorTask.withLock { $0?.cancel(); $0 = nil } }
+}

@@ -1,0 +1,72 @@
+// kumod: the host service. State in SQLite under the data directory, the REST API on TCP (localhost
+// by default) and on a Unix socket, one kumo-vmm process per instance.
+import Foundation
+import Hummingbird
+import Kumod
+import KumoAPI
+
+let usage = """
+usage: kumod [--data-dir DIR] [--listen HOST:PORT] [--socket PATH] [--vmm PATH]
+
+  --data-dir DIR      state (kumod.sqlite), instance work directories, admin.token (default /var/lib/kumo)
+  --listen HOST:PORT  REST API over TCP (default 127.0.0.1:8780)
+  --socket PATH       REST API over a Unix socket (default DATA_DIR/kumod.sock)
+  --vmm PATH          the kumo-vmm binary (default: beside kumod)
+"""
+
+func fail(_ msg: String, code: Int32 = 2) -> Never {
+    FileHandle.standardError.write(Data("kumod: \(msg)\n".utf8))
+    exit(code)
+}
+
+var dataDir = "/var/lib/kumo"
+var listen = "127.0.0.1:8780"
+var socketPath: String? = nil
+var vmm = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kumo-vmm").path
+var args = Array(CommandLine.arguments.dropFirst())
+while !args.isEmpty {
+    let a = args.removeFirst()
+    if a == "--help" || a == "-h" { print(usage); exit(0) }
+    guard ["--data-dir", "--listen", "--socket", "--vmm"].contains(a) else { fail("unknown argument \"\(a)\"\n\(usage)") }
+    guard !args.isEmpty else { fail("\(a) needs a value") }
+    let v = args.removeFirst()
+    switch a {
+    case "--data-dir": dataDir = v
+    case "--listen": listen = v
+    case "--socket": socketPath = v
+    default: vmm = v
+    }
+}
+guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (1...65535).contains(port) else {
+    fail("--listen wants HOST:PORT, not \"\(listen)\"")
+}
+let hostName = String(listen[..<colon])
+guard FileManager.default.isExecutableFile(atPath: vmm) else { fail("no kumo-vmm at \(vmm) (--vmm PATH)") }
+
+do {
+    let dir = URL(fileURLWithPath: dataDir)
+    try FileManager.default.createDirectory(at: dir.appendingPathComponent("instances"), withIntermediateDirectories: true)
+    let store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
+    // First start: an admin token, readable by root only.
+    let tokenFile = dir.appendingPathComponent("admin.token")
+    if try store.tokenCount() == 0 || !FileManager.default.fileExists(atPath: tokenFile.path) {
+        let token = try store.issueToken(tenant: "admin", admin: true, description: "created at first start")
+        FileManager.default.createFile(atPath: tokenFile.path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
+    }
+    let service = Service(store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir)
+    let adopted = try service.recover()
+    service.startMonitor()
+    let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path
+    try? FileManager.default.removeItem(atPath: sock)
+    let tcp = Application(router: API.router(service), configuration: .init(address: .hostname(hostName, port: port), serverName: "kumod"))
+    let unix = Application(router: API.router(service), configuration: .init(address: .unixDomainSocket(path: sock), serverName: "kumod"))
+    FileHandle.standardOutput.write(Data("kumod: API on http://\(hostName):\(port)/v1 and unix:\(sock); admin token in \(tokenFile.path); \(adopted.count) running instance(s) re-attached\n".utf8))
+    try await withThrowingTaskGroup(of: Void.self) { g in
+        g.addTask { try await tcp.runService() }
+        g.addTask { try await unix.runService() }
+        try await g.next()
+        g.cancelAll()
+    }
+} catch {
+    fail("\(error)", code: 1)
+}

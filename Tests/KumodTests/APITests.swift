@@ -1,0 +1,274 @@
+import Foundation
+import Testing
+import Hummingbird
+import HummingbirdTesting
+@testable import Kumod
+import KumoAPI
+
+/// The API in-process (Hummingbird's router test mode) and over real HTTP, with the real supervisor:
+/// the "VMM" here is a real process (a shell script that sleeps), so spawning, signals, reaping and
+/// re-attaching are the real thing; booting real guests is the KVM suites' job.
+final class Fixture: @unchecked Sendable {
+    let dir: URL
+    let store: Store
+    let service: Service
+    let admin: String, alice: String, bob: String
+    let kernel: URL
+
+    init(stopTimeout: Duration = .seconds(2), host: HostResources = HostResources(logicalCPUs: 2, memoryMiB: 24 * 1024)) throws {
+        dir = try tempDir("api")
+        let fakeVMM = dir.appendingPathComponent("fake-vmm")
+        // Stands in for kumo-vmm: records its arguments, exits 0 on SIGTERM like kumo-vmm does.
+        try "#!/bin/sh\necho \"$@\" > \"$(dirname \"$2\")/args\"\nls -l /proc/$$/fd > \"$(dirname \"$2\")/fds\"\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n"
+            .write(to: fakeVMM, atomically: true, encoding: .utf8)
+        chmod(fakeVMM.path, 0o755)
+        store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
+        service = Service(store: store, launcher: ProcessLauncher(vmmPath: fakeVMM.path), host: host, dataDir: dir, stopTimeout: stopTimeout)
+        admin = try store.issueToken(tenant: "admin", admin: true)
+        alice = try store.issueToken(tenant: "alice", admin: false)
+        bob = try store.issueToken(tenant: "bob", admin: false)
+        // An x86-64 ELF header is all the image check reads.
+        kernel = dir.appendingPathComponent("vmlinux")
+        var elf = [UInt8](repeating: 0, count: 64)
+        elf[0] = 0x7F; elf[1] = 0x45; elf[2] = 0x4C; elf[3] = 0x46; elf[4] = 2; elf[18] = 0x3E
+        try Data(elf).write(to: kernel)
+        service.startMonitor(interval: .milliseconds(50))
+    }
+
+    deinit {
+        service.stopMonitor()
+        // Kill whatever fake VMMs are left.
+        for (_, p) in service.processes.withLock({ $0 }) { kill(p.pid, SIGKILL); var st: Int32 = 0; waitpid(p.pid, &st, 0) }
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    var app: some ApplicationProtocol { Application(router: API.router(service)) }
+}
+
+func body(_ s: String) -> ByteBuffer { ByteBuffer(string: s) }
+func auth(_ token: String?) -> HTTPFields {
+    var h = HTTPFields()
+    h[.contentType] = "application/json"
+    if let token { h[.authorization] = "Bearer \(token)" }
+    return h
+}
+func decode<T: Decodable>(_ t: T.Type, _ b: ByteBuffer) throws -> T { try JSONDecoder().decode(T.self, from: Data(buffer: b)) }
+/// For expectations inside response closures: nil (and the expectation fails) when the body is not a `T`.
+func parse<T: Decodable>(_ t: T.Type, _ b: ByteBuffer) -> T? { try? JSONDecoder().decode(T.self, from: Data(buffer: b)) }
+
+/// Polls until the instance reaches `state` (kumod moves instances on its own tasks).
+func waitState(_ client: some TestClientProtocol, _ id: String, _ token: String, _ state: InstanceState, seconds: Double = 10) async throws -> Instance {
+    let deadline = Date().addingTimeInterval(seconds)
+    var last: Instance? = nil
+    while Date() < deadline {
+        last = try await client.execute(uri: "/v1/instances/\(id)", method: .get, headers: auth(token)) { try decode(Instance.self, $0.body) }
+        if last?.state == state { return last! }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    Issue.record("instance \(id) is \(last?.state.rawValue ?? "?"), not \(state.rawValue): \(last?.history ?? [])")
+    return last!
+}
+
+@Suite struct APITests {
+    @Test func lifecycleThroughTheAPI() async throws {
+        let f = try Fixture()
+        try await f.app.test(.router) { c in
+            let img = try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin),
+                                          body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { r in
+                #expect(r.status == .created)
+                return try decode(Image.self, r.body)
+            }
+            #expect(img.kernelFormat == "elf")
+            let res = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                                          body: body(#"{"type": "kumo.small", "image": "tiny", "name": "web", "user_data": "aGk=", "client_token": "t-1"}"#)) { r in
+                #expect(r.status == .accepted)
+                return try decode(RunInstancesResponse.self, r.body)
+            }
+            #expect(res.instances.count == 1)
+            let id = res.instances[0].id
+            #expect(id.hasPrefix("i-") && res.instances[0].name == "web" && res.instances[0].tenant == "alice")
+            let running = try await waitState(c, id, f.alice, .running)
+            #expect(running.pid != nil && running.launchedAt != nil)
+            // The VMM got its config file in the instance's work directory.
+            let args = try String(contentsOf: f.dir.appendingPathComponent("instances/\(id)/args"), encoding: .utf8)
+            #expect(args.hasPrefix("--config \(f.dir.path)/instances/\(id)/config.json"))
+            // None of kumod's descriptors (sockets, the database) leaked into the VMM.
+            let fds = try String(contentsOf: f.dir.appendingPathComponent("instances/\(id)/fds"), encoding: .utf8)
+            #expect(!fds.contains("socket:") && !fds.contains("sqlite") && !fds.contains("eventpoll"), "\(fds)")
+            let config = try JSONSerialization.jsonObject(with: Data(contentsOf: f.dir.appendingPathComponent("instances/\(id)/config.json"))) as? [String: Any]
+            #expect(config?["memory_mib"] as? Int == 2048 && config?["vcpus"] as? Int == 1)
+            // Idempotency: the same token and request give the same instance; a different request is refused.
+            let again = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                                            body: body(#"{"type": "kumo.small", "image": "tiny", "name": "web", "user_data": "aGk=", "client_token": "t-1"}"#)) {
+                try decode(RunInstancesResponse.self, $0.body)
+            }
+            #expect(again.instances.map(\.id) == [id] && again.reservation == res.reservation)
+            try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                                body: body(#"{"type": "kumo.medium", "image": "tiny", "client_token": "t-1"}"#)) { r in
+                #expect(r.status == .conflict)
+                #expect(parse(ErrorBody.self, r.body)?.error.code == "idempotent_parameter_mismatch")
+            }
+            // Stop: SIGTERM, the VMM exits 0, the instance is stopped with the reason.
+            try await c.execute(uri: "/v1/instances/\(id)/stop", method: .post, headers: auth(f.alice)) { #expect($0.status == .accepted) }
+            let stopped = try await waitState(c, id, f.alice, .stopped)
+            #expect(stopped.stateReason.contains("StopInstances"))
+            #expect(stopped.pid == nil)
+            // Start again, then a VMM that dies on its own moves the instance to error, with the reason.
+            try await c.execute(uri: "/v1/instances/\(id)/start", method: .post, headers: auth(f.alice)) { #expect($0.status == .accepted) }
+            let again2 = try await waitState(c, id, f.alice, .running)
+            kill(Int32(again2.pid!), SIGKILL)
+            let failed = try await waitState(c, id, f.alice, .error)
+            #expect(failed.stateReason.contains("killed by signal 9"))
+            #expect(failed.history!.map(\.state) == [.pending, .starting, .running, .stopping, .stopped, .pending, .starting, .running, .error])
+            for h in failed.history! { #expect(h.at.hasSuffix("Z")) }
+            // Delete: gone from listings, its work directory removed.
+            try await c.execute(uri: "/v1/instances/\(id)", method: .delete, headers: auth(f.alice)) { r in
+                #expect(r.status == .ok)
+                #expect(parse(Instance.self, r.body)?.state == .deleted)
+            }
+            #expect(!FileManager.default.fileExists(atPath: f.dir.appendingPathComponent("instances/\(id)").path))
+            try await c.execute(uri: "/v1/instances/\(id)", method: .get, headers: auth(f.alice)) { #expect($0.status == .notFound) }
+        }
+    }
+
+    @Test func authorizationMatrix() async throws {
+        let f = try Fixture()
+        try await f.app.test(.router) { c in
+            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin),
+                                body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .created) }
+            let a = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                                        body: body(#"{"type": "kumo.small", "image": "tiny"}"#)) { try decode(RunInstancesResponse.self, $0.body).instances[0].id }
+            // No token, a bad token.
+            for token in [nil, "kumo_nope"] as [String?] {
+                for (m, u) in [(HTTPRequest.Method.get, "/v1/instances"), (.get, "/v1/instances/\(a)"), (.post, "/v1/instances/\(a)/stop"),
+                               (.delete, "/v1/instances/\(a)"), (.get, "/v1/instance-types"), (.get, "/v1/host/capacity")] {
+                    try await c.execute(uri: u, method: m, headers: auth(token)) { #expect($0.status == .unauthorized, "\(m) \(u)") }
+                }
+            }
+            // Bob sees nothing of Alice's: not listed, and not found rather than forbidden.
+            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.bob)) { #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true) }
+            for (m, u) in [(HTTPRequest.Method.get, "/v1/instances/\(a)"), (.post, "/v1/instances/\(a)/stop"), (.post, "/v1/instances/\(a)/start"),
+                           (.post, "/v1/instances/\(a)/reboot"), (.delete, "/v1/instances/\(a)")] {
+                try await c.execute(uri: u, method: m, headers: auth(f.bob)) { #expect($0.status == .notFound, "\(m) \(u)") }
+            }
+            // Alice sees hers; the admin sees everyone's.
+            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.alice)) { #expect(parse(InstanceList.self, $0.body)?.instances.map(\.id) == [a]) }
+            try await c.execute(uri: "/v1/instances/\(a)", method: .get, headers: auth(f.admin)) { #expect($0.status == .ok) }
+            // Types, images and host settings are the admin's.
+            for t in [f.alice, f.bob] {
+                try await c.execute(uri: "/v1/instance-types", method: .post, headers: auth(t), body: body(#"{"name": "x.1", "vcpus": 1, "memory_mib": 128}"#)) { #expect($0.status == .forbidden) }
+                try await c.execute(uri: "/v1/images", method: .post, headers: auth(t), body: body(#"{"name": "x", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .forbidden) }
+                try await c.execute(uri: "/v1/host/placement", method: .put, headers: auth(t),
+                                    body: body(#"{"cpu_allocation_ratio": 8, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#)) { #expect($0.status == .forbidden) }
+            }
+            try await c.execute(uri: "/v1/instance-types", method: .post, headers: auth(f.admin), body: body(#"{"name": "x.1", "vcpus": 1, "memory_mib": 128}"#)) { #expect($0.status == .created) }
+            try await c.execute(uri: "/v1/instance-types", method: .get, headers: auth(f.bob)) { r in
+                #expect(parse([String: [InstanceType]].self, r.body)?["instance_types"]?.map(\.name).contains("x.1") == true)
+            }
+        }
+    }
+
+    @Test func badInputGetsAClearErrorAndLeavesNothing() async throws {
+        let f = try Fixture()
+        try await f.app.test(.router) { c in
+            let notKernel = f.dir.appendingPathComponent("notes.txt")
+            try "hello".write(to: notKernel, atomically: true, encoding: .utf8)
+            let cases: [(String, String, String)] = [
+                (#"{"name": "a", "kernel": "/nonexistent"}"#, "invalid_argument", "No such file"),
+                (#"{"name": "a", "kernel": "\#(notKernel.path)"}"#, "invalid_argument", "neither an x86-64 ELF vmlinux nor a bzImage"),
+                (#"{"name": "a b", "kernel": "\#(f.kernel.path)"}"#, "invalid_argument", "image name"),
+                (#"{"name": "a", "kernel": "\#(f.kernel.path)", "root_disk": "\#(notKernel.path)"}"#, "invalid_argument", "512-byte sectors"),
+                (#"{"name": "a"}"#, "invalid_argument", "missing field \"kernel\""),
+                (#"{"name": 3, "kernel": "x"}"#, "invalid_argument", "wrong type"),
+                ("not json", "invalid_argument", "not valid JSON"),
+            ]
+            for (b, code, text) in cases {
+                try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin), body: body(b)) { r in
+                    #expect(r.status == .badRequest, "\(b)")
+                    let e = try decode(ErrorBody.self, r.body).error
+                    #expect(e.code == code && e.message.contains(text), "\(b): \(e)")
+                }
+            }
+            try await c.execute(uri: "/v1/images", method: .get, headers: auth(f.admin)) { #expect(parse([String: [Image]].self, $0.body)?["images"]?.isEmpty == true) }
+            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin), body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .created) }
+            let runs: [(String, HTTPResponse.Status, String)] = [
+                (#"{"type": "kumo.huge", "image": "tiny"}"#, .notFound, "no instance type \"kumo.huge\" (known: kumo.small"),
+                (#"{"type": "kumo.small", "image": "nope"}"#, .notFound, "no image \"nope\""),
+                (#"{"type": "kumo.small", "image": "tiny", "count": 0}"#, .badRequest, "count must be 1–100"),
+                (#"{"type": "kumo.small", "image": "tiny", "user_data": "%%%"}"#, .badRequest, "user_data must be base64"),
+                (#"{"type": "kumo.large", "image": "tiny", "count": 3}"#, .serviceUnavailable, "short by"),
+            ]
+            for (b, status, text) in runs {
+                try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice), body: body(b)) { r in
+                    #expect(r.status == status, "\(b)")
+                    #expect(parse(ErrorBody.self, r.body)?.error.message.contains(text) == true, "\(b)")
+                }
+            }
+            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.admin)) { #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true) }
+            try await c.execute(uri: "/v1/instances?state=sleeping", method: .get, headers: auth(f.alice)) { #expect($0.status == .badRequest) }
+            try await c.execute(uri: "/v1/instances?next_token=garbage", method: .get, headers: auth(f.alice)) { #expect($0.status == .badRequest) }
+        }
+    }
+
+    @Test func paginationAndFilters() async throws {
+        let f = try Fixture(host: HostResources(logicalCPUs: 64, memoryMiB: 1 << 20))
+        try await f.app.test(.router) { c in
+            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin), body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .created) }
+            let ids = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                                          body: body(#"{"type": "kumo.small", "image": "tiny", "count": 7, "name": "batch"}"#)) {
+                try decode(RunInstancesResponse.self, $0.body).instances.map(\.id)
+            }
+            #expect(ids.count == 7)
+            var seen: [String] = []
+            var token: String? = nil
+            repeat {
+                let uri = "/v1/instances?limit=3" + (token.map { "&next_token=\($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)" } ?? "")
+                let page = try await c.execute(uri: uri, method: .get, headers: auth(f.alice)) { try decode(InstanceList.self, $0.body) }
+                #expect(page.instances.count <= 3)
+                seen += page.instances.map(\.id)
+                token = page.nextToken
+            } while token != nil
+            #expect(seen == ids)
+            try await c.execute(uri: "/v1/instances?name=batch-2&name=batch-5", method: .get, headers: auth(f.alice)) { r in
+                #expect(parse(InstanceList.self, r.body)?.instances.map(\.name) == ["batch-2", "batch-5"])
+            }
+            try await c.execute(uri: "/v1/instances?type=kumo.large", method: .get, headers: auth(f.alice)) { #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true) }
+        }
+    }
+
+    /// Every route in the OpenAPI document is served, and every served route is in the document.
+    @Test func openAPIDocumentListsEveryRoute() async throws {
+        let doc = API.openAPIDocument
+        #expect(doc.hasPrefix("openapi: 3."))
+        var documented: Set<String> = []
+        var path: String? = nil
+        var inPaths = false
+        for line in doc.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line == "paths:" { inPaths = true; continue }
+            if inPaths, !line.hasPrefix(" ") { inPaths = false }
+            guard inPaths else { continue }
+            if line.hasPrefix("  /") && !line.hasPrefix("   ") { path = String(line.dropFirst(2).dropLast()) ; continue }
+            let t = line.trimmingCharacters(in: .whitespaces)
+            if line.hasPrefix("    ") && !line.hasPrefix("     "), let p = path,
+               let m = ["get:", "post:", "put:", "delete:", "patch:"].first(where: { t == $0 }) {
+                documented.insert("\(m.dropLast().uppercased()) \(p)")
+            }
+        }
+        let served = Set(API.routes.map { "\($0.0) \($0.1)" })
+        #expect(documented == served, "documented only: \(documented.subtracting(served)); served only: \(served.subtracting(documented))")
+        let f = try Fixture()
+        try await f.app.test(.router) { c in
+            try await c.execute(uri: "/v1/openapi.yaml", method: .get) { r in
+                #expect(r.status == .ok)
+                #expect(String(buffer: r.body) == doc)
+            }
+            // Each listed route answers something other than the router's 404 for an unknown path.
+            for (m, p) in API.routes {
+                let uri = p.replacingOccurrences(of: "{id}", with: "i-0")
+                try await c.execute(uri: uri, method: HTTPRequest.Method(m)!, headers: auth(f.admin), body: body("{}")) { r in
+                    if r.status == .notFound { #expect(String(buffer: r.body).contains("\"not_found\""), "\(m) \(p) is not routed") }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+import Foundation
+import Testing
+@testable import Kumod
+import KumoAPI
+
+/// A fresh data directory per test.
+func tempDir(_ tag: String) throws -> URL {
+    let d = FileManager.default.temporaryDirectory.appendingPathComponent("kumod-\(tag)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+    return d
+}
+
+@Suite struct StoreTests {
+    @Test func schemaIsMigratedInWALModeWithBuiltinTypes() throws {
+        let dir = try tempDir("store")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("k.sqlite").path
+        let s = try Store(path: path)
+        #expect(try s.journalMode() == "wal")
+        #expect(try s.appliedMigrations() == ["v1: tenants, tokens, types, images, instances"])
+        #expect(try s.types().map(\.name) == ["kumo.small", "kumo.medium", "kumo.large"])
+        #expect(try s.type("kumo.medium") == InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true))
+        // Reopening runs no migration twice and keeps the data.
+        try s.addType(InstanceType(name: "custom.tiny", vcpus: 1, memoryMiB: 256))
+        let again = try Store(path: path)
+        #expect(try again.types().count == 4)
+    }
+
+    @Test func tokensAreHashedAtRestAndBoundToATenant() throws {
+        let dir = try tempDir("tokens")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("k.sqlite").path
+        let s = try Store(path: path)
+        let t = try s.issueToken(tenant: "acme", admin: false)
+        #expect(t.hasPrefix("kumo_") && t.count == 37)
+        let p = try #require(try s.principal(token: t))
+        #expect(p.tenantName == "acme" && !p.admin)
+        #expect(try s.principal(token: t + "x") == nil)
+        // The clear token is nowhere in the database file (WAL included).
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+        for f in files {
+            let data = try Data(contentsOf: dir.appendingPathComponent(f))
+            #expect(data.range(of: Data(t.utf8)) == nil, "token in \(f)")
+        }
+        #expect(try s.principal(token: "") == nil)
+    }
+
+    @Test func transitionsAreGuardedAndRecorded() throws {
+        let dir = try tempDir("transitions")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let s = try Store(path: dir.appendingPathComponent("k.sqlite").path)
+        let tenant = try s.ensureTenant("acme")
+        try s.addImage(Image(id: "img-1", name: "img", kernel: "/k", initrd: nil, rootDisk: nil, cmdline: "", kernelFormat: "elf", createdAt: Store.now()))
+        let small = try #require(try s.type("kumo.small"))
+        let n = Store.NewInstance(id: "i-1", name: "web", type: small, imageID: "img-1", userData: Data([1, 2]), workDir: "/tmp/x")
+        guard case .created = try s.reserve(tenantID: tenant, clientToken: "tok", request: "{}", instances: [n], check: { _ in }) else {
+            Issue.record("not created"); return
+        }
+        #expect(try s.transition("i-1", to: .running, reason: "r", from: [.stopped]) == false)
+        #expect(try s.transition("i-1", to: .starting, reason: "launching", from: [.pending]))
+        #expect(try s.transition("i-1", to: .running, reason: "up", from: [.starting], pid: .some((42, 7))))
+        let rec = try #require(try s.instance("i-1"))
+        #expect(rec.instance.state == .running && rec.instance.pid == 42 && rec.pidStartTicks == 7)
+        #expect(rec.instance.launchedAt != nil)
+        #expect(rec.userData == Data([1, 2]))
+        #expect(rec.instance.history?.map(\.state) == [.pending, .starting, .running])
+        // The same client token replays the reservation.
+        guard case let .replay(_, ids, same) = try s.reserve(tenantID: tenant, clientToken: "tok", request: "{}", instances: [], check: { _ in }) else {
+            Issue.record("no replay"); return
+        }
+        #expect(ids == ["i-1"] && same)
+    }
+}
+
+@Suite struct PlacementTests {
+    let host = HostResources(logicalCPUs: 2, memoryMiB: 24 * 1024)
+    let small = InstanceType.builtins[0], medium = InstanceType.builtins[1], large = InstanceType.builtins[2]
+
+    @Test func capacityFollowsNovasFormula() {
+        var p = PlacementPolicy()
+        let c = Placement.capacity(host: host, policy: p, holders: [])
+        #expect(c.vcpusTotal == 8)                       // 2 × 4.0
+        #expect(c.memoryMiBTotal == 24 * 1024 - 512)      // (24576 − 512) × 1.0
+        p.reservedCPUs = 1; p.cpuAllocationRatio = 2.5; p.ramAllocationRatio = 1.5; p.reservedHostMemoryMiB = 1024
+        let d = Placement.capacity(host: host, policy: p, holders: [])
+        #expect(d.vcpusTotal == 2)                        // (2 − 1) × 2.5, rounded down
+        #expect(d.memoryMiBTotal == Int(Double(24 * 1024 - 1024) * 1.5))
+    }
+
+    @Test func anExactFitPassesAndOneMoreIsRefusedWithTheReason() throws {
+        let p = PlacementPolicy()
+        // 8 vCPUs: two kumo.large take all of them (16 GiB of 23.5 GiB).
+        let two = [Placement.Holder(id: "i-a", type: "kumo.large", vcpus: 4, memoryMiB: 8192, tenantID: "t1")]
+        try Placement.check(type: large, count: 1, host: host, policy: p, holders: two, tenantID: "t1", admin: false)
+        let full = two + [Placement.Holder(id: "i-b", type: "kumo.large", vcpus: 4, memoryMiB: 8192, tenantID: "t2")]
+        do {
+            try Placement.check(type: small, count: 1, host: host, policy: p, holders: full, tenantID: "t1", admin: false)
+            Issue.record("placed beyond capacity")
+        } catch {
+            #expect(error.code == "insufficient_capacity")
+            #expect(error.message.contains("vCPUs: 1 × kumo.small need 1, 0 free, short by 1"))
+            #expect(!error.message.contains("memory:"))
+            #expect(error.message.contains("i-a (kumo.large"))            // the tenant's own instance, named
+            #expect(!error.message.contains("i-b"))                       // another tenant's, only counted
+            #expect(error.message.contains("1 instance(s) of other tenants (4 vCPU, 8192 MiB)"))
+        }
+    }
+
+    @Test func memoryShortfallSaysByHowMuch() throws {
+        var p = PlacementPolicy()
+        p.cpuAllocationRatio = 16
+        do {
+            try Placement.check(type: large, count: 3, host: host, policy: p, holders: [], tenantID: "t1", admin: true)
+            Issue.record("placed 24 GiB on a 23.5 GiB budget")
+        } catch {
+            #expect(error.message.contains("memory: 3 × kumo.large need 24576 MiB, 24064 MiB free, short by 512 MiB"))
+            #expect(error.message.contains("nothing else runs here"))
+        }
+        try Placement.check(type: medium, count: 5, host: host, policy: p, holders: [], tenantID: "t1", admin: true)
+    }
+}
