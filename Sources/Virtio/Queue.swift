@@ -173,7 +173,11 @@ public final class SplitQueue: @unchecked Sendable {
         let slot = Int(lastAvail % size)
         let head = UInt16(littleEndian: avail.advanced(by: 4 + 2 * slot).loadUnaligned(as: UInt16.self))
         guard head < size else { throw .headOutOfRange(head) }
-        scratch.reset(head: head)
+        // Work on a local (one exclusive access to the stored chain, not one per descriptor); its
+        // storage is reused when the previous caller has let go of it.
+        var chain = DescriptorChain(head: head)
+        swap(&chain, &scratch)
+        chain.reset(head: head)
         var i = head
         var count = 0
         var sawWritable = false
@@ -186,18 +190,19 @@ public final class SplitQueue: @unchecked Sendable {
             if flags & 4 != 0 {   // INDIRECT
                 guard indirect else { throw .indirectNotNegotiated }
                 guard flags & 1 == 0 else { throw .indirectWithNext }
-                try walkIndirect(addr: addr, len: len, into: &scratch, count: &count, sawWritable: &sawWritable)
+                try walkIndirect(addr: addr, len: len, into: &chain, count: &count, sawWritable: &sawWritable)
                 break
             }
             count += 1
             guard count <= Int(size) else { throw .chainTooLong(Int(size)) }
-            try add(addr: addr, len: len, writable: flags & 2 != 0, to: &scratch, sawWritable: &sawWritable)
+            try add(addr: addr, len: len, writable: flags & 2 != 0, to: &chain, sawWritable: &sawWritable)
             if flags & 1 == 0 { break }
             guard next < size else { throw .nextOutOfRange(next) }
             i = next
         }
         lastAvail &+= 1
-        return scratch
+        scratch = chain
+        return chain
     }
 
     func walkIndirect(addr: UInt64, len: UInt32, into chain: inout DescriptorChain, count: inout Int,

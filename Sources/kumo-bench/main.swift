@@ -75,18 +75,27 @@ func blockBench(_ path: String) {
         /// Nanoseconds for `count` reads: the device's own time (inside the kick: pop, validation, pread,
         /// used ring, interrupt), the same with the test driver's work around it (filling descriptors,
         /// reaping used entries; a guest does that on its vCPU, beside the device's worker), and pread.
-        func run(_ block: Int, _ count: Int, random: Bool) -> (device: Double, withDriver: Double, pread: Double) {
+        func run(_ block: Int, _ count: Int, random: Bool, virtioFirst: Bool = true) -> (device: Double, withDriver: Double, pread: Double) {
             let perBlock = UInt64(block / 512)
-            // Each side gets its own offsets from the same distribution, so neither runs on caches
-            // (page-cache tree, CPU) the other has just warmed for it.
-            func pick() -> [UInt64] {
+            let blocks = sectors / perBlock
+            // Each side gets its own offsets from the same distribution (sequential runs start half the
+            // file apart), so neither runs on caches (page-cache tree, CPU) the other has just warmed.
+            func pick(start: UInt64) -> [UInt64] {
                 (0..<count).map { i in
-                    random ? UInt64.random(in: 0..<(sectors / perBlock), using: &rng) * perBlock : (UInt64(i) * perBlock) % (sectors - perBlock)
+                    (random ? UInt64.random(in: 0..<blocks, using: &rng) : (start + UInt64(i)) % blocks) * perBlock
                 }
             }
-            let offsets = pick()
-            let baseline = pick()
+            let offsets = pick(start: 0)
+            let baseline = pick(start: blocks / 2)
             let (hdrs, datas, stats) = buffers(block)
+            // The baseline reads into the same rotation of buffers (same cache footprint).
+            let hosts = datas.map { d.memory.hostPointer($0, length: UInt64(block))! }
+            func preadSide() -> Double {
+                let t1 = now()
+                for (k, o) in baseline.enumerated() { _ = pread(fd, hosts[k % depth], block, off_t(o * 512)) }
+                return Double(now() - t1)
+            }
+            let preadFirst = virtioFirst ? 0 : preadSide()
             let t0 = now()
             var deviceNs: UInt64 = 0
             var i = 0
@@ -107,19 +116,15 @@ func blockBench(_ path: String) {
                 i += batch
             }
             let virtioNs = Double(now() - t0)
-            // The baseline reads the same offsets into the same rotation of buffers (same cache footprint).
-            let hosts = datas.map { d.memory.hostPointer($0, length: UInt64(block))! }
-            let t1 = now()
-            for (k, o) in baseline.enumerated() { _ = pread(fd, hosts[k % depth], block, off_t(o * 512)) }
-            let preadNs = Double(now() - t1)
+            let preadNs = virtioFirst ? preadSide() : preadFirst
             return (Double(deviceNs), virtioNs, preadNs)
         }
         /// `rounds` runs of `count / rounds` reads, the two sides taking turns (neither always runs
         /// first, on caches the other left), summed.
-        func rounds(_ block: Int, _ count: Int, random: Bool, rounds: Int = 5) -> (device: Double, withDriver: Double, pread: Double) {
+        func rounds(_ block: Int, _ count: Int, random: Bool, rounds: Int = 4) -> (device: Double, withDriver: Double, pread: Double) {
             var sum = (device: 0.0, withDriver: 0.0, pread: 0.0)
-            for _ in 0..<rounds {
-                let r = run(block, count / rounds, random: random)
+            for round in 0..<rounds {
+                let r = run(block, count / rounds, random: random, virtioFirst: round % 2 == 0)
                 sum.device += r.device; sum.withDriver += r.withDriver; sum.pread += r.pread
             }
             return sum
