@@ -4,7 +4,7 @@ import PackageDescription
 // Layers point down only: CKVM → KVM → GuestMemory → Boot → Devices → Virtio → VMM → kumo-vmm.
 // Nothing at or below VMM links Foundation. Above it, the control plane: KumoAPI (the REST resources,
 // shared by server and CLI) → Kumod (state in SQLite, placement, supervision of kumo-vmm processes,
-// the HTTP API) → kumod; the CLI will sit on KumoAPI too. The control plane never links the VMM's modules:
+// the HTTP API) → kumod; KumoAPI → kumo (the CLI). The control plane never links the VMM's modules:
 // it drives kumo-vmm as a process, through its command line and control socket.
 let package = Package(
     name: "Kumo",
@@ -12,11 +12,13 @@ let package = Package(
         .executable(name: "kumo-vmm", targets: ["kumo-vmm"]),
         .library(name: "VMM", targets: ["VMM"]),
         .executable(name: "kumod", targets: ["kumod"]),
+        .executable(name: "kumo", targets: ["kumo"]),
     ],
     dependencies: [
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         .target(name: "CKVM"),
@@ -39,6 +41,7 @@ let package = Package(
                                               .product(name: "Crypto", package: "swift-crypto")],
                 resources: [.copy("openapi.yaml")]),
         .executableTarget(name: "kumod", dependencies: ["Kumod"]),
+        .executableTarget(name: "kumo", dependencies: ["KumoAPI", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "KumodTests", dependencies: ["Kumod", "KumoAPI", .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "UnitTests", dependencies: ["GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "VMM"]),

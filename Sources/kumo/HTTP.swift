@@ -1,0 +1,137 @@
+// A small blocking HTTP/1.1 client for the CLI: one request per connection, over TCP or over kumod's
+// Unix socket. Enough for JSON requests and responses (Content-Length or chunked bodies).
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct HTTPResponse {
+    var status: Int
+    var headers: [String: String]
+    var body: Data
+}
+
+enum Endpoint: Equatable {
+    case tcp(host: String, port: UInt16)
+    case unix(path: String)
+
+    /// `http://HOST:PORT` or `unix:/path/kumod.sock`.
+    init?(_ s: String) {
+        if s.hasPrefix("unix:") {
+            let p = String(s.dropFirst(5))
+            guard !p.isEmpty, p.utf8.count < 108 else { return nil }
+            self = .unix(path: p)
+            return
+        }
+        guard let u = URLComponents(string: s), u.scheme == "http", let h = u.host, !h.isEmpty else { return nil }
+        self = .tcp(host: h, port: UInt16(u.port ?? 80))
+    }
+
+    var description: String {
+        switch self {
+        case let .tcp(h, p): return "http://\(h):\(p)"
+        case let .unix(p): return "unix:\(p)"
+        }
+    }
+}
+
+struct ConnectionError: Error, CustomStringConvertible { let description: String }
+
+enum HTTPClient {
+    static func connect(_ e: Endpoint) throws -> Int32 {
+        switch e {
+        case let .unix(path):
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { throw ConnectionError(description: "socket: \(String(cString: strerror(errno)))") }
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            _ = withUnsafeMutableBytes(of: &addr.sun_path) { dst in path.utf8CString.withUnsafeBytes { dst.copyMemory(from: $0) } }
+            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            guard rc == 0 else {
+                let err = String(cString: strerror(errno))
+                close(fd)
+                throw ConnectionError(description: "cannot reach kumod at unix:\(path): \(err)")
+            }
+            return fd
+        case let .tcp(host, port):
+            var hints = addrinfo()
+            hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+            var res: UnsafeMutablePointer<addrinfo>? = nil
+            guard getaddrinfo(host, String(port), &hints, &res) == 0, let first = res else {
+                throw ConnectionError(description: "cannot resolve \(host)")
+            }
+            defer { freeaddrinfo(res) }
+            var lastError = "no address"
+            var ai: UnsafeMutablePointer<addrinfo>? = first
+            while let a = ai {
+                let fd = socket(a.pointee.ai_family, a.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), a.pointee.ai_protocol)
+                if fd >= 0 {
+                    if Glibc.connect(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 { return fd }
+                    lastError = String(cString: strerror(errno))
+                    close(fd)
+                }
+                ai = a.pointee.ai_next
+            }
+            throw ConnectionError(description: "cannot reach kumod at http://\(host):\(port): \(lastError)")
+        }
+    }
+
+    static func request(_ e: Endpoint, method: String, path: String, token: String?, body: Data? = nil) throws -> HTTPResponse {
+        let fd = try connect(e)
+        defer { close(fd) }
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: kumod\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: kumo-cli\r\n"
+        if let token { head += "Authorization: Bearer \(token)\r\n" }
+        if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" } else if method != "GET" { head += "Content-Length: 0\r\n" }
+        head += "\r\n"
+        var out = Data(head.utf8)
+        if let body { out.append(body) }
+        try out.withUnsafeBytes { (b: UnsafeRawBufferPointer) throws in
+            var off = 0
+            while off < b.count {
+                let n = write(fd, b.baseAddress! + off, b.count - off)
+                if n < 0 { if errno == EINTR { continue }; throw ConnectionError(description: "sending to kumod: \(String(cString: strerror(errno)))") }
+                off += n
+            }
+        }
+        var data = Data()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n < 0 { if errno == EINTR { continue }; throw ConnectionError(description: "reading from kumod: \(String(cString: strerror(errno)))") }
+            if n == 0 { break }
+            data.append(contentsOf: buf[0..<n])
+        }
+        return try parse(data)
+    }
+
+    static func parse(_ data: Data) throws -> HTTPResponse {
+        guard let end = data.range(of: Data("\r\n\r\n".utf8)) else { throw ConnectionError(description: "kumod sent an incomplete response") }
+        let head = String(decoding: data[..<end.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+        let statusParts = head.first?.split(separator: " ") ?? []
+        guard statusParts.count >= 2, let status = Int(statusParts[1]) else { throw ConnectionError(description: "kumod sent a malformed status line") }
+        var headers: [String: String] = [:]
+        for line in head.dropFirst() {
+            guard let colon = line.firstIndex(of: ":") else { continue }
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+        }
+        var body = Data(data[end.upperBound...])
+        if headers["transfer-encoding"]?.lowercased() == "chunked" { body = try dechunk(body) }
+        return HTTPResponse(status: status, headers: headers, body: body)
+    }
+
+    static func dechunk(_ d: Data) throws -> Data {
+        var out = Data()
+        var i = d.startIndex
+        while true {
+            guard let lineEnd = d[i...].range(of: Data("\r\n".utf8)) else { throw ConnectionError(description: "bad chunked body") }
+            let sizeText = String(decoding: d[i..<lineEnd.lowerBound], as: UTF8.self).split(separator: ";").first ?? ""
+            guard let size = Int(sizeText.trimmingCharacters(in: .whitespaces), radix: 16) else { throw ConnectionError(description: "bad chunk size") }
+            if size == 0 { return out }
+            let start = lineEnd.upperBound
+            guard d.distance(from: start, to: d.endIndex) >= size + 2 else { throw ConnectionError(description: "truncated chunk") }
+            let stop = d.index(start, offsetBy: size)
+            out.append(d[start..<stop])
+            i = d.index(stop, offsetBy: 2)
+        }
+    }
+}

@@ -1,0 +1,339 @@
+// kumo: the CLI for kumod. Talks to kumod's REST API over its Unix socket or TCP.
+//
+// Exit codes: 0 done; 1 kumod refused the request (its message says why); 2 bad usage; 3 kumod cannot
+// be reached; 4 not authenticated or not allowed; 5 no such instance, type or image.
+import ArgumentParser
+import Foundation
+import KumoAPI
+
+enum Output: String, ExpressibleByArgument, CaseIterable { case table, json }
+
+struct Global: ParsableArguments {
+    @Option(help: "kumod's API: http://HOST:PORT or unix:PATH (default: $KUMO_ENDPOINT, else unix:/var/lib/kumo/kumod.sock when it exists, else http://127.0.0.1:8780)")
+    var endpoint: String?
+    @Option(help: "API token (default: $KUMO_TOKEN, ~/.config/kumo/token, or /var/lib/kumo/admin.token when readable)")
+    var token: String?
+    @Option(help: "table or json")
+    var output: Output = .table
+
+    func resolvedEndpoint() throws -> Endpoint {
+        let env = ProcessInfo.processInfo.environment
+        let s = endpoint ?? env["KUMO_ENDPOINT"]
+            ?? (FileManager.default.fileExists(atPath: "/var/lib/kumo/kumod.sock") ? "unix:/var/lib/kumo/kumod.sock" : "http://127.0.0.1:8780")
+        guard let e = Endpoint(s) else { throw Failure.usage("endpoint \"\(s)\": use http://HOST:PORT or unix:PATH") }
+        return e
+    }
+
+    func resolvedToken() -> String? {
+        if let t = token { return t }
+        if let t = ProcessInfo.processInfo.environment["KUMO_TOKEN"], !t.isEmpty { return t }
+        let home = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".config/kumo/token").path
+        for p in [home, "/var/lib/kumo/admin.token"] {
+            if let t = try? String(contentsOfFile: p, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), !t.isEmpty { return t }
+        }
+        return nil
+    }
+
+    /// One API call; the decoded body on 2xx, a Failure (with its exit code) otherwise.
+    func call<T: Decodable>(_ method: String, _ path: String, body: (any Encodable)? = nil, as: T.Type) throws -> T {
+        let e = try resolvedEndpoint()
+        let data = try body.map { try JSONEncoder().encode($0) }
+        let r: HTTPResponse
+        do { r = try HTTPClient.request(e, method: method, path: path, token: resolvedToken(), body: data) } catch {
+            throw Failure.unreachable("\(error); is kumod running? (--endpoint, $KUMO_ENDPOINT)")
+        }
+        guard (200..<300).contains(r.status) else {
+            let err = (try? JSONDecoder().decode(ErrorBody.self, from: r.body))?.error
+                ?? APIError(code: "http_\(r.status)", message: String(decoding: r.body.prefix(500), as: UTF8.self))
+            switch r.status {
+            case 401: throw Failure.auth(err.message + " (--token, $KUMO_TOKEN or ~/.config/kumo/token)")
+            case 403: throw Failure.auth(err.message)
+            case 404: throw Failure.notFound(err.message)
+            default: throw Failure.refused("\(err.message) [\(err.code)]")
+            }
+        }
+        do { return try JSONDecoder().decode(T.self, from: r.body) } catch {
+            throw Failure.refused("kumod answered something this kumo does not understand: \(error)")
+        }
+    }
+
+    func emit<T: Encodable>(_ value: T, table: () -> String) {
+        switch output {
+        case .json:
+            let e = JSONEncoder()
+            e.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: (try? e.encode(value)) ?? Data(), as: UTF8.self))
+        case .table:
+            print(table(), terminator: "")
+        }
+    }
+}
+
+enum Failure: Error, CustomStringConvertible {
+    case refused(String), usage(String), unreachable(String), auth(String), notFound(String)
+    var description: String {
+        switch self {
+        case let .refused(m), let .usage(m), let .unreachable(m), let .auth(m), let .notFound(m): return m
+        }
+    }
+    var code: Int32 {
+        switch self {
+        case .refused: return 1
+        case .usage: return 2
+        case .unreachable: return 3
+        case .auth: return 4
+        case .notFound: return 5
+        }
+    }
+}
+
+/// Runs a command body, turning a Failure into its message on stderr and its exit code.
+func perform(_ body: () throws -> Void) throws {
+    do { try body() } catch let f as Failure {
+        FileHandle.standardError.write(Data("kumo: \(f.description)\n".utf8))
+        throw ExitCode(f.code)
+    }
+}
+
+/// Columns padded to their widest cell.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    var widths = Array(repeating: 0, count: header.count)
+    for r in all { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
+    return all.map { r in
+        r.enumerated().map { i, c in i == r.count - 1 ? c : c.padding(toLength: widths[i], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+    }.joined(separator: "\n") + "\n"
+}
+
+func instanceRows(_ list: [Instance]) -> String {
+    table(["ID", "NAME", "TYPE", "STATE", "IMAGE", "TENANT", "REASON"],
+          list.map { [$0.id, $0.name, $0.type, $0.state.rawValue, $0.image, $0.tenant, $0.stateReason] })
+}
+
+func pathComponent(_ s: String) throws -> String {
+    guard !s.isEmpty, let e = s.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._"))) else {
+        throw Failure.usage("\"\(s)\" is not an id")
+    }
+    return e
+}
+
+@main
+struct Kumo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kumo", abstract: "Kumo compute service CLI (talks to kumod)",
+        discussion: "Exit codes: 0 done, 1 refused by kumod, 2 bad usage, 3 kumod unreachable, 4 not authenticated/allowed, 5 not found.",
+        subcommands: [InstanceCommand.self, TypeCommand.self, ImageCommand.self, HostCommand.self])
+
+    /// ArgumentParser's own usage errors exit 64; kumo's documented code for bad usage is 2.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                FileHandle.standardError.write(Data((fullMessage(for: error) + "\n").utf8))
+                Foundation.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
+}
+
+struct InstanceCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "instance", abstract: "Run and manage instances",
+        subcommands: [Run.self, List.self, Show.self, Start.self, Stop.self, Reboot.self, Delete.self])
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "RunInstances: start COUNT instances of TYPE from IMAGE")
+        @OptionGroup var global: Global
+        @Option(help: "instance type (kumo type list)") var type: String
+        @Option(help: "image id or name (kumo image list)") var image: String
+        @Option(help: "how many") var count: Int = 1
+        @Option(help: "name (NAME-1, NAME-2, … when COUNT > 1)") var name: String?
+        @Option(help: "file whose content is stored as the instance's user data (≤ 16 KiB)") var userDataFile: String?
+        @Option(help: "idempotency token: repeating the command with it returns the same instances") var clientToken: String?
+        mutating func run() throws {
+            try perform {
+                var userData: String? = nil
+                if let f = userDataFile {
+                    guard let d = FileManager.default.contents(atPath: f) else { throw Failure.usage("cannot read \(f)") }
+                    userData = d.base64EncodedString()
+                }
+                let req = RunInstancesRequest(type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken)
+                let r = try global.call("POST", "/v1/instances", body: req, as: RunInstancesResponse.self)
+                global.emit(r) { instanceRows(r.instances) }
+            }
+        }
+    }
+
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "DescribeInstances (all pages)")
+        @OptionGroup var global: Global
+        @Option(help: "only in this state (repeatable)") var state: [String] = []
+        @Option(help: "only with this name (repeatable)") var name: [String] = []
+        @Option(help: "only of this type (repeatable)") var type: [String] = []
+        mutating func run() throws {
+            try perform {
+                var all: [Instance] = []
+                var next: String? = nil
+                repeat {
+                    var q = URLComponents()
+                    q.queryItems = state.map { URLQueryItem(name: "state", value: $0) } + name.map { URLQueryItem(name: "name", value: $0) }
+                        + type.map { URLQueryItem(name: "type", value: $0) } + [URLQueryItem(name: "limit", value: "1000")]
+                        + (next.map { [URLQueryItem(name: "next_token", value: $0)] } ?? [])
+                    let page = try global.call("GET", "/v1/instances?" + (q.percentEncodedQuery ?? ""), as: InstanceList.self)
+                    all += page.instances
+                    next = page.nextToken
+                } while next != nil
+                global.emit(InstanceList(instances: all, nextToken: nil)) { instanceRows(all) }
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One instance and its state history")
+        @OptionGroup var global: Global
+        @Argument(help: "instance id") var id: String
+        mutating func run() throws {
+            try perform {
+                let i = try global.call("GET", "/v1/instances/\(try pathComponent(id))", as: Instance.self)
+                global.emit(i) {
+                    var s = table(["FIELD", "VALUE"], [["id", i.id], ["name", i.name], ["tenant", i.tenant], ["type", "\(i.type) (\(i.vcpus) vCPU, \(i.memoryMiB) MiB)"],
+                                                        ["image", i.image], ["state", i.state.rawValue], ["reason", i.stateReason],
+                                                        ["created", i.createdAt], ["launched", i.launchedAt ?? "-"], ["pid", i.pid.map(String.init) ?? "-"]])
+                    s += "\n" + table(["AT", "STATE", "REASON"], (i.history ?? []).map { [$0.at, $0.state.rawValue, $0.reason] })
+                    return s
+                }
+            }
+        }
+    }
+
+    /// start/stop/reboot/delete share their shape: one or more ids, one request each.
+    static func act(_ global: Global, _ ids: [String], method: String, suffix: String) throws {
+        try perform {
+            var done: [Instance] = []
+            for id in ids {
+                done.append(try global.call(method, "/v1/instances/\(try pathComponent(id))" + suffix, as: Instance.self))
+            }
+            global.emit(done) { instanceRows(done) }
+        }
+    }
+
+    struct Start: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "StartInstances")
+        @OptionGroup var global: Global
+        @Argument(help: "instance ids") var ids: [String]
+        mutating func run() throws { try InstanceCommand.act(global, ids, method: "POST", suffix: "/start") }
+    }
+
+    struct Stop: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "StopInstances (graceful, then forced after kumod's timeout)")
+        @OptionGroup var global: Global
+        @Flag(help: "kill the VMM at once") var force = false
+        @Argument(help: "instance ids") var ids: [String]
+        mutating func run() throws { try InstanceCommand.act(global, ids, method: "POST", suffix: force ? "/stop?force=true" : "/stop") }
+    }
+
+    struct Reboot: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "RebootInstances")
+        @OptionGroup var global: Global
+        @Argument(help: "instance ids") var ids: [String]
+        mutating func run() throws { try InstanceCommand.act(global, ids, method: "POST", suffix: "/reboot") }
+    }
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "TerminateInstances")
+        @OptionGroup var global: Global
+        @Argument(help: "instance ids") var ids: [String]
+        mutating func run() throws { try InstanceCommand.act(global, ids, method: "DELETE", suffix: "") }
+    }
+}
+
+struct TypeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "type", abstract: "Instance types", subcommands: [List.self, Create.self])
+
+    struct List: ParsableCommand {
+        @OptionGroup var global: Global
+        mutating func run() throws {
+            try perform {
+                let r = try global.call("GET", "/v1/instance-types", as: [String: [InstanceType]].self)
+                let types = r["instance_types"] ?? []
+                global.emit(r) { table(["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN"], types.map { [$0.name, "\($0.vcpus)", "\($0.memoryMiB)", $0.builtin ? "yes" : "no"] }) }
+            }
+        }
+    }
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Define an instance type (admin)")
+        @OptionGroup var global: Global
+        @Argument var name: String
+        @Option var vcpus: Int
+        @Option(name: .customLong("memory-mib")) var memoryMiB: Int
+        mutating func run() throws {
+            try perform {
+                let t = try global.call("POST", "/v1/instance-types", body: InstanceType(name: name, vcpus: vcpus, memoryMiB: memoryMiB), as: InstanceType.self)
+                global.emit(t) { table(["NAME", "VCPUS", "MEMORY_MIB"], [[t.name, "\(t.vcpus)", "\(t.memoryMiB)"]]) }
+            }
+        }
+    }
+}
+
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "image", abstract: "Images", subcommands: [List.self, Register.self])
+
+    struct List: ParsableCommand {
+        @OptionGroup var global: Global
+        mutating func run() throws {
+            try perform {
+                let r = try global.call("GET", "/v1/images", as: [String: [Image]].self)
+                let images = r["images"] ?? []
+                global.emit(r) { table(["ID", "NAME", "KERNEL", "INITRD", "ROOT_DISK"], images.map { [$0.id, $0.name, $0.kernel, $0.initrd ?? "-", $0.rootDisk ?? "-"] }) }
+            }
+        }
+    }
+
+    struct Register: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Register an image from files on kumod's host (admin)")
+        @OptionGroup var global: Global
+        @Argument var name: String
+        @Option var kernel: String
+        @Option var initrd: String?
+        @Option var rootDisk: String?
+        @Option var cmdline: String?
+        mutating func run() throws {
+            try perform {
+                func abs(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.path }
+                let req = RegisterImageRequest(name: name, kernel: abs(kernel), initrd: initrd.map(abs), rootDisk: rootDisk.map(abs), cmdline: cmdline)
+                let i = try global.call("POST", "/v1/images", body: req, as: Image.self)
+                global.emit(i) { table(["ID", "NAME", "KERNEL", "FORMAT"], [[i.id, i.name, i.kernel, i.kernelFormat]]) }
+            }
+        }
+    }
+}
+
+struct HostCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "host", abstract: "The host", subcommands: [CapacityCommand.self])
+
+    struct CapacityCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "capacity", abstract: "vCPUs and RAM under the allocation ratios")
+        @OptionGroup var global: Global
+        mutating func run() throws {
+            try perform {
+                let c = try global.call("GET", "/v1/host/capacity", as: CapacityView.self)
+                global.emit(c) {
+                    table(["RESOURCE", "USED", "TOTAL", "FORMULA"], [
+                        ["vCPUs", "\(c.vcpus_used)", "\(c.vcpus_total)", "(\(c.logical_cpus) CPUs − \(c.policy.reserved_cpus)) × \(c.policy.cpu_allocation_ratio)"],
+                        ["memory MiB", "\(c.memory_mib_used)", "\(c.memory_mib_total)", "(\(c.host_memory_mib) − \(c.policy.reserved_host_memory_mib)) × \(c.policy.ram_allocation_ratio)"],
+                    ])
+                }
+            }
+        }
+    }
+}
+
+/// The capacity document as the API sends it (the CLI does not link kumod).
+struct CapacityView: Codable {
+    struct Policy: Codable { var cpu_allocation_ratio: Double; var ram_allocation_ratio: Double; var reserved_host_memory_mib: Int; var reserved_cpus: Int }
+    var vcpus_total: Int, vcpus_used: Int, memory_mib_total: Int, memory_mib_used: Int, logical_cpus: Int, host_memory_mib: Int
+    var policy: Policy
+}
