@@ -59,9 +59,17 @@ public enum Placement {
         }
     }
 
+    /// `base × ratio`, rounded down, never negative and never past 2^40 (a policy read back from the
+    /// store is not trusted to be sane).
+    static func scaled(_ base: Int, _ ratio: Double) -> Int {
+        let v = (Double(max(base, 0)) * ratio).rounded(.down)
+        guard !v.isNaN, v > 0 else { return 0 }
+        return v >= Double(1 << 40) ? 1 << 40 : Int(v)
+    }
+
     public static func capacity(host: HostResources, policy: PlacementPolicy, holders: [Holder]) -> Capacity {
-        let vcpus = Int((Double(max(host.logicalCPUs - policy.reservedCPUs, 0)) * policy.cpuAllocationRatio).rounded(.down))
-        let mem = Int((Double(max(host.memoryMiB - policy.reservedHostMemoryMiB, 0)) * policy.ramAllocationRatio).rounded(.down))
+        let vcpus = scaled(host.logicalCPUs - policy.reservedCPUs, policy.cpuAllocationRatio)
+        let mem = scaled(host.memoryMiB - policy.reservedHostMemoryMiB, policy.ramAllocationRatio)
         return Capacity(vcpusTotal: vcpus, vcpusUsed: holders.reduce(0) { $0 + $1.vcpus },
                         memoryMiBTotal: mem, memoryMiBUsed: holders.reduce(0) { $0 + $1.memoryMiB },
                         logicalCPUs: host.logicalCPUs, hostMemoryMiB: host.memoryMiB, policy: policy)

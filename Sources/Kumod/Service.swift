@@ -33,9 +33,9 @@ public final class Service: Sendable {
 
     public func setPolicy(_ p: PlacementPolicy, by who: Store.Principal) throws(APIError) {
         try requireAdmin(who)
-        guard p.cpuAllocationRatio > 0, p.ramAllocationRatio > 0, p.reservedHostMemoryMiB >= 0, p.reservedCPUs >= 0,
-              p.reservedCPUs < host.logicalCPUs else {
-            throw APIError(code: "invalid_argument", message: "allocation ratios must be > 0; reserved_cpus from 0 to \(host.logicalCPUs - 1); reserved_host_memory_mib ≥ 0")
+        guard p.cpuAllocationRatio > 0, p.cpuAllocationRatio <= 64, p.ramAllocationRatio > 0, p.ramAllocationRatio <= 16,
+              (0..<host.memoryMiB).contains(p.reservedHostMemoryMiB), (0..<host.logicalCPUs).contains(p.reservedCPUs) else {
+            throw APIError(code: "invalid_argument", message: "cpu_allocation_ratio must be in (0, 64], ram_allocation_ratio in (0, 16], reserved_cpus from 0 to \(host.logicalCPUs - 1), reserved_host_memory_mib from 0 to \(host.memoryMiB - 1)")
         }
         let data = try! JSONEncoder().encode(p)
         try wrap { try store.setSetting("placement", String(decoding: data, as: UTF8.self)) }

@@ -207,6 +207,19 @@ func waitState(_ client: some TestClientProtocol, _ id: String, _ token: String,
             try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.admin)) { #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true) }
             try await c.execute(uri: "/v1/instances?state=sleeping", method: .get, headers: auth(f.alice)) { #expect($0.status == .badRequest) }
             try await c.execute(uri: "/v1/instances?next_token=garbage", method: .get, headers: auth(f.alice)) { #expect($0.status == .badRequest) }
+            // Host placement policy: out-of-range values refused, a sane one applied.
+            for bad in [#"{"cpu_allocation_ratio": 1e308, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#,
+                        #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 0, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#,
+                        #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 1, "reserved_host_memory_mib": -1, "reserved_cpus": 0}"#,
+                        #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 2}"#] {
+                try await c.execute(uri: "/v1/host/placement", method: .put, headers: auth(f.admin), body: body(bad)) { #expect($0.status == .badRequest, "\(bad)") }
+            }
+            try await c.execute(uri: "/v1/host/placement", method: .put, headers: auth(f.admin),
+                                body: body(#"{"cpu_allocation_ratio": 8, "ram_allocation_ratio": 1.5, "reserved_host_memory_mib": 1024, "reserved_cpus": 1}"#)) { r in
+                #expect(r.status == .ok)
+                let cap = parse(Capacity.self, r.body)
+                #expect(cap?.vcpusTotal == 8 && cap?.memoryMiBTotal == Int(Double(24 * 1024 - 1024) * 1.5))
+            }
         }
     }
 

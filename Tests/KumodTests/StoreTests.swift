@@ -87,6 +87,16 @@ func tempDir(_ tag: String) throws -> URL {
         #expect(d.memoryMiBTotal == Int(Double(24 * 1024 - 1024) * 1.5))
     }
 
+    /// Found by schemathesis: a huge ratio overflowed Int and crashed kumod on every later request.
+    @Test func absurdPoliciesNeitherCrashNorStick() throws {
+        var p = PlacementPolicy()
+        p.cpuAllocationRatio = 1e308; p.ramAllocationRatio = .infinity; p.reservedHostMemoryMiB = Int.min / 2
+        let c = Placement.capacity(host: host, policy: p, holders: [])
+        #expect(c.vcpusTotal == 1 << 40 && c.memoryMiBTotal == 1 << 40)
+        p.cpuAllocationRatio = -1
+        #expect(Placement.capacity(host: host, policy: p, holders: []).vcpusTotal == 0)
+    }
+
     @Test func anExactFitPassesAndOneMoreIsRefusedWithTheReason() throws {
         let p = PlacementPolicy()
         // 8 vCPUs: two kumo.large take all of them (16 GiB of 23.5 GiB).
