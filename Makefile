@@ -23,11 +23,13 @@ run: build
 	scripts/guest.sh initramfs
 	scripts/run-demo.sh $(VMM) $(GUEST)
 
-# The whole suite: unit, KVM integration (tiny guests) and end-to-end Linux boots.
+# The whole suite: unit, KVM integration (tiny guests), end-to-end Linux boots, kumod's API and CLI,
+# schemathesis against a running kumod, and a short virtio fuzz run.
 test: guest
 	swift build --build-tests
 	$(SWIFT_RELEASE)
 	KUMO_VMM=$(CURDIR)/$(VMM) swift test --skip-build
+	scripts/schemathesis.sh 25
 	scripts/fuzz.sh 5000
 
 # The virtio fuzzer (libFuzzer + ASan) for a long run: FUZZ_RUNS inputs from the seed corpus.
