@@ -17,6 +17,7 @@ chmod +x "$work/fake-vmm"
 pid=$!
 cleanup() {
   kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
   pkill -f "$work/fake-vmm" 2>/dev/null || true
   rm -rf "$work"
 }
