@@ -15,7 +15,12 @@ public final class Service: Sendable {
     public let stopTimeout: Duration
     /// Live VMM processes by instance id (kumod's view; the store has the same pids).
     let processes = Mutex<[String: VMMProcess]>([:])
-    let monitorTask = Mutex<Task<Void, Never>?>(nil)
+    /// Supervision (spawning, reaping, stop timeouts) runs on its own serial queue, never on Swift
+    /// concurrency's cooperative pool: it makes blocking system calls (posix_spawn, waitpid, /proc reads),
+    /// and it must keep running when the pool's few threads are busy or blocked.
+    let supervisor = DispatchQueue(label: "kumod.supervisor")
+    /// The monitor's generation: a new start (or a stop) ends the loop of the previous one.
+    let monitorGeneration = Atomic<Int>(0)
 
     public init(store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
                 stopTimeout: Duration = .seconds(30)) {
@@ -286,8 +291,8 @@ public final class Service: Sendable {
         if let p = proc {
             launcher.signal(p, SIGKILL)
             processes.withLock { _ = $0.removeValue(forKey: id) }
-            Task.detached { [self] in
-                for _ in 0..<100 where launcher.exitStatus(p) == nil { try? await Task.sleep(for: .milliseconds(50)) }
+            supervisor.async { [self] in
+                for _ in 0..<100 where launcher.exitStatus(p) == nil { usleep(50_000) }
                 self.launch(id)
             }
         } else {
@@ -312,7 +317,7 @@ public final class Service: Sendable {
     // MARK: supervision
 
     func startLaunch(_ id: String) {
-        Task.detached { [self] in self.launch(id) }
+        supervisor.async { [self] in self.launch(id) }
     }
 
     /// pending/starting → starting → (VMM spawned) → running, or error with the reason.
@@ -348,8 +353,8 @@ public final class Service: Sendable {
         launcher.signal(p, force ? SIGKILL : SIGTERM)
         if !force {
             let timeout = stopTimeout
-            Task.detached { [self] in
-                try? await Task.sleep(for: timeout)
+            let (s, atto) = timeout.components
+            supervisor.asyncAfter(deadline: .now() + Double(s) + Double(atto) / 1e18) { [self] in
                 if processes.withLock({ $0[id] }) == p, launcher.exitStatus(p) == nil { launcher.signal(p, SIGKILL) }
             }
         }
@@ -410,14 +415,16 @@ public final class Service: Sendable {
 
     /// Starts the monitor (every `interval`).
     public func startMonitor(interval: Duration = .milliseconds(250)) {
-        let t = Task.detached { [self] in
-            while !Task.isCancelled {
-                reap()
-                try? await Task.sleep(for: interval)
-            }
+        let (s, atto) = interval.components
+        let seconds = max(Double(s) + Double(atto) / 1e18, 0.001)
+        let generation = monitorGeneration.add(1, ordering: .sequentiallyConsistent).newValue
+        @Sendable func tick(_ service: Service?) {
+            guard let service, service.monitorGeneration.load(ordering: .sequentiallyConsistent) == generation else { return }
+            service.reap()
+            service.supervisor.asyncAfter(deadline: .now() + seconds) { [weak service] in tick(service) }
         }
-        monitorTask.withLock { $0 = t }
+        supervisor.async { [weak self] in tick(self) }
     }
 
-    public func stopMonitor() { monitorTask.withLock { $0?.cancel(); $0 = nil } }
+    public func stopMonitor() { monitorGeneration.add(1, ordering: .sequentiallyConsistent) }
 }

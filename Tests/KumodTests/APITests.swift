@@ -57,14 +57,17 @@ func decode<T: Decodable>(_ t: T.Type, _ b: ByteBuffer) throws -> T { try JSONDe
 func parse<T: Decodable>(_ t: T.Type, _ b: ByteBuffer) -> T? { try? JSONDecoder().decode(T.self, from: Data(buffer: b)) }
 
 /// Polls until the instance reaches `state` (kumod moves instances on its own tasks).
-func waitState(_ client: some TestClientProtocol, _ id: String, _ token: String, _ state: InstanceState, seconds: Double = 10) async throws -> Instance {
+/// Generous: the suite shares the machine (and Swift concurrency's pool) with minutes-long guest boots.
+func waitState(_ client: some TestClientProtocol, _ id: String, _ token: String, _ state: InstanceState, seconds: Double = 60) async throws -> Instance {
     let deadline = Date().addingTimeInterval(seconds)
     var last: Instance? = nil
-    while Date() < deadline {
+    repeat {
         last = try await client.execute(uri: "/v1/instances/\(id)", method: .get, headers: auth(token)) { try decode(Instance.self, $0.body) }
         if last?.state == state { return last! }
         try await Task.sleep(for: .milliseconds(50))
-    }
+    } while Date() < deadline
+    last = try await client.execute(uri: "/v1/instances/\(id)", method: .get, headers: auth(token)) { try decode(Instance.self, $0.body) }
+    if last?.state == state { return last! }
     Issue.record("instance \(id) is \(last?.state.rawValue ?? "?"), not \(state.rawValue): \(last?.history ?? [])")
     return last!
 }

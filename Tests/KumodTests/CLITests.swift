@@ -101,11 +101,12 @@ import KumoAPI
         }
         func waitAll(_ state: InstanceState) throws -> [Instance] {
             var l: [Instance] = []
-            for _ in 0..<100 {
+            let deadline = Date().addingTimeInterval(60)   // the machine may be busy booting guests
+            repeat {
                 l = try list()
                 if !l.isEmpty && l.allSatisfy({ $0.state == state }) { return l }
                 Thread.sleep(forTimeInterval: 0.1)
-            }
+            } while Date() < deadline
             Issue.record("not all \(state): \(l.map { ($0.id, $0.state, $0.stateReason) })")
             return l
         }
