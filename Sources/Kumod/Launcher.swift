@@ -59,7 +59,7 @@ public struct ProcessLauncher: VMMLauncher {
             "api_socket": spec.controlSocket.path, "balloon": true,
         ]
         if let i = spec.image.initrd { c["initrd"] = i }
-        if let d = spec.image.rootDisk { c["disks"] = [["path": spec.workDir.appendingPathComponent("root.img").path]] ; _ = d }
+        if spec.image.rootDisk != nil { c["disks"] = [["path": spec.workDir.appendingPathComponent("root.img").path]] }
         return c
     }
 

@@ -47,7 +47,7 @@ public final class Service: Sendable {
     }
 
     func holders() throws(APIError) -> [Placement.Holder] {
-        try wrap { try store.capacityHolders().map { Placement.Holder(id: $0.instance.id, type: $0.instance.type, vcpus: $0.instance.vcpus, memoryMiB: $0.instance.memoryMiB, tenantID: $0.tenantID) } }
+        try wrap { try store.read(Store.capacityHolders) }
     }
 
     public func capacity() throws(APIError) -> Capacity {
@@ -183,8 +183,7 @@ public final class Service: Sendable {
         do {
             outcome = try store.reserve(tenantID: who.tenantID, clientToken: r.clientToken, request: canonical, instances: new) { db in
                 // Inside the write transaction: every committed reservation is counted.
-                let holders = try Row.fetchAll(db, sql: "SELECT id, type, vcpus, memory_mib, tenant_id FROM instances WHERE state IN ('pending','starting','running','stopping')")
-                    .map { Placement.Holder(id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4]) }
+                let holders = try Store.capacityHolders(db)
                 try Placement.check(type: type, count: count, host: host, policy: policy, holders: holders, tenantID: who.tenantID, admin: who.admin)
             }
         } catch let e as APIError { throw e } catch { throw APIError(code: "internal", message: "state store: \(error)") }
@@ -252,8 +251,7 @@ public final class Service: Sendable {
             let type = InstanceType(name: rec.instance.type, vcpus: rec.instance.vcpus, memoryMiB: rec.instance.memoryMiB)
             do {
                 let ok = try store.transition(id, to: .pending, reason: "StartInstances", from: [.stopped, .error]) { db in
-                    let holders = try Row.fetchAll(db, sql: "SELECT id, type, vcpus, memory_mib, tenant_id FROM instances WHERE state IN ('pending','starting','running','stopping')")
-                        .map { Placement.Holder(id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4]) }
+                    let holders = try Store.capacityHolders(db)
                     try Placement.check(type: type, count: 1, host: host, policy: policy, holders: holders, tenantID: who.tenantID, admin: who.admin)
                 }
                 if ok { startLaunch(id) }

@@ -269,13 +269,14 @@ public final class Store: Sendable {
         return (Array(recs), rows.count > limit)
     }
 
-    /// Instances holding host capacity (for placement).
-    public func capacityHolders() throws -> [InstanceRecord] {
-        let states = InstanceState.allCases.filter(\.holdsCapacity)
-        var f = Filter()
-        f.states = states
-        return try instances(f, limit: Int.max - 1).0
+    /// Instances holding host capacity (for placement), read inside the caller's transaction.
+    public static func capacityHolders(_ db: Database) throws -> [Placement.Holder] {
+        let states = InstanceState.allCases.filter(\.holdsCapacity).map { "'\($0.rawValue)'" }.joined(separator: ",")
+        return try Row.fetchAll(db, sql: "SELECT id, type, vcpus, memory_mib, tenant_id FROM instances WHERE state IN (\(states))")
+            .map { Placement.Holder(id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4]) }
     }
+
+    public func read<T>(_ body: (Database) throws -> T) throws -> T { try db.read(body) }
 
     public struct NewInstance: Sendable {
         public var id: String

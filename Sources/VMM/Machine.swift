@@ -77,8 +77,6 @@ public final class Machine: @unchecked Sendable {
         public var cpuid: [CPUIDModifier] = []
         /// Run the emulation fallback on KVM emulation failures.
         public var emulationFallback: Bool = true
-        /// Transparent huge pages for guest RAM (off when the VM has a balloon).
-        public var hugePages: Bool = true
         public init(memorySize: UInt64, vcpus: Int) { self.memorySize = memorySize; self.vcpus = vcpus }
     }
 
@@ -121,7 +119,7 @@ public final class Machine: @unchecked Sendable {
         self.kvm = kvm
         vm = try kvm.createVM()
         memory = try GuestMemory(layout: Layout.ramRegions(size: options.memorySize),
-                                 hugePages: options.hugePages && !devices.contains { $0 is VirtioBalloon })
+                                 hugePages: !devices.contains { $0 is VirtioBalloon })   // see GuestMemory.init
         for (slot, r) in memory.regions.enumerated() {
             try vm.setUserMemoryRegion(slot: UInt32(slot), guestPhys: r.guestPhys, size: r.size, host: r.host)
         }
