@@ -102,6 +102,54 @@ public enum AML {
 
     static func le(_ v: UInt64, _ n: Int) -> [UInt8] { (0..<n).map { UInt8((v >> (8 * UInt64($0))) & 0xFF) } }
 
+    /// OperationRegion(name, SystemIO, port, length).
+    public static func ioRegion(_ n: String, port: UInt16, length: UInt8) -> [UInt8] {
+        [0x5B, 0x80] + nameString(n) + [0x01] + integer(UInt64(port)) + integer(UInt64(length))
+    }
+
+    /// Field(region, DWordAcc, NoLock, Preserve) { name, 32 }: one 32-bit field over the region.
+    public static func dwordField(region: String, _ n: String) -> [UInt8] {
+        let body = nameString(region) + [0x03] + nameSeg(n) + [0x20]   // a field's length is in bits, not a PkgLength size
+        return [0x5B, 0x81] + pkgLength(body.count) + body
+    }
+
+    /// Method(name, args, Serialized) { terms }.
+    public static func method(_ n: String, args: UInt8, _ terms: [[UInt8]]) -> [UInt8] {
+        let body = nameString(n) + [(args & 7) | 0x08] + terms.flatMap { $0 }
+        return [0x14] + pkgLength(body.count) + body
+    }
+
+    /// Local0 = source (a named object).
+    public static func storeToLocal0(_ source: String) -> [UInt8] { [0x70] + nameString(source) + [0x60] }
+
+    /// If (Local0 & mask) { terms }.
+    public static func ifLocal0And(_ mask: UInt64, _ terms: [[UInt8]]) -> [UInt8] {
+        let body = [0x7B, 0x60] + integer(mask) + [0x00] + terms.flatMap { $0 }
+        return [0xA0] + pkgLength(body.count) + body
+    }
+
+    /// Notify(object, value).
+    public static func notify(_ object: String, _ value: UInt8) -> [UInt8] { [0x86] + nameString(object) + integer(UInt64(value)) }
+
+    /// The power button of hardware-reduced ACPI: a Generic Event Device (ACPI0013) whose interrupt
+    /// runs _EVT, which reads the event register (reading clears it) and, when the power-button bit
+    /// is set, notifies the PNP0C0C button device (0x80: "pressed"), as a real button's SCI would.
+    public static func powerButton(port: UInt16, gsi: UInt32) -> [[UInt8]] {
+        let ged = device("GED0", [
+            name("_HID", string("ACPI0013")),
+            name("_UID", integer(0)),
+            name("_CRS", resourceTemplate([extendedInterrupt(gsi)])),
+            ioRegion("GDST", port: port, length: 4),
+            dwordField(region: "GDST", "GDAT"),
+            method("_EVT", args: 1, [
+                storeToLocal0("GDAT"),
+                ifLocal0And(UInt64(GEDEvent.powerButton), [notify("PWRB", 0x80)]),
+            ]),
+        ])
+        let button = device("PWRB", [name("_HID", eisaID("PNP0C0C")), name("_UID", integer(0))])
+        return [button, ged]
+    }
+
     /// A virtio-mmio device as Linux's virtio_mmio driver matches it from ACPI ("LNRO0005"): its
     /// 4 KiB register window and its edge-triggered interrupt.
     public static func virtioMMIO(index: Int, base: UInt64, gsi: UInt32) -> [UInt8] {
@@ -114,6 +162,11 @@ public enum AML {
             name("_CRS", resourceTemplate([memory32Fixed(UInt32(base), length: 0x1000), extendedInterrupt(gsi)])),
         ])
     }
+}
+
+/// Event bits of the Generic Event Device's register.
+public enum GEDEvent {
+    public static let powerButton: UInt32 = 1 << 0
 }
 
 /// RSDP, XSDT, FADT (hardware-reduced), MADT and DSDT.
@@ -149,7 +202,7 @@ public enum ACPITables {
             AML.name("_CRS", AML.resourceTemplate([AML.io(Layout.com1Port, length: 8), AML.irqNoFlags(UInt8(Layout.com1IRQ))])),
         ])
         let body = AML.name("_S5_", AML.package([AML.integer(UInt64(Layout.s5SleepType)), AML.integer(0)]))
-            + AML.scope("\\_SB_", [com1] + cfg.devices)
+            + AML.scope("\\_SB_", [com1] + AML.powerButton(port: Layout.gedPort, gsi: Layout.gedGSI) + cfg.devices)
         return table("DSDT", revision: 2, body: body)
     }
 

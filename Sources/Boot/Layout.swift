@@ -27,7 +27,10 @@ public enum Layout {
     public static let virtioMMIO: UInt64 = 0xD000_0000
     /// Their interrupts (IOAPIC pins, edge-triggered, announced in the DSDT): one per device, in order.
     /// Pin 4 is COM1; 1 and 12 belong to the i8042 the kernel probes; 8 is the RTC's.
-    public static let virtioGSIs: [UInt32] = [5, 6, 7, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]
+    public static let virtioGSIs: [UInt32] = [5, 6, 7, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]
+    /// The Generic Event Device's interrupt (the ACPI power button) and its 32-bit event register.
+    public static let gedGSI: UInt32 = 23
+    public static let gedPort: UInt16 = 0x604
     public static let ioapic: UInt64 = 0xFEC0_0000
     public static let lapic: UInt64 = 0xFEE0_0000
     public static let kvmTSS: UInt64 = 0xFFFB_D000

@@ -1,3 +1,5 @@
+import Synchronization
+
 /// i8042 keyboard controller: just enough for Linux's probe and for the CPU reset line
 /// (command 0xFE, or bit 0 cleared through "write output port"), which is how `reboot` resets us.
 public final class I8042: BusDevice, @unchecked Sendable {
@@ -77,4 +79,39 @@ public final class BootMarkerDevice: BusDevice, @unchecked Sendable {
     public override func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction {
         data.count >= 1 && offset == 0 && data[0] == magic ? .bootMarker : .none
     }
+}
+
+/// The Generic Event Device's event register (hardware-reduced ACPI; see `AML.powerButton`). The host
+/// raises an event (the power button) by setting its bit and interrupting; the guest's _EVT method
+/// reads the register, which hands over the pending bits and clears them. The counts tell the host
+/// whether a guest's ACPI layer took the event.
+public final class GenericEventDevice: BusDevice, @unchecked Sendable {
+    struct State { var pending: UInt32 = 0; var raised: UInt64 = 0; var taken: UInt64 = 0 }
+    let state = Mutex(State())
+    let irq: InterruptLine
+
+    public init(irq: InterruptLine) { self.irq = irq; super.init() }
+
+    /// Raises `event` (e.g. `1`: the power button) and interrupts the guest.
+    public func raise(_ event: UInt32) {
+        state.withLock { $0.pending |= event; $0.raised += 1 }
+        irq.trigger()
+    }
+
+    /// (events raised by the host, reads by the guest that took pending events)
+    public var counts: (raised: UInt64, taken: UInt64) { state.withLock { ($0.raised, $0.taken) } }
+
+    public override func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        var v: UInt32 = 0
+        if offset == 0 {
+            v = state.withLock { s in
+                let p = s.pending
+                if p != 0 { s.taken += 1; s.pending = 0 }
+                return p
+            }
+        }
+        for i in 0..<data.count { data[i] = i < 4 ? UInt8((v >> (8 * UInt32(i))) & 0xFF) : 0 }
+    }
+
+    public override func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction { .none }
 }

@@ -3,11 +3,13 @@
 // checks both ways).
 import Foundation
 import Hummingbird
+import HummingbirdWebSocket
 import KumoAPI
 
-public struct KumoContext: RequestContext {
+public struct KumoContext: RequestContext, WebSocketRequestContext {
     public var coreContext: CoreRequestContextStorage
     public var principal: Store.Principal?
+    public let webSocket = WebSocketHandlerReference<KumoContext>()
     public init(source: Source) { coreContext = .init(source: source) }
     public var maxUploadSize: Int { 1 << 20 }
 }
@@ -21,6 +23,7 @@ public enum API {
         ("GET", "/v1/instances"), ("POST", "/v1/instances"),
         ("GET", "/v1/instances/{id}"), ("DELETE", "/v1/instances/{id}"),
         ("POST", "/v1/instances/{id}/start"), ("POST", "/v1/instances/{id}/stop"), ("POST", "/v1/instances/{id}/reboot"),
+        ("GET", "/v1/instances/{id}/console"),
         ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"),
     ]
 
@@ -155,6 +158,21 @@ public enum API {
             }
         }
         router.post("/v1/instances/{id}/reboot") { _, c in await handle(c) { p throws(APIError) in json(try service.reboot(try id(c), by: p), status: .accepted) } }
+        router.ws("/v1/instances/{id}/console", shouldUpgrade: { r, c throws(APIError) in
+            guard let p = c.principal else { throw APIError(code: "unauthorized", message: "no API token") }
+            let target = try ConsoleBridge.target(service, id: try id(c), by: p)
+            guard r.headers[.upgrade]?.lowercased() == "websocket" else {
+                throw APIError(code: "invalid_argument", message: "this is a WebSocket endpoint (Upgrade: websocket); `kumo console ID` attaches to it")
+            }
+            guard FileManager.default.fileExists(atPath: target.socket) else {
+                throw APIError(code: "incorrect_state", message: "instance's console socket is not there yet; try again in a moment")
+            }
+            return .upgrade([:])
+        }, onUpgrade: { inbound, outbound, ws in
+            guard let p = ws.requestContext.principal, let id = ws.requestContext.parameters.get("id"),
+                  let target = try? ConsoleBridge.target(service, id: id, by: p) else { return }
+            try await ConsoleBridge.run(socket: target.socket, log: target.log, inbound: inbound, outbound: outbound)
+        })
         router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacity()) } }
         router.put("/v1/host/placement") { r, c in
             await handle(c) { p throws(APIError) in

@@ -19,6 +19,8 @@ public struct LaunchSpec: Sendable {
     public var configPath: URL { workDir.appendingPathComponent("config.json") }
     public var controlSocket: URL { workDir.appendingPathComponent("control.sock") }
     public var consoleLog: URL { workDir.appendingPathComponent("console.log") }
+    /// The live console (one client at a time): what `kumo console` reaches through kumod's WebSocket.
+    public var consoleSocket: URL { workDir.appendingPathComponent("console.sock") }
     public var vmmLog: URL { workDir.appendingPathComponent("vmm.log") }
 }
 
@@ -37,6 +39,9 @@ public protocol VMMLauncher: Sendable {
     /// nil while the process runs; its fate once it is gone.
     func exitStatus(_ p: VMMProcess) -> ExitFate?
     func signal(_ p: VMMProcess, _ sig: Int32)
+    /// Presses the VM's ACPI power button through its control socket; false when the VMM did not take
+    /// the request (no control socket, or it answered with an error).
+    func pressPowerButton(workDir: URL) -> Bool
 }
 
 public enum ExitFate: Sendable, Equatable {
@@ -56,7 +61,7 @@ public struct ProcessLauncher: VMMLauncher {
         var c: [String: Any] = [
             "kernel": spec.image.kernel, "memory_mib": spec.memoryMiB, "vcpus": spec.vcpus,
             "cmdline": spec.image.cmdline, "serial": "file:" + spec.consoleLog.path,
-            "api_socket": spec.controlSocket.path, "balloon": true,
+            "serial_socket": spec.consoleSocket.path, "api_socket": spec.controlSocket.path, "balloon": true,
         ]
         if let i = spec.image.initrd { c["initrd"] = i }
         if spec.image.rootDisk != nil { c["disks"] = [["path": spec.workDir.appendingPathComponent("root.img").path]] }
@@ -74,6 +79,7 @@ public struct ProcessLauncher: VMMLauncher {
         let json = try JSONSerialization.data(withJSONObject: Self.config(spec), options: [.prettyPrinted, .sortedKeys])
         try json.write(to: spec.configPath)
         try? fm.removeItem(at: spec.controlSocket)
+        try? fm.removeItem(at: spec.consoleSocket)
 
         var attr = posix_spawnattr_t()
         posix_spawnattr_init(&attr)
@@ -136,8 +142,55 @@ public struct ProcessLauncher: VMMLauncher {
         return nil
     }
 
+    public func pressPowerButton(workDir: URL) -> Bool {
+        guard let reply = try? ControlClient.request(workDir.appendingPathComponent("control.sock").path, #"{"op":"power_button"}"#) else { return false }
+        return reply.contains(#""ok":true"#)
+    }
+
     public func signal(_ p: VMMProcess, _ sig: Int32) {
         guard Self.startTicks(p.pid) == p.startTicks else { return }   // never signal a reused pid
         kill(p.pid, sig)
+    }
+}
+
+/// One request on a VMM's control socket (docs/CONTROL.md): a JSON line out, a JSON line back, with a
+/// deadline so that a wedged VMM cannot hold kumod's supervisor.
+public enum ControlClient {
+    public struct Failure: Error, CustomStringConvertible { public let description: String }
+
+    public static func connect(_ path: String) throws(Failure) -> Int32 {
+        guard path.utf8.count < 108 else { throw Failure(description: "\(path): socket path too long") }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard rc == 0 else {
+            let e = String(cString: strerror(errno))
+            close(fd)
+            throw Failure(description: "\(path): \(e)")
+        }
+        return fd
+    }
+
+    public static func request(_ path: String, _ line: String, timeoutSeconds: Int = 5) throws(Failure) -> String {
+        let fd = try connect(path)
+        defer { close(fd) }
+        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let out = Array((line + "\n").utf8)
+        guard out.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == out.count else {
+            throw Failure(description: "\(path): send: \(String(cString: strerror(errno)))")
+        }
+        var reply: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while !reply.contains(0x0A) {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { throw Failure(description: "\(path): no answer") }
+            reply += buf[0..<n]
+        }
+        return String(decoding: reply.prefix { $0 != 0x0A }, as: UTF8.self)
     }
 }

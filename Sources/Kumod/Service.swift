@@ -11,8 +11,10 @@ public final class Service: Sendable {
     public let launcher: any VMMLauncher
     public let host: HostResources
     public let dataDir: URL
-    /// How long a stopping instance gets before it is killed.
+    /// How long a guest gets to power off after the ACPI power button before its VMM is stopped by force.
     public let stopTimeout: Duration
+    /// How a stop went, by instance id, for the reason recorded when its VMM is gone.
+    let stopNotes = Mutex<[String: String]>([:])
     /// Live VMM processes by instance id (kumod's view; the store has the same pids).
     let processes = Mutex<[String: VMMProcess]>([:])
     /// Supervision (spawning, reaping, stop timeouts) runs on its own serial queue, never on Swift
@@ -342,20 +344,44 @@ public final class Service: Sendable {
         }
     }
 
+    /// Stop: the ACPI power button first; a guest that has not powered off after `stopTimeout` (or a
+    /// VMM that did not take the button) is stopped by force: SIGTERM (kumo-vmm tears the VM down),
+    /// then SIGKILL if kumo-vmm is still there 5 s later. `force` skips straight to SIGKILL.
     func requestStop(_ id: String, force: Bool) {
         guard let p = processes.withLock({ $0[id] }) else {
             // No VMM (still pending, or its process is gone): stopped at once.
             _ = try? store.transition(id, to: .stopped, reason: "stopped before its VMM started", from: [.stopping], pid: .some(nil))
             return
         }
-        launcher.signal(p, force ? SIGKILL : SIGTERM)
-        if !force {
-            let timeout = stopTimeout
-            let (s, atto) = timeout.components
-            supervisor.asyncAfter(deadline: .now() + Double(s) + Double(atto) / 1e18) { [self] in
-                if processes.withLock({ $0[id] }) == p, launcher.exitStatus(p) == nil { launcher.signal(p, SIGKILL) }
+        if force {
+            stopNotes.withLock { $0[id] = "forced" }
+            launcher.signal(p, SIGKILL)
+            return
+        }
+        supervisor.async { [self] in
+            guard let workDir = (try? store.instance(id)).map({ URL(fileURLWithPath: $0.workDir) }) else { return }
+            let seconds = stopTimeout.seconds
+            @Sendable func forceNow(_ note: String) {
+                guard processes.withLock({ $0[id] }) == p, launcher.exitStatus(p) == nil else { return }
+                stopNotes.withLock { $0[id] = note }
+                launcher.signal(p, SIGTERM)
+                supervisor.asyncAfter(deadline: .now() + 5) { [self] in
+                    if processes.withLock({ $0[id] }) == p, launcher.exitStatus(p) == nil { launcher.signal(p, SIGKILL) }
+                }
+            }
+            if launcher.pressPowerButton(workDir: workDir) {
+                stopNotes.withLock { $0[id] = "ACPI power button pressed" }
+                supervisor.asyncAfter(deadline: .now() + seconds) {
+                    forceNow("the guest did not power off within \(Self.format(seconds)) of the ACPI power button; stopped by force")
+                }
+            } else {
+                forceNow("the VMM did not take the ACPI power button; stopped by force")
             }
         }
+    }
+
+    static func format(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? "\(Int(seconds)) s" : String(format: "%.1f s", seconds)
     }
 
     /// One pass of the monitor: every live VMM whose process is gone moves its instance on.
@@ -373,7 +399,9 @@ public final class Service: Sendable {
             case .vanished: why = "kumo-vmm \(p.pid) is gone (exit status unknown: it outlived a kumod restart)"
             }
             switch state {
-            case .stopping?: _ = try? store.transition(id, to: .stopped, reason: "StopInstances: " + why, pid: .some(nil))
+            case .stopping?:
+                let note = stopNotes.withLock { $0.removeValue(forKey: id) }
+                _ = try? store.transition(id, to: .stopped, reason: "StopInstances: " + (note.map { $0 + "; " } ?? "") + why, pid: .some(nil))
             case .running?, .starting?:
                 if case .exited(0) = fate { _ = try? store.transition(id, to: .stopped, reason: why, pid: .some(nil)) }
                 else { _ = try? store.transition(id, to: .error, reason: why, pid: .some(nil)) }
@@ -425,4 +453,11 @@ public final class Service: Sendable {
     }
 
     public func stopMonitor() { monitorGeneration.add(1, ordering: .sequentiallyConsistent) }
+}
+
+extension Duration {
+    var seconds: Double {
+        let (s, atto) = components
+        return Double(s) + Double(atto) / 1e18
+    }
 }

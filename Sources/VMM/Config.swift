@@ -41,6 +41,9 @@ public struct VMConfig: Sendable, Equatable {
     public var cpuTemplate: CPUTemplateChoice = .auto
     public var cpuid: [CPUIDModifier] = []
     public var serial: SerialMode = .stdio
+    /// A second home for the console beside a `file:` log (or `none`): a Unix socket where one client at
+    /// a time sees the output live and types input (what kumod's console bridges to).
+    public var serialSocket: String? = nil
     public var stats: Bool = false
     public var disks: [DiskConfig] = []
     public var rng: RngConfig? = nil
@@ -70,7 +73,7 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
 
 extension VMConfig {
     static let keys: Set<String> = ["kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
-                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket"]
+                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket"]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
     public static func load(jsonFile path: String) throws(ConfigError) -> VMConfig {
@@ -115,6 +118,7 @@ extension VMConfig {
                 disks = try items.enumerated().map { (i, item) throws(ConfigError) in try DiskConfig.parse(json: item, key: "disks[\(i)]") }
             case "balloon": balloon = try BalloonConfig.parse(json: value, key: k)
             case "api_socket": apiSocket = value == .null ? nil : try str(k, value)
+            case "serial_socket": serialSocket = value == .null ? nil : try str(k, value)
             case "nets":
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array, not \(value.typeName)") }
                 nets = try items.enumerated().map { (i, item) throws(ConfigError) in try NetConfig.parse(json: item, key: "nets[\(i)]") }
@@ -235,6 +239,7 @@ extension VMConfig {
                 c.balloon = c.balloon ?? BalloonConfig()
                 c.balloon!.freePageReporting = false
             case "--api-socket": c.apiSocket = try value(a)
+            case "--serial-socket": c.serialSocket = try value(a)
             default: throw .usage("unknown argument \"\(a)\" (see kumo-vmm --help)")
             }
             i += 1
@@ -261,6 +266,14 @@ extension VMConfig {
         }
         if let p = apiSocket, p.isEmpty || p.utf8.count >= 108 {
             throw .invalid("api_socket", "a socket path must be 1 to 107 bytes")
+        }
+        if let p = serialSocket {
+            guard !p.isEmpty, p.utf8.count < 108 else { throw .invalid("serial_socket", "a socket path must be 1 to 107 bytes") }
+            switch serial {
+            case .file, .none: break
+            default: throw .invalid("serial_socket", "goes with serial file:PATH or none (the socket is the console's second home)")
+            }
+            if p == apiSocket { throw .invalid("serial_socket", "is the same path as api_socket") }
         }
         guard devices <= Layout.virtioGSIs.count else {
             throw .invalid("disks", "\(devices) virtio devices; at most \(Layout.virtioGSIs.count) are supported")

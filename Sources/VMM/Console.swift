@@ -36,21 +36,29 @@ final class SocketSink: SerialSink, @unchecked Sendable {
     }
 }
 
+/// Both: the console log and the live socket client.
+final class TeeSink: SerialSink, @unchecked Sendable {
+    let first: SerialSink?, second: SerialSink
+    init(_ first: SerialSink?, _ second: SerialSink) { self.first = first; self.second = second }
+    func write(_ byte: UInt8) { first?.write(byte); second.write(byte) }
+}
+
 /// The serial console's host side: where output goes and where input comes from.
 final class Console: @unchecked Sendable {
-    let sink: SerialSink?
+    private(set) var sink: SerialSink? = nil
     let target = Mutex<Serial8250?>(nil)
     var savedTermios: termios? = nil
     var listenFD: Int32 = -1
     var socketPath: String? = nil
     var fileFD: Int32 = -1
 
-    init(_ mode: SerialMode) throws(ConfigError) {
+    init(_ mode: SerialMode, socket extra: String? = nil) throws(ConfigError) {
+        let base: SerialSink?
         switch mode {
         case .none:
-            sink = nil
+            base = nil
         case .stdio:
-            sink = FDSink(fd: 1)
+            base = FDSink(fd: 1)
             if isatty(0) == 1 {
                 var t = termios()
                 if tcgetattr(0, &t) == 0 {
@@ -66,11 +74,18 @@ final class Console: @unchecked Sendable {
             let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw .file(path, String(cString: strerror(errno))) }
             fileFD = fd
-            sink = FDSink(fd: fd)
+            base = FDSink(fd: fd)
         case let .socket(path):
             let s = SocketSink()
-            sink = s
+            base = s
             try listen(path, sink: s)
+        }
+        if let extra {
+            let s = SocketSink()
+            sink = TeeSink(base, s)
+            try listen(extra, sink: s)
+        } else {
+            sink = base
         }
     }
 

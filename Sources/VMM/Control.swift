@@ -1,5 +1,6 @@
 import KVM
 import Virtio
+import Boot
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -163,16 +164,24 @@ public final class ControlState: @unchecked Sendable {
     static func num<T: BinaryInteger>(_ v: T) -> JSONValue { .number(Double(v)) }
 
     public func handle(_ req: JSONValue) -> JSONValue {
-        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, balloon.get, balloon.set") }
+        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, power_button, balloon.get, balloon.set") }
         switch op {
         case "vm.info":
             return .object([("ok", .bool(true)), ("vcpus", Self.num(vcpus)), ("memory_mib", Self.num(memoryBytes >> 20)),
                             ("rss_kib", Self.num(residentKiB())),
                             ("guest_resident_kib", Self.num((machine?.memory.residentBytes() ?? 0) >> 10)),
+                            ("power_button", .object([("raised", Self.num(machine?.powerButton?.counts.raised ?? 0)),
+                                                      ("taken", Self.num(machine?.powerButton?.counts.taken ?? 0))])),
                             ("devices", .array((machine?.virtio ?? []).enumerated().map { (i, t) in
                                 .object([("name", .string("virtio-\(t.device.type)\(i)")), ("status", Self.num(t.status)),
                                          ("statistics", .string(t.device.currentStatistics))])
                             }))])
+        case "power_button":
+            // The ACPI power button: a guest OS that honours it shuts down (S5) and kumo-vmm exits 0.
+            guard let ged = machine?.powerButton else { return Self.fail("this VM has no ACPI power button (no in-kernel irqchip)") }
+            ged.raise(GEDEvent.powerButton)
+            let c = ged.counts
+            return .object([("ok", .bool(true)), ("raised", Self.num(c.raised)), ("taken", Self.num(c.taken))])
         case "balloon.set":
             guard case let .number(mib)? = req["target_mib"], mib >= 0, mib == mib.rounded() else {
                 return Self.fail("balloon.set needs \"target_mib\": a whole number of MiB")
@@ -202,7 +211,7 @@ public final class ControlState: @unchecked Sendable {
                             ("stats", .object(s.stats.sorted { $0.key < $1.key }.map { ($0.key, Self.num($0.value)) })),
                             ("rss_kib", Self.num(residentKiB()))])
         default:
-            return Self.fail("unknown op \"\(op)\"; ops: vm.info, balloon.get, balloon.set")
+            return Self.fail("unknown op \"\(op)\"; ops: vm.info, power_button, balloon.get, balloon.set")
         }
     }
 }

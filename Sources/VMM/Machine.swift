@@ -90,6 +90,9 @@ public final class Machine: @unchecked Sendable {
     public let counters: [ExitCounters]
     public private(set) var serial: Serial8250!
     let serialEvent: EventFD?
+    /// The ACPI power button (Generic Event Device); nil without the in-kernel irqchip.
+    public private(set) var powerButton: GenericEventDevice? = nil
+    var gedEvent: EventFD? = nil
 
     let stopFlag = Atomic<Bool>(false)
     let events = Mutex<[MachineEvent]>([])
@@ -147,6 +150,14 @@ public final class Machine: @unchecked Sendable {
         try pio.insert(CMOSRTC(), base: 0x70, length: 2)
         try pio.insert(ACPIPowerDevice(sleepType: Layout.s5SleepType, resetValue: Layout.acpiResetValue),
                        base: UInt64(Layout.acpiSleepControlPort), length: 3)
+        if options.irqchip {
+            let ev = try EventFD()
+            try vm.registerIRQFD(ev, gsi: Layout.gedGSI)
+            let ged = GenericEventDevice(irq: InterruptLine { ev.signal() })
+            try pio.insert(ged, base: UInt64(Layout.gedPort), length: 4)
+            gedEvent = ev
+            powerButton = ged
+        }
         try mmio.insert(BootMarkerDevice(magic: Layout.bootMarkerValue), base: Layout.bootMarker, length: 0x1000)
         if !devices.isEmpty && !options.irqchip { throw SysError("virtio devices need the in-kernel irqchip", errno: EINVAL) }
         for (i, dev) in devices.enumerated() {

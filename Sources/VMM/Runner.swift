@@ -130,7 +130,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         return 1
     }
     let console: Console
-    do { console = try Console(plan.config.serial) } catch {
+    do { console = try Console(plan.config.serial, socket: plan.config.serialSocket) } catch {
         eprint("kumo-vmm: serial: \(error)")
         return 1
     }

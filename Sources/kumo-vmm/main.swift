@@ -19,6 +19,8 @@ usage: kumo-vmm --kernel PATH [options]        run one VM
   --cpu-template T       auto (nested when this host's KVM emulates guest kernel code), none, nested
   --cpuid SPEC           mask CPUID: LEAF[.INDEX]:REG:clear=MASK[,set=MASK] (repeatable)
   --serial MODE          stdio (default), none, file:PATH, socket:PATH
+  --serial-socket PATH   with file:PATH or none: also serve the console on a Unix socket
+                         (one client at a time sees the output live and types input)
   --stats                print exit counts by reason per vCPU on exit
   --disk PATH[,OPTS]     virtio-blk disk from a raw image (repeatable; /dev/vda, vdb, … in order)
                          OPTS: readonly, serial=ID (≤ 20 bytes), bandwidth=BYTES_PER_S, iops=N
@@ -30,13 +32,14 @@ usage: kumo-vmm --kernel PATH [options]        run one VM
   --balloon-target MIB   initial balloon size (implies --balloon); --no-deflate-on-oom,
                          --no-free-page-reporting
   --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
-                         {"op":"balloon.set","target_mib":64}
+                         {"op":"balloon.set","target_mib":64} or {"op":"power_button"}
   --help                 this text
 
 JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
 cpuid ([{function, index, register, clear, set}]), serial, stats,
 disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
-rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), api_socket; a rate_limit is
+rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), api_socket,
+serial_socket; a rate_limit is
 {"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
 Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.
 Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input.

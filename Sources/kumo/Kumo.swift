@@ -42,18 +42,21 @@ struct Global: ParsableArguments {
         do { r = try HTTPClient.request(e, method: method, path: path, token: resolvedToken(), body: data) } catch {
             throw Failure.unreachable("\(error); is kumod running? (--endpoint, $KUMO_ENDPOINT)")
         }
-        guard (200..<300).contains(r.status) else {
-            let err = (try? JSONDecoder().decode(ErrorBody.self, from: r.body))?.error
-                ?? APIError(code: "http_\(r.status)", message: String(decoding: r.body.prefix(500), as: UTF8.self))
-            switch r.status {
-            case 401: throw Failure.auth(err.message + " (--token, $KUMO_TOKEN or ~/.config/kumo/token)")
-            case 403: throw Failure.auth(err.message)
-            case 404: throw Failure.notFound(err.message)
-            default: throw Failure.refused("\(err.message) [\(err.code)]")
-            }
-        }
+        guard (200..<300).contains(r.status) else { throw Self.failure(r) }
         do { return try JSONDecoder().decode(T.self, from: r.body) } catch {
             throw Failure.refused("kumod answered something this kumo does not understand: \(error)")
+        }
+    }
+
+    /// The Failure (and so the exit code) for a non-2xx answer.
+    static func failure(_ r: HTTPResponse) -> Failure {
+        let err = (try? JSONDecoder().decode(ErrorBody.self, from: r.body))?.error
+            ?? APIError(code: "http_\(r.status)", message: String(decoding: r.body.prefix(500), as: UTF8.self))
+        switch r.status {
+        case 401: return .auth(err.message + " (--token, $KUMO_TOKEN or ~/.config/kumo/token)")
+        case 403: return .auth(err.message)
+        case 404: return .notFound(err.message)
+        default: return .refused("\(err.message) [\(err.code)]")
         }
     }
 
@@ -122,7 +125,7 @@ struct Kumo: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kumo", abstract: "Kumo compute service CLI (talks to kumod)",
         discussion: "Exit codes: 0 done, 1 refused by kumod, 2 bad usage, 3 kumod unreachable, 4 not authenticated/allowed, 5 not found.",
-        subcommands: [InstanceCommand.self, TypeCommand.self, ImageCommand.self, HostCommand.self])
+        subcommands: [InstanceCommand.self, ConsoleCommand.self, TypeCommand.self, ImageCommand.self, HostCommand.self])
 
     /// ArgumentParser's own usage errors exit 64; kumo's documented code for bad usage is 2.
     static func main() {

@@ -2,16 +2,19 @@
 // by default) and on a Unix socket, one kumo-vmm process per instance.
 import Foundation
 import Hummingbird
+import HummingbirdWebSocket
 import Kumod
 import KumoAPI
 
 let usage = """
-usage: kumod [--data-dir DIR] [--listen HOST:PORT] [--socket PATH] [--vmm PATH]
+usage: kumod [--data-dir DIR] [--listen HOST:PORT] [--socket PATH] [--vmm PATH] [--stop-timeout SECONDS]
 
   --data-dir DIR      state (kumod.sqlite), instance work directories, admin.token (default /var/lib/kumo)
   --listen HOST:PORT  REST API over TCP (default 127.0.0.1:8780)
   --socket PATH       REST API over a Unix socket (default DATA_DIR/kumod.sock)
   --vmm PATH          the kumo-vmm binary (default: beside kumod)
+  --stop-timeout S    how long a guest gets to power off after the ACPI power button before a stop
+                      is forced (default 30)
 """
 
 func fail(_ msg: String, code: Int32 = 2) -> Never {
@@ -23,17 +26,21 @@ var dataDir = "/var/lib/kumo"
 var listen = "127.0.0.1:8780"
 var socketPath: String? = nil
 var vmm = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kumo-vmm").path
+var stopTimeout = 30.0
 var args = Array(CommandLine.arguments.dropFirst())
 while !args.isEmpty {
     let a = args.removeFirst()
     if a == "--help" || a == "-h" { print(usage); exit(0) }
-    guard ["--data-dir", "--listen", "--socket", "--vmm"].contains(a) else { fail("unknown argument \"\(a)\"\n\(usage)") }
+    guard ["--data-dir", "--listen", "--socket", "--vmm", "--stop-timeout"].contains(a) else { fail("unknown argument \"\(a)\"\n\(usage)") }
     guard !args.isEmpty else { fail("\(a) needs a value") }
     let v = args.removeFirst()
     switch a {
     case "--data-dir": dataDir = v
     case "--listen": listen = v
     case "--socket": socketPath = v
+    case "--stop-timeout":
+        guard let t = Double(v), t >= 0, t <= 3600 else { fail("--stop-timeout wants seconds from 0 to 3600, not \"\(v)\"") }
+        stopTimeout = t
     default: vmm = v
     }
 }
@@ -53,13 +60,18 @@ do {
         let token = try store.issueToken(tenant: "admin", admin: true, description: "created at first start")
         FileManager.default.createFile(atPath: tokenFile.path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
     }
-    let service = Service(store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir)
+    let service = Service(store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
+                          stopTimeout: .milliseconds(Int(stopTimeout * 1000)))
     let adopted = try service.recover()
     service.startMonitor()
     let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path
     try? FileManager.default.removeItem(atPath: sock)
-    let tcp = Application(router: API.router(service), configuration: .init(address: .hostname(hostName, port: port), serverName: "kumod"))
-    let unix = Application(router: API.router(service), configuration: .init(address: .unixDomainSocket(path: sock), serverName: "kumod"))
+    // HTTP/1.1, with the console's WebSocket upgrade on the same router.
+    let router = API.router(service)
+    let tcp = Application(router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
+                          configuration: .init(address: .hostname(hostName, port: port), serverName: "kumod"))
+    let unix = Application(router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
+                           configuration: .init(address: .unixDomainSocket(path: sock), serverName: "kumod"))
     FileHandle.standardOutput.write(Data("kumod: API on http://\(hostName):\(port)/v1 and unix:\(sock); admin token in \(tokenFile.path); \(adopted.count) running instance(s) re-attached\n".utf8))
     try await withThrowingTaskGroup(of: Void.self) { g in
         g.addTask { try await tcp.runService() }

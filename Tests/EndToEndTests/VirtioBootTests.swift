@@ -186,7 +186,8 @@ struct VirtioBootTests {
     /// the control socket, giving back pages the guest had touched (the VMM's RSS and its resident guest
     /// RAM fall), the statistics queue reports the guest's free memory before and after, and setting the
     /// target back to 0 deflates the balloon. The guest touches memory first by booting with a 64 MiB
-    /// initrd that is not an archive: the VMM writes it into guest RAM, the kernel frees it.
+    /// initrd that is not an archive: the VMM writes it into guest RAM, the kernel frees it. The same
+    /// boot then presses the ACPI power button.
     @Test(.timeLimit(.minutes(20)))
     func balloonInflatesAndDeflatesOnTheHostsRequest() throws {
         let kernel = E2E.guest.appendingPathComponent("test-kernel/vmlinux").path
@@ -259,6 +260,22 @@ struct VirtioBootTests {
         let final = try Self.control(api, #"{"op":"balloon.get","refresh":true}"#)
         let freeFinal = ((final["stats"] as? [String: Any]).map { Self.int($0, "free_memory") }) ?? -1
         #expect(freeFinal - freeAfter >= 90 << 20, "guest free memory after deflating: \(freeFinal)")
+
+        // The same boot checks the ACPI power button: the kernel found the PNP0C0C button, and when the
+        // host presses it the Generic Event Device's interrupt runs _EVT in the guest's ACPI interpreter,
+        // which reads the event register (the host sees it taken). Powering off is then up to guest
+        // userspace (systemd-logind, acpid), which cannot run on this host.
+        #expect(vm.console.contains("Power Button [PWRB]"), "\(vm.console.suffix(3000))")
+        let press = try Self.control(api, #"{"op":"power_button"}"#)
+        #expect(press["ok"] as? Bool == true, "\(press)")
+        var button: [String: Any] = [:]
+        let pressStart = Date()
+        while Date().timeIntervalSince(pressStart) < 120 {
+            button = (try Self.control(api, #"{"op":"vm.info"}"#)["power_button"] as? [String: Any]) ?? [:]
+            if Self.int(button, "taken") >= 1 { break }
+            Thread.sleep(forTimeInterval: 1)
+        }
+        #expect(Self.int(button, "raised") == 1 && Self.int(button, "taken") == 1, "\(button)")
         let status = vm.terminate()
         #expect(status == 0, "\(vm.stderrText)")
         #expect(vm.stderrText.contains("virtio-balloon1: driver ready"))

@@ -52,6 +52,43 @@ enum CLI {
         return path
     }
 
+    /// Tests/guests/echo-power.S as a PVH ELF: banner, upper-cased echo, powers off on the ACPI power button.
+    static func echoPowerGuest() throws -> String {
+        let src = root.appendingPathComponent("Tests/guests/echo-power.S").path
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-echo-\(UUID().uuidString)").path
+        try Harness.run("/usr/bin/as", ["--64", "-o", base + ".o", src])
+        try Harness.run("/usr/bin/ld", ["-m", "elf_x86_64", "-Ttext=0x1000000", "-e", "_start", "-o", base + ".elf", base + ".o"])
+        try? FileManager.default.removeItem(atPath: base + ".o")
+        return base + ".elf"
+    }
+
+    /// Connects to a Unix socket, retrying while the VMM creates it.
+    static func connectUnix(_ path: String) throws -> Int32 {
+        for _ in 0..<200 {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            if ok == 0 { return fd }
+            close(fd)
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw Harness.HarnessError(description: "could not connect to \(path)")
+    }
+
+    /// Reads from `fd` until the text received ends with `suffix` (or the peer closes).
+    static func readUntil(_ fd: Int32, _ suffix: String) -> String {
+        var text = ""
+        var buf = [UInt8](repeating: 0, count: 256)
+        while !text.contains(suffix) {
+            let n = read(fd, &buf, 256)
+            if n <= 0 { break }
+            text += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+        return text
+    }
+
     static func temp(_ name: String, _ contents: String) -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString)-\(name)").path
         FileManager.default.createFile(atPath: path, contents: Data(contents.utf8))
@@ -87,6 +124,8 @@ final class DataBox: @unchecked Sendable { var data = Data() }
         (["--kernel", "/etc/hostname", "--balloon-target", "-1"], "--balloon-target: expected MiB"),
         (["--kernel", "/etc/hostname", "--memory", "128", "--balloon-target", "200"], "more than the guest's 128 MiB"),
         (["--kernel", "/etc/hostname", "--api-socket", ""], "api_socket: a socket path must be 1 to 107 bytes"),
+        (["--kernel", "/etc/hostname", "--serial-socket", "/tmp/x.sock"], "serial_socket: goes with serial file:PATH or none"),
+        (["--kernel", "/etc/hostname", "--serial", "none", "--serial-socket", ""], "serial_socket: a socket path must be 1 to 107 bytes"),
     ])
     func badFlags(args: [String], message: String) throws {
         let r = try CLI.run(args)
@@ -109,7 +148,7 @@ final class DataBox: @unchecked Sendable { var data = Data() }
     @Test func helpDescribesEveryFlag() throws {
         let r = try CLI.run(["--help"])
         #expect(r.status == 0)
-        for flag in ["--kernel", "--initrd", "--cmdline", "--memory", "--vcpus", "--boot-protocol", "--cpu-template", "--cpuid", "--serial", "--stats", "--config"] {
+        for flag in ["--kernel", "--initrd", "--cmdline", "--memory", "--vcpus", "--boot-protocol", "--cpu-template", "--cpuid", "--serial", "--serial-socket", "--stats", "--config", "--api-socket"] {
             #expect(r.stdout.contains(flag))
         }
     }
@@ -180,6 +219,36 @@ struct CLIRunTests {
         #expect(r.status == 0, "\(r.stderr)")
         #expect(received.hasSuffix("y"))
         #expect(!FileManager.default.fileExists(atPath: sock))   // cleaned up on exit
+    }
+
+    /// The console log in a file and, live, on a second socket; the ACPI power button from the control
+    /// socket reaches a guest that honours it, which powers off: kumo-vmm exits 0.
+    @Test func serialSocketBesideTheLogAndThePowerButton() throws {
+        let k = try CLI.echoPowerGuest()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var typed = "", pressed = ""
+        let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:\(dir)/console.log",
+                             "--serial-socket", "\(dir)/console.sock", "--api-socket", "\(dir)/control.sock"]) { _ in
+            let c = try CLI.connectUnix("\(dir)/console.sock")
+            defer { close(c) }
+            _ = send(c, "hi there", 8, Int32(MSG_NOSIGNAL))
+            typed = CLI.readUntil(c, "HI THERE")
+            let ctl = try CLI.connectUnix("\(dir)/control.sock")
+            defer { close(ctl) }
+            let req = #"{"op":"power_button"}"# + "\n"
+            _ = send(ctl, req, req.utf8.count, Int32(MSG_NOSIGNAL))
+            pressed = CLI.readUntil(ctl, "\n")
+            typed += CLI.readUntil(c, "powering off")
+        }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("guest powered off"))
+        #expect(typed.contains("HI THERE") && typed.contains("power button: powering off"), "\(typed)")
+        #expect(pressed.contains(#""ok":true"#) && pressed.contains(#""raised":1"#), "\(pressed)")
+        let log = try String(contentsOfFile: "\(dir)/console.log", encoding: .utf8)
+        #expect(log.contains("kumo echo guest ready") && log.contains("HI THERE") && log.contains("powering off"), "\(log)")
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/console.sock"))
     }
 
     @Test func tripleFaultExitsNonZeroWithRegisterDump() throws {

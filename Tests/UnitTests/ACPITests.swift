@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import Boot
 
@@ -10,9 +11,9 @@ import Testing
         return out
     }
 
-    static let dsdtGolden = bytes("445344546300000002c44b554d4f20204b554d4f564d4d20010000004b554d4f01000000085f53355f1205020a050010335c5f53425f5b822b434f4d31085f4849440c41d00501085f55494401085f43525311100a0d4701f803f80301082210007900")
+    static let dsdtGolden = bytes("44534454df00000002294b554d4f20204b554d4f564d4d20010000004b554d4f01000000085f53355f1205020a0500104f0a5c5f53425f5b822b434f4d31085f4849440c41d00501085f55494401085f43525311100a0d4701f803f803010822100079005b821550575242085f4849440c41d00c0c085f554944005b82420647454430085f4849440d414350493030313300085f55494400085f435253110e0a0b89060003011700000079005b8047445354010b04060a045b810b4744535403474441542014195f45565409704744415460a00c7b60010086505752420a80")
     static let madtGolden = bytes("415049434800000006d04b554d4f20204b554d4f564d4d20010000004b554d4f010000000000e0fe0000000000080000010000000008010101000000010c02000000c0fe00000000")
-    static let rsdpGolden = bytes("5253442050545220634b554d4f202002000000002400000010020e0000000000bc000000")
+    static let rsdpGolden = bytes("5253442050545220634b554d4f202002000000002400000080020e00000000004c000000")
 
     static func sumsToZero(_ b: [UInt8]) -> Bool { b.reduce(UInt8(0)) { $0 &+ $1 } == 0 }
 
@@ -23,6 +24,30 @@ import Testing
         let built = ACPITables.build(cfg)
         #expect(built.rsdp == 0xE0000)
         #expect(built.blobs[0].bytes == Self.rsdpGolden)
+    }
+
+    /// The power button's AML, as ACPICA's own disassembler reads it back: the GED's _EVT reads the
+    /// event register and notifies the PNP0C0C button.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/iasl"), "needs iasl (Debian's acpica-tools)"))
+    func powerButtonDisassembles() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-acpi-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data(ACPITables.dsdt(ACPIConfig(vcpus: 1))).write(to: dir.appendingPathComponent("dsdt.dat"))
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/iasl")
+        p.arguments = ["-d", dir.appendingPathComponent("dsdt.dat").path]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        let dsl = try String(contentsOf: dir.appendingPathComponent("dsdt.dsl"), encoding: .utf8)
+        for line in ["Device (PWRB)", "EisaId (\"PNP0C0C\")", "Name (_HID, \"ACPI0013\"", "0x00000017,",
+                     "OperationRegion (GDST, SystemIO, 0x0604, 0x04)", "GDAT,   32", "Method (_EVT, 1, Serialized)",
+                     "Local0 = GDAT", "If ((Local0 & One))", "Notify (PWRB, 0x80)"] {
+            #expect(dsl.contains(line), "\(line)")
+        }
     }
 
     @Test func everyChecksumIsValid() {

@@ -69,6 +69,30 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
 }
 
 @Suite struct PlatformDeviceTests {
+    /// The power button: the host raises it (one interrupt); the guest's read takes the event and
+    /// clears it; a second read sees nothing; the counts say the guest took it.
+    @Test func genericEventDeviceHandsOverThePowerButtonOnce() {
+        let irqs = Counter()
+        let ged = GenericEventDevice(irq: InterruptLine { irqs.n.add(1, ordering: .relaxed) })
+        var word = [UInt8](repeating: 0xFF, count: 4)
+        word.withUnsafeMutableBytes { ged.read(offset: 0, data: $0) }
+        #expect(word == [0, 0, 0, 0])
+        #expect(ged.counts == (0, 0))
+        ged.raise(1)
+        #expect(irqs.n.load(ordering: .relaxed) == 1)
+        word.withUnsafeMutableBytes { ged.read(offset: 0, data: $0) }
+        #expect(word == [1, 0, 0, 0])
+        word.withUnsafeMutableBytes { ged.read(offset: 0, data: $0) }
+        #expect(word == [0, 0, 0, 0])
+        #expect(ged.counts == (1, 1))
+        // Reads at other offsets or widths never take the event.
+        ged.raise(1)
+        var byte = [UInt8](repeating: 0xFF, count: 1)
+        byte.withUnsafeMutableBytes { ged.read(offset: 2, data: $0) }
+        #expect(byte == [0])
+        #expect(ged.counts == (2, 1))
+    }
+
     @Test func i8042ResetsAndAnswersProbes() {
         let k = I8042()
         #expect(out(k, 4, 0xAA) == .none)
