@@ -71,8 +71,12 @@ final class WebSocketClient: @unchecked Sendable {
                 all += buf[0..<n]
             }
             close(fd)
-            guard let r = try? HTTPClient.parse(Data(all)) else { throw Failure.refused("kumod refused the console (HTTP \(status))") }
-            throw Global.failure(r)
+            if let r = try? HTTPClient.parse(Data(all)), !r.body.isEmpty { throw Global.failure(r) }
+            // A refused upgrade comes back as a bare 400; the same path as a plain request says why.
+            if let r = try? HTTPClient.request(e, method: "GET", path: path, token: token), !(200..<300).contains(r.status) {
+                throw Global.failure(r)
+            }
+            throw Failure.refused("kumod refused the console (HTTP \(status))")
         }
         let headText = String(decoding: data[..<headEnd!], as: UTF8.self).lowercased()
         let expected = Data(Insecure.SHA1.hash(data: Data((key + guid).utf8))).base64EncodedString().lowercased()

@@ -14,12 +14,17 @@ import KumoAPI
         var process: Process
         let port = Int.random(in: 20000..<60000)
         var socket: String { dir.appendingPathComponent("kumod.sock").path }
+        let vmm: String
+        let extra: [String]
 
-        init() throws {
+        /// `vmm`: the real kumo-vmm (else a stand-in script); `extra`: more kumod flags.
+        init(vmm: String? = nil, extra: [String] = []) throws {
             dir = try tempDir("cli")
             let fake = dir.appendingPathComponent("fake-vmm")
             try "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n".write(to: fake, atomically: true, encoding: .utf8)
             chmod(fake.path, 0o755)
+            self.vmm = vmm ?? fake.path
+            self.extra = extra
             process = Process()
             try start()
         }
@@ -27,7 +32,7 @@ import KumoAPI
         func start() throws {
             process = Process()
             process.executableURL = URL(fileURLWithPath: CLITests.binary("kumod"))
-            process.arguments = ["--data-dir", dir.path, "--listen", "127.0.0.1:\(port)", "--vmm", dir.appendingPathComponent("fake-vmm").path]
+            process.arguments = ["--data-dir", dir.path, "--listen", "127.0.0.1:\(port)", "--vmm", vmm] + extra
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try? FileManager.default.removeItem(atPath: socket)
@@ -58,8 +63,8 @@ import KumoAPI
         return stat[stat.index(after: close)...].split(separator: " ").first != "Z"
     }
 
-    /// Runs `kumo ARGS` with the endpoint and token in its environment; (exit code, stdout, stderr).
-    static func kumo(_ args: [String], endpoint: String, token: String) throws -> (Int32, String, String) {
+    /// `kumo ARGS` (not started) with the endpoint and token in its environment.
+    static func kumoProcess(_ args: [String], endpoint: String, token: String) -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: binary("kumo"))
         p.arguments = args
@@ -67,6 +72,12 @@ import KumoAPI
         env["KUMO_ENDPOINT"] = endpoint
         env["KUMO_TOKEN"] = token
         p.environment = env
+        return p
+    }
+
+    /// Runs `kumo ARGS` with the endpoint and token in its environment; (exit code, stdout, stderr).
+    static func kumo(_ args: [String], endpoint: String, token: String) throws -> (Int32, String, String) {
+        let p = kumoProcess(args, endpoint: endpoint, token: token)
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

@@ -1,0 +1,182 @@
+import Foundation
+import Testing
+import KumoAPI
+
+/// kumod with the real kumo-vmm on /dev/kvm, driven by the real `kumo`: a tiny guest
+/// (Tests/guests/echo-power.S) that echoes its serial input upper-cased and powers off on the ACPI
+/// power button; a second one that ignores the button. Console over the WebSocket, graceful stop,
+/// forced stop after the timeout, a VMM killed under kumod.
+@Suite(.serialized, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs /dev/kvm"))
+struct RealVMMTests {
+    static var vmm: String {
+        if let p = ProcessInfo.processInfo.environment["KUMO_VMM"] { return p }
+        return CLITests.binary("kumo-vmm")
+    }
+
+    /// A PVH ELF from assembly: the echo guest's file, or `source` text.
+    static func guest(_ dir: URL, name: String, source: String? = nil) throws -> String {
+        let src: String
+        if let source {
+            src = dir.appendingPathComponent("\(name).S").path
+            try source.write(toFile: src, atomically: true, encoding: .utf8)
+        } else {
+            src = CLITests.root.appendingPathComponent("Tests/guests/echo-power.S").path
+        }
+        let obj = dir.appendingPathComponent("\(name).o").path, elf = dir.appendingPathComponent("\(name).elf").path
+        for (tool, args) in [("/usr/bin/as", ["--64", "-o", obj, src]),
+                             ("/usr/bin/ld", ["-m", "elf_x86_64", "-Ttext=0x1000000", "-e", "_start", "-o", elf, obj])] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: tool)
+            p.arguments = args
+            try p.run()
+            p.waitUntilExit()
+            try #require(p.terminationStatus == 0, "\(tool) \(args)")
+        }
+        return elf
+    }
+
+    /// Ignores the power button: halts with interrupts off.
+    static let deafGuest = """
+        .section .note.Xen, "a", @note
+        .balign 4
+        .long 4, 4, 18
+        .asciz "Xen"
+        .long _start
+        .text
+        .code32
+        .globl _start
+        _start:
+        cli
+        1: hlt
+        jmp 1b
+        """
+
+    /// `kumo console ID` with a pipe for stdin: output is collected as it comes.
+    final class ConsoleSession: @unchecked Sendable {
+        let process: Process
+        let input = Pipe()
+        let lock = NSLock()
+        var output = Data()
+        var errors = Data()
+
+        init(_ id: String, endpoint: String, token: String) throws {
+            process = CLITests.kumoProcess(["console", id], endpoint: endpoint, token: token)
+            let out = Pipe(), err = Pipe()
+            process.standardInput = input
+            process.standardOutput = out
+            process.standardError = err
+            out.fileHandleForReading.readabilityHandler = { [self] h in let d = h.availableData; lock.lock(); output += d; lock.unlock() }
+            err.fileHandleForReading.readabilityHandler = { [self] h in let d = h.availableData; lock.lock(); errors += d; lock.unlock() }
+            try process.run()
+        }
+
+        var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: output, as: UTF8.self) }
+        var errText: String { lock.lock(); defer { lock.unlock() }; return String(decoding: errors, as: UTF8.self) }
+
+        func type(_ s: String) { input.fileHandleForWriting.write(Data(s.utf8)) }
+
+        func wait(for s: String, seconds: Double = 30) -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline { if text.contains(s) { return true }; Thread.sleep(forTimeInterval: 0.05) }
+            return false
+        }
+
+        func exit(seconds: Double = 20) -> Int32? {
+            let deadline = Date().addingTimeInterval(seconds)
+            while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+            if process.isRunning { process.terminate(); return nil }
+            return process.terminationStatus
+        }
+    }
+
+    static func instance(_ id: String, _ k: CLITests.Kumod) throws -> Instance {
+        let r = try CLITests.kumo(["instance", "show", id, "--output", "json"], endpoint: "unix:" + k.socket, token: k.token)
+        return try JSONDecoder().decode(Instance.self, from: Data(r.1.utf8))
+    }
+
+    static func wait(_ id: String, _ k: CLITests.Kumod, for state: InstanceState, seconds: Double = 60) throws -> Instance {
+        let deadline = Date().addingTimeInterval(seconds)
+        var i = try instance(id, k)
+        while i.state != state && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+            i = try instance(id, k)
+        }
+        return i
+    }
+
+    @Test(.timeLimit(.minutes(5)))
+    func consoleGracefulAndForcedStopWithTheRealVMM() throws {
+        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2"])
+        defer { k.close() }
+        let unix = "unix:" + k.socket, tcp = "http://127.0.0.1:\(k.port)"
+        let echo = try Self.guest(k.dir, name: "echo"), deaf = try Self.guest(k.dir, name: "deaf", source: Self.deafGuest)
+        func kumo(_ args: [String], _ endpoint: String? = nil) throws -> (Int32, String, String) {
+            try CLITests.kumo(args, endpoint: endpoint ?? unix, token: k.token)
+        }
+        var r = try kumo(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
+        #expect(r.0 == 0, "\(r)")
+        for (name, kernel) in [("echo", echo), ("deaf", deaf)] {
+            r = try kumo(["image", "register", name, "--kernel", kernel, "--cmdline", "console=ttyS0"])
+            #expect(r.0 == 0, "\(r)")
+        }
+        r = try kumo(["instance", "run", "--type", "tiny", "--image", "echo", "--name", "echo", "--output", "json"])
+        #expect(r.0 == 0, "\(r)")
+        let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id)
+        let up = try Self.wait(id, k, for: .running)
+        #expect(up.state == .running, "\(up.stateReason)")
+
+        // The console over TCP: the guest's banner (from before we attached: the log's tail), then an
+        // echo of what we type, upper-cased by the guest; Ctrl-] detaches with exit status 0.
+        let c = try ConsoleSession(id, endpoint: tcp, token: k.token)
+        #expect(c.wait(for: "kumo echo guest ready"), "\(c.text) \(c.errText)")
+        c.type("hello kumo")
+        #expect(c.wait(for: "HELLO KUMO"), "\(c.text) \(c.errText)")
+        c.type("\u{1D}")
+        #expect(c.exit() == 0, "\(c.errText)")
+        #expect(c.errText.contains("Ctrl-] detaches") && c.errText.contains("detached"), "\(c.errText)")
+        // Again over the Unix socket: attaching a second time works (the VMM's console is free again).
+        let c2 = try ConsoleSession(id, endpoint: unix, token: k.token)
+        c2.type("again")
+        #expect(c2.wait(for: "AGAIN"), "\(c2.text) \(c2.errText)")
+
+        // Graceful stop: the ACPI power button; the guest powers off; kumo-vmm exits 0; the console
+        // client is told the console closed.
+        r = try kumo(["instance", "stop", id])
+        #expect(r.0 == 0, "\(r)")
+        let stopped = try Self.wait(id, k, for: .stopped)
+        #expect(stopped.state == .stopped)
+        #expect(stopped.stateReason.contains("ACPI power button pressed") && stopped.stateReason.contains("exited: guest powered off"),
+                "\(stopped.stateReason)")
+        #expect(c2.wait(for: "power button: powering off"), "\(c2.text)")
+        #expect(c2.exit() == 0, "\(c2.errText)")
+        #expect(c2.errText.contains("console closed"), "\(c2.errText)")
+
+        // A stopped instance has no console: a clear refusal, exit 1; an unknown one: exit 5.
+        r = try kumo(["console", id])
+        #expect(r.0 == 1 && r.2.contains("is stopped") && r.2.contains("kumo instance start"), "\(r)")
+        r = try kumo(["console", "i-doesnotexist"])
+        #expect(r.0 == 5, "\(r)")
+        // Without a token: exit 4.
+        r = try CLITests.kumo(["console", id], endpoint: unix, token: "")
+        #expect(r.0 == 4, "\(r)")
+
+        // A guest that ignores the button: forced after kumod's --stop-timeout (2 s here).
+        r = try kumo(["instance", "run", "--type", "tiny", "--image", "deaf", "--output", "json"])
+        let deafID = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id)
+        #expect(try Self.wait(deafID, k, for: .running).state == .running)
+        let t0 = Date()
+        r = try kumo(["instance", "stop", deafID])
+        let forced = try Self.wait(deafID, k, for: .stopped)
+        #expect(forced.state == .stopped)
+        #expect(forced.stateReason.contains("did not power off within 2 s of the ACPI power button; stopped by force"), "\(forced.stateReason)")
+        #expect(Date().timeIntervalSince(t0) >= 2)
+
+        // kill -9 of a running VMM under kumod: its instance goes to error with the reason.
+        r = try kumo(["instance", "start", deafID])
+        let again = try Self.wait(deafID, k, for: .running)
+        let pid = try #require(again.pid)
+        kill(Int32(pid), SIGKILL)
+        let dead = try Self.wait(deafID, k, for: .error)
+        #expect(dead.state == .error && dead.stateReason.contains("killed by signal 9"), "\(dead.stateReason)")
+    }
+}
