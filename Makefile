@@ -16,12 +16,15 @@ build:
 guest:
 	scripts/guest.sh all
 
-# Builds kumo-vmm and the demo guest, then boots the stock Debian kernel with the busybox initramfs
-# on the serial console (stdin/stdout). (The Kumo test kernel is built by `make guest` / `make test`.)
+# Builds kumo-vmm, kumod and kumo and the demo guest; starts kumod (SQLite in /var/lib/kumo, API on
+# 127.0.0.1:8780 and a Unix socket), registers the demo image (stock Debian kernel + busybox initramfs),
+# runs one kumo.small instance and attaches its console. (The Kumo test kernel: `make guest`.)
 run: build
+	swift build --product kumod
+	swift build --product kumo
 	scripts/guest.sh stock
 	scripts/guest.sh initramfs
-	scripts/run-demo.sh $(VMM) $(GUEST)
+	scripts/run-demo.sh $(VMM) $(GUEST) .build/debug
 
 # The whole suite: unit, KVM integration (tiny guests), end-to-end Linux boots, kumod's API and CLI,
 # schemathesis against a running kumod, and a short virtio fuzz run.

@@ -161,11 +161,15 @@ public enum API {
         router.ws("/v1/instances/{id}/console", shouldUpgrade: { r, c throws(APIError) in
             guard let p = c.principal else { throw APIError(code: "unauthorized", message: "no API token") }
             let target = try ConsoleBridge.target(service, id: try id(c), by: p)
-            guard r.headers[.upgrade]?.lowercased() == "websocket" else {
-                throw APIError(code: "invalid_argument", message: "this is a WebSocket endpoint (Upgrade: websocket); `kumo console ID` attaches to it")
+            // A VMM just started creates its console socket within moments.
+            for _ in 0..<50 where !FileManager.default.fileExists(atPath: target.socket) {
+                try? await Task.sleep(for: .milliseconds(100))
             }
             guard FileManager.default.fileExists(atPath: target.socket) else {
-                throw APIError(code: "incorrect_state", message: "instance's console socket is not there yet; try again in a moment")
+                throw APIError(code: "incorrect_state", message: "the instance's VMM has not opened its console (see vmm.log in its work directory)")
+            }
+            guard r.headers[.upgrade]?.lowercased() == "websocket" else {
+                throw APIError(code: "invalid_argument", message: "this is a WebSocket endpoint (Upgrade: websocket); `kumo console ID` attaches to it")
             }
             return .upgrade([:])
         }, onUpgrade: { inbound, outbound, ws in
