@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """kumo-vmm benchmarks (make bench). Prints one table; every figure is measured in this run, and each
 kumo-vmm figure sits next to its baseline (a minimal C KVM loop, or QEMU) measured in the same run."""
-import argparse, os, re, signal, statistics, subprocess, sys, time
+import argparse, json, os, re, signal, statistics, subprocess, sys, time
 
 p = argparse.ArgumentParser()
-for a in ("vmm", "bench", "cloop", "tiny", "guest", "work"):
+for a in ("vmm", "bench", "cloop", "tiny", "guest", "work", "kumod"):
     p.add_argument("--" + a, required=True)
 p.add_argument("--exits", type=int, default=50000)
 p.add_argument("--rounds", type=int, default=5)
@@ -171,6 +171,25 @@ else:
     mt, _, merr, _ = boot([args.vmm, "--kernel", kernel, "--initrd", initrd, "--memory", "256", "--vcpus", "1",
                            "--cmdline", "console=ttyS0 panic=-1 quiet", "--serial", "file:" + mlog], mlog, marker="kumo-result: marker=written")
     row("wall time to boot marker (s)", f"{mt:.1f}" if mt else "not reached", "", "", "")
+
+# kumod: RunInstances -> running VMM, and DescribeInstances under load (bench/kumod_bench.py).
+try:
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "kumod_bench.py"),
+                          "--kumod", args.kumod, "--vmm", args.vmm, "--tiny", args.tiny, "--work", args.work],
+                         capture_output=True, text=True, timeout=900, check=True).stdout
+    res = {r["test"]: r for r in map(json.loads, out.splitlines()) if r}
+    r = res["run_to_running_ms"]
+    row("RunInstances -> VMM answering (ms, median of %d; idle guest)" % len(r["kumod"]), f"{r['kumod_median']:.1f}",
+        f"{r['direct_median']:.1f} (kumo-vmm spawned by hand)", f"{r['kumod_median'] / r['direct_median']:.2f}", "",
+        "kumod's share: %.1f ms (API, SQLite transaction, work directory, spawn)" % (r["kumod_median"] - r["direct_median"]))
+    d = res["describe"]
+    for key, what in (("page100", "DescribeInstances, 100 per page"), ("page1000", "DescribeInstances, 1000 per page")):
+        row(f"{what} p50 / p99 (ms; {d['recorded']} recorded, {d['clients']} clients back to back)",
+            f"{d[key]['p50']:.1f} / {d[key]['p99']:.1f}", f"{d['baseline']['p50']:.1f} / {d['baseline']['p99']:.1f} (GET /v1/instance-types)",
+            f"{d[key]['p50'] / d['baseline']['p50']:.2f}", "p99 <= 100 ms" if key == "page100" else "",
+            f"{d[key]['rps']:.0f} req/s, {d[key]['errors']} errors")
+except (subprocess.SubprocessError, KeyError, ValueError) as e:
+    row("kumod benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
 
 print()
 print("| benchmark | kumo-vmm | baseline (same run) | ratio | target | note |")

@@ -7,9 +7,10 @@ work=$(mktemp -d /tmp/kumo-bench.XXXXXX)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$work"' EXIT
 command -v qemu-system-x86_64 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null; }
 "$here/scripts/swift-release.sh" kumo-bench >/dev/null
+swift build -c release --product kumod --package-path "$here" >/dev/null
 # Freshly linked binaries sit in dirty page-cache pages, which smaps counts as Private_Dirty: flush first.
 sync
 bench=$here/.build/release/kumo-bench
 cc -O2 -o "$work/exit-loop" "$here/bench/exit-loop.c"
 python3 "$here/bench/tiny-elf.py" "$work/tiny.elf"
-exec python3 "$here/bench/bench.py" --vmm "$vmm" --bench "$bench" --cloop "$work/exit-loop" --tiny "$work/tiny.elf" --guest "$guest" --work "$work"
+exec python3 "$here/bench/bench.py" --vmm "$vmm" --bench "$bench" --cloop "$work/exit-loop" --tiny "$work/tiny.elf" --guest "$guest" --work "$work" --kumod "$here/.build/release/kumod"
