@@ -336,8 +336,17 @@ public final class Service: Sendable {
             let moved = (try? store.transition(id, to: .running, reason: "kumo-vmm \(p.pid) started", from: [.starting],
                                                 pid: .some((Int(p.pid), p.startTicks)))) ?? false
             if !moved {
-                // Stopped or deleted meanwhile: the monitor takes it from here.
-                _ = try? store.transition(id, to: .stopping, reason: "stopped while starting", from: [.stopping], pid: .some((Int(p.pid), p.startTicks)))
+                // Stopped or deleted while the VMM was being spawned (the request found no process to
+                // signal): this VMM must not outlive the decision.
+                switch (try? store.instance(id))?.instance.state {
+                case .stopping?:
+                    _ = try? store.transition(id, to: .stopping, reason: "stopped while starting", from: [.stopping], pid: .some((Int(p.pid), p.startTicks)))
+                    requestStop(id, force: false)
+                default:
+                    processes.withLock { if $0[id] == p { $0.removeValue(forKey: id) } }
+                    launcher.signal(p, SIGKILL)
+                    for _ in 0..<200 where launcher.exitStatus(p) == nil { usleep(10_000) }
+                }
             }
         } catch {
             _ = try? store.transition(id, to: .error, reason: "\(error)", from: [.starting])

@@ -15,7 +15,8 @@ final class Fixture: @unchecked Sendable {
     let admin: String, alice: String, bob: String
     let kernel: URL
 
-    init(stopTimeout: Duration = .seconds(2), host: HostResources = HostResources(logicalCPUs: 2, memoryMiB: 24 * 1024)) throws {
+    init(stopTimeout: Duration = .seconds(2), host: HostResources = HostResources(logicalCPUs: 2, memoryMiB: 24 * 1024),
+         wrap: ((ProcessLauncher) -> any VMMLauncher)? = nil) throws {
         dir = try tempDir("api")
         let fakeVMM = dir.appendingPathComponent("fake-vmm")
         // Stands in for kumo-vmm: records its arguments, exits 0 on SIGTERM like kumo-vmm does.
@@ -23,7 +24,8 @@ final class Fixture: @unchecked Sendable {
             .write(to: fakeVMM, atomically: true, encoding: .utf8)
         chmod(fakeVMM.path, 0o755)
         store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
-        service = Service(store: store, launcher: ProcessLauncher(vmmPath: fakeVMM.path), host: host, dataDir: dir, stopTimeout: stopTimeout)
+        let real = ProcessLauncher(vmmPath: fakeVMM.path)
+        service = Service(store: store, launcher: wrap?(real) ?? real, host: host, dataDir: dir, stopTimeout: stopTimeout)
         admin = try store.issueToken(tenant: "admin", admin: true)
         alice = try store.issueToken(tenant: "alice", admin: false)
         bob = try store.issueToken(tenant: "bob", admin: false)
@@ -70,6 +72,56 @@ func waitState(_ client: some TestClientProtocol, _ id: String, _ token: String,
     if last?.state == state { return last! }
     Issue.record("instance \(id) is \(last?.state.rawValue ?? "?"), not \(state.rawValue): \(last?.history ?? [])")
     return last!
+}
+
+/// A launcher that runs a hook right after it spawned a VMM, before kumod records it: a request
+/// arriving in that window.
+final class HookLauncher: VMMLauncher, @unchecked Sendable {
+    let real: ProcessLauncher
+    var hook: (LaunchSpec, VMMProcess) -> Void = { _, _ in }
+    let spawned = NSLock()
+    var pids: [Int32] = []
+    init(_ real: ProcessLauncher) { self.real = real }
+    func launch(_ spec: LaunchSpec) throws -> VMMProcess {
+        let p = try real.launch(spec)
+        spawned.lock(); pids.append(p.pid); spawned.unlock()
+        hook(spec, p)
+        return p
+    }
+    func exitStatus(_ p: VMMProcess) -> ExitFate? { real.exitStatus(p) }
+    func signal(_ p: VMMProcess, _ sig: Int32) { real.signal(p, sig) }
+    func pressPowerButton(workDir: URL) -> Bool { real.pressPowerButton(workDir: workDir) }
+}
+
+@Suite struct RaceTests {
+    /// Delete, or stop, while kumod is spawning the VMM (the request finds no process to signal yet):
+    /// the VMM spawned must not be left running (found by the kumod benchmark: orphaned kumo-vmms).
+    @Test(arguments: ["delete", "stop"])
+    func requestWhileTheVMMIsBeingSpawned(_ verb: String) async throws {
+        var hooked: HookLauncher? = nil
+        let f = try Fixture(wrap: { real in let h = HookLauncher(real); hooked = h; return h })
+        let h = try #require(hooked)
+        let admin = try #require(try f.store.principal(token: f.admin))
+        h.hook = { spec, _ in
+            if verb == "delete" { _ = try? f.service.delete(spec.instanceID, by: admin) }
+            else { _ = try? f.service.stop(spec.instanceID, by: admin) }
+        }
+        try f.service.addType(InstanceType(name: "t1", vcpus: 1, memoryMiB: 64), by: admin)
+        _ = try f.service.registerImage(RegisterImageRequest(name: "img", kernel: f.kernel.path), by: admin)
+        let id = try f.service.runInstances(RunInstancesRequest(type: "t1", image: "img"), by: admin).instances[0].id
+        let deadline = Date().addingTimeInterval(10)
+        var state: InstanceState? = nil
+        while Date() < deadline {
+            state = try f.store.instance(id)?.instance.state
+            let pids = h.spawned.withLock { h.pids }
+            if !pids.isEmpty, state == (verb == "delete" ? .deleted : .stopped), pids.allSatisfy({ !CLITests.alive($0) }) { break }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(state == (verb == "delete" ? .deleted : .stopped))
+        let pids = h.spawned.withLock { h.pids }
+        #expect(pids.count == 1)
+        for pid in pids { #expect(!CLITests.alive(pid), "VMM \(pid) outlived the \(verb)") }
+    }
 }
 
 @Suite struct APITests {
