@@ -46,7 +46,7 @@ let package = Package(
         .executableTarget(name: "kumo", dependencies: ["KumoAPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "KumodTests", dependencies: ["Kumod", "KumoAPI", .product(name: "HummingbirdTesting", package: "hummingbird")]),
-        .testTarget(name: "UnitTests", dependencies: ["GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
+        .testTarget(name: "UnitTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
         .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMM"]),
     ],

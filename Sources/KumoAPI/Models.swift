@@ -158,3 +158,33 @@ public struct ErrorBody: Codable, Sendable {
     public var error: APIError
     public init(error: APIError) { self.error = error }
 }
+
+/// One vCPU of a running instance: its host thread, the host scheduler's view of it (from
+/// /proc/PID/task/TID/schedstat: time on a CPU and time waiting on a run queue, the sign of CPU
+/// contention), its VM exits by reason (kumo-vmm's counters, this boot) and KVM's own statistics
+/// (KVM_GET_STATS_FD, where the host offers it).
+public struct VCPUStats: Codable, Sendable, Equatable {
+    public var vcpu: Int
+    public var tid: Int
+    public var cpusAllowed: String?
+    public var cpuNs: UInt64?
+    public var waitNs: UInt64?
+    public var timeslices: UInt64?
+    public var exitsTotal: UInt64
+    public var exits: [String: UInt64]
+    public var ioIn: UInt64, ioOut: UInt64, mmioRead: UInt64, mmioWrite: UInt64
+    /// Instructions kumo-vmm emulated itself (the nested-KVM fallback): int3, fwait, ldmxcsr, stmxcsr.
+    public var emulated: [String: UInt64]
+    public var kvm: [String: UInt64]?
+    enum CodingKeys: String, CodingKey {
+        case vcpu, tid, exits, emulated, kvm, timeslices
+        case cpusAllowed = "cpus_allowed", cpuNs = "cpu_ns", waitNs = "wait_ns", exitsTotal = "exits_total"
+        case ioIn = "io_in", ioOut = "io_out", mmioRead = "mmio_read", mmioWrite = "mmio_write"
+    }
+}
+
+public struct InstanceStats: Codable, Sendable, Equatable {
+    public var instance: String
+    public var vcpus: [VCPUStats]
+    public init(instance: String, vcpus: [VCPUStats]) { self.instance = instance; self.vcpus = vcpus }
+}

@@ -23,7 +23,7 @@ public enum API {
         ("GET", "/v1/instances"), ("POST", "/v1/instances"),
         ("GET", "/v1/instances/{id}"), ("DELETE", "/v1/instances/{id}"),
         ("POST", "/v1/instances/{id}/start"), ("POST", "/v1/instances/{id}/stop"), ("POST", "/v1/instances/{id}/reboot"),
-        ("GET", "/v1/instances/{id}/console"),
+        ("GET", "/v1/instances/{id}/console"), ("GET", "/v1/instances/{id}/stats"),
         ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"),
     ]
 
@@ -51,7 +51,7 @@ public enum API {
         case "forbidden": return .forbidden
         case "not_found": return .notFound
         case "conflict", "incorrect_state", "idempotent_parameter_mismatch": return .conflict
-        case "insufficient_capacity": return .serviceUnavailable
+        case "insufficient_capacity", "unavailable": return .serviceUnavailable
         case "internal", "launch_failed": return .internalServerError
         case "payload_too_large": return .contentTooLarge
         default: return .badRequest
@@ -177,6 +177,7 @@ public enum API {
                   let target = try? ConsoleBridge.target(service, id: id, by: p) else { return }
             try await ConsoleBridge.run(socket: target.socket, log: target.log, inbound: inbound, outbound: outbound)
         })
+        router.get("/v1/instances/{id}/stats") { _, c in await handle(c) { p throws(APIError) in json(try service.stats(try id(c), by: p)) } }
         router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacity()) } }
         router.put("/v1/host/placement") { r, c in
             await handle(c) { p throws(APIError) in

@@ -280,6 +280,24 @@ public final class Service: Sendable {
         return try show(id, by: who)
     }
 
+    /// Per-vCPU statistics of a running instance, from its VMM's control socket (`vm.stats`).
+    public func stats(_ id: String, by who: Store.Principal) throws(APIError) -> InstanceStats {
+        let rec = try record(id, by: who)
+        guard rec.instance.state == .running else {
+            throw APIError(code: "incorrect_state", message: "instance \(id) is \(rec.instance.state.rawValue); statistics come from a running instance's VMM")
+        }
+        struct Reply: Decodable { var ok: Bool; var error: String?; var vcpus: [VCPUStats]? }
+        let text: String
+        do { text = try ControlClient.request(URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path, #"{"op":"vm.stats"}"#) } catch {
+            throw APIError(code: "unavailable", message: "the instance's VMM did not answer: \(error.description)")
+        }
+        guard let r = try? JSONDecoder().decode(Reply.self, from: Data(text.utf8)) else {
+            throw APIError(code: "internal", message: "the instance's VMM answered something kumod does not understand")
+        }
+        guard r.ok, let v = r.vcpus else { throw APIError(code: "unavailable", message: r.error ?? "no statistics") }
+        return InstanceStats(instance: id, vcpus: v)
+    }
+
     public func reboot(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
         let rec = try record(id, by: who)
         guard rec.instance.state == .running else {

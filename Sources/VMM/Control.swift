@@ -164,7 +164,7 @@ public final class ControlState: @unchecked Sendable {
     static func num<T: BinaryInteger>(_ v: T) -> JSONValue { .number(Double(v)) }
 
     public func handle(_ req: JSONValue) -> JSONValue {
-        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, power_button, balloon.get, balloon.set") }
+        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, vm.stats, power_button, balloon.get, balloon.set") }
         switch op {
         case "vm.info":
             return .object([("ok", .bool(true)), ("vcpus", Self.num(vcpus)), ("memory_mib", Self.num(memoryBytes >> 20)),
@@ -176,6 +176,9 @@ public final class ControlState: @unchecked Sendable {
                                 .object([("name", .string("virtio-\(t.device.type)\(i)")), ("status", Self.num(t.status)),
                                          ("statistics", .string(t.device.currentStatistics))])
                             }))])
+        case "vm.stats":
+            guard let m = machine else { return Self.fail("no guest is running (between boots)") }
+            return .object([("ok", .bool(true)), ("vcpus", .array(m.counters.indices.map { Self.vcpuStats(m, $0) }))])
         case "power_button":
             // The ACPI power button: a guest OS that honours it shuts down (S5) and kumo-vmm exits 0.
             guard let ged = machine?.powerButton else { return Self.fail("this VM has no ACPI power button (no in-kernel irqchip)") }
@@ -211,8 +214,39 @@ public final class ControlState: @unchecked Sendable {
                             ("stats", .object(s.stats.sorted { $0.key < $1.key }.map { ($0.key, Self.num($0.value)) })),
                             ("rss_kib", Self.num(residentKiB()))])
         default:
-            return Self.fail("unknown op \"\(op)\"; ops: vm.info, power_button, balloon.get, balloon.set")
+            return Self.fail("unknown op \"\(op)\"; ops: vm.info, vm.stats, power_button, balloon.get, balloon.set")
         }
+    }
+}
+
+extension ControlState {
+    static let fallbackNames = ["int3", "fwait", "ldmxcsr", "stmxcsr"]
+
+    /// One vCPU: its thread, the host scheduler's view of it, its exits by reason (kumo-vmm's counters,
+    /// this boot), and KVM's own statistics where the host has the binary stats fd.
+    static func vcpuStats(_ m: Machine, _ i: Int) -> JSONValue {
+        let c = m.counters[i]
+        let tid = m.vcpuTIDs[i].value.load(ordering: .acquiring)
+        var exits: [(String, JSONValue)] = []
+        for r in 0..<ExitReason.count where c.value(r) > 0 { exits.append((ExitReason.name(r), num(c.value(r)))) }
+        var fields: [(String, JSONValue)] = [("vcpu", num(i)), ("tid", num(tid)), ("exits", .object(exits)),
+                                              ("exits_total", num(c.total)), ("io_in", num(c.ioIn)), ("io_out", num(c.ioOut)),
+                                              ("mmio_read", num(c.mmioRead)), ("mmio_write", num(c.mmioWrite)),
+                                              ("emulated", .object(fallbackNames.indices.map { (fallbackNames[$0], num(c.fallback($0))) }))]
+        // /proc/self/task/TID/schedstat: time on a CPU, time waiting on a run queue (ns), timeslices.
+        if tid > 0, let text = try? readFile("/proc/self/task/\(tid)/schedstat", limit: 256) {
+            let f = String(decoding: text, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt64($0) }
+            if f.count >= 3 { fields += [("cpu_ns", num(f[0])), ("wait_ns", num(f[1])), ("timeslices", num(f[2]))] }
+        }
+        if tid > 0, let status = try? readFile("/proc/self/task/\(tid)/status", limit: 8192) {
+            for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
+                fields.append(("cpus_allowed", .string(String(line.dropFirst(18).drop { $0 == " " || $0 == "\t" }))))
+            }
+        }
+        if let s = m.kvmStats[i] {
+            fields.append(("kvm", .object(s.layout.read(fd: s.fd.raw).map { ($0.0, num($0.1)) })))
+        }
+        return .object(fields)
     }
 }
 

@@ -56,6 +56,11 @@ public final class ExitCounters: @unchecked Sendable {
     public var total: UInt64 { (0..<ExitReason.count).reduce(0) { $0 + counts[$1] } }
 }
 
+/// A vCPU thread's kernel thread id, published by the thread itself.
+public final class VCPUThreadID: Sendable {
+    public let value = Atomic<Int32>(0)
+}
+
 /// Signal used to kick vCPU threads out of KVM_RUN; its handler does nothing.
 let kickSignal = SIGUSR1
 
@@ -88,6 +93,11 @@ public final class Machine: @unchecked Sendable {
     public let mmio = Bus()
     public let vcpus: [VCPU]
     public let counters: [ExitCounters]
+    /// Each vCPU thread's kernel thread id (0 until it starts): for /proc/self/task/TID (schedstat,
+    /// affinity).
+    public let vcpuTIDs: [VCPUThreadID]
+    /// KVM's binary statistics per vCPU, where the host offers them (KVM_GET_STATS_FD).
+    public let kvmStats: [(fd: OwnedFD, layout: KVMStats)?]
     public private(set) var serial: Serial8250!
     let serialEvent: EventFD?
     /// The ACPI power button (Generic Event Device); nil without the in-kernel irqchip.
@@ -209,6 +219,12 @@ public final class Machine: @unchecked Sendable {
         }
         vcpus = made
         counters = ctrs
+        vcpuTIDs = made.map { _ in VCPUThreadID() }
+        kvmStats = made.map { v in
+            guard let fd = v.statsFD() else { return nil }
+            guard let layout = KVMStats(fd: fd.raw) else { return nil }
+            return (fd, layout)
+        }
     }
 
     static func initMSRs(_ v: VCPU) throws {
@@ -344,6 +360,7 @@ public final class Machine: @unchecked Sendable {
         let runBase = UnsafeMutableRawPointer(run)
         let fallbackOn = options.emulationFallback
         var sampleSeen = 0
+        vcpuTIDs[index].value.store(ckvm_gettid(), ordering: .releasing)
         if index == 0 {
             firstRunCPUNanos.store(monotonicNanos(CLOCK_PROCESS_CPUTIME_ID), ordering: .relaxed)
             firstRunNanos.store(monotonicNanos(), ordering: .releasing)

@@ -144,7 +144,7 @@ struct Kumo: ParsableCommand {
 
 struct InstanceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "instance", abstract: "Run and manage instances",
-        subcommands: [Run.self, List.self, Show.self, Start.self, Stop.self, Reboot.self, Delete.self])
+        subcommands: [Run.self, List.self, Show.self, Stats.self, Start.self, Stop.self, Reboot.self, Delete.self])
 
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "RunInstances: start COUNT instances of TYPE from IMAGE")
@@ -205,6 +205,32 @@ struct InstanceCommand: ParsableCommand {
                                                         ["image", i.image], ["state", i.state.rawValue], ["reason", i.stateReason],
                                                         ["created", i.createdAt], ["launched", i.launchedAt ?? "-"], ["pid", i.pid.map(String.init) ?? "-"]])
                     s += "\n" + table(["AT", "STATE", "REASON"], (i.history ?? []).map { [$0.at, $0.state.rawValue, $0.reason] })
+                    return s
+                }
+            }
+        }
+    }
+
+    struct Stats: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Per-vCPU statistics: host thread, CPU time, run-queue wait, exits by reason")
+        @OptionGroup var global: Global
+        @Argument(help: "instance id") var id: String
+        mutating func run() throws {
+            try perform {
+                let st = try global.call("GET", "/v1/instances/\(try pathComponent(id))/stats", as: InstanceStats.self)
+                global.emit(st) {
+                    func secs(_ ns: UInt64?) -> String { ns.map { String(format: "%.3f", Double($0) / 1e9) } ?? "-" }
+                    var s = table(["VCPU", "TID", "CPUS", "CPU_S", "WAIT_S", "EXITS", "TOP EXIT REASONS"], st.vcpus.map { v in
+                        let top = v.exits.sorted { $0.value > $1.value }.prefix(4).map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                        return ["\(v.vcpu)", "\(v.tid)", v.cpusAllowed ?? "-", secs(v.cpuNs), secs(v.waitNs), "\(v.exitsTotal)", top]
+                    })
+                    let kvmRows = st.vcpus.compactMap { v -> [String]? in
+                        guard let k = v.kvm else { return nil }
+                        return ["\(v.vcpu)", "\(k["exits"] ?? 0)", "\(k["insn_emulation"] ?? 0)", "\(k["pf_taken"] ?? 0)", "\(k["halt_exits"] ?? 0)", "\(k["irq_injections"] ?? 0)"]
+                    }
+                    if !kvmRows.isEmpty {
+                        s += "\nKVM's own counters (all of them: --output json)\n" + table(["VCPU", "EXITS", "EMULATED_INSNS", "PAGE_FAULTS", "HALT_EXITS", "IRQ_INJECTIONS"], kvmRows)
+                    }
                     return s
                 }
             }

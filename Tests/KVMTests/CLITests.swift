@@ -222,13 +222,13 @@ struct CLIRunTests {
     }
 
     /// The console log in a file and, live, on a second socket; the ACPI power button from the control
-    /// socket reaches a guest that honours it, which powers off: kumo-vmm exits 0.
+    /// socket reaches a guest that honours it, which powers off: kumo-vmm exits 0. Before that, vm.stats.
     @Test func serialSocketBesideTheLogAndThePowerButton() throws {
         let k = try CLI.echoPowerGuest()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var typed = "", pressed = ""
+        var typed = "", pressed = "", stats = ""
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:\(dir)/console.log",
                              "--serial-socket", "\(dir)/console.sock", "--api-socket", "\(dir)/control.sock"]) { _ in
             let c = try CLI.connectUnix("\(dir)/console.sock")
@@ -238,6 +238,10 @@ struct CLIRunTests {
             let ctl = try CLI.connectUnix("\(dir)/control.sock")
             defer { close(ctl) }
             let req = #"{"op":"power_button"}"# + "\n"
+            // Statistics while it runs: the vCPU's thread, its CPU time, exits by reason, KVM's counters.
+            let q = #"{"op":"vm.stats"}"# + "\n"
+            _ = send(ctl, q, q.utf8.count, Int32(MSG_NOSIGNAL))
+            stats = CLI.readUntil(ctl, "\n")
             _ = send(ctl, req, req.utf8.count, Int32(MSG_NOSIGNAL))
             pressed = CLI.readUntil(ctl, "\n")
             typed += CLI.readUntil(c, "powering off")
@@ -246,6 +250,11 @@ struct CLIRunTests {
         #expect(r.stderr.contains("guest powered off"))
         #expect(typed.contains("HI THERE") && typed.contains("power button: powering off"), "\(typed)")
         #expect(pressed.contains(#""ok":true"#) && pressed.contains(#""raised":1"#), "\(pressed)")
+        let st = try JSONSerialization.jsonObject(with: Data(stats.utf8)) as? [String: Any]
+        let v0 = try #require((st?["vcpus"] as? [[String: Any]])?.first, "\(stats)")
+        #expect((v0["tid"] as? Int ?? 0) > 0 && (v0["cpu_ns"] as? Int ?? 0) > 0, "\(v0)")
+        #expect(((v0["exits"] as? [String: Int])?["io"] ?? 0) > 0 && (v0["io_in"] as? Int ?? 0) > 0, "\(v0)")
+        if let kvm = v0["kvm"] as? [String: Int] { #expect((kvm["exits"] ?? 0) > 0, "\(kvm)") }
         let log = try String(contentsOfFile: "\(dir)/console.log", encoding: .utf8)
         #expect(log.contains("kumo echo guest ready") && log.contains("HI THERE") && log.contains("powering off"), "\(log)")
         #expect(!FileManager.default.fileExists(atPath: "\(dir)/console.sock"))

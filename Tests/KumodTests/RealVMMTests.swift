@@ -139,6 +139,15 @@ struct RealVMMTests {
         c2.type("again")
         #expect(c2.wait(for: "AGAIN"), "\(c2.text) \(c2.errText)")
 
+        // Per-vCPU statistics through kumod: the echo guest polls its ports, so port-I/O exits dominate.
+        r = try kumo(["instance", "stats", id, "--output", "json"])
+        #expect(r.0 == 0, "\(r)")
+        let st = try JSONDecoder().decode(InstanceStats.self, from: Data(r.1.utf8))
+        #expect(st.vcpus.count == 1 && st.vcpus[0].tid > 0 && (st.vcpus[0].cpuNs ?? 0) > 0, "\(st)")
+        #expect((st.vcpus[0].exits["io"] ?? 0) > 0 && st.vcpus[0].ioIn > 0, "\(st)")
+        r = try kumo(["instance", "stats", id])
+        #expect(r.0 == 0 && r.1.contains("TOP EXIT REASONS") && r.1.contains("io="), "\(r)")
+
         // Graceful stop: the ACPI power button; the guest powers off; kumo-vmm exits 0; the console
         // client is told the console closed.
         r = try kumo(["instance", "stop", id])
@@ -156,6 +165,8 @@ struct RealVMMTests {
         #expect(r.0 == 1 && r.2.contains("is stopped") && r.2.contains("kumo instance start"), "\(r)")
         r = try kumo(["console", "i-doesnotexist"])
         #expect(r.0 == 5, "\(r)")
+        r = try kumo(["instance", "stats", id])
+        #expect(r.0 == 1 && r.2.contains("statistics come from a running instance"), "\(r)")
         // Without a token: exit 4.
         r = try CLITests.kumo(["console", id], endpoint: unix, token: "")
         #expect(r.0 == 4, "\(r)")

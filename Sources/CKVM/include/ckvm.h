@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <sys/eventfd.h>
 #include <sys/types.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static const int CKVM_EFD_CLOEXEC = EFD_CLOEXEC;
 static const int CKVM_EFD_NONBLOCK = EFD_NONBLOCK;
@@ -63,6 +65,8 @@ struct kvm_msrs *ckvm_msrs_alloc(uint32_t nmsrs);
 void ckvm_free(void *p);
 
 // Accessors for `struct kvm_run` (its exit data lives in anonymous unions).
+/* The calling thread's kernel thread id (for /proc/self/task/TID). */
+static inline int32_t ckvm_gettid(void) { return (int32_t)syscall(SYS_gettid); }
 static inline uint32_t ckvm_run_exit_reason(const struct kvm_run *r) { return r->exit_reason; }
 static inline void ckvm_run_set_immediate_exit(struct kvm_run *r, uint8_t v) { r->immediate_exit = v; }
 static inline uint8_t ckvm_run_io_direction(const struct kvm_run *r) { return r->io.direction; }
