@@ -24,3 +24,16 @@ void ckvm_free(void *p) { free(p); }
 ssize_t ckvm_getrandom(void *buf, size_t len, unsigned int flags) { return getrandom(buf, len, flags); }
 
 int ckvm_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }
+
+#include <sched.h>
+#include <errno.h>
+/* Pins thread `tid` (0: the caller) to the `n` CPUs listed; -1 with errno on failure. */
+int ckvm_set_affinity(int tid, const int *cpus, int n) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (int i = 0; i < n; i++) {
+        if (cpus[i] < 0 || cpus[i] >= CPU_SETSIZE) { errno = EINVAL; return -1; }
+        CPU_SET(cpus[i], &set);
+    }
+    return sched_setaffinity(tid, sizeof(set), &set);
+}

@@ -51,6 +51,8 @@ public struct VMConfig: Sendable, Equatable {
     public var balloon: BalloonConfig? = nil
     /// The control socket (docs/CONTROL.md), if any.
     public var apiSocket: String? = nil
+    /// Per-vCPU pinning: a host CPU list ("0-1,3") per vCPU, or nil for the host's default.
+    public var vcpuAffinity: [String?] = []
 
     public init() {}
 }
@@ -60,6 +62,14 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
     case invalid(String, String)
     case file(String, String)
     case json(String, JSONError)
+
+    /// The message without the key (for a caller that names the key itself).
+    public var reason: String {
+        switch self {
+        case let .invalid(_, why): return why
+        default: return description
+        }
+    }
 
     public var description: String {
         switch self {
@@ -73,7 +83,7 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
 
 extension VMConfig {
     static let keys: Set<String> = ["kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
-                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket"]
+                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket", "vcpu_affinity"]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
     public static func load(jsonFile path: String) throws(ConfigError) -> VMConfig {
@@ -119,6 +129,11 @@ extension VMConfig {
             case "balloon": balloon = try BalloonConfig.parse(json: value, key: k)
             case "api_socket": apiSocket = value == .null ? nil : try str(k, value)
             case "serial_socket": serialSocket = value == .null ? nil : try str(k, value)
+            case "vcpu_affinity":
+                guard case let .array(items) = value else { throw .invalid(k, "must be an array of CPU lists (or null), one per vCPU") }
+                vcpuAffinity = try items.enumerated().map { (i, item) throws(ConfigError) -> String? in
+                    item == .null ? nil : try str("vcpu_affinity[\(i)]", item)
+                }
             case "nets":
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array, not \(value.typeName)") }
                 nets = try items.enumerated().map { (i, item) throws(ConfigError) in try NetConfig.parse(json: item, key: "nets[\(i)]") }
@@ -240,6 +255,13 @@ extension VMConfig {
                 c.balloon!.freePageReporting = false
             case "--api-socket": c.apiSocket = try value(a)
             case "--serial-socket": c.serialSocket = try value(a)
+            case "--pin":
+                let v = try value(a)
+                guard let eq = v.firstIndex(of: "="), let n = Int(v[..<eq]), n >= 0, n < 4096 else {
+                    throw .invalid("pin", "wants VCPU=CPULIST, e.g. 0=2 or 1=0-3, not \"\(v)\"")
+                }
+                while c.vcpuAffinity.count <= n { c.vcpuAffinity.append(nil) }
+                c.vcpuAffinity[n] = String(v[v.index(after: eq)...])
             default: throw .usage("unknown argument \"\(a)\" (see kumo-vmm --help)")
             }
             i += 1
@@ -266,6 +288,12 @@ extension VMConfig {
         }
         if let p = apiSocket, p.isEmpty || p.utf8.count >= 108 {
             throw .invalid("api_socket", "a socket path must be 1 to 107 bytes")
+        }
+        if vcpuAffinity.count > vcpus {
+            throw .invalid("vcpu_affinity", "\(vcpuAffinity.count) entries for \(vcpus) vCPU(s)")
+        }
+        for (i, a) in vcpuAffinity.enumerated() {
+            if let a, case let .failure(e) = CPUList.parse(a) { throw .invalid("vcpu_affinity[\(i)]", e.reason) }
         }
         if let p = serialSocket {
             guard !p.isEmpty, p.utf8.count < 108 else { throw .invalid("serial_socket", "a socket path must be 1 to 107 bytes") }

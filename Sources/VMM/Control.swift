@@ -142,10 +142,12 @@ public final class ControlState: @unchecked Sendable {
     let inner = Mutex(Inner())
     let memoryBytes: UInt64
     let vcpus: Int
+    let affinity: VCPUAffinity
 
-    init(memoryBytes: UInt64, vcpus: Int, balloonTargetMiB: Int) {
+    init(memoryBytes: UInt64, vcpus: Int, affinity: VCPUAffinity? = nil, balloonTargetMiB: Int) {
         self.memoryBytes = memoryBytes
         self.vcpus = vcpus
+        self.affinity = affinity ?? VCPUAffinity(Array(repeating: nil, count: vcpus))
         inner.withLock { $0.balloonTargetPages = UInt32(balloonTargetMiB * 256) }
     }
 
@@ -164,7 +166,7 @@ public final class ControlState: @unchecked Sendable {
     static func num<T: BinaryInteger>(_ v: T) -> JSONValue { .number(Double(v)) }
 
     public func handle(_ req: JSONValue) -> JSONValue {
-        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, vm.stats, power_button, balloon.get, balloon.set") }
+        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, vm.stats, vcpu.pin, power_button, balloon.get, balloon.set") }
         switch op {
         case "vm.info":
             return .object([("ok", .bool(true)), ("vcpus", Self.num(vcpus)), ("memory_mib", Self.num(memoryBytes >> 20)),
@@ -179,6 +181,32 @@ public final class ControlState: @unchecked Sendable {
         case "vm.stats":
             guard let m = machine else { return Self.fail("no guest is running (between boots)") }
             return .object([("ok", .bool(true)), ("vcpus", .array(m.counters.indices.map { Self.vcpuStats(m, $0) }))])
+        case "vcpu.pin":
+            // {"op":"vcpu.pin","vcpu":N,"cpus":"0-1"}; "cpus": null unpins (all host CPUs).
+            guard case let .number(n)? = req["vcpu"], n >= 0, n == n.rounded(), Int(n) < vcpus else {
+                return Self.fail("vcpu.pin needs \"vcpu\": 0 to \(vcpus - 1)")
+            }
+            let cpus: [Int]?
+            switch req["cpus"] {
+            case .null?: cpus = nil
+            case let .string(s)?:
+                switch CPUList.parse(s) {
+                case let .success(c): cpus = c
+                case let .failure(e): return Self.fail(e.reason)
+                }
+            default: return Self.fail("vcpu.pin needs \"cpus\": a CPU list like \"0-1,3\", or null to unpin")
+            }
+            let i = Int(n)
+            let effective = cpus ?? Array(0..<CPUList.hostCount)
+            if let m = machine {
+                let tid = m.vcpuTIDs[i].value.load(ordering: .acquiring)
+                if tid > 0, let e = CPUList.pin(tid: tid, effective) {
+                    return Self.fail("sched_setaffinity: \(String(cString: strerror(e)))")
+                }
+            }
+            affinity.set(i, cpus)
+            return .object([("ok", .bool(true)), ("vcpu", Self.num(i)), ("cpus", cpus.map { .string(CPUList.format($0)) } ?? .null),
+                            ("cpus_allowed", .string(machine.map { Self.cpusAllowed($0, i) } ?? ""))])
         case "power_button":
             // The ACPI power button: a guest OS that honours it shuts down (S5) and kumo-vmm exits 0.
             guard let ged = machine?.powerButton else { return Self.fail("this VM has no ACPI power button (no in-kernel irqchip)") }
@@ -214,13 +242,23 @@ public final class ControlState: @unchecked Sendable {
                             ("stats", .object(s.stats.sorted { $0.key < $1.key }.map { ($0.key, Self.num($0.value)) })),
                             ("rss_kib", Self.num(residentKiB()))])
         default:
-            return Self.fail("unknown op \"\(op)\"; ops: vm.info, vm.stats, power_button, balloon.get, balloon.set")
+            return Self.fail("unknown op \"\(op)\"; ops: vm.info, vm.stats, vcpu.pin, power_button, balloon.get, balloon.set")
         }
     }
 }
 
 extension ControlState {
     static let fallbackNames = ["int3", "fwait", "ldmxcsr", "stmxcsr"]
+
+    /// The vCPU thread's Cpus_allowed_list from /proc ("" before the thread runs).
+    static func cpusAllowed(_ m: Machine, _ i: Int) -> String {
+        let tid = m.vcpuTIDs[i].value.load(ordering: .acquiring)
+        guard tid > 0, let status = try? readFile("/proc/self/task/\(tid)/status", limit: 8192) else { return "" }
+        for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
+            return String(line.dropFirst(18).drop { $0 == " " || $0 == "\t" })
+        }
+        return ""
+    }
 
     /// One vCPU: its thread, the host scheduler's view of it, its exits by reason (kumo-vmm's counters,
     /// this boot), and KVM's own statistics where the host has the binary stats fd.
@@ -238,11 +276,9 @@ extension ControlState {
             let f = String(decoding: text, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt64($0) }
             if f.count >= 3 { fields += [("cpu_ns", num(f[0])), ("wait_ns", num(f[1])), ("timeslices", num(f[2]))] }
         }
-        if tid > 0, let status = try? readFile("/proc/self/task/\(tid)/status", limit: 8192) {
-            for line in String(decoding: status, as: UTF8.self).split(separator: "\n") where line.hasPrefix("Cpus_allowed_list:") {
-                fields.append(("cpus_allowed", .string(String(line.dropFirst(18).drop { $0 == " " || $0 == "\t" }))))
-            }
-        }
+        let allowed = cpusAllowed(m, i)
+        if !allowed.isEmpty { fields.append(("cpus_allowed", .string(allowed))) }
+        fields.append(("pinned", m.options.affinity?.get(i).map { .string(CPUList.format($0)) } ?? .null))
         if let s = m.kvmStats[i] {
             fields.append(("kvm", .object(s.layout.read(fd: s.fd.raw).map { ($0.0, num($0.1)) })))
         }

@@ -82,6 +82,8 @@ public final class Machine: @unchecked Sendable {
         public var cpuid: [CPUIDModifier] = []
         /// Run the emulation fallback on KVM emulation failures.
         public var emulationFallback: Bool = true
+        /// Per-vCPU pinning, applied by each vCPU thread as it starts.
+        public var affinity: VCPUAffinity? = nil
         public init(memorySize: UInt64, vcpus: Int) { self.memorySize = memorySize; self.vcpus = vcpus }
     }
 
@@ -361,6 +363,9 @@ public final class Machine: @unchecked Sendable {
         let fallbackOn = options.emulationFallback
         var sampleSeen = 0
         vcpuTIDs[index].value.store(ckvm_gettid(), ordering: .releasing)
+        if let cpus = options.affinity?.get(index), let e = CPUList.pin(tid: 0, cpus) {
+            eprint("kumo-vmm: vcpu\(index): cannot pin to CPUs \(CPUList.format(cpus)): \(String(cString: strerror(e)))")
+        }
         if index == 0 {
             firstRunCPUNanos.store(monotonicNanos(CLOCK_PROCESS_CPUTIME_ID), ordering: .relaxed)
             firstRunNanos.store(monotonicNanos(), ordering: .releasing)

@@ -35,10 +35,16 @@ public struct VMPlan: Sendable {
     public var bootProtocol: BootProtocol
     /// Taps, opened once (before any VM) and kept across guest resets; MACs fixed for the VM's life.
     public var taps: [(tap: Tap, mac: [UInt8])] = []
+    /// vCPU pinning for the VM's life (config first, then the control socket's vcpu.pin).
+    public let affinity: VCPUAffinity
 
     public init(_ config: VMConfig, host: HostKVM = .detect(), hostMemory: UInt64 = hostMemoryBytes()) throws(ConfigError) {
         try config.validate(hostMemoryBytes: hostMemory)
         self.config = config
+        affinity = VCPUAffinity((0..<config.vcpus).map { i in
+            guard i < config.vcpuAffinity.count, let s = config.vcpuAffinity[i], case let .success(c) = CPUList.parse(s) else { return nil }
+            return c
+        })
         self.host = host
         let kbytes: [UInt8]
         do { kbytes = try readFile(config.kernel) } catch { throw .file(config.kernel, error.description) }
@@ -103,6 +109,7 @@ public struct VMPlan: Sendable {
     public var machineOptions: Machine.Options {
         var o = Machine.Options(memorySize: UInt64(config.memoryMiB) << 20, vcpus: config.vcpus)
         o.cpuid = template.modifiers + config.cpuid
+        o.affinity = affinity
         return o
     }
 }
@@ -159,7 +166,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
     var perVCPU: [[UInt64]] = Array(repeating: [UInt64](repeating: 0, count: ExitCounters.size), count: plan.config.vcpus)
     var status: Int32 = 0
     var deviceStats: [String] = []
-    let control = ControlState(memoryBytes: UInt64(plan.config.memoryMiB) << 20, vcpus: plan.config.vcpus,
+    let control = ControlState(memoryBytes: UInt64(plan.config.memoryMiB) << 20, vcpus: plan.config.vcpus, affinity: plan.affinity,
                                balloonTargetMiB: plan.config.balloon?.targetMiB ?? 0)
     var server: ControlServer? = nil
     if let path = plan.config.apiSocket {

@@ -260,6 +260,41 @@ struct CLIRunTests {
         #expect(!FileManager.default.fileExists(atPath: "\(dir)/console.sock"))
     }
 
+    /// vCPU pinning: --pin at start, vcpu.pin at run time, both seen in the thread's Cpus_allowed_list.
+    @Test func pinningAtStartAndAtRunTime() throws {
+        try #require(CPUList.hostCount >= 2, "needs two host CPUs")
+        let k = try CLI.echoPowerGuest()
+        let sock = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8)).sock").path
+        var seen: [String] = []
+        let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--pin", "0=1", "--api-socket", sock]) { _ in
+            let ctl = try CLI.connectUnix(sock)
+            defer { close(ctl) }
+            func ask(_ line: String) -> [String: Any] {
+                _ = send(ctl, line + "\n", line.utf8.count + 1, Int32(MSG_NOSIGNAL))
+                return (try? JSONSerialization.jsonObject(with: Data(CLI.readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:]
+            }
+            func allowed() -> String {
+                let v = (ask(#"{"op":"vm.stats"}"#)["vcpus"] as? [[String: Any]])?.first ?? [:]
+                let tid = v["tid"] as? Int ?? 0
+                let status = (try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8)) ?? ""
+                let fromProc = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t").last.map(String.init) ?? "?"
+                return "\(v["cpus_allowed"] as? String ?? "?")/\(fromProc)"
+            }
+            seen.append(allowed())
+            _ = ask(#"{"op":"vcpu.pin","vcpu":0,"cpus":"0"}"#)
+            seen.append(allowed())
+            _ = ask(#"{"op":"vcpu.pin","vcpu":0,"cpus":null}"#)
+            seen.append(allowed())
+            let bad = ask(#"{"op":"vcpu.pin","vcpu":0,"cpus":"4095"}"#)
+            seen.append(bad["error"] as? String ?? "")
+            _ = ask(#"{"op":"power_button"}"#)
+        }
+        #expect(r.status == 0, "\(r.stderr)")
+        let all = "0-\(CPUList.hostCount - 1)"
+        #expect(seen.prefix(3) == ["1/1", "0/0", "\(all)/\(all)"], "\(seen)")
+        #expect(seen.last?.contains("CPU 4095 does not exist") == true, "\(seen)")
+    }
+
     @Test func tripleFaultExitsNonZeroWithRegisterDump() throws {
         let k = try CLI.tinyKernel("""
             lidt zero

@@ -20,6 +20,32 @@ import Boot
     }
 }
 
+@Suite struct CPUListTests {
+    @Test func parsesLinuxCPUListsWithinTheHost() throws {
+        #expect(try CPUList.parse("0-3,6", limit: 8).get() == [0, 1, 2, 3, 6])
+        #expect(try CPUList.parse("5,1-2,2", limit: 8).get() == [1, 2, 5])
+        for bad in ["", "a", "1-", "-1", "3-1", "1,,2", "0-3;4", "1 2"] {
+            #expect(throws: ConfigError.self, "\(bad)") { try CPUList.parse(bad, limit: 8).get() }
+        }
+        #expect(throws: ConfigError.invalid("cpus", "CPU 8 does not exist: this host has CPUs 0-7")) { try CPUList.parse("0,8", limit: 8).get() }
+        #expect(CPUList.format([0, 1, 2, 3, 6, 8, 9]) == "0-3,6,8-9")
+        #expect(CPUList.format([4]) == "4")
+    }
+
+    @Test func pinFlagsAndJSON() throws {
+        let c = try VMConfig.parse(arguments: ["--kernel", "/k", "--vcpus", "2", "--pin", "1=0"])
+        #expect(c.vcpuAffinity == [nil, "0"])
+        var j = VMConfig()
+        try j.apply(json: JSONParser.parse(#"{"kernel": "/k", "vcpus": 2, "vcpu_affinity": ["0", null]}"#))
+        #expect(j.vcpuAffinity == ["0", nil])
+        #expect(throws: ConfigError.self) { try VMConfig.parse(arguments: ["--kernel", "/k", "--pin", "x=1"]) }
+        var tooMany = VMConfig(); tooMany.kernel = "/etc/hostname"; tooMany.vcpuAffinity = ["0", "0"]
+        #expect(throws: ConfigError.invalid("vcpu_affinity", "2 entries for 1 vCPU(s)")) { try tooMany.validate(hostMemoryBytes: 1 << 34) }
+        var noSuchCPU = VMConfig(); noSuchCPU.kernel = "/etc/hostname"; noSuchCPU.vcpuAffinity = ["4095"]
+        #expect(throws: ConfigError.self) { try noSuchCPU.validate(hostMemoryBytes: 1 << 34) }
+    }
+}
+
 @Suite struct ConfigTests {
     @Test func flagsOverrideDefaults() throws {
         let c = try VMConfig.parse(arguments: ["--kernel", "/k", "--memory", "256", "--vcpus", "2", "--cpu-template", "nested",

@@ -56,6 +56,7 @@ static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
 
 // Fixed-arity ioctl wrappers (Swift cannot call the variadic ioctl directly).
 int ckvm_ioctl(int fd, unsigned long request);
+int ckvm_set_affinity(int tid, const int *cpus, int n);
 int ckvm_ioctl_arg(int fd, unsigned long request, unsigned long arg);
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
 
