@@ -5,7 +5,8 @@ import PackageDescription
 // Nothing at or below VMM links Foundation. Above it, the control plane: KumoAPI (the REST resources,
 // shared by server and CLI) → Kumod (state in SQLite, placement, supervision of kumo-vmm processes,
 // the HTTP API) → kumod; KumoAPI → kumo (the CLI). The control plane never links the VMM's modules:
-// it drives kumo-vmm as a process, through its command line and control socket.
+// it drives kumo-vmm as a process, through its command line and control socket. (HostCPUs, a leaf
+// without Foundation, parses host CPU lists for both.)
 let package = Package(
     name: "Kumo",
     products: [
@@ -25,19 +26,21 @@ let package = Package(
         .target(name: "CKVM"),
         .target(name: "KVM", dependencies: ["CKVM"]),
         .target(name: "GuestMemory"),
+        // Host CPU lists ("0-3,6"): kumo-vmm pins vCPU threads with them, kumod validates pinning requests.
+        .target(name: "HostCPUs"),
         .target(name: "Boot", dependencies: ["GuestMemory"]),
         .target(name: "Devices", dependencies: ["GuestMemory"]),
         .target(name: "Virtio", dependencies: ["CKVM", "GuestMemory", "Devices"]),
         // A host-side virtio driver for tests, the fuzzer and benchmarks (never linked into kumo-vmm).
         .target(name: "VirtioTestDriver", dependencies: ["GuestMemory", "Devices", "Virtio"]),
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "Virtio"]),
+        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "Virtio", "HostCPUs"]),
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM"]),
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
         .executableTarget(name: "kumo-fuzz", dependencies: ["GuestMemory", "Devices", "Virtio", "VirtioTestDriver"]),
         .executableTarget(name: "kumo-bench", dependencies: ["VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver"]),
         .target(name: "KumoAPI"),
         .target(name: "CKumod"),
-        .target(name: "Kumod", dependencies: ["KumoAPI", "CKumod", .product(name: "GRDB", package: "GRDB.swift"),
+        .target(name: "Kumod", dependencies: ["KumoAPI", "CKumod", "HostCPUs", .product(name: "GRDB", package: "GRDB.swift"),
                                               .product(name: "Hummingbird", package: "hummingbird"),
                                               .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                                               .product(name: "Crypto", package: "swift-crypto")],

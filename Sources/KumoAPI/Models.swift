@@ -188,3 +188,33 @@ public struct InstanceStats: Codable, Sendable, Equatable {
     public var vcpus: [VCPUStats]
     public init(instance: String, vcpus: [VCPUStats]) { self.instance = instance; self.vcpus = vcpus }
 }
+
+/// One vCPU's pinning in a request: `cpus` a host CPU list ("0-1,3"), or null to unpin.
+public struct VCPUPin: Codable, Sendable, Equatable {
+    public var vcpu: Int
+    public var cpus: String?
+    public init(vcpu: Int, cpus: String?) { self.vcpu = vcpu; self.cpus = cpus }
+}
+
+public struct PinRequest: Codable, Sendable, Equatable {
+    public var vcpus: [VCPUPin]
+    public init(vcpus: [VCPUPin]) { self.vcpus = vcpus }
+}
+
+/// Where an instance's vCPUs may run: the pinning asked for, and (while it runs) each vCPU thread's
+/// id and the CPUs the host scheduler allows it (Cpus_allowed_list).
+public struct InstanceCPUs: Codable, Sendable, Equatable {
+    public struct VCPU: Codable, Sendable, Equatable {
+        public var vcpu: Int
+        public var pinned: String?
+        public var tid: Int?
+        public var cpusAllowed: String?
+        public init(vcpu: Int, pinned: String?, tid: Int?, cpusAllowed: String?) {
+            self.vcpu = vcpu; self.pinned = pinned; self.tid = tid; self.cpusAllowed = cpusAllowed
+        }
+        enum CodingKeys: String, CodingKey { case vcpu, pinned, tid, cpusAllowed = "cpus_allowed" }
+    }
+    public var instance: String
+    public var vcpus: [VCPU]
+    public init(instance: String, vcpus: [VCPU]) { self.instance = instance; self.vcpus = vcpus }
+}

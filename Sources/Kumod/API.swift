@@ -24,6 +24,7 @@ public enum API {
         ("GET", "/v1/instances/{id}"), ("DELETE", "/v1/instances/{id}"),
         ("POST", "/v1/instances/{id}/start"), ("POST", "/v1/instances/{id}/stop"), ("POST", "/v1/instances/{id}/reboot"),
         ("GET", "/v1/instances/{id}/console"), ("GET", "/v1/instances/{id}/stats"),
+        ("GET", "/v1/instances/{id}/cpus"), ("PUT", "/v1/instances/{id}/cpus"),
         ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"),
     ]
 
@@ -178,6 +179,10 @@ public enum API {
             try await ConsoleBridge.run(socket: target.socket, log: target.log, inbound: inbound, outbound: outbound)
         })
         router.get("/v1/instances/{id}/stats") { _, c in await handle(c) { p throws(APIError) in json(try service.stats(try id(c), by: p)) } }
+        router.get("/v1/instances/{id}/cpus") { _, c in await handle(c) { p throws(APIError) in json(try service.cpus(try id(c), by: p)) } }
+        router.put("/v1/instances/{id}/cpus") { r, c in
+            await handle(c) { p throws(APIError) in json(try service.pin(try id(c), try await decode(PinRequest.self, r, c), by: p)) }
+        }
         router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacity()) } }
         router.put("/v1/host/placement") { r, c in
             await handle(c) { p throws(APIError) in

@@ -12,8 +12,11 @@ public struct LaunchSpec: Sendable {
     public var vcpus: Int
     public var memoryMiB: Int
     public var image: Image
-    public init(instanceID: String, workDir: URL, vcpus: Int, memoryMiB: Int, image: Image) {
+    /// Per-vCPU pinning (host CPU lists or nil).
+    public var affinity: [String?]
+    public init(instanceID: String, workDir: URL, vcpus: Int, memoryMiB: Int, image: Image, affinity: [String?] = []) {
         self.instanceID = instanceID; self.workDir = workDir; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.image = image
+        self.affinity = affinity
     }
 
     public var configPath: URL { workDir.appendingPathComponent("config.json") }
@@ -64,6 +67,9 @@ public struct ProcessLauncher: VMMLauncher {
             "serial_socket": spec.consoleSocket.path, "api_socket": spec.controlSocket.path, "balloon": true,
         ]
         if let i = spec.image.initrd { c["initrd"] = i }
+        if spec.affinity.contains(where: { $0 != nil }) {
+            c["vcpu_affinity"] = spec.affinity.prefix(spec.vcpus).map { $0.map { $0 as Any } ?? NSNull() }
+        }
         if spec.image.rootDisk != nil { c["disks"] = [["path": spec.workDir.appendingPathComponent("root.img").path]] }
         return c
     }

@@ -5,6 +5,7 @@ import Foundation
 import KumoAPI
 import GRDB
 import Synchronization
+import HostCPUs
 
 public final class Service: Sendable {
     public let store: Store
@@ -298,6 +299,54 @@ public final class Service: Sendable {
         return InstanceStats(instance: id, vcpus: v)
     }
 
+    /// The instance's pinning and, while it runs, where its vCPU threads may run.
+    public func cpus(_ id: String, by who: Store.Principal) throws(APIError) -> InstanceCPUs {
+        let rec = try record(id, by: who)
+        let live = rec.instance.state == .running ? (try? stats(id, by: who))?.vcpus : nil
+        return InstanceCPUs(instance: id, vcpus: (0..<rec.instance.vcpus).map { i in
+            let v = live?.first { $0.vcpu == i }
+            return .init(vcpu: i, pinned: i < rec.affinity.count ? rec.affinity[i] : nil, tid: v?.tid, cpusAllowed: v?.cpusAllowed)
+        })
+    }
+
+    /// Pins (or unpins) vCPUs: stored for every later start, and applied at once to a running VMM.
+    public func pin(_ id: String, _ req: PinRequest, by who: Store.Principal) throws(APIError) -> InstanceCPUs {
+        let rec = try record(id, by: who)
+        guard rec.instance.state != .deleted else { throw APIError(code: "not_found", message: "no instance \(id)") }
+        guard !req.vcpus.isEmpty, req.vcpus.count <= rec.instance.vcpus else {
+            throw APIError(code: "invalid_argument", message: "give 1 to \(rec.instance.vcpus) vCPU pinnings")
+        }
+        var a = rec.affinity + Array(repeating: nil, count: max(0, rec.instance.vcpus - rec.affinity.count))
+        for p in req.vcpus {
+            guard (0..<rec.instance.vcpus).contains(p.vcpu) else {
+                throw APIError(code: "invalid_argument", message: "vcpu \(p.vcpu): instance \(id) has vCPUs 0-\(rec.instance.vcpus - 1)")
+            }
+            if let c = p.cpus {
+                switch CPUList.parse(c, limit: host.logicalCPUs) {
+                case let .success(list): a[p.vcpu] = CPUList.format(list)
+                case let .failure(e): throw APIError(code: "invalid_argument", message: "vcpu \(p.vcpu): \(e.reason)")
+                }
+            } else {
+                a[p.vcpu] = nil
+            }
+        }
+        try wrap { try store.setAffinity(id, a) }
+        if rec.instance.state == .running {
+            let sock = URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path
+            for p in req.vcpus {
+                let cpus = a[p.vcpu].map { "\"\($0)\"" } ?? "null"
+                let reply: String
+                do { reply = try ControlClient.request(sock, #"{"op":"vcpu.pin","vcpu":\#(p.vcpu),"cpus":\#(cpus)}"#) } catch {
+                    throw APIError(code: "unavailable", message: "stored, but the instance's VMM did not answer: \(error.description)")
+                }
+                guard reply.contains(#""ok":true"#) else {
+                    throw APIError(code: "unavailable", message: "stored, but the instance's VMM refused: \(reply)")
+                }
+            }
+        }
+        return try cpus(id, by: who)
+    }
+
     public func reboot(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
         let rec = try record(id, by: who)
         guard rec.instance.state == .running else {
@@ -347,7 +396,7 @@ public final class Service: Sendable {
         }
         _ = try? store.transition(id, to: .starting, reason: "launching kumo-vmm", from: [.pending, .starting])
         let spec = LaunchSpec(instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
-                              memoryMiB: rec.instance.memoryMiB, image: image)
+                              memoryMiB: rec.instance.memoryMiB, image: image, affinity: rec.affinity)
         do {
             let p = try launcher.launch(spec)
             processes.withLock { $0[id] = p }

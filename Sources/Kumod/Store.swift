@@ -59,6 +59,10 @@ public final class Store: Sendable {
                                arguments: [t.name, t.vcpus, t.memoryMiB])
             }
         }
+        m.registerMigration("v2: vCPU pinning") { db in
+            // A JSON array with a host CPU list ("0-1") or null per vCPU; NULL: no pinning.
+            try db.execute(sql: "ALTER TABLE instances ADD COLUMN vcpu_affinity TEXT")
+        }
         return m
     }
 
@@ -206,12 +210,14 @@ public final class Store: Sendable {
         public var pidStartTicks: UInt64?
         public var workDir: String
         public var seq: Int64
+        /// Pinning per vCPU (a host CPU list, or nil), as stored.
+        public var affinity: [String?]
     }
 
     static let instanceColumns = """
         i.seq, i.id, i.name, i.tenant_id, n.name AS tenant_name, i.reservation_id, i.type, i.vcpus, i.memory_mib,
         i.image_id, m.name AS image_name, i.user_data, i.state, i.state_reason, i.created_at, i.updated_at,
-        i.launched_at, i.pid, i.pid_start_ticks, i.work_dir
+        i.launched_at, i.pid, i.pid_start_ticks, i.work_dir, i.vcpu_affinity
         """
     static let instanceFrom = "FROM instances i JOIN tenants n ON n.id = i.tenant_id JOIN images m ON m.id = i.image_id"
 
@@ -223,7 +229,19 @@ public final class Store: Sendable {
                             reservation: r["reservation_id"], pid: r["pid"])
         let ticks: Int64? = r["pid_start_ticks"]
         return InstanceRecord(instance: inst, tenantID: r["tenant_id"], imageID: r["image_id"], userData: r["user_data"],
-                              pidStartTicks: ticks.map { UInt64($0) }, workDir: r["work_dir"], seq: r["seq"])
+                              pidStartTicks: ticks.map { UInt64($0) }, workDir: r["work_dir"], seq: r["seq"],
+                              affinity: decodeAffinity(r["vcpu_affinity"]))
+    }
+
+    static func decodeAffinity(_ text: String?) -> [String?] {
+        guard let text, let a = try? JSONDecoder().decode([String?].self, from: Data(text.utf8)) else { return [] }
+        return a
+    }
+
+    /// Stores an instance's pinning (one entry per vCPU; all nil clears it).
+    public func setAffinity(_ id: String, _ a: [String?]) throws {
+        let text = a.allSatisfy({ $0 == nil }) ? nil : String(decoding: try JSONEncoder().encode(a), as: UTF8.self)
+        try db.write { try $0.execute(sql: "UPDATE instances SET vcpu_affinity = ? WHERE id = ?", arguments: [text, id]) }
     }
 
     public func instance(_ id: String) throws -> InstanceRecord? {

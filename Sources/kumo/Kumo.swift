@@ -144,7 +144,7 @@ struct Kumo: ParsableCommand {
 
 struct InstanceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "instance", abstract: "Run and manage instances",
-        subcommands: [Run.self, List.self, Show.self, Stats.self, Start.self, Stop.self, Reboot.self, Delete.self])
+        subcommands: [Run.self, List.self, Show.self, Stats.self, CPUs.self, Start.self, Stop.self, Reboot.self, Delete.self])
 
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "RunInstances: start COUNT instances of TYPE from IMAGE")
@@ -232,6 +232,33 @@ struct InstanceCommand: ParsableCommand {
                         s += "\nKVM's own counters (all of them: --output json)\n" + table(["VCPU", "EXITS", "EMULATED_INSNS", "PAGE_FAULTS", "HALT_EXITS", "IRQ_INJECTIONS"], kvmRows)
                     }
                     return s
+                }
+            }
+        }
+    }
+
+    struct CPUs: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "cpus",
+            abstract: "Show or change vCPU pinning (applied at once to a running instance, kept for later starts)")
+        @OptionGroup var global: Global
+        @Argument(help: "instance id") var id: String
+        @Option(help: "VCPU=CPUS: pin a vCPU to host CPUs, e.g. 0=1 or 1=0-3 (repeatable)") var pin: [String] = []
+        @Option(help: "VCPU: let a vCPU float over all host CPUs again (repeatable)") var unpin: [Int] = []
+        mutating func run() throws {
+            try perform {
+                var changes: [VCPUPin] = []
+                for p in pin {
+                    guard let eq = p.firstIndex(of: "="), let v = Int(p[..<eq]), !p[p.index(after: eq)...].isEmpty else {
+                        throw Failure.usage("--pin wants VCPU=CPUS, e.g. 0=1 or 1=0-3, not \"\(p)\"")
+                    }
+                    changes.append(VCPUPin(vcpu: v, cpus: String(p[p.index(after: eq)...])))
+                }
+                changes += unpin.map { VCPUPin(vcpu: $0, cpus: nil) }
+                let path = "/v1/instances/\(try pathComponent(id))/cpus"
+                let c = changes.isEmpty ? try global.call("GET", path, as: InstanceCPUs.self)
+                    : try global.call("PUT", path, body: PinRequest(vcpus: changes), as: InstanceCPUs.self)
+                global.emit(c) {
+                    table(["VCPU", "PINNED", "TID", "CPUS_ALLOWED"], c.vcpus.map { ["\($0.vcpu)", $0.pinned ?? "-", $0.tid.map(String.init) ?? "-", $0.cpusAllowed ?? "-"] })
                 }
             }
         }

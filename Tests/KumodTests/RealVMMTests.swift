@@ -148,6 +148,26 @@ struct RealVMMTests {
         r = try kumo(["instance", "stats", id])
         #expect(r.0 == 0 && r.1.contains("TOP EXIT REASONS") && r.1.contains("io="), "\(r)")
 
+        // Pinning at run time, seen in the vCPU thread's Cpus_allowed_list; bad requests refused.
+        let hostCPUs = ProcessInfo.processInfo.processorCount
+        if hostCPUs >= 2 {
+            r = try kumo(["instance", "cpus", id, "--pin", "0=1", "--output", "json"])
+            #expect(r.0 == 0, "\(r)")
+            let pinned = try JSONDecoder().decode(InstanceCPUs.self, from: Data(r.1.utf8))
+            #expect(pinned.vcpus.first?.pinned == "1" && pinned.vcpus.first?.cpusAllowed == "1", "\(pinned)")
+            let tid = try #require(pinned.vcpus.first?.tid)
+            let status = try String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8)
+            #expect(status.contains("Cpus_allowed_list:\t1\n"), "\(status)")
+            r = try kumo(["instance", "cpus", id, "--unpin", "0"])
+            #expect(r.0 == 0 && r.1.contains("0-\(hostCPUs - 1)"), "\(r)")
+        }
+        r = try kumo(["instance", "cpus", id, "--pin", "0=4095"])
+        #expect(r.0 == 1 && r.2.contains("CPU 4095 does not exist"), "\(r)")
+        r = try kumo(["instance", "cpus", id, "--pin", "5=0"])
+        #expect(r.0 == 1 && r.2.contains("has vCPUs 0-0"), "\(r)")
+        r = try kumo(["instance", "cpus", id, "--pin", "zero"])
+        #expect(r.0 == 2, "\(r)")
+
         // Graceful stop: the ACPI power button; the guest powers off; kumo-vmm exits 0; the console
         // client is told the console closed.
         r = try kumo(["instance", "stop", id])
@@ -182,9 +202,20 @@ struct RealVMMTests {
         #expect(forced.stateReason.contains("did not power off within 2 s of the ACPI power button; stopped by force"), "\(forced.stateReason)")
         #expect(Date().timeIntervalSince(t0) >= 2)
 
+        // Pinned while stopped: stored, and the next start pins the vCPU thread from the start.
+        r = try kumo(["instance", "cpus", deafID, "--pin", "0=0"])
+        #expect(r.0 == 0 && r.1.contains("0    "), "\(r)")
         // kill -9 of a running VMM under kumod: its instance goes to error with the reason.
         r = try kumo(["instance", "start", deafID])
         let again = try Self.wait(deafID, k, for: .running)
+        var startPinned: InstanceCPUs? = nil
+        for _ in 0..<50 {
+            r = try kumo(["instance", "cpus", deafID, "--output", "json"])
+            startPinned = try? JSONDecoder().decode(InstanceCPUs.self, from: Data(r.1.utf8))
+            if startPinned?.vcpus.first?.cpusAllowed != nil { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(startPinned?.vcpus.first?.pinned == "0" && startPinned?.vcpus.first?.cpusAllowed == "0", "\(String(describing: startPinned))")
         let pid = try #require(again.pid)
         kill(Int32(pid), SIGKILL)
         let dead = try Self.wait(deafID, k, for: .error)

@@ -25,9 +25,9 @@ import Boot
         #expect(try CPUList.parse("0-3,6", limit: 8).get() == [0, 1, 2, 3, 6])
         #expect(try CPUList.parse("5,1-2,2", limit: 8).get() == [1, 2, 5])
         for bad in ["", "a", "1-", "-1", "3-1", "1,,2", "0-3;4", "1 2"] {
-            #expect(throws: ConfigError.self, "\(bad)") { try CPUList.parse(bad, limit: 8).get() }
+            #expect(throws: CPUListError.self, "\(bad)") { try CPUList.parse(bad, limit: 8).get() }
         }
-        #expect(throws: ConfigError.invalid("cpus", "CPU 8 does not exist: this host has CPUs 0-7")) { try CPUList.parse("0,8", limit: 8).get() }
+        #expect(throws: CPUListError(reason: "CPU 8 does not exist: this host has CPUs 0-7")) { try CPUList.parse("0,8", limit: 8).get() }
         #expect(CPUList.format([0, 1, 2, 3, 6, 8, 9]) == "0-3,6,8-9")
         #expect(CPUList.format([4]) == "4")
     }
