@@ -218,3 +218,40 @@ public struct InstanceCPUs: Codable, Sendable, Equatable {
     public var vcpus: [VCPU]
     public init(instance: String, vcpus: [VCPU]) { self.instance = instance; self.vcpus = vcpus }
 }
+
+/// GVA → GPA → HVA → HPA for one vCPU of a running instance (kumo-vmm's `translate`).
+public struct AddressTranslation: Codable, Sendable, Equatable {
+    public struct Paging: Codable, Sendable, Equatable { public var mode, cr0, cr3, cr4, efer: String }
+    public struct Level: Codable, Sendable, Equatable {
+        public var level: Int
+        public var table: String
+        public var entryGPA: String
+        public var entry: String
+        public var present, writable, user, leaf: Bool
+        public var pageSize: UInt64
+        enum CodingKeys: String, CodingKey { case level, table, entry, present, writable, user, leaf, entryGPA = "entry_gpa", pageSize = "page_size" }
+    }
+    public var ok: Bool
+    public var error: String?
+    public var vcpu: Int
+    public var gva: String
+    public var rip: String
+    public var paging: Paging
+    public var hostKVM: String
+    public var hostTwoDimensionalPaging: Bool
+    public var levels: [Level]?
+    public var gpa: String?
+    public var pageSize: UInt64?
+    public var writable, user, executable: Bool?
+    public var slot: Int?
+    public var slotGPA: String?
+    public var hva: String?
+    public var hpa: String?
+    public var hostPage: String?
+    public var note: String?
+    enum CodingKeys: String, CodingKey {
+        case ok, error, vcpu, gva, rip, paging, levels, gpa, writable, user, executable, slot, hva, hpa, note
+        case hostKVM = "host_kvm", hostTwoDimensionalPaging = "host_two_dimensional_paging", pageSize = "page_size"
+        case slotGPA = "slot_gpa", hostPage = "host_page"
+    }
+}

@@ -24,7 +24,7 @@ public enum API {
         ("GET", "/v1/instances/{id}"), ("DELETE", "/v1/instances/{id}"),
         ("POST", "/v1/instances/{id}/start"), ("POST", "/v1/instances/{id}/stop"), ("POST", "/v1/instances/{id}/reboot"),
         ("GET", "/v1/instances/{id}/console"), ("GET", "/v1/instances/{id}/stats"),
-        ("GET", "/v1/instances/{id}/cpus"), ("PUT", "/v1/instances/{id}/cpus"),
+        ("GET", "/v1/instances/{id}/translate"), ("GET", "/v1/instances/{id}/cpus"), ("PUT", "/v1/instances/{id}/cpus"),
         ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"),
     ]
 
@@ -179,6 +179,14 @@ public enum API {
             try await ConsoleBridge.run(socket: target.socket, log: target.log, inbound: inbound, outbound: outbound)
         })
         router.get("/v1/instances/{id}/stats") { _, c in await handle(c) { p throws(APIError) in json(try service.stats(try id(c), by: p)) } }
+        router.get("/v1/instances/{id}/translate") { r, c in
+            await handle(c) { p throws(APIError) in
+                let q = r.uri.queryParameters
+                guard let a = q.get("address") else { throw APIError(code: "invalid_argument", message: "missing query parameter address (hexadecimal GVA)") }
+                guard let v = Int(q.get("vcpu") ?? "0") else { throw APIError(code: "invalid_argument", message: "vcpu must be a whole number") }
+                return json(try service.translate(try id(c), vcpu: v, address: String(a), by: p))
+            }
+        }
         router.get("/v1/instances/{id}/cpus") { _, c in await handle(c) { p throws(APIError) in json(try service.cpus(try id(c), by: p)) } }
         router.put("/v1/instances/{id}/cpus") { r, c in
             await handle(c) { p throws(APIError) in json(try service.pin(try id(c), try await decode(PinRequest.self, r, c), by: p)) }

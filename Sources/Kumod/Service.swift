@@ -299,6 +299,30 @@ public final class Service: Sendable {
         return InstanceStats(instance: id, vcpus: v)
     }
 
+    /// Walks vCPU `vcpu`'s page tables for `address` in a running instance (kumo-vmm's `translate`).
+    public func translate(_ id: String, vcpu: Int, address: String, by who: Store.Principal) throws(APIError) -> AddressTranslation {
+        let rec = try record(id, by: who)
+        guard rec.instance.state == .running else {
+            throw APIError(code: "incorrect_state", message: "instance \(id) is \(rec.instance.state.rawValue); translation reads a running guest's page tables")
+        }
+        guard (0..<rec.instance.vcpus).contains(vcpu) else {
+            throw APIError(code: "invalid_argument", message: "vcpu \(vcpu): instance \(id) has vCPUs 0-\(rec.instance.vcpus - 1)")
+        }
+        let digits = address.hasPrefix("0x") || address.hasPrefix("0X") ? String(address.dropFirst(2)) : address
+        guard !digits.isEmpty, digits.count <= 16, UInt64(digits, radix: 16) != nil else {
+            throw APIError(code: "invalid_argument", message: "address \"\(address)\": a guest-virtual address in hexadecimal, e.g. 0xffffffff81000000")
+        }
+        let text: String
+        do {
+            text = try ControlClient.request(URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path,
+                                             #"{"op":"translate","vcpu":\#(vcpu),"address":"0x\#(digits)"}"#)
+        } catch { throw APIError(code: "unavailable", message: "the instance's VMM did not answer: \(error.description)") }
+        if let t = try? JSONDecoder().decode(AddressTranslation.self, from: Data(text.utf8)) { return t }
+        struct Failure: Decodable { var error: String }
+        let why = (try? JSONDecoder().decode(Failure.self, from: Data(text.utf8)))?.error ?? "an answer kumod does not understand"
+        throw APIError(code: "unavailable", message: "the instance's VMM: \(why)")
+    }
+
     /// The instance's pinning and, while it runs, where its vCPU threads may run.
     public func cpus(_ id: String, by who: Store.Principal) throws(APIError) -> InstanceCPUs {
         let rec = try record(id, by: who)

@@ -1,6 +1,7 @@
 import KVM
 import Virtio
 import Boot
+import GuestMemory
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -166,7 +167,7 @@ public final class ControlState: @unchecked Sendable {
     static func num<T: BinaryInteger>(_ v: T) -> JSONValue { .number(Double(v)) }
 
     public func handle(_ req: JSONValue) -> JSONValue {
-        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, vm.stats, vcpu.pin, power_button, balloon.get, balloon.set") }
+        guard case let .string(op)? = req["op"] else { return Self.fail("a request is {\"op\": …}; ops: vm.info, vm.stats, vcpu.pin, translate, power_button, balloon.get, balloon.set") }
         switch op {
         case "vm.info":
             return .object([("ok", .bool(true)), ("vcpus", Self.num(vcpus)), ("memory_mib", Self.num(memoryBytes >> 20)),
@@ -207,6 +208,22 @@ public final class ControlState: @unchecked Sendable {
             affinity.set(i, cpus)
             return .object([("ok", .bool(true)), ("vcpu", Self.num(i)), ("cpus", cpus.map { .string(CPUList.format($0)) } ?? .null),
                             ("cpus_allowed", .string(machine.map { Self.cpusAllowed($0, i) } ?? ""))])
+        case "translate":
+            guard case let .number(n)? = req["vcpu"], n >= 0, n == n.rounded(), Int(n) < vcpus else {
+                return Self.fail("translate needs \"vcpu\": 0 to \(vcpus - 1)")
+            }
+            let address: UInt64
+            switch req["address"] {
+            case let .string(s)?:
+                let digits = s.hasPrefix("0x") || s.hasPrefix("0X") ? String(s.dropFirst(2)) : s
+                guard let v = UInt64(digits.filter { $0 != "_" }, radix: 16) else { return Self.fail("address \"\(s)\" is not a hexadecimal address") }
+                address = v
+            case let .number(d)? where d >= 0 && d == d.rounded() && d < 9.007e15: address = UInt64(d)
+            default: return Self.fail("translate needs \"address\": a guest-virtual address (hex string)")
+            }
+            guard let m = machine else { return Self.fail("no guest is running (between boots)") }
+            guard let (mode, rip) = m.pagingState(vcpu: Int(n)) else { return Self.fail("vCPU \(Int(n)) did not answer (is it running?)") }
+            return Self.translation(m, vcpu: Int(n), gva: address, mode: mode, rip: rip)
         case "power_button":
             // The ACPI power button: a guest OS that honours it shuts down (S5) and kumo-vmm exits 0.
             guard let ged = machine?.powerButton else { return Self.fail("this VM has no ACPI power button (no in-kernel irqchip)") }
@@ -242,13 +259,66 @@ public final class ControlState: @unchecked Sendable {
                             ("stats", .object(s.stats.sorted { $0.key < $1.key }.map { ($0.key, Self.num($0.value)) })),
                             ("rss_kib", Self.num(residentKiB()))])
         default:
-            return Self.fail("unknown op \"\(op)\"; ops: vm.info, vm.stats, vcpu.pin, power_button, balloon.get, balloon.set")
+            return Self.fail("unknown op \"\(op)\"; ops: vm.info, vm.stats, vcpu.pin, translate, power_button, balloon.get, balloon.set")
         }
     }
 }
 
 extension ControlState {
     static let fallbackNames = ["int3", "fwait", "ldmxcsr", "stmxcsr"]
+
+    static func hx(_ v: UInt64) -> JSONValue { .string("0x" + hex(v)) }
+
+    /// GVA → GPA (the guest's page tables from its CR3, every level) → host virtual address (the memory
+    /// slot) → host physical address (/proc/self/pagemap), with the host's kind of paging.
+    static func translation(_ m: Machine, vcpu: Int, gva: UInt64, mode: PagingMode, rip: UInt64) -> JSONValue {
+        let names = ["none", "32-bit", "32-bit", "PAE", "4-level", "5-level"]
+        var fields: [(String, JSONValue)] = [
+            ("ok", .bool(true)), ("vcpu", num(vcpu)), ("gva", hx(gva)), ("rip", hx(rip)),
+            ("paging", .object([("mode", .string(names[min(mode.levels, 5)])), ("cr0", hx(mode.cr0)), ("cr3", hx(mode.cr3)),
+                                ("cr4", hx(mode.cr4)), ("efer", hx(mode.efer))])),
+            ("host_kvm", .string(HostKVM.detect().summary)),
+            ("host_two_dimensional_paging", .bool(HostKVM.detect().twoDimensionalPaging)),
+        ]
+        let t: Translation
+        do { t = try m.memory.translate(gva, mode: mode) } catch {
+            fields[0] = ("ok", .bool(false))
+            fields.append(("error", .string("GVA 0x\(hex(gva)): \(error.description)")))
+            return .object(fields)
+        }
+        fields.append(("levels", .array(t.steps.map { st in
+            .object([("level", num(st.level)), ("table", .string(st.name)), ("entry_gpa", hx(st.entryAddress)), ("entry", hx(st.entry)),
+                     ("present", .bool(st.entry & 1 != 0)), ("writable", .bool(st.entry & 2 != 0)), ("user", .bool(st.entry & 4 != 0)),
+                     ("leaf", .bool(st.isLeaf)), ("page_size", num(st.pageSize))])
+        })))
+        fields += [("gpa", hx(t.gpa)), ("page_size", num(t.pageSize)), ("writable", .bool(t.writable)), ("user", .bool(t.user)),
+                   ("executable", .bool(t.executable))]
+        guard let slot = m.memory.regions.firstIndex(where: { t.gpa >= $0.guestPhys && t.gpa < $0.guestPhys + $0.size }) else {
+            fields.append(("hva", .null))
+            fields.append(("note", .string("GPA 0x\(hex(t.gpa)) is not guest RAM (an MMIO hole or device)")))
+            return .object(fields)
+        }
+        let region = m.memory.regions[slot]
+        let hva = UInt64(region.hostAddress) + (t.gpa - region.guestPhys)
+        fields += [("slot", num(slot)), ("slot_gpa", hx(region.guestPhys)), ("hva", hx(hva))]
+        // /proc/self/pagemap: 8 bytes per virtual page; bit 63 present, bits 0-54 the frame number
+        // (zero without CAP_SYS_ADMIN).
+        let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+        var entry: UInt64 = 0
+        let got = fd >= 0 ? pread(fd, &entry, 8, off_t((hva / 4096) * 8)) : -1
+        if fd >= 0 { close(fd) }
+        if got != 8 {
+            fields.append(("hpa", .null)); fields.append(("host_page", .string("pagemap unreadable")))
+        } else if entry >> 63 == 0 {
+            fields.append(("hpa", .null)); fields.append(("host_page", .string("not resident (never touched, or given back)")))
+        } else if entry & ((1 << 55) - 1) == 0 {
+            fields.append(("hpa", .null)); fields.append(("host_page", .string("resident; frame number hidden (needs CAP_SYS_ADMIN)")))
+        } else {
+            let pfn = entry & ((1 << 55) - 1)
+            fields.append(("hpa", hx(pfn * 4096 + (hva & 0xFFF)))); fields.append(("host_page", .string("resident")))
+        }
+        return .object(fields)
+    }
 
     /// The vCPU thread's Cpus_allowed_list from /proc ("" before the thread runs).
     static func cpusAllowed(_ m: Machine, _ i: Int) -> String {

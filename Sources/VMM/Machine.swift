@@ -56,6 +56,13 @@ public final class ExitCounters: @unchecked Sendable {
     public var total: UInt64 { (0..<ExitReason.count).reduce(0) { $0 + counts[$1] } }
 }
 
+/// A request to a vCPU thread for its paging registers (a control-thread request served by the vCPU
+/// itself at its next exit: vCPU ioctls belong to the thread that runs KVM_RUN).
+public final class RegisterMailbox: Sendable {
+    struct State { var asked = 0; var served = 0; var mode: PagingMode? = nil; var rip: UInt64 = 0 }
+    let state = Mutex(State())
+}
+
 /// A vCPU thread's kernel thread id, published by the thread itself.
 public final class VCPUThreadID: Sendable {
     public let value = Atomic<Int32>(0)
@@ -98,6 +105,7 @@ public final class Machine: @unchecked Sendable {
     /// Each vCPU thread's kernel thread id (0 until it starts): for /proc/self/task/TID (schedstat,
     /// affinity).
     public let vcpuTIDs: [VCPUThreadID]
+    let mailboxes: [RegisterMailbox]
     /// KVM's binary statistics per vCPU, where the host offers them (KVM_GET_STATS_FD).
     public let kvmStats: [(fd: OwnedFD, layout: KVMStats)?]
     public private(set) var serial: Serial8250!
@@ -222,6 +230,7 @@ public final class Machine: @unchecked Sendable {
         vcpus = made
         counters = ctrs
         vcpuTIDs = made.map { _ in VCPUThreadID() }
+        mailboxes = made.map { _ in RegisterMailbox() }
         kvmStats = made.map { v in
             guard let fd = v.statsFD() else { return nil }
             guard let layout = KVMStats(fd: fd.raw) else { return nil }
@@ -297,6 +306,37 @@ public final class Machine: @unchecked Sendable {
             }
             threads.append(tid)
         }
+    }
+
+    /// Answers a pending register request (called by the vCPU's own thread).
+    func serveMailbox(_ index: Int, _ vcpu: VCPU) {
+        let box = mailboxes[index]
+        guard box.state.withLock({ $0.asked != $0.served }) else { return }
+        let sr = try? vcpu.getSRegs()
+        let r = try? vcpu.getRegs()
+        box.state.withLock { s in
+            s.mode = sr.map { PagingMode(cr0: $0.cr0, cr3: $0.cr3, cr4: $0.cr4, efer: $0.efer) }
+            s.rip = r?.rip ?? 0
+            s.served = s.asked
+        }
+    }
+
+    /// vCPU `index`'s paging registers (CR0, CR3, CR4, EFER) and RIP, fetched by kicking the vCPU out
+    /// of KVM_RUN and letting its thread read them; nil if it does not answer within `timeoutMs`.
+    public func pagingState(vcpu index: Int, timeoutMs: Int = 1000) -> (mode: PagingMode, rip: UInt64)? {
+        guard index >= 0, index < vcpus.count, index < threads.count else { return nil }
+        let box = mailboxes[index]
+        let ticket = box.state.withLock { s -> Int in s.asked += 1; return s.asked }
+        for _ in 0..<timeoutMs {
+            pthread_kill(threads[index], kickSignal)
+            let done = box.state.withLock { s -> (PagingMode, UInt64)?? in
+                guard s.served >= ticket else { return .none }
+                return .some(s.mode.map { ($0, s.rip) })
+            }
+            if let d = done { return d }
+            usleep(1000)
+        }
+        return nil
     }
 
     /// Waits for the machine to stop; `extraFD` (e.g. a signal eventfd) becomes `.stopped` when readable.
@@ -378,6 +418,7 @@ public final class Machine: @unchecked Sendable {
             }
             if !entered {
                 c[Int(KVM_EXIT_INTR)] &+= 1
+                serveMailbox(index, vcpu)
                 let g = sampleGeneration.load(ordering: .acquiring)
                 if g != sampleSeen, let r = try? vcpu.getRegs() {
                     sampleSeen = g

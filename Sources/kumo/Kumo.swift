@@ -144,7 +144,7 @@ struct Kumo: ParsableCommand {
 
 struct InstanceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "instance", abstract: "Run and manage instances",
-        subcommands: [Run.self, List.self, Show.self, Stats.self, CPUs.self, Start.self, Stop.self, Reboot.self, Delete.self])
+        subcommands: [Run.self, List.self, Show.self, Stats.self, CPUs.self, Translate.self, Start.self, Stop.self, Reboot.self, Delete.self])
 
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "RunInstances: start COUNT instances of TYPE from IMAGE")
@@ -234,6 +234,53 @@ struct InstanceCommand: ParsableCommand {
                     return s
                 }
             }
+        }
+    }
+
+    struct Translate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Walk a vCPU's page tables: GVA → GPA (every level) → host virtual → host physical address")
+        @OptionGroup var global: Global
+        @Argument(help: "instance id") var id: String
+        @Option(help: "which vCPU's CR3") var vcpu: Int = 0
+        @Argument(help: "guest-virtual address, hexadecimal (e.g. 0xffffffff81000000)") var address: String
+        mutating func run() throws {
+            try perform {
+                var q = URLComponents()
+                q.queryItems = [URLQueryItem(name: "vcpu", value: "\(vcpu)"), URLQueryItem(name: "address", value: address)]
+                let t = try global.call("GET", "/v1/instances/\(try pathComponent(id))/translate?" + (q.percentEncodedQuery ?? ""), as: AddressTranslation.self)
+                global.emit(t) { Self.render(t) }
+                if !t.ok { throw Failure.refused(t.error ?? "the address is not mapped") }
+            }
+        }
+
+        static func size(_ b: UInt64) -> String {
+            b >= 1 << 30 ? "\(b >> 30) GiB" : b >= 1 << 20 ? "\(b >> 20) MiB" : "\(b >> 10) KiB"
+        }
+
+        static func render(_ t: AddressTranslation) -> String {
+            var out = "vCPU \(t.vcpu): \(t.paging.mode) paging, CR3 \(t.paging.cr3) (CR0 \(t.paging.cr0), CR4 \(t.paging.cr4), EFER \(t.paging.efer)), RIP \(t.rip)\n"
+            out += "GVA \(t.gva)\n"
+            for l in t.levels ?? [] {
+                let bits = [l.present ? "present" : "not present", l.writable ? "writable" : "read-only", l.user ? "user" : "supervisor"]
+                out += "  \(l.table.padding(toLength: 5, withPad: " ", startingAt: 0)) entry at GPA \(l.entryGPA) = \(l.entry)  " + bits.joined(separator: ", ")
+                    + (l.leaf ? "; maps a \(size(l.pageSize)) page" : "") + "\n"
+            }
+            if let gpa = t.gpa {
+                let perms = [t.writable == true ? "writable" : "read-only", t.user == true ? "user" : "supervisor", t.executable == true ? "executable" : "no-execute"]
+                out += "→ GPA \(gpa) (\(size(t.pageSize ?? 4096)) page; \(perms.joined(separator: ", ")))\n"
+            }
+            if let hva = t.hva {
+                out += "→ HVA \(hva) in kumo-vmm (memory slot \(t.slot ?? 0), guest-physical base \(t.slotGPA ?? "?"))\n"
+                out += "→ HPA " + (t.hpa ?? "-") + " (\(t.hostPage ?? ""))\n"
+            } else if let n = t.note {
+                out += "→ \(n)\n"
+            }
+            if let e = t.error { out += "✗ \(e)\n" }
+            out += "host: \(t.hostKVM); " + (t.hostTwoDimensionalPaging
+                ? "two-dimensional paging (EPT/NPT): the CPU walks GVA → GPA in the guest's tables and GPA → HPA in KVM's\n"
+                : "shadow paging: KVM keeps shadow page tables that map GVA → HPA directly, rebuilt from the guest's tables\n")
+            return out
         }
     }
 

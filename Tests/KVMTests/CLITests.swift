@@ -295,6 +295,47 @@ struct CLIRunTests {
         #expect(seen.last?.contains("CPU 4095 does not exist") == true, "\(seen)")
     }
 
+    /// GVA → GPA → HVA → HPA on a halted long-mode vCPU (kumo-vmm's own identity tables: 4-level,
+    /// 2 MiB pages); the HPA matches the host's own /proc/PID/pagemap for that HVA.
+    @Test func translateWalksTheGuestsPageTables() throws {
+        let code = try Harness.assemble("cli\n1: hlt\njmp 1b", bits: 64, origin: 0x100_0000)
+        let k = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-lm-\(UUID().uuidString).elf").path
+        FileManager.default.createFile(atPath: k, contents: Data(BootProtocolTests.elf(code, pvh: false)))
+        let sock = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8)).sock").path
+        var answers: [[String: Any]] = []
+        var pagemapHPA: UInt64? = nil
+        let r = try CLI.run(["--kernel", k, "--memory", "64", "--serial", "none", "--api-socket", sock], timeout: 20) { p in
+            let ctl = try CLI.connectUnix(sock)
+            defer { close(ctl) }
+            for a in ["0x1000123", "0x3fffff8", "0xffff800000000000", "0x800000000000"] {
+                let line = #"{"op":"translate","vcpu":0,"address":"\#(a)"}"# + "\n"
+                _ = send(ctl, line, line.utf8.count, Int32(MSG_NOSIGNAL))
+                answers.append((try? JSONSerialization.jsonObject(with: Data(CLI.readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:])
+            }
+            if let hva = (answers.first?["hva"] as? String).flatMap({ UInt64($0.dropFirst(2), radix: 16) }),
+               let h = FileHandle(forReadingAtPath: "/proc/\(p.processIdentifier)/pagemap") {
+                try h.seek(toOffset: (hva / 4096) * 8)
+                let e = (h.readData(ofLength: 8)).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+                if e >> 63 == 1 { pagemapHPA = (e & ((1 << 55) - 1)) * 4096 + (hva & 0xFFF) }
+                try h.close()
+            }
+            p.interrupt()
+        }
+        #expect(r.status == 0, "\(r.stderr)")
+        let t = answers[0]
+        #expect(t["ok"] as? Bool == true && t["gpa"] as? String == "0x1000123" && t["page_size"] as? Int == 2 << 20, "\(t)")
+        #expect((t["paging"] as? [String: Any])?["mode"] as? String == "4-level")
+        let levels = (t["levels"] as? [[String: Any]]) ?? []
+        #expect(levels.map { $0["table"] as? String } == ["PML4", "PDPT", "PD"], "\(levels)")
+        #expect(levels.map { $0["entry_gpa"] as? String } == ["0x9000", "0xa000", "0xb040"], "\(levels)")
+        #expect(t["slot"] as? Int == 0 && (t["hva"] as? String)?.hasPrefix("0x") == true)
+        let hpa = (t["hpa"] as? String).flatMap { UInt64($0.dropFirst(2), radix: 16) }
+        #expect(hpa != nil && hpa == pagemapHPA, "kumo-vmm \(String(describing: hpa)), pagemap \(String(describing: pagemapHPA))")
+        #expect(answers[1]["gpa"] as? String == "0x3fffff8")
+        #expect(answers[2]["ok"] as? Bool == false && (answers[2]["error"] as? String)?.contains("not present") == true, "\(answers[2])")
+        #expect((answers[3]["error"] as? String)?.contains("non-canonical") == true, "\(answers[3])")
+    }
+
     @Test func tripleFaultExitsNonZeroWithRegisterDump() throws {
         let k = try CLI.tinyKernel("""
             lidt zero

@@ -35,15 +35,11 @@ struct RealVMMTests {
         return elf
     }
 
-    /// Ignores the power button: halts with interrupts off.
+    /// Ignores the power button: halts with interrupts off. No PVH note: kumo-vmm enters it in 64-bit
+    /// mode on its own identity page tables (4-level, 2 MiB pages), which `translate` then walks.
     static let deafGuest = """
-        .section .note.Xen, "a", @note
-        .balign 4
-        .long 4, 4, 18
-        .asciz "Xen"
-        .long _start
         .text
-        .code32
+        .code64
         .globl _start
         _start:
         cli
@@ -216,6 +212,20 @@ struct RealVMMTests {
             Thread.sleep(forTimeInterval: 0.1)
         }
         #expect(startPinned?.vcpus.first?.pinned == "0" && startPinned?.vcpus.first?.cpusAllowed == "0", "\(String(describing: startPinned))")
+
+        // Address translation through kumod and the CLI: every level of the walk, then HVA and HPA.
+        r = try kumo(["instance", "translate", deafID, "0x1000123"])
+        #expect(r.0 == 0, "\(r)")
+        for line in ["4-level paging, CR3 0x9000", "PML4  entry at GPA 0x9000", "PDPT  entry at GPA 0xa000",
+                     "PD    entry at GPA 0xb040", "maps a 2 MiB page", "→ GPA 0x1000123", "→ HVA 0x", "→ HPA 0x", "host: "] {
+            #expect(r.1.contains(line), "\(line) in \(r.1)")
+        }
+        r = try kumo(["instance", "translate", deafID, "--output", "json", "0xffff800000000000"])
+        #expect(r.0 == 1 && r.2.contains("page not present (level 4"), "\(r)")
+        r = try kumo(["instance", "translate", deafID, "--vcpu", "3", "0x1000"])
+        #expect(r.0 == 1 && r.2.contains("has vCPUs 0-0"), "\(r)")
+        r = try kumo(["instance", "translate", deafID, "xyz"])
+        #expect(r.0 == 1 && r.2.contains("hexadecimal"), "\(r)")
         let pid = try #require(again.pid)
         kill(Int32(pid), SIGKILL)
         let dead = try Self.wait(deafID, k, for: .error)
