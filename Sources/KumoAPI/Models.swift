@@ -22,16 +22,26 @@ public struct InstanceType: Codable, Sendable, Equatable {
     public var memoryMiB: Int
     /// Built-in types (kumo.small/medium/large) cannot be deleted.
     public var builtin: Bool
-    public init(name: String, vcpus: Int, memoryMiB: Int, builtin: Bool = false) {
+    /// CPU cap: each vCPU may use at most this percent of one host CPU (a cgroup CPU quota); nil: no cap.
+    public var cpuCapPercent: Int?
+    /// CPU shares: the instance's weight against others when host CPUs are contended (cgroup
+    /// cpu.shares, 1024 being the default; cpu.weight on cgroup v2); nil: the default.
+    public var cpuShares: Int?
+    public init(name: String, vcpus: Int, memoryMiB: Int, builtin: Bool = false, cpuCapPercent: Int? = nil, cpuShares: Int? = nil) {
         self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.builtin = builtin
+        self.cpuCapPercent = cpuCapPercent; self.cpuShares = cpuShares
     }
-    enum CodingKeys: String, CodingKey { case name, vcpus, memoryMiB = "memory_mib", builtin }
+    enum CodingKeys: String, CodingKey {
+        case name, vcpus, memoryMiB = "memory_mib", builtin, cpuCapPercent = "cpu_cap_percent", cpuShares = "cpu_shares"
+    }
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         name = try c.decode(String.self, forKey: .name)
         vcpus = try c.decode(Int.self, forKey: .vcpus)
         memoryMiB = try c.decode(Int.self, forKey: .memoryMiB)
         builtin = try c.decodeIfPresent(Bool.self, forKey: .builtin) ?? false
+        cpuCapPercent = try c.decodeIfPresent(Int.self, forKey: .cpuCapPercent)
+        cpuShares = try c.decodeIfPresent(Int.self, forKey: .cpuShares)
     }
 
     public static let builtins = [InstanceType(name: "kumo.small", vcpus: 1, memoryMiB: 2048, builtin: true),

@@ -14,6 +14,9 @@ public struct LaunchSpec: Sendable {
     public var image: Image
     /// Per-vCPU pinning (host CPU lists or nil).
     public var affinity: [String?]
+    /// The instance type's CPU cap (percent of a host CPU per vCPU) and shares, applied through cgroups.
+    public var cpuCapPercent: Int? = nil
+    public var cpuShares: Int? = nil
     public init(instanceID: String, workDir: URL, vcpus: Int, memoryMiB: Int, image: Image, affinity: [String?] = []) {
         self.instanceID = instanceID; self.workDir = workDir; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.image = image
         self.affinity = affinity
@@ -45,6 +48,12 @@ public protocol VMMLauncher: Sendable {
     /// Presses the VM's ACPI power button through its control socket; false when the VMM did not take
     /// the request (no control socket, or it answered with an error).
     func pressPowerButton(workDir: URL) -> Bool
+    /// The instance's VMM is gone: release what was set up for it (its cgroup).
+    func release(instanceID: String)
+}
+
+extension VMMLauncher {
+    public func release(instanceID: String) {}
 }
 
 public enum ExitFate: Sendable, Equatable {
@@ -57,7 +66,11 @@ public enum ExitFate: Sendable, Equatable {
 
 public struct ProcessLauncher: VMMLauncher {
     public let vmmPath: String
-    public init(vmmPath: String) { self.vmmPath = vmmPath }
+    /// Where CPU caps and shares go (nil: the host has no usable cpu cgroup hierarchy).
+    public let cgroups: CPUCgroups?
+    public init(vmmPath: String, cgroups: CPUCgroups? = CPUCgroups.detect()) { self.vmmPath = vmmPath; self.cgroups = cgroups }
+
+    public func release(instanceID: String) { cgroups?.release(instanceID: instanceID) }
 
     /// The kumo-vmm configuration file for `spec` (JSON, the same keys as `kumo-vmm --config`).
     public static func config(_ spec: LaunchSpec) -> [String: Any] {
@@ -115,6 +128,19 @@ public struct ProcessLauncher: VMMLauncher {
         let rc = posix_spawn(&pid, vmmPath, &actions, &attr, argv, environ)
         guard rc == 0 else { throw APIError(code: "launch_failed", message: "cannot start \(vmmPath): \(String(cString: strerror(rc)))") }
         let ticks = Self.startTicks(pid) ?? 0
+        if spec.cpuCapPercent != nil || spec.cpuShares != nil {
+            // Into its cgroup before the guest gets going; a limit that cannot be applied is a failed launch.
+            do {
+                guard let cg = cgroups else { throw CPUCgroups.Failure(description: "this host has no cpu cgroup hierarchy") }
+                try cg.apply(instanceID: spec.instanceID, pid: pid, vcpus: spec.vcpus, capPercent: spec.cpuCapPercent, shares: spec.cpuShares)
+            } catch {
+                kill(pid, SIGKILL)
+                var st: Int32 = 0
+                waitpid(pid, &st, 0)
+                cgroups?.release(instanceID: spec.instanceID)
+                throw APIError(code: "launch_failed", message: "cannot apply the instance type's CPU cap/shares: \(error)")
+            }
+        }
         try? "\(pid) \(ticks)\n".write(to: spec.workDir.appendingPathComponent("vmm.pid"), atomically: true, encoding: .utf8)
         return VMMProcess(pid: pid, startTicks: ticks)
     }

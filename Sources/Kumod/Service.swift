@@ -82,11 +82,18 @@ public final class Service: Sendable {
         guard (1...64).contains(t.vcpus), (64...1 << 20).contains(t.memoryMiB) else {
             throw APIError(code: "invalid_argument", message: "vcpus must be 1–64 and memory_mib 64–1048576")
         }
+        if let c = t.cpuCapPercent, !(1...100).contains(c) {
+            throw APIError(code: "invalid_argument", message: "cpu_cap_percent must be 1–100 (percent of one host CPU per vCPU)")
+        }
+        if let sh = t.cpuShares, !(2...262144).contains(sh) {
+            throw APIError(code: "invalid_argument", message: "cpu_shares must be 2–262144 (1024 is the default weight)")
+        }
         if try wrap({ try store.type(t.name) }) != nil {
             throw APIError(code: "conflict", message: "instance type \(t.name) exists")
         }
-        try wrap { try store.addType(InstanceType(name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB)) }
-        return InstanceType(name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB)
+        let made = InstanceType(name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB, cpuCapPercent: t.cpuCapPercent, cpuShares: t.cpuShares)
+        try wrap { try store.addType(made) }
+        return made
     }
 
     // MARK: images
@@ -398,6 +405,7 @@ public final class Service: Sendable {
         if let p = processes.withLock({ $0.removeValue(forKey: id) }) {
             launcher.signal(p, SIGKILL)
             for _ in 0..<200 where launcher.exitStatus(p) == nil { usleep(10_000) }
+            launcher.release(instanceID: id)
         }
         try wrap { try store.transition(id, to: .deleted, reason: "TerminateInstances", pid: .some(nil)) }
         try? FileManager.default.removeItem(atPath: rec.workDir)
@@ -419,8 +427,9 @@ public final class Service: Sendable {
             return
         }
         _ = try? store.transition(id, to: .starting, reason: "launching kumo-vmm", from: [.pending, .starting])
-        let spec = LaunchSpec(instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
+        var spec = LaunchSpec(instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
                               memoryMiB: rec.instance.memoryMiB, image: image, affinity: rec.affinity)
+        if let t = try? store.type(rec.instance.type) { spec.cpuCapPercent = t.cpuCapPercent; spec.cpuShares = t.cpuShares }
         do {
             let p = try launcher.launch(spec)
             processes.withLock { $0[id] = p }
@@ -437,6 +446,7 @@ public final class Service: Sendable {
                     processes.withLock { if $0[id] == p { $0.removeValue(forKey: id) } }
                     launcher.signal(p, SIGKILL)
                     for _ in 0..<200 where launcher.exitStatus(p) == nil { usleep(10_000) }
+                    launcher.release(instanceID: id)
                 }
             }
         } catch {
@@ -490,6 +500,7 @@ public final class Service: Sendable {
         for (id, p) in live {
             guard let fate = launcher.exitStatus(p) else { continue }
             processes.withLock { if $0[id] == p { $0.removeValue(forKey: id) } }
+            launcher.release(instanceID: id)
             let state = (try? store.instance(id))?.instance.state
             let why: String
             switch fate {

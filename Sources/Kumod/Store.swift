@@ -63,6 +63,12 @@ public final class Store: Sendable {
             // A JSON array with a host CPU list ("0-1") or null per vCPU; NULL: no pinning.
             try db.execute(sql: "ALTER TABLE instances ADD COLUMN vcpu_affinity TEXT")
         }
+        m.registerMigration("v3: CPU caps and shares per instance type") { db in
+            try db.execute(sql: """
+                ALTER TABLE instance_types ADD COLUMN cpu_cap_percent INTEGER CHECK (cpu_cap_percent BETWEEN 1 AND 100);
+                ALTER TABLE instance_types ADD COLUMN cpu_shares INTEGER CHECK (cpu_shares BETWEEN 2 AND 262144);
+                """)
+        }
         return m
     }
 
@@ -151,8 +157,8 @@ public final class Store: Sendable {
 
     public func types() throws -> [InstanceType] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT name, vcpus, memory_mib, builtin FROM instance_types ORDER BY vcpus, memory_mib, name")
-                .map { InstanceType(name: $0[0], vcpus: $0[1], memoryMiB: $0[2], builtin: $0[3]) }
+            try Row.fetchAll(db, sql: "SELECT name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares FROM instance_types ORDER BY vcpus, memory_mib, name")
+                .map { InstanceType(name: $0[0], vcpus: $0[1], memoryMiB: $0[2], builtin: $0[3], cpuCapPercent: $0[4], cpuShares: $0[5]) }
         }
     }
 
@@ -160,8 +166,8 @@ public final class Store: Sendable {
 
     public func addType(_ t: InstanceType) throws {
         try db.write { db in
-            try db.execute(sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin) VALUES (?, ?, ?, 0)",
-                           arguments: [t.name, t.vcpus, t.memoryMiB])
+            try db.execute(sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares) VALUES (?, ?, ?, 0, ?, ?)",
+                           arguments: [t.name, t.vcpus, t.memoryMiB, t.cpuCapPercent, t.cpuShares])
         }
     }
 

@@ -108,6 +108,12 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
     }.joined(separator: "\n") + "\n"
 }
 
+func typeRows(_ types: [InstanceType]) -> String {
+    table(["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN", "CPU_CAP", "CPU_SHARES"], types.map {
+        [$0.name, "\($0.vcpus)", "\($0.memoryMiB)", $0.builtin ? "yes" : "no", $0.cpuCapPercent.map { "\($0)%" } ?? "-", $0.cpuShares.map(String.init) ?? "-"]
+    })
+}
+
 func instanceRows(_ list: [Instance]) -> String {
     table(["ID", "NAME", "TYPE", "STATE", "IMAGE", "TENANT", "REASON"],
           list.map { [$0.id, $0.name, $0.type, $0.state.rawValue, $0.image, $0.tenant, $0.stateReason] })
@@ -361,7 +367,7 @@ struct TypeCommand: ParsableCommand {
             try perform {
                 let r = try global.call("GET", "/v1/instance-types", as: [String: [InstanceType]].self)
                 let types = r["instance_types"] ?? []
-                global.emit(r) { table(["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN"], types.map { [$0.name, "\($0.vcpus)", "\($0.memoryMiB)", $0.builtin ? "yes" : "no"] }) }
+                global.emit(r) { typeRows(types) }
             }
         }
     }
@@ -372,10 +378,13 @@ struct TypeCommand: ParsableCommand {
         @Argument var name: String
         @Option var vcpus: Int
         @Option(name: .customLong("memory-mib")) var memoryMiB: Int
+        @Option(help: "cap: each vCPU may use at most this percent of one host CPU (1-100)") var cpuCapPercent: Int?
+        @Option(help: "weight under contention (2-262144; 1024 is the default)") var cpuShares: Int?
         mutating func run() throws {
             try perform {
-                let t = try global.call("POST", "/v1/instance-types", body: InstanceType(name: name, vcpus: vcpus, memoryMiB: memoryMiB), as: InstanceType.self)
-                global.emit(t) { table(["NAME", "VCPUS", "MEMORY_MIB"], [[t.name, "\(t.vcpus)", "\(t.memoryMiB)"]]) }
+                let t = try global.call("POST", "/v1/instance-types", body: InstanceType(name: name, vcpus: vcpus, memoryMiB: memoryMiB,
+                                                                                          cpuCapPercent: cpuCapPercent, cpuShares: cpuShares), as: InstanceType.self)
+                global.emit(t) { typeRows([t]) }
             }
         }
     }

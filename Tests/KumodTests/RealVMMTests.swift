@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import KumoAPI
+import Kumod
 
 /// kumod with the real kumo-vmm on /dev/kvm, driven by the real `kumo`: a tiny guest
 /// (Tests/guests/echo-power.S) that echoes its serial input upper-cased and powers off on the ACPI
@@ -230,5 +231,57 @@ struct RealVMMTests {
         kill(Int32(pid), SIGKILL)
         let dead = try Self.wait(deafID, k, for: .error)
         #expect(dead.state == .error && dead.stateReason.contains("killed by signal 9"), "\(dead.stateReason)")
+    }
+
+    /// A CPU cap from the instance type (cgroup CPU quota): a busy guest capped at 20 % of a host CPU
+    /// gets no more than that, while the same guest uncapped takes far more; the group goes with the VMM.
+    @Test(.timeLimit(.minutes(3)), .enabled(if: CPUCgroups.detect() != nil, "needs a cpu cgroup hierarchy"))
+    func cpuCapHoldsABusyGuest() throws {
+        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2"])
+        defer { k.close() }
+        let unix = "unix:" + k.socket
+        func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
+        let echo = try Self.guest(k.dir, name: "echo")
+        var r = try kumo(["type", "create", "capped", "--vcpus", "1", "--memory-mib", "64", "--cpu-cap-percent", "20", "--cpu-shares", "512"])
+        #expect(r.0 == 0 && r.1.contains("20%") && r.1.contains("512"), "\(r)")
+        r = try kumo(["type", "create", "free", "--vcpus", "1", "--memory-mib", "64"])
+        r = try kumo(["type", "create", "bad", "--vcpus", "1", "--memory-mib", "64", "--cpu-cap-percent", "150"])
+        #expect(r.0 == 1 && r.2.contains("cpu_cap_percent must be 1–100"), "\(r)")
+        r = try kumo(["image", "register", "echo", "--kernel", echo])
+        var ids: [String: String] = [:]
+        for t in ["capped", "free"] {
+            r = try kumo(["instance", "run", "--type", t, "--image", "echo", "--output", "json"])
+            ids[t] = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id)
+            #expect(try Self.wait(ids[t]!, k, for: .running).state == .running)
+        }
+        let cg = try #require(CPUCgroups.detect())
+        let capped = ids["capped"]!
+        let pid = try #require(try Self.instance(capped, k).pid)
+        let procs = try String(contentsOfFile: cg.path(capped) + "/cgroup.procs", encoding: .utf8)
+        #expect(procs.split(separator: "\n").contains(Substring("\(pid)")), "\(procs)")
+        if cg.version == .v1 {
+            #expect(try String(contentsOfFile: cg.path(capped) + "/cpu.cfs_quota_us", encoding: .utf8).hasPrefix("20000"))
+            #expect(try String(contentsOfFile: cg.path(capped) + "/cpu.shares", encoding: .utf8).hasPrefix("512"))
+        }
+        #expect(!FileManager.default.fileExists(atPath: cg.path(ids["free"]!)))   // no limits: no group
+        func cpuNs(_ id: String) throws -> UInt64 {
+            let r = try kumo(["instance", "stats", id, "--output", "json"])
+            return try JSONDecoder().decode(InstanceStats.self, from: Data(r.1.utf8)).vcpus.reduce(0) { $0 + ($1.cpuNs ?? 0) }
+        }
+        Thread.sleep(forTimeInterval: 1)
+        let t0 = Date()
+        let c0 = try cpuNs(capped), f0 = try cpuNs(ids["free"]!)
+        Thread.sleep(forTimeInterval: 3)
+        let c1 = try cpuNs(capped), f1 = try cpuNs(ids["free"]!)
+        let wall = Date().timeIntervalSince(t0) * 1e9
+        let cappedShare = Double(c1 - c0) / wall, freeShare = Double(f1 - f0) / wall
+        print("cpu cap: capped vCPU \(Int(cappedShare * 100)) % of a CPU, uncapped \(Int(freeShare * 100)) %")
+        #expect(cappedShare <= 0.25, "capped guest used \(cappedShare) of a CPU")
+        #expect(freeShare > cappedShare * 1.5, "uncapped \(freeShare) vs capped \(cappedShare)")
+        r = try kumo(["instance", "stop", "--force", capped])
+        #expect(try Self.wait(capped, k, for: .stopped).state == .stopped)
+        let deadline = Date().addingTimeInterval(5)
+        while FileManager.default.fileExists(atPath: cg.path(capped)) && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        #expect(!FileManager.default.fileExists(atPath: cg.path(capped)), "the cgroup outlived its VMM")
     }
 }
