@@ -72,6 +72,13 @@ public final class GuestMemory: @unchecked Sendable {
 
     public var totalSize: UInt64 { regions.reduce(0) { $0 + $1.size } }
 
+    /// Marks all guest RAM mergeable by KSM (MADV_MERGEABLE): the host's ksmd may then share identical
+    /// pages, within this VM and with other mergeable memory on the host. Returns errno on failure.
+    public func markMergeable() -> Int32? {
+        for r in regions where madvise(r.host, Int(r.size), MADV_MERGEABLE) != 0 { return errno }
+        return nil
+    }
+
     /// Host pointer for `length` bytes at `gpa`, or nil unless the whole range lies in one region.
     @inlinable @inline(__always)
     public func hostPointer(_ gpa: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {

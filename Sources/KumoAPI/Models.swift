@@ -95,8 +95,11 @@ public struct Instance: Codable, Sendable, Equatable {
     /// The kumo-vmm process while the instance has one.
     public var pid: Int?
     public var history: [StateChange]?
+    /// Guest RAM offered to KSM (asked for at RunInstances; kumod may suspend it, see docs/KUMOD.md).
+    public var memoryDedup: Bool?
     enum CodingKeys: String, CodingKey {
         case id, name, tenant, type, vcpus, image, state, reservation, pid, history
+        case memoryDedup = "memory_dedup"
         case memoryMiB = "memory_mib", stateReason = "state_reason", createdAt = "created_at"
         case updatedAt = "updated_at", launchedAt = "launched_at"
     }
@@ -121,13 +124,16 @@ public struct RunInstancesRequest: Codable, Sendable, Equatable {
     public var userData: String?
     /// Idempotency token: the same token (per tenant) returns the first call's instances.
     public var clientToken: String?
+    /// Offer guest RAM to KSM (off by default: merged pages are a timing side channel between VMs).
+    public var memoryDedup: Bool?
     enum CodingKeys: String, CodingKey {
         case type, image, count, name
-        case userData = "user_data", clientToken = "client_token"
+        case userData = "user_data", clientToken = "client_token", memoryDedup = "memory_dedup"
     }
-    public init(type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil) {
+    public init(type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil,
+                memoryDedup: Bool? = nil) {
         self.type = type; self.image = image; self.count = count; self.name = name; self.userData = userData
-        self.clientToken = clientToken
+        self.clientToken = clientToken; self.memoryDedup = memoryDedup
     }
 }
 
@@ -194,9 +200,51 @@ public struct VCPUStats: Codable, Sendable, Equatable {
 }
 
 public struct InstanceStats: Codable, Sendable, Equatable {
+    /// Guest memory as the host sees it, and KSM's savings on this VMM (/proc/PID/ksm_stat).
+    public struct Memory: Codable, Sendable, Equatable {
+        public var dedup: Bool
+        public var rssKiB: UInt64
+        public var guestResidentKiB: UInt64
+        public var ksmMergingPages: UInt64?
+        public var ksmProcessProfit: Int64?
+        enum CodingKeys: String, CodingKey {
+            case dedup, rssKiB = "rss_kib", guestResidentKiB = "guest_resident_kib"
+            case ksmMergingPages = "ksm_merging_pages", ksmProcessProfit = "ksm_process_profit"
+        }
+    }
     public var instance: String
     public var vcpus: [VCPUStats]
-    public init(instance: String, vcpus: [VCPUStats]) { self.instance = instance; self.vcpus = vcpus }
+    public var memory: Memory?
+    public init(instance: String, vcpus: [VCPUStats], memory: Memory? = nil) { self.instance = instance; self.vcpus = vcpus; self.memory = memory }
+}
+
+/// The host's KSM as kumod runs it: the daemon's settings, host totals, and the trust domain.
+public struct HostKSM: Codable, Sendable, Equatable {
+    public var run: Int
+    public var pagesToScan: Int
+    public var sleepMillisecs: Int
+    public var pagesShared: Int
+    public var pagesSharing: Int
+    /// Bytes saved after KSM's own metadata (general_profit), where the kernel reports it.
+    public var generalProfit: Int64?
+    /// The tenant whose instances may merge on this host now (nil: none running with dedup).
+    public var domainTenant: String?
+    /// Running instances whose guest RAM is offered to KSM.
+    public var dedupInstances: [String]
+    /// The tuner's recent decisions, newest last.
+    public var decisions: [String]
+    public init(run: Int, pagesToScan: Int, sleepMillisecs: Int, pagesShared: Int, pagesSharing: Int, generalProfit: Int64?,
+                domainTenant: String?, dedupInstances: [String], decisions: [String]) {
+        self.run = run; self.pagesToScan = pagesToScan; self.sleepMillisecs = sleepMillisecs; self.pagesShared = pagesShared
+        self.pagesSharing = pagesSharing; self.generalProfit = generalProfit; self.domainTenant = domainTenant
+        self.dedupInstances = dedupInstances; self.decisions = decisions
+    }
+    enum CodingKeys: String, CodingKey {
+        case run, decisions
+        case pagesToScan = "pages_to_scan", sleepMillisecs = "sleep_millisecs", pagesShared = "pages_shared"
+        case pagesSharing = "pages_sharing", generalProfit = "general_profit", domainTenant = "domain_tenant"
+        case dedupInstances = "dedup_instances"
+    }
 }
 
 /// One vCPU's pinning in a request: `cpus` a host CPU list ("0-1,3"), or null to unpin.

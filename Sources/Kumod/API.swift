@@ -25,7 +25,7 @@ public enum API {
         ("POST", "/v1/instances/{id}/start"), ("POST", "/v1/instances/{id}/stop"), ("POST", "/v1/instances/{id}/reboot"),
         ("GET", "/v1/instances/{id}/console"), ("GET", "/v1/instances/{id}/stats"),
         ("GET", "/v1/instances/{id}/translate"), ("GET", "/v1/instances/{id}/cpus"), ("PUT", "/v1/instances/{id}/cpus"),
-        ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"),
+        ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"), ("GET", "/v1/host/ksm"),
     ]
 
     /// The OpenAPI document shipped with kumod.
@@ -191,6 +191,7 @@ public enum API {
         router.put("/v1/instances/{id}/cpus") { r, c in
             await handle(c) { p throws(APIError) in json(try service.pin(try id(c), try await decode(PinRequest.self, r, c), by: p)) }
         }
+        router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(service.hostKSM()) } }
         router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacity()) } }
         router.put("/v1/host/placement") { r, c in
             await handle(c) { p throws(APIError) in

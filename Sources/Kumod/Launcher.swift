@@ -17,6 +17,8 @@ public struct LaunchSpec: Sendable {
     /// The instance type's CPU cap (percent of a host CPU per vCPU) and shares, applied through cgroups.
     public var cpuCapPercent: Int? = nil
     public var cpuShares: Int? = nil
+    /// Guest RAM offered to KSM (kumo-vmm's memory_dedup).
+    public var memoryDedup = false
     public init(instanceID: String, workDir: URL, vcpus: Int, memoryMiB: Int, image: Image, affinity: [String?] = []) {
         self.instanceID = instanceID; self.workDir = workDir; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.image = image
         self.affinity = affinity
@@ -80,6 +82,7 @@ public struct ProcessLauncher: VMMLauncher {
             "serial_socket": spec.consoleSocket.path, "api_socket": spec.controlSocket.path, "balloon": true,
         ]
         if let i = spec.image.initrd { c["initrd"] = i }
+        if spec.memoryDedup { c["memory_dedup"] = true }
         if spec.affinity.contains(where: { $0 != nil }) {
             c["vcpu_affinity"] = spec.affinity.prefix(spec.vcpus).map { $0.map { $0 as Any } ?? NSNull() }
         }

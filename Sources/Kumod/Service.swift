@@ -14,6 +14,8 @@ public final class Service: Sendable {
     public let dataDir: URL
     /// How long a guest gets to power off after the ACPI power button before its VMM is stopped by force.
     public let stopTimeout: Duration
+    /// KSM for instances with memory dedup: the trust domain and the tuner.
+    public let ksm: KSMTuner
     /// How a stop went, by instance id, for the reason recorded when its VMM is gone.
     let stopNotes = Mutex<[String: String]>([:])
     /// Live VMM processes by instance id (kumod's view; the store has the same pids).
@@ -26,8 +28,9 @@ public final class Service: Sendable {
     let monitorGeneration = Atomic<Int>(0)
 
     public init(store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
-                stopTimeout: Duration = .seconds(30)) {
+                stopTimeout: Duration = .seconds(30), ksm: KSMTuner = KSMTuner()) {
         self.store = store; self.launcher = launcher; self.host = host; self.dataDir = dataDir; self.stopTimeout = stopTimeout
+        self.ksm = ksm
     }
 
     // MARK: settings
@@ -181,12 +184,12 @@ public final class Service: Sendable {
             throw APIError(code: "invalid_argument", message: "client_token: 1–64 characters")
         }
         // The request as recorded for idempotency: the same token with a different request is refused.
-        let canonical = String(decoding: try! Self.canonicalEncoder.encode(RunInstancesRequest(type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken)), as: UTF8.self)
+        let canonical = String(decoding: try! Self.canonicalEncoder.encode(RunInstancesRequest(type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken, memoryDedup: r.memoryDedup)), as: UTF8.self)
         let new = (0..<count).map { i -> Store.NewInstance in
             let id = Store.newID("i")
             let name = r.name.map { count > 1 ? "\($0)-\(i + 1)" : $0 } ?? id
             return Store.NewInstance(id: id, name: name, type: type, imageID: image.id, userData: userData,
-                                     workDir: dataDir.appendingPathComponent("instances/\(id)").path)
+                                     workDir: dataDir.appendingPathComponent("instances/\(id)").path, memoryDedup: r.memoryDedup ?? false)
         }
         let host = self.host, policy = self.policy()
         let outcome: Store.Reserved
@@ -288,13 +291,17 @@ public final class Service: Sendable {
         return try show(id, by: who)
     }
 
+    public func hostKSM() -> HostKSM {
+        ksm.report { try? self.store.tenantName($0) }
+    }
+
     /// Per-vCPU statistics of a running instance, from its VMM's control socket (`vm.stats`).
     public func stats(_ id: String, by who: Store.Principal) throws(APIError) -> InstanceStats {
         let rec = try record(id, by: who)
         guard rec.instance.state == .running else {
             throw APIError(code: "incorrect_state", message: "instance \(id) is \(rec.instance.state.rawValue); statistics come from a running instance's VMM")
         }
-        struct Reply: Decodable { var ok: Bool; var error: String?; var vcpus: [VCPUStats]? }
+        struct Reply: Decodable { var ok: Bool; var error: String?; var vcpus: [VCPUStats]?; var memory: InstanceStats.Memory? }
         let text: String
         do { text = try ControlClient.request(URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path, #"{"op":"vm.stats"}"#) } catch {
             throw APIError(code: "unavailable", message: "the instance's VMM did not answer: \(error.description)")
@@ -303,7 +310,7 @@ public final class Service: Sendable {
             throw APIError(code: "internal", message: "the instance's VMM answered something kumod does not understand")
         }
         guard r.ok, let v = r.vcpus else { throw APIError(code: "unavailable", message: r.error ?? "no statistics") }
-        return InstanceStats(instance: id, vcpus: v)
+        return InstanceStats(instance: id, vcpus: v, memory: r.memory)
     }
 
     /// Walks vCPU `vcpu`'s page tables for `address` in a running instance (kumo-vmm's `translate`).
@@ -406,6 +413,7 @@ public final class Service: Sendable {
             launcher.signal(p, SIGKILL)
             for _ in 0..<200 where launcher.exitStatus(p) == nil { usleep(10_000) }
             launcher.release(instanceID: id)
+            ksm.remove(id)
         }
         try wrap { try store.transition(id, to: .deleted, reason: "TerminateInstances", pid: .some(nil)) }
         try? FileManager.default.removeItem(atPath: rec.workDir)
@@ -430,10 +438,17 @@ public final class Service: Sendable {
         var spec = LaunchSpec(instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
                               memoryMiB: rec.instance.memoryMiB, image: image, affinity: rec.affinity)
         if let t = try? store.type(rec.instance.type) { spec.cpuCapPercent = t.cpuCapPercent; spec.cpuShares = t.cpuShares }
+        var note = ""
+        if rec.instance.memoryDedup == true {
+            spec.memoryDedup = ksm.admit(id, tenant: rec.tenantID)
+            if !spec.memoryDedup { note = "; memory dedup suspended: another tenant's instances hold this host's KSM domain" }
+        }
         do {
-            let p = try launcher.launch(spec)
+            let p: VMMProcess
+            do { p = try launcher.launch(spec) } catch { ksm.remove(id); throw error }
             processes.withLock { $0[id] = p }
-            let moved = (try? store.transition(id, to: .running, reason: "kumo-vmm \(p.pid) started", from: [.starting],
+            if spec.memoryDedup { ksm.tune() }
+            let moved = (try? store.transition(id, to: .running, reason: "kumo-vmm \(p.pid) started" + note, from: [.starting],
                                                 pid: .some((Int(p.pid), p.startTicks)))) ?? false
             if !moved {
                 // Stopped or deleted while the VMM was being spawned (the request found no process to
@@ -447,6 +462,7 @@ public final class Service: Sendable {
                     launcher.signal(p, SIGKILL)
                     for _ in 0..<200 where launcher.exitStatus(p) == nil { usleep(10_000) }
                     launcher.release(instanceID: id)
+                    ksm.remove(id)
                 }
             }
         } catch {
@@ -501,6 +517,7 @@ public final class Service: Sendable {
             guard let fate = launcher.exitStatus(p) else { continue }
             processes.withLock { if $0[id] == p { $0.removeValue(forKey: id) } }
             launcher.release(instanceID: id)
+            ksm.remove(id)
             let state = (try? store.instance(id))?.instance.state
             let why: String
             switch fate {
@@ -536,6 +553,11 @@ public final class Service: Sendable {
                 if launcher.exitStatus(p) == nil {
                     processes.withLock { $0[id] = p }
                     adopted.append(id)
+                    // Its KSM standing is what its VMM was started with.
+                    if let d = FileManager.default.contents(atPath: URL(fileURLWithPath: rec.workDir).appendingPathComponent("config.json").path),
+                       let c = try? JSONSerialization.jsonObject(with: d) as? [String: Any], c["memory_dedup"] as? Bool == true {
+                        _ = ksm.admit(id, tenant: rec.tenantID)
+                    }
                     if rec.instance.state == .stopping { requestStop(id, force: false) }
                     continue
                 }
@@ -555,9 +577,12 @@ public final class Service: Sendable {
         let (s, atto) = interval.components
         let seconds = max(Double(s) + Double(atto) / 1e18, 0.001)
         let generation = monitorGeneration.add(1, ordering: .sequentiallyConsistent).newValue
+        let tuneEvery = max(1, Int(5 / seconds))
+        let ticks = Atomic<Int>(0)
         @Sendable func tick(_ service: Service?) {
             guard let service, service.monitorGeneration.load(ordering: .sequentiallyConsistent) == generation else { return }
             service.reap()
+            if ticks.add(1, ordering: .relaxed).newValue % tuneEvery == 0 { service.ksm.tune() }
             service.supervisor.asyncAfter(deadline: .now() + seconds) { [weak service] in tick(service) }
         }
         supervisor.async { [weak self] in tick(self) }

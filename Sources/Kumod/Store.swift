@@ -69,6 +69,9 @@ public final class Store: Sendable {
                 ALTER TABLE instance_types ADD COLUMN cpu_shares INTEGER CHECK (cpu_shares BETWEEN 2 AND 262144);
                 """)
         }
+        m.registerMigration("v4: memory dedup per instance") { db in
+            try db.execute(sql: "ALTER TABLE instances ADD COLUMN memory_dedup INTEGER NOT NULL DEFAULT 0")
+        }
         return m
     }
 
@@ -138,6 +141,10 @@ public final class Store: Sendable {
                 """, arguments: [Self.hash(token)]) else { return nil }
             return Principal(tenantID: row[0], tenantName: row[1], admin: row[2])
         }
+    }
+
+    public func tenantName(_ id: String) throws -> String? {
+        try db.read { try String.fetchOne($0, sql: "SELECT name FROM tenants WHERE id = ?", arguments: [id]) }
     }
 
     public func tokenCount() throws -> Int { try db.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM tokens") ?? 0 } }
@@ -223,16 +230,17 @@ public final class Store: Sendable {
     static let instanceColumns = """
         i.seq, i.id, i.name, i.tenant_id, n.name AS tenant_name, i.reservation_id, i.type, i.vcpus, i.memory_mib,
         i.image_id, m.name AS image_name, i.user_data, i.state, i.state_reason, i.created_at, i.updated_at,
-        i.launched_at, i.pid, i.pid_start_ticks, i.work_dir, i.vcpu_affinity
+        i.launched_at, i.pid, i.pid_start_ticks, i.work_dir, i.vcpu_affinity, i.memory_dedup
         """
     static let instanceFrom = "FROM instances i JOIN tenants n ON n.id = i.tenant_id JOIN images m ON m.id = i.image_id"
 
     static func record(_ r: Row) -> InstanceRecord {
         let state = InstanceState(rawValue: r["state"]) ?? .error
-        let inst = Instance(id: r["id"], name: r["name"], tenant: r["tenant_name"], type: r["type"], vcpus: r["vcpus"],
+        var inst = Instance(id: r["id"], name: r["name"], tenant: r["tenant_name"], type: r["type"], vcpus: r["vcpus"],
                             memoryMiB: r["memory_mib"], image: r["image_name"], state: state, stateReason: r["state_reason"],
                             createdAt: r["created_at"], updatedAt: r["updated_at"], launchedAt: r["launched_at"],
                             reservation: r["reservation_id"], pid: r["pid"])
+        inst.memoryDedup = (r["memory_dedup"] as Int?) == 1
         let ticks: Int64? = r["pid_start_ticks"]
         return InstanceRecord(instance: inst, tenantID: r["tenant_id"], imageID: r["image_id"], userData: r["user_data"],
                               pidStartTicks: ticks.map { UInt64($0) }, workDir: r["work_dir"], seq: r["seq"],
@@ -309,6 +317,7 @@ public final class Store: Sendable {
         public var imageID: String
         public var userData: Data?
         public var workDir: String
+        public var memoryDedup: Bool = false
     }
 
     /// Outcome of a RunInstances write.
@@ -338,10 +347,10 @@ public final class Store: Sendable {
             for n in new {
                 try db.execute(sql: """
                     INSERT INTO instances (id, name, tenant_id, reservation_id, type, vcpus, memory_mib, image_id, user_data,
-                                           state, state_reason, created_at, updated_at, work_dir)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
+                                           state, state_reason, created_at, updated_at, work_dir, memory_dedup)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)
                     """, arguments: [n.id, n.name, tenantID, rid, n.type.name, n.type.vcpus, n.type.memoryMiB, n.imageID,
-                                     n.userData, "RunInstances", now, now, n.workDir])
+                                     n.userData, "RunInstances", now, now, n.workDir, n.memoryDedup ? 1 : 0])
                 try db.execute(sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, 'pending', 'RunInstances', ?)",
                                arguments: [n.id, now])
             }

@@ -53,6 +53,9 @@ public struct VMConfig: Sendable, Equatable {
     public var apiSocket: String? = nil
     /// Per-vCPU pinning: a host CPU list ("0-1,3") per vCPU, or nil for the host's default.
     public var vcpuAffinity: [String?] = []
+    /// Guest RAM offered to KSM (MADV_MERGEABLE). Off by default: merging across VMs opens timing
+    /// side channels between them (docs/ARCHITECTURE.md).
+    public var memoryDedup: Bool = false
 
     public init() {}
 }
@@ -83,7 +86,7 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
 
 extension VMConfig {
     static let keys: Set<String> = ["kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
-                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket", "vcpu_affinity"]
+                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup"]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
     public static func load(jsonFile path: String) throws(ConfigError) -> VMConfig {
@@ -129,6 +132,9 @@ extension VMConfig {
             case "balloon": balloon = try BalloonConfig.parse(json: value, key: k)
             case "api_socket": apiSocket = value == .null ? nil : try str(k, value)
             case "serial_socket": serialSocket = value == .null ? nil : try str(k, value)
+            case "memory_dedup":
+                guard case let .bool(b) = value else { throw .invalid(k, "must be true or false, not \(value.typeName)") }
+                memoryDedup = b
             case "vcpu_affinity":
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array of CPU lists (or null), one per vCPU") }
                 vcpuAffinity = try items.enumerated().map { (i, item) throws(ConfigError) -> String? in
@@ -255,6 +261,7 @@ extension VMConfig {
                 c.balloon!.freePageReporting = false
             case "--api-socket": c.apiSocket = try value(a)
             case "--serial-socket": c.serialSocket = try value(a)
+            case "--memory-dedup": c.memoryDedup = true
             case "--pin":
                 let v = try value(a)
                 guard let eq = v.firstIndex(of: "="), let n = Int(v[..<eq]), n >= 0, n < 4096 else {

@@ -181,7 +181,8 @@ public final class ControlState: @unchecked Sendable {
                             }))])
         case "vm.stats":
             guard let m = machine else { return Self.fail("no guest is running (between boots)") }
-            return .object([("ok", .bool(true)), ("vcpus", .array(m.counters.indices.map { Self.vcpuStats(m, $0) }))])
+            return .object([("ok", .bool(true)), ("vcpus", .array(m.counters.indices.map { Self.vcpuStats(m, $0) })),
+                            ("memory", Self.memoryStats(m))])
         case "vcpu.pin":
             // {"op":"vcpu.pin","vcpu":N,"cpus":"0-1"}; "cpus": null unpins (all host CPUs).
             guard case let .number(n)? = req["vcpu"], n >= 0, n == n.rounded(), Int(n) < vcpus else {
@@ -266,6 +267,20 @@ public final class ControlState: @unchecked Sendable {
 
 extension ControlState {
     static let fallbackNames = ["int3", "fwait", "ldmxcsr", "stmxcsr"]
+
+    /// Guest memory as the host sees it: resident sizes, and KSM's work on this process
+    /// (/proc/self/ksm_stat: pages merged, the profit after KSM's own metadata).
+    static func memoryStats(_ m: Machine) -> JSONValue {
+        var f: [(String, JSONValue)] = [("dedup", .bool(m.options.memoryDedup)), ("rss_kib", num(residentKiB())),
+                                        ("guest_resident_kib", num(m.memory.residentBytes() >> 10))]
+        if let text = try? readFile("/proc/self/ksm_stat", limit: 4096) {
+            for line in String(decoding: text, as: UTF8.self).split(separator: "\n") {
+                let kv = line.split(separator: " ")
+                if kv.count == 2, let v = Int64(kv[1]) { f.append((String(kv[0]), .number(Double(v)))) }
+            }
+        }
+        return .object(f)
+    }
 
     static func hx(_ v: UInt64) -> JSONValue { .string("0x" + hex(v)) }
 

@@ -91,6 +91,8 @@ public final class Machine: @unchecked Sendable {
         public var emulationFallback: Bool = true
         /// Per-vCPU pinning, applied by each vCPU thread as it starts.
         public var affinity: VCPUAffinity? = nil
+        /// Guest RAM mergeable by KSM (and without transparent huge pages, which KSM does not merge).
+        public var memoryDedup: Bool = false
         public init(memorySize: UInt64, vcpus: Int) { self.memorySize = memorySize; self.vcpus = vcpus }
     }
 
@@ -142,7 +144,10 @@ public final class Machine: @unchecked Sendable {
         self.kvm = kvm
         vm = try kvm.createVM()
         memory = try GuestMemory(layout: Layout.ramRegions(size: options.memorySize),
-                                 hugePages: !devices.contains { $0 is VirtioBalloon })   // see GuestMemory.init
+                                 hugePages: !options.memoryDedup && !devices.contains { $0 is VirtioBalloon })   // see GuestMemory.init
+        if options.memoryDedup, let e = memory.markMergeable() {
+            throw SysError("madvise(MADV_MERGEABLE) on guest RAM (is KSM built into this kernel?)", errno: e)
+        }
         for (slot, r) in memory.regions.enumerated() {
             try vm.setUserMemoryRegion(slot: UInt32(slot), guestPhys: r.guestPhys, size: r.size, host: r.host)
         }

@@ -110,6 +110,7 @@ public struct VMPlan: Sendable {
         var o = Machine.Options(memorySize: UInt64(config.memoryMiB) << 20, vcpus: config.vcpus)
         o.cpuid = template.modifiers + config.cpuid
         o.affinity = affinity
+        o.memoryDedup = config.memoryDedup
         return o
     }
 }

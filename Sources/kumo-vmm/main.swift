@@ -31,6 +31,7 @@ usage: kumo-vmm --kernel PATH [options]        run one VM
                          guest RAM then goes without transparent huge pages
   --balloon-target MIB   initial balloon size (implies --balloon); --no-deflate-on-oom,
                          --no-free-page-reporting
+  --memory-dedup         offer guest RAM to KSM (MADV_MERGEABLE; no THP); off by default (side channels)
   --pin VCPU=CPUS        pin a vCPU's thread to host CPUs (a list like 0-1,3; repeatable); the
                          control socket's vcpu.pin changes it at run time
   --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
@@ -41,7 +42,7 @@ JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_templa
 cpuid ([{function, index, register, clear, set}]), serial, stats,
 disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
 rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), api_socket,
-serial_socket, vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
+serial_socket, memory_dedup, vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
 {"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
 Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.
 Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input.

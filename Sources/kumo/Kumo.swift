@@ -161,6 +161,7 @@ struct InstanceCommand: ParsableCommand {
         @Option(help: "name (NAME-1, NAME-2, … when COUNT > 1)") var name: String?
         @Option(help: "file whose content is stored as the instance's user data (≤ 16 KiB)") var userDataFile: String?
         @Option(help: "idempotency token: repeating the command with it returns the same instances") var clientToken: String?
+        @Flag(help: "offer guest RAM to KSM (off by default: merged pages are a side channel; merging stays within your tenant)") var memoryDedup = false
         mutating func run() throws {
             try perform {
                 var userData: String? = nil
@@ -168,7 +169,8 @@ struct InstanceCommand: ParsableCommand {
                     guard let d = FileManager.default.contents(atPath: f) else { throw Failure.usage("cannot read \(f)") }
                     userData = d.base64EncodedString()
                 }
-                let req = RunInstancesRequest(type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken)
+                let req = RunInstancesRequest(type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken,
+                                              memoryDedup: memoryDedup ? true : nil)
                 let r = try global.call("POST", "/v1/instances", body: req, as: RunInstancesResponse.self)
                 global.emit(r) { instanceRows(r.instances) }
             }
@@ -233,6 +235,11 @@ struct InstanceCommand: ParsableCommand {
                     let kvmRows = st.vcpus.compactMap { v -> [String]? in
                         guard let k = v.kvm else { return nil }
                         return ["\(v.vcpu)", "\(k["exits"] ?? 0)", "\(k["insn_emulation"] ?? 0)", "\(k["pf_taken"] ?? 0)", "\(k["halt_exits"] ?? 0)", "\(k["irq_injections"] ?? 0)"]
+                    }
+                    if let m = st.memory {
+                        s += "\nmemory: RSS \(m.rssKiB >> 10) MiB, guest RAM resident \(m.guestResidentKiB >> 10) MiB, dedup " + (m.dedup ? "on" : "off")
+                            + (m.ksmMergingPages.map { ", KSM merged \($0) pages (\($0 * 4 / 1024) MiB)" } ?? "")
+                            + (m.ksmProcessProfit.map { ", profit \($0 >> 20) MiB" } ?? "") + "\n"
                     }
                     if !kvmRows.isEmpty {
                         s += "\nKVM's own counters (all of them: --output json)\n" + table(["VCPU", "EXITS", "EMULATED_INSNS", "PAGE_FAULTS", "HALT_EXITS", "IRQ_INJECTIONS"], kvmRows)
@@ -424,7 +431,28 @@ struct ImageCommand: ParsableCommand {
 }
 
 struct HostCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "host", abstract: "The host", subcommands: [CapacityCommand.self])
+    static let configuration = CommandConfiguration(commandName: "host", abstract: "The host", subcommands: [CapacityCommand.self, KSMCommand.self])
+
+    struct KSMCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ksm", abstract: "KSM: ksmd's settings, savings, the tenant holding the trust domain, the tuner's decisions")
+        @OptionGroup var global: Global
+        mutating func run() throws {
+            try perform {
+                let k = try global.call("GET", "/v1/host/ksm", as: HostKSM.self)
+                global.emit(k) {
+                    var s = table(["FIELD", "VALUE"], [
+                        ["ksmd", k.run == 1 ? "running" : "stopped (run=\(k.run))"], ["pages_to_scan", "\(k.pagesToScan)"],
+                        ["sleep_millisecs", "\(k.sleepMillisecs)"], ["pages_shared", "\(k.pagesShared)"],
+                        ["pages_sharing", "\(k.pagesSharing) (\(k.pagesSharing * 4 / 1024) MiB saved before metadata)"],
+                        ["general_profit", k.generalProfit.map { "\($0 >> 20) MiB" } ?? "-"],
+                        ["trust domain", k.domainTenant.map { "tenant \($0)" } ?? "free (no instance with dedup running)"],
+                        ["dedup instances", k.dedupInstances.isEmpty ? "-" : k.dedupInstances.joined(separator: " ")]])
+                    if !k.decisions.isEmpty { s += "\ntuner decisions:\n" + k.decisions.map { "  " + $0 }.joined(separator: "\n") + "\n" }
+                    return s
+                }
+            }
+        }
+    }
 
     struct CapacityCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "capacity", abstract: "vCPUs and RAM under the allocation ratios")

@@ -13,6 +13,9 @@ usage: kumod [--data-dir DIR] [--listen HOST:PORT] [--socket PATH] [--vmm PATH] 
   --listen HOST:PORT  REST API over TCP (default 127.0.0.1:8780)
   --socket PATH       REST API over a Unix socket (default DATA_DIR/kumod.sock)
   --vmm PATH          the kumo-vmm binary (default: beside kumod)
+  --ksm-pages-to-scan N  the KSM tuner's pages_to_scan when host memory is plentiful (default 100;
+                      ten times that when it is short)
+  --no-ksm-tuner      leave /sys/kernel/mm/ksm alone (instances with memory dedup are still marked)
   --stop-timeout S    how long a guest gets to power off after the ACPI power button before a stop
                       is forced (default 30)
 """
@@ -27,17 +30,23 @@ var listen = "127.0.0.1:8780"
 var socketPath: String? = nil
 var vmm = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kumo-vmm").path
 var stopTimeout = 30.0
+var ksmPages = 100
+var ksmTuner = true
 var args = Array(CommandLine.arguments.dropFirst())
 while !args.isEmpty {
     let a = args.removeFirst()
     if a == "--help" || a == "-h" { print(usage); exit(0) }
-    guard ["--data-dir", "--listen", "--socket", "--vmm", "--stop-timeout"].contains(a) else { fail("unknown argument \"\(a)\"\n\(usage)") }
+    if a == "--no-ksm-tuner" { ksmTuner = false; continue }
+    guard ["--data-dir", "--listen", "--socket", "--vmm", "--stop-timeout", "--ksm-pages-to-scan"].contains(a) else { fail("unknown argument \"\(a)\"\n\(usage)") }
     guard !args.isEmpty else { fail("\(a) needs a value") }
     let v = args.removeFirst()
     switch a {
     case "--data-dir": dataDir = v
     case "--listen": listen = v
     case "--socket": socketPath = v
+    case "--ksm-pages-to-scan":
+        guard let n = Int(v), (1...5000).contains(n) else { fail("--ksm-pages-to-scan wants 1 to 5000, not \"\(v)\"") }
+        ksmPages = n
     case "--stop-timeout":
         guard let t = Double(v), t >= 0, t <= 3600 else { fail("--stop-timeout wants seconds from 0 to 3600, not \"\(v)\"") }
         stopTimeout = t
@@ -61,7 +70,8 @@ do {
         FileManager.default.createFile(atPath: tokenFile.path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
     }
     let service = Service(store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
-                          stopTimeout: .milliseconds(Int(stopTimeout * 1000)))
+                          stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
+                          ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner))
     let adopted = try service.recover()
     service.startMonitor()
     let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path

@@ -284,4 +284,68 @@ struct RealVMMTests {
         while FileManager.default.fileExists(atPath: cg.path(capped)) && Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
         #expect(!FileManager.default.fileExists(atPath: cg.path(capped)), "the cgroup outlived its VMM")
     }
+
+    /// Memory dedup through KSM, inside one tenant: two of alice's instances holding the same 16 MiB in
+    /// guest RAM (the same initrd, written there by kumo-vmm) get those pages merged, as each VMM's
+    /// ksm_stat shows; bob's instance asking for dedup meanwhile runs without it (the KSM domain is
+    /// alice's); the tuner starts ksmd while dedup instances run and stops it after.
+    @Test(.timeLimit(.minutes(3)), .enabled(if: FileManager.default.isWritableFile(atPath: "/sys/kernel/mm/ksm/run"), "needs KSM (/sys/kernel/mm/ksm)"))
+    func memoryDedupMergesWithinOneTenant() throws {
+        let ksm = "/sys/kernel/mm/ksm/"
+        func sysRead(_ n: String) -> String { ((try? String(contentsOfFile: ksm + n, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines) }
+        let saved = ["pages_to_scan", "sleep_millisecs", "run"].map { ($0, sysRead($0)) }
+        defer { for (n, v) in saved { try? v.write(toFile: ksm + n, atomically: false, encoding: .utf8) } }
+        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2", "--ksm-pages-to-scan", "5000"])
+        defer { k.close() }
+        let unix = "unix:" + k.socket
+        let store = try Store(path: k.dir.appendingPathComponent("kumod.sqlite").path)
+        let alice = try store.issueToken(tenant: "alice", admin: false), bob = try store.issueToken(tenant: "bob", admin: false)
+        func kumo(_ args: [String], _ token: String? = nil) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: token ?? k.token) }
+        let echo = try Self.guest(k.dir, name: "echo")
+        var fill = [UInt8](repeating: 0, count: 16 << 20)
+        for i in stride(from: 0, to: fill.count, by: 8) { var x = UInt64(i) &* 0x9E37_79B9_7F4A_7C15; x ^= x >> 29; for b in 0..<8 { fill[i + b] = UInt8(truncatingIfNeeded: x >> (8 * UInt64(b))) } }
+        let initrd = k.dir.appendingPathComponent("fill.bin")
+        try Data(fill).write(to: initrd)
+        _ = try kumo(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
+        var r = try kumo(["image", "register", "echo", "--kernel", echo, "--initrd", initrd.path])
+        #expect(r.0 == 0, "\(r)")
+        r = try kumo(["instance", "run", "--type", "tiny", "--image", "echo", "--count", "2", "--memory-dedup", "--output", "json"], alice)
+        let mine = try JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.map(\.id)
+        for id in mine { #expect(try Self.wait(id, k, for: .running).state == .running) }
+        r = try kumo(["instance", "run", "--type", "tiny", "--image", "echo", "--memory-dedup", "--output", "json"], bob)
+        let theirs = try #require(try JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id)
+        let bobs = try Self.wait(theirs, k, for: .running)
+        #expect(bobs.stateReason.contains("memory dedup suspended"), "\(bobs.stateReason)")
+
+        func memory(_ id: String, _ token: String) throws -> InstanceStats.Memory? {
+            let r = try kumo(["instance", "stats", id, "--output", "json"], token)
+            return try JSONDecoder().decode(InstanceStats.self, from: Data(r.1.utf8)).memory
+        }
+        var merged: [UInt64] = []
+        let deadline = Date().addingTimeInterval(90)
+        repeat {
+            merged = try mine.map { try memory($0, alice)?.ksmMergingPages ?? 0 }
+            if merged.allSatisfy({ $0 >= 3500 }) { break }
+            Thread.sleep(forTimeInterval: 1)
+        } while Date() < deadline
+        #expect(merged.allSatisfy { $0 >= 3500 }, "pages merged per VMM: \(merged)")
+        let bobMemory = try memory(theirs, bob)
+        #expect(bobMemory?.dedup == false && (bobMemory?.ksmMergingPages ?? 0) == 0, "\(String(describing: bobMemory))")
+        r = try kumo(["instance", "stats", mine[0]], alice)
+        #expect(r.1.contains("dedup on, KSM merged"), "\(r.1)")
+        r = try kumo(["host", "ksm", "--output", "json"])
+        let host = try JSONDecoder().decode(HostKSM.self, from: Data(r.1.utf8))
+        #expect(host.run == 1 && host.pagesToScan == 5000 && host.domainTenant == "alice" && Set(host.dedupInstances) == Set(mine), "\(host)")
+        #expect(host.decisions.contains { $0.contains("dedup suspended") } && host.decisions.contains { $0.contains("ksmd started") }, "\(host.decisions)")
+        print("ksm: \(merged) pages merged per VMM; host pages_sharing \(host.pagesSharing)")
+
+        // All stopped: the tuner stops ksmd (its pass runs every 5 s).
+        for id in mine { _ = try kumo(["instance", "stop", "--force", id], alice) }
+        for id in mine { #expect(try Self.wait(id, k, for: .stopped).state == .stopped) }
+        let off = Date().addingTimeInterval(15)
+        while sysRead("run") != "0" && Date() < off { Thread.sleep(forTimeInterval: 0.5) }
+        #expect(sysRead("run") == "0")
+        r = try kumo(["host", "ksm", "--output", "json"])
+        #expect((try? JSONDecoder().decode(HostKSM.self, from: Data(r.1.utf8)))?.decisions.last?.contains("ksmd stopped") == true, "\(r.1)")
+    }
 }
