@@ -97,9 +97,14 @@ public struct Instance: Codable, Sendable, Equatable {
     public var history: [StateChange]?
     /// Guest RAM offered to KSM (asked for at RunInstances; kumod may suspend it, see docs/KUMOD.md).
     public var memoryDedup: Bool?
+    /// "shared" (vCPUs float over the shared host CPUs, overcommitted by the ratio) or "dedicated"
+    /// (a host CPU of its own per vCPU, never shared or overcommitted).
+    public var cpuPolicy: String?
+    /// The host CPUs of a dedicated instance while it holds them ("3,2").
+    public var dedicatedCPUs: String?
     enum CodingKeys: String, CodingKey {
         case id, name, tenant, type, vcpus, image, state, reservation, pid, history
-        case memoryDedup = "memory_dedup"
+        case memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy", dedicatedCPUs = "dedicated_cpus"
         case memoryMiB = "memory_mib", stateReason = "state_reason", createdAt = "created_at"
         case updatedAt = "updated_at", launchedAt = "launched_at"
     }
@@ -126,14 +131,16 @@ public struct RunInstancesRequest: Codable, Sendable, Equatable {
     public var clientToken: String?
     /// Offer guest RAM to KSM (off by default: merged pages are a timing side channel between VMs).
     public var memoryDedup: Bool?
+    /// "shared" (the default) or "dedicated".
+    public var cpuPolicy: String?
     enum CodingKeys: String, CodingKey {
         case type, image, count, name
-        case userData = "user_data", clientToken = "client_token", memoryDedup = "memory_dedup"
+        case userData = "user_data", clientToken = "client_token", memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy"
     }
     public init(type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil,
-                memoryDedup: Bool? = nil) {
+                memoryDedup: Bool? = nil, cpuPolicy: String? = nil) {
         self.type = type; self.image = image; self.count = count; self.name = name; self.userData = userData
-        self.clientToken = clientToken; self.memoryDedup = memoryDedup
+        self.clientToken = clientToken; self.memoryDedup = memoryDedup; self.cpuPolicy = cpuPolicy
     }
 }
 

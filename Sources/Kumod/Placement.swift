@@ -36,8 +36,14 @@ public struct PlacementPolicy: Codable, Sendable, Equatable {
 }
 
 public struct Capacity: Codable, Sendable, Equatable {
+    /// Shared vCPU capacity: the shared CPUs × cpu_allocation_ratio, and the shared instances' vCPUs.
     public var vcpusTotal: Int
     public var vcpusUsed: Int
+    /// Host CPUs instances may use (logical CPUs less the reserved ones, which are the lowest-numbered),
+    /// those given to dedicated instances (never overcommitted), and the rest: the shared set.
+    public var placeableCPUs: [Int] = []
+    public var dedicatedCPUs: [Int] = []
+    public var sharedCPUs: [Int] = []
     public var memoryMiBTotal: Int
     public var memoryMiBUsed: Int
     public var logicalCPUs: Int
@@ -46,6 +52,7 @@ public struct Capacity: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case vcpusTotal = "vcpus_total", vcpusUsed = "vcpus_used", memoryMiBTotal = "memory_mib_total"
         case memoryMiBUsed = "memory_mib_used", logicalCPUs = "logical_cpus", hostMemoryMiB = "host_memory_mib", policy
+        case placeableCPUs = "placeable_cpus", dedicatedCPUs = "dedicated_cpus", sharedCPUs = "shared_cpus"
     }
     public var vcpusFree: Int { vcpusTotal - vcpusUsed }
     public var memoryMiBFree: Int { memoryMiBTotal - memoryMiBUsed }
@@ -54,8 +61,11 @@ public struct Capacity: Codable, Sendable, Equatable {
 public enum Placement {
     public struct Holder: Sendable {
         public var id: String, type: String, vcpus: Int, memoryMiB: Int, tenantID: String
-        public init(id: String, type: String, vcpus: Int, memoryMiB: Int, tenantID: String) {
+        /// Host CPUs given to this instance alone (a dedicated instance); empty for a shared one.
+        public var dedicatedCPUs: [Int]
+        public init(id: String, type: String, vcpus: Int, memoryMiB: Int, tenantID: String, dedicatedCPUs: [Int] = []) {
             self.id = id; self.type = type; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.tenantID = tenantID
+            self.dedicatedCPUs = dedicatedCPUs
         }
     }
 
@@ -68,19 +78,49 @@ public enum Placement {
     }
 
     public static func capacity(host: HostResources, policy: PlacementPolicy, holders: [Holder]) -> Capacity {
-        let vcpus = scaled(host.logicalCPUs - policy.reservedCPUs, policy.cpuAllocationRatio)
+        let placeable = Array(min(max(policy.reservedCPUs, 0), host.logicalCPUs)..<host.logicalCPUs)
+        let dedicated = Set(holders.flatMap(\.dedicatedCPUs)).intersection(placeable).sorted()
+        let shared = placeable.filter { !dedicated.contains($0) }
+        let vcpus = scaled(shared.count, policy.cpuAllocationRatio)
         let mem = scaled(host.memoryMiB - policy.reservedHostMemoryMiB, policy.ramAllocationRatio)
-        return Capacity(vcpusTotal: vcpus, vcpusUsed: holders.reduce(0) { $0 + $1.vcpus },
-                        memoryMiBTotal: mem, memoryMiBUsed: holders.reduce(0) { $0 + $1.memoryMiB },
-                        logicalCPUs: host.logicalCPUs, hostMemoryMiB: host.memoryMiB, policy: policy)
+        var c = Capacity(vcpusTotal: vcpus, vcpusUsed: holders.filter { $0.dedicatedCPUs.isEmpty }.reduce(0) { $0 + $1.vcpus },
+                         memoryMiBTotal: mem, memoryMiBUsed: holders.reduce(0) { $0 + $1.memoryMiB },
+                         logicalCPUs: host.logicalCPUs, hostMemoryMiB: host.memoryMiB, policy: policy)
+        c.placeableCPUs = placeable; c.dedicatedCPUs = dedicated; c.sharedCPUs = shared
+        return c
     }
+
+    /// Host CPUs for `count` dedicated instances of `vcpus` each, taken from the shared set's top
+    /// (the lowest-numbered CPUs stay shared, where the host's own work tends to run), or the refusal.
+    /// The shared instances must still fit on what stays shared, and keep at least one CPU.
+    public static func dedicate(type: InstanceType, count: Int, host: HostResources, policy: PlacementPolicy,
+                                holders: [Holder]) throws(APIError) -> [[Int]] {
+        let cap = capacity(host: host, policy: policy, holders: holders)
+        let need = type.vcpus * count
+        let sharedUse = cap.vcpusUsed
+        let keep = sharedUse > 0 ? 1 : 0
+        guard need <= cap.sharedCPUs.count - keep else {
+            throw APIError(code: "insufficient_capacity", message: "not enough host CPUs to dedicate — \(count) × \(type.name) (dedicated) need \(need) CPU(s) of their own; "
+                           + "\(cap.placeableCPUs.count) placeable (\(host.logicalCPUs) logical − \(policy.reservedCPUs) reserved), \(cap.dedicatedCPUs.count) already dedicated (\(CPUListText(cap.dedicatedCPUs))), "
+                           + "\(cap.sharedCPUs.count) shared" + (keep > 0 ? ", of which 1 must stay shared for the \(sharedUse) shared vCPU(s) running" : "")
+                           + ". Stop a dedicated instance or run this one shared.")
+        }
+        let remaining = cap.sharedCPUs.count - need
+        guard sharedUse <= scaled(remaining, policy.cpuAllocationRatio) else {
+            throw APIError(code: "insufficient_capacity", message: "dedicating \(need) CPU(s) would leave \(remaining) shared CPU(s): \(scaled(remaining, policy.cpuAllocationRatio)) shared vCPUs under cpu_allocation_ratio \(policy.cpuAllocationRatio), but \(sharedUse) are in use. Stop shared instances or run this one shared.")
+        }
+        let take = Array(cap.sharedCPUs.suffix(need).reversed())
+        return (0..<count).map { i in Array(take[(i * type.vcpus)..<((i + 1) * type.vcpus)]).sorted() }
+    }
+
+    static func CPUListText(_ cpus: [Int]) -> String { cpus.isEmpty ? "none" : cpus.map(String.init).joined(separator: ",") }
 
     /// Throws `insufficient_capacity` when `count` instances of `type` do not fit beside `holders`.
     /// Instances of other tenants are counted but not named to `tenantID` (unless `admin`).
     public static func check(type: InstanceType, count: Int, host: HostResources, policy: PlacementPolicy,
-                             holders: [Holder], tenantID: String, admin: Bool) throws(APIError) {
+                             holders: [Holder], tenantID: String, admin: Bool, dedicated: Bool = false) throws(APIError) {
         let cap = capacity(host: host, policy: policy, holders: holders)
-        let needCPU = type.vcpus * count, needMem = type.memoryMiB * count
+        let needCPU = dedicated ? 0 : type.vcpus * count, needMem = type.memoryMiB * count
         var short: [String] = []
         if needMem > cap.memoryMiBFree {
             short.append("memory: \(count) × \(type.name) need \(needMem) MiB, \(max(cap.memoryMiBFree, 0)) MiB free, short by \(needMem - max(cap.memoryMiBFree, 0)) MiB "
@@ -88,7 +128,7 @@ public enum Placement {
         }
         if needCPU > cap.vcpusFree {
             short.append("vCPUs: \(count) × \(type.name) need \(needCPU), \(max(cap.vcpusFree, 0)) free, short by \(needCPU - max(cap.vcpusFree, 0)) "
-                         + "(capacity \(cap.vcpusTotal) = (\(host.logicalCPUs) logical CPUs − \(policy.reservedCPUs) reserved) × cpu_allocation_ratio \(policy.cpuAllocationRatio); \(cap.vcpusUsed) in use)")
+                         + "(capacity \(cap.vcpusTotal) = (\(host.logicalCPUs) logical CPUs − \(policy.reservedCPUs) reserved − \(cap.dedicatedCPUs.count) dedicated) × cpu_allocation_ratio \(policy.cpuAllocationRatio); \(cap.vcpusUsed) in use)")
         }
         guard !short.isEmpty else { return }
         let mine = holders.filter { admin || $0.tenantID == tenantID }

@@ -164,6 +164,10 @@ public final class Service: Sendable {
         guard (1...Self.maxCount).contains(count) else {
             throw APIError(code: "invalid_argument", message: "count must be 1–\(Self.maxCount), not \(count)")
         }
+        guard r.cpuPolicy == nil || r.cpuPolicy == "shared" || r.cpuPolicy == "dedicated" else {
+            throw APIError(code: "invalid_argument", message: "cpu_policy must be shared or dedicated, not \"\(r.cpuPolicy!)\"")
+        }
+        let dedicated = r.cpuPolicy == "dedicated"
         guard let type = try wrap({ try store.type(r.type) }) else {
             let known = (try? store.types().map(\.name).joined(separator: ", ")) ?? ""
             throw APIError(code: "not_found", message: "no instance type \"\(r.type)\" (known: \(known); `kumo type list`)")
@@ -184,12 +188,13 @@ public final class Service: Sendable {
             throw APIError(code: "invalid_argument", message: "client_token: 1–64 characters")
         }
         // The request as recorded for idempotency: the same token with a different request is refused.
-        let canonical = String(decoding: try! Self.canonicalEncoder.encode(RunInstancesRequest(type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken, memoryDedup: r.memoryDedup)), as: UTF8.self)
+        let canonical = String(decoding: try! Self.canonicalEncoder.encode(RunInstancesRequest(type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken, memoryDedup: r.memoryDedup, cpuPolicy: r.cpuPolicy)), as: UTF8.self)
         let new = (0..<count).map { i -> Store.NewInstance in
             let id = Store.newID("i")
             let name = r.name.map { count > 1 ? "\($0)-\(i + 1)" : $0 } ?? id
             return Store.NewInstance(id: id, name: name, type: type, imageID: image.id, userData: userData,
-                                     workDir: dataDir.appendingPathComponent("instances/\(id)").path, memoryDedup: r.memoryDedup ?? false)
+                                     workDir: dataDir.appendingPathComponent("instances/\(id)").path, memoryDedup: r.memoryDedup ?? false,
+                                     dedicated: dedicated)
         }
         let host = self.host, policy = self.policy()
         let outcome: Store.Reserved
@@ -197,7 +202,9 @@ public final class Service: Sendable {
             outcome = try store.reserve(tenantID: who.tenantID, clientToken: r.clientToken, request: canonical, instances: new) { db in
                 // Inside the write transaction: every committed reservation is counted.
                 let holders = try Store.capacityHolders(db)
-                try Placement.check(type: type, count: count, host: host, policy: policy, holders: holders, tenantID: who.tenantID, admin: who.admin)
+                try Placement.check(type: type, count: count, host: host, policy: policy, holders: holders, tenantID: who.tenantID,
+                                    admin: who.admin, dedicated: dedicated)
+                return dedicated ? try Placement.dedicate(type: type, count: count, host: host, policy: policy, holders: holders) : []
             }
         } catch let e as APIError { throw e } catch { throw APIError(code: "internal", message: "state store: \(error)") }
         switch outcome {
@@ -263,9 +270,13 @@ public final class Service: Sendable {
             let host = self.host, policy = self.policy()
             let type = InstanceType(name: rec.instance.type, vcpus: rec.instance.vcpus, memoryMiB: rec.instance.memoryMiB)
             do {
+                let dedicated = rec.instance.cpuPolicy == "dedicated"
                 let ok = try store.transition(id, to: .pending, reason: "StartInstances", from: [.stopped, .error]) { db in
                     let holders = try Store.capacityHolders(db)
-                    try Placement.check(type: type, count: 1, host: host, policy: policy, holders: holders, tenantID: who.tenantID, admin: who.admin)
+                    try Placement.check(type: type, count: 1, host: host, policy: policy, holders: holders, tenantID: who.tenantID,
+                                        admin: who.admin, dedicated: dedicated)
+                    // A dedicated instance gets host CPUs afresh: the ones it had may be taken.
+                    if dedicated { try Store.setDedicatedCPUs(db, id, try Placement.dedicate(type: type, count: 1, host: host, policy: policy, holders: holders)[0]) }
                 }
                 if ok { startLaunch(id) }
             } catch let e as APIError { throw e } catch { throw APIError(code: "internal", message: "state store: \(error)") }
@@ -343,7 +354,9 @@ public final class Service: Sendable {
         let live = rec.instance.state == .running ? (try? stats(id, by: who))?.vcpus : nil
         return InstanceCPUs(instance: id, vcpus: (0..<rec.instance.vcpus).map { i in
             let v = live?.first { $0.vcpu == i }
-            return .init(vcpu: i, pinned: i < rec.affinity.count ? rec.affinity[i] : nil, tid: v?.tid, cpusAllowed: v?.cpusAllowed)
+            let own = rec.instance.cpuPolicy == "dedicated" ? rec.instance.dedicatedCPUs?.split(separator: ",").map(String.init) : nil
+            let pinned = own.map { i < $0.count ? $0[i] : nil } ?? (i < rec.affinity.count ? rec.affinity[i] : nil)
+            return .init(vcpu: i, pinned: pinned, tid: v?.tid, cpusAllowed: v?.cpusAllowed)
         })
     }
 
@@ -351,6 +364,9 @@ public final class Service: Sendable {
     public func pin(_ id: String, _ req: PinRequest, by who: Store.Principal) throws(APIError) -> InstanceCPUs {
         let rec = try record(id, by: who)
         guard rec.instance.state != .deleted else { throw APIError(code: "not_found", message: "no instance \(id)") }
+        guard rec.instance.cpuPolicy != "dedicated" else {
+            throw APIError(code: "invalid_argument", message: "instance \(id) is dedicated: each vCPU already has a host CPU of its own (\(rec.instance.dedicatedCPUs ?? "assigned at start"))")
+        }
         guard !req.vcpus.isEmpty, req.vcpus.count <= rec.instance.vcpus else {
             throw APIError(code: "invalid_argument", message: "give 1 to \(rec.instance.vcpus) vCPU pinnings")
         }
@@ -436,7 +452,7 @@ public final class Service: Sendable {
         }
         _ = try? store.transition(id, to: .starting, reason: "launching kumo-vmm", from: [.pending, .starting])
         var spec = LaunchSpec(instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
-                              memoryMiB: rec.instance.memoryMiB, image: image, affinity: rec.affinity)
+                              memoryMiB: rec.instance.memoryMiB, image: image, affinity: cpuPlan(rec))
         if let t = try? store.type(rec.instance.type) { spec.cpuCapPercent = t.cpuCapPercent; spec.cpuShares = t.cpuShares }
         var note = ""
         if rec.instance.memoryDedup == true {
@@ -448,6 +464,7 @@ public final class Service: Sendable {
             do { p = try launcher.launch(spec) } catch { ksm.remove(id); throw error }
             processes.withLock { $0[id] = p }
             if spec.memoryDedup { ksm.tune() }
+            if rec.instance.cpuPolicy == "dedicated" { rebalanceShared() }
             let moved = (try? store.transition(id, to: .running, reason: "kumo-vmm \(p.pid) started" + note, from: [.starting],
                                                 pid: .some((Int(p.pid), p.startTicks)))) ?? false
             if !moved {
@@ -467,6 +484,36 @@ public final class Service: Sendable {
             }
         } catch {
             _ = try? store.transition(id, to: .error, reason: "\(error)", from: [.starting])
+        }
+    }
+
+    // MARK: CPU policy
+
+    /// Where each vCPU runs: a dedicated instance's vCPU i on its i-th CPU of its own; a shared instance's
+    /// vCPUs on what the user pinned, else over the shared set (the host's placeable CPUs less every
+    /// dedicated one).
+    func cpuPlan(_ rec: Store.InstanceRecord) -> [String?] {
+        if rec.instance.cpuPolicy == "dedicated", let own = rec.instance.dedicatedCPUs {
+            let cpus = own.split(separator: ",").map(String.init)
+            if cpus.count == rec.instance.vcpus { return cpus.map { Optional($0) } }
+        }
+        guard let cap = try? capacity(), !cap.dedicatedCPUs.isEmpty, !cap.sharedCPUs.isEmpty else { return rec.affinity }
+        let shared = cap.sharedCPUs.map(String.init).joined(separator: ",")
+        return (0..<rec.instance.vcpus).map { i in i < rec.affinity.count && rec.affinity[i] != nil ? rec.affinity[i] : shared }
+    }
+
+    /// The shared set changed (a dedicated instance started or stopped): running shared instances' vCPUs
+    /// that the user did not pin move onto the new shared set.
+    func rebalanceShared() {
+        guard let cap = try? capacity() else { return }
+        let target = cap.dedicatedCPUs.isEmpty ? "null" : "\"" + cap.sharedCPUs.map(String.init).joined(separator: ",") + "\""
+        var f = Store.Filter()
+        f.states = [.running]
+        for rec in ((try? store.instances(f, limit: 1_000_000).0) ?? []) where rec.instance.cpuPolicy != "dedicated" {
+            let sock = URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path
+            for i in 0..<rec.instance.vcpus where !(i < rec.affinity.count && rec.affinity[i] != nil) {
+                _ = try? ControlClient.request(sock, #"{"op":"vcpu.pin","vcpu":\#(i),"cpus":\#(target)}"#)
+            }
         }
     }
 
@@ -518,6 +565,7 @@ public final class Service: Sendable {
             processes.withLock { if $0[id] == p { $0.removeValue(forKey: id) } }
             launcher.release(instanceID: id)
             ksm.remove(id)
+            if (try? store.instance(id))?.instance.cpuPolicy == "dedicated" { supervisor.async { [self] in rebalanceShared() } }
             let state = (try? store.instance(id))?.instance.state
             let why: String
             switch fate {

@@ -72,6 +72,12 @@ public final class Store: Sendable {
         m.registerMigration("v4: memory dedup per instance") { db in
             try db.execute(sql: "ALTER TABLE instances ADD COLUMN memory_dedup INTEGER NOT NULL DEFAULT 0")
         }
+        m.registerMigration("v5: CPU policy (shared or dedicated)") { db in
+            try db.execute(sql: """
+                ALTER TABLE instances ADD COLUMN cpu_policy TEXT NOT NULL DEFAULT 'shared' CHECK (cpu_policy IN ('shared', 'dedicated'));
+                ALTER TABLE instances ADD COLUMN dedicated_cpus TEXT;
+                """)
+        }
         return m
     }
 
@@ -230,7 +236,7 @@ public final class Store: Sendable {
     static let instanceColumns = """
         i.seq, i.id, i.name, i.tenant_id, n.name AS tenant_name, i.reservation_id, i.type, i.vcpus, i.memory_mib,
         i.image_id, m.name AS image_name, i.user_data, i.state, i.state_reason, i.created_at, i.updated_at,
-        i.launched_at, i.pid, i.pid_start_ticks, i.work_dir, i.vcpu_affinity, i.memory_dedup
+        i.launched_at, i.pid, i.pid_start_ticks, i.work_dir, i.vcpu_affinity, i.memory_dedup, i.cpu_policy, i.dedicated_cpus
         """
     static let instanceFrom = "FROM instances i JOIN tenants n ON n.id = i.tenant_id JOIN images m ON m.id = i.image_id"
 
@@ -241,6 +247,9 @@ public final class Store: Sendable {
                             createdAt: r["created_at"], updatedAt: r["updated_at"], launchedAt: r["launched_at"],
                             reservation: r["reservation_id"], pid: r["pid"])
         inst.memoryDedup = (r["memory_dedup"] as Int?) == 1
+        inst.cpuPolicy = r["cpu_policy"]
+        let dedicated: String? = r["dedicated_cpus"]
+        inst.dedicatedCPUs = state.holdsCapacity ? dedicated : nil
         let ticks: Int64? = r["pid_start_ticks"]
         return InstanceRecord(instance: inst, tenantID: r["tenant_id"], imageID: r["image_id"], userData: r["user_data"],
                               pidStartTicks: ticks.map { UInt64($0) }, workDir: r["work_dir"], seq: r["seq"],
@@ -304,8 +313,17 @@ public final class Store: Sendable {
     /// Instances holding host capacity (for placement), read inside the caller's transaction.
     public static func capacityHolders(_ db: Database) throws -> [Placement.Holder] {
         let states = InstanceState.allCases.filter(\.holdsCapacity).map { "'\($0.rawValue)'" }.joined(separator: ",")
-        return try Row.fetchAll(db, sql: "SELECT id, type, vcpus, memory_mib, tenant_id FROM instances WHERE state IN (\(states))")
-            .map { Placement.Holder(id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4]) }
+        return try Row.fetchAll(db, sql: "SELECT id, type, vcpus, memory_mib, tenant_id, cpu_policy, dedicated_cpus FROM instances WHERE state IN (\(states))")
+            .map { Placement.Holder(id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4],
+                                    dedicatedCPUs: ($0[5] as String) == "dedicated" ? cpus($0[6]) : []) }
+    }
+
+    static func cpuText(_ cpus: [Int]) -> String { cpus.map(String.init).joined(separator: ",") }
+    static func cpus(_ text: String?) -> [Int] { (text ?? "").split(separator: ",").compactMap { Int($0) } }
+
+    /// Records the host CPUs given to a dedicated instance (inside a transaction, at Start).
+    public static func setDedicatedCPUs(_ db: Database, _ id: String, _ cpus: [Int]) throws {
+        try db.execute(sql: "UPDATE instances SET dedicated_cpus = ? WHERE id = ?", arguments: [cpuText(cpus), id])
     }
 
     public func read<T>(_ body: (Database) throws -> T) throws -> T { try db.read(body) }
@@ -318,6 +336,7 @@ public final class Store: Sendable {
         public var userData: Data?
         public var workDir: String
         public var memoryDedup: Bool = false
+        public var dedicated = false
     }
 
     /// Outcome of a RunInstances write.
@@ -329,8 +348,9 @@ public final class Store: Sendable {
 
     /// Records a reservation and its instances in `pending`, in one transaction. `check` runs inside the
     /// transaction, after the idempotency lookup, so that placement sees every committed reservation.
+    /// `check` returns the host CPUs dedicated to each new instance (empty for shared ones).
     public func reserve(tenantID: String, clientToken: String?, request: String, instances new: [NewInstance],
-                        check: (Database) throws -> Void) throws -> Reserved {
+                        check: (Database) throws -> [[Int]]) throws -> Reserved {
         try db.write { db in
             if let token = clientToken,
                let row = try Row.fetchOne(db, sql: "SELECT id, request FROM reservations WHERE tenant_id = ? AND client_token = ?",
@@ -339,18 +359,19 @@ public final class Store: Sendable {
                 let ids = try String.fetchAll(db, sql: "SELECT id FROM instances WHERE reservation_id = ? ORDER BY seq", arguments: [rid])
                 return .replay(reservation: rid, ids: ids, sameRequest: (row[1] as String) == request)
             }
-            try check(db)
+            let cpus = try check(db)
             let rid = Self.newID("r")
             let now = Self.now()
             try db.execute(sql: "INSERT INTO reservations (id, tenant_id, client_token, request, created_at) VALUES (?, ?, ?, ?, ?)",
                            arguments: [rid, tenantID, clientToken, request, now])
-            for n in new {
+            for (i, n) in new.enumerated() {
                 try db.execute(sql: """
                     INSERT INTO instances (id, name, tenant_id, reservation_id, type, vcpus, memory_mib, image_id, user_data,
-                                           state, state_reason, created_at, updated_at, work_dir, memory_dedup)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)
+                                           state, state_reason, created_at, updated_at, work_dir, memory_dedup, cpu_policy, dedicated_cpus)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
                     """, arguments: [n.id, n.name, tenantID, rid, n.type.name, n.type.vcpus, n.type.memoryMiB, n.imageID,
-                                     n.userData, "RunInstances", now, now, n.workDir, n.memoryDedup ? 1 : 0])
+                                     n.userData, "RunInstances", now, now, n.workDir, n.memoryDedup ? 1 : 0,
+                                     n.dedicated ? "dedicated" : "shared", i < cpus.count ? Self.cpuText(cpus[i]) : nil])
                 try db.execute(sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, 'pending', 'RunInstances', ?)",
                                arguments: [n.id, now])
             }

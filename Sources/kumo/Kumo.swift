@@ -161,6 +161,7 @@ struct InstanceCommand: ParsableCommand {
         @Option(help: "name (NAME-1, NAME-2, … when COUNT > 1)") var name: String?
         @Option(help: "file whose content is stored as the instance's user data (≤ 16 KiB)") var userDataFile: String?
         @Option(help: "idempotency token: repeating the command with it returns the same instances") var clientToken: String?
+        @Option(help: "shared (vCPUs float over the shared host CPUs) or dedicated (a host CPU of its own per vCPU)") var cpuPolicy: String?
         @Flag(help: "offer guest RAM to KSM (off by default: merged pages are a side channel; merging stays within your tenant)") var memoryDedup = false
         mutating func run() throws {
             try perform {
@@ -170,7 +171,7 @@ struct InstanceCommand: ParsableCommand {
                     userData = d.base64EncodedString()
                 }
                 let req = RunInstancesRequest(type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken,
-                                              memoryDedup: memoryDedup ? true : nil)
+                                              memoryDedup: memoryDedup ? true : nil, cpuPolicy: cpuPolicy)
                 let r = try global.call("POST", "/v1/instances", body: req, as: RunInstancesResponse.self)
                 global.emit(r) { instanceRows(r.instances) }
             }
@@ -211,7 +212,9 @@ struct InstanceCommand: ParsableCommand {
                 global.emit(i) {
                     var s = table(["FIELD", "VALUE"], [["id", i.id], ["name", i.name], ["tenant", i.tenant], ["type", "\(i.type) (\(i.vcpus) vCPU, \(i.memoryMiB) MiB)"],
                                                         ["image", i.image], ["state", i.state.rawValue], ["reason", i.stateReason],
-                                                        ["created", i.createdAt], ["launched", i.launchedAt ?? "-"], ["pid", i.pid.map(String.init) ?? "-"]])
+                                                        ["created", i.createdAt], ["launched", i.launchedAt ?? "-"], ["pid", i.pid.map(String.init) ?? "-"],
+                                                        ["cpu policy", (i.cpuPolicy ?? "shared") + (i.dedicatedCPUs.map { " (host CPUs \($0))" } ?? "")],
+                                                        ["memory dedup", i.memoryDedup == true ? "asked for" : "off"]])
                     s += "\n" + table(["AT", "STATE", "REASON"], (i.history ?? []).map { [$0.at, $0.state.rawValue, $0.reason] })
                     return s
                 }
@@ -462,7 +465,8 @@ struct HostCommand: ParsableCommand {
                 let c = try global.call("GET", "/v1/host/capacity", as: CapacityView.self)
                 global.emit(c) {
                     table(["RESOURCE", "USED", "TOTAL", "FORMULA"], [
-                        ["vCPUs", "\(c.vcpus_used)", "\(c.vcpus_total)", "(\(c.logical_cpus) CPUs − \(c.policy.reserved_cpus)) × \(c.policy.cpu_allocation_ratio)"],
+                        ["shared vCPUs", "\(c.vcpus_used)", "\(c.vcpus_total)", "(\(c.logical_cpus) CPUs − \(c.policy.reserved_cpus) reserved − \((c.dedicated_cpus ?? []).count) dedicated) × \(c.policy.cpu_allocation_ratio)"],
+                        ["dedicated CPUs", "\((c.dedicated_cpus ?? []).count)", "\((c.placeable_cpus ?? []).count)", "CPUs " + ((c.dedicated_cpus ?? []).isEmpty ? "none" : (c.dedicated_cpus ?? []).map(String.init).joined(separator: ",")) + " dedicated; shared set " + (c.shared_cpus ?? []).map(String.init).joined(separator: ",")],
                         ["memory MiB", "\(c.memory_mib_used)", "\(c.memory_mib_total)", "(\(c.host_memory_mib) − \(c.policy.reserved_host_memory_mib)) × \(c.policy.ram_allocation_ratio)"],
                     ])
                 }
@@ -476,4 +480,5 @@ struct CapacityView: Codable {
     struct Policy: Codable { var cpu_allocation_ratio: Double; var ram_allocation_ratio: Double; var reserved_host_memory_mib: Int; var reserved_cpus: Int }
     var vcpus_total: Int, vcpus_used: Int, memory_mib_total: Int, memory_mib_used: Int, logical_cpus: Int, host_memory_mib: Int
     var policy: Policy
+    var placeable_cpus: [Int]?, dedicated_cpus: [Int]?, shared_cpus: [Int]?
 }

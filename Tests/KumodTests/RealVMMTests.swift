@@ -348,4 +348,58 @@ struct RealVMMTests {
         r = try kumo(["host", "ksm", "--output", "json"])
         #expect((try? JSONDecoder().decode(HostKSM.self, from: Data(r.1.utf8)))?.decisions.last?.contains("ksmd stopped") == true, "\(r.1)")
     }
+
+    /// CPU policy: a dedicated instance gets a host CPU of its own (its vCPU thread pinned there); the
+    /// shared instances move off it onto the shared set, and back when it stops; a second dedicated
+    /// instance is refused while a shared one needs the last CPU.
+    @Test(.timeLimit(.minutes(3)), .enabled(if: ProcessInfo.processInfo.processorCount >= 2, "needs two host CPUs"))
+    func dedicatedInstanceGetsItsOwnCPU() throws {
+        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2"])
+        defer { k.close() }
+        let unix = "unix:" + k.socket
+        func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
+        let deaf = try Self.guest(k.dir, name: "deaf", source: Self.deafGuest)
+        _ = try kumo(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
+        _ = try kumo(["image", "register", "idle", "--kernel", deaf])
+        let n = ProcessInfo.processInfo.processorCount
+        func run(_ extra: [String]) throws -> String {
+            let r = try kumo(["instance", "run", "--type", "tiny", "--image", "idle", "--output", "json"] + extra)
+            let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id, "\(r)")
+            #expect(try Self.wait(id, k, for: .running).state == .running)
+            return id
+        }
+        func allowed(_ id: String) throws -> String? {
+            for _ in 0..<50 {
+                let r = try kumo(["instance", "cpus", id, "--output", "json"])
+                if let a = (try? JSONDecoder().decode(InstanceCPUs.self, from: Data(r.1.utf8)))?.vcpus.first?.cpusAllowed { return a }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            return nil
+        }
+        let shared = try run([])
+        #expect(try allowed(shared) == "0-\(n - 1)")
+        let dedicated = try run(["--cpu-policy", "dedicated"])
+        let d = try Self.instance(dedicated, k)
+        #expect(d.cpuPolicy == "dedicated" && d.dedicatedCPUs == "\(n - 1)", "\(d)")
+        #expect(try allowed(dedicated) == "\(n - 1)")
+        let rest = n == 2 ? "0" : "0-\(n - 2)"
+        var moved: String? = nil
+        for _ in 0..<50 { moved = try allowed(shared); if moved == rest { break }; Thread.sleep(forTimeInterval: 0.1) }
+        #expect(moved == rest, "the shared instance's vCPU should have left the dedicated CPU")
+        var r = try kumo(["host", "capacity"])
+        #expect(r.1.contains("CPUs \(n - 1) dedicated"), "\(r.1)")
+        r = try kumo(["instance", "cpus", dedicated, "--pin", "0=0"])
+        #expect(r.0 == 1 && r.2.contains("is dedicated"), "\(r)")
+        if n == 2 {
+            r = try kumo(["instance", "run", "--type", "tiny", "--image", "idle", "--cpu-policy", "dedicated"])
+            #expect(r.0 == 1 && r.2.contains("must stay shared"), "\(r)")
+        }
+        r = try kumo(["instance", "run", "--type", "tiny", "--image", "idle", "--cpu-policy", "exclusive"])
+        #expect(r.0 == 1 && r.2.contains("cpu_policy must be shared or dedicated"), "\(r)")
+        _ = try kumo(["instance", "stop", "--force", dedicated])
+        #expect(try Self.wait(dedicated, k, for: .stopped).state == .stopped)
+        var back: String? = nil
+        for _ in 0..<50 { back = try allowed(shared); if back == "0-\(n - 1)" { break }; Thread.sleep(forTimeInterval: 0.1) }
+        #expect(back == "0-\(n - 1)", "the shared set should be whole again")
+    }
 }

@@ -17,7 +17,7 @@ func tempDir(_ tag: String) throws -> URL {
         let path = dir.appendingPathComponent("k.sqlite").path
         let s = try Store(path: path)
         #expect(try s.journalMode() == "wal")
-        #expect(try s.appliedMigrations() == ["v1: tenants, tokens, types, images, instances", "v2: vCPU pinning", "v3: CPU caps and shares per instance type", "v4: memory dedup per instance"])
+        #expect(try s.appliedMigrations() == ["v1: tenants, tokens, types, images, instances", "v2: vCPU pinning", "v3: CPU caps and shares per instance type", "v4: memory dedup per instance", "v5: CPU policy (shared or dedicated)"])
         #expect(try s.types().map(\.name) == ["kumo.small", "kumo.medium", "kumo.large"])
         #expect(try s.type("kumo.medium") == InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true))
         // Reopening runs no migration twice and keeps the data.
@@ -53,7 +53,7 @@ func tempDir(_ tag: String) throws -> URL {
         try s.addImage(Image(id: "img-1", name: "img", kernel: "/k", initrd: nil, rootDisk: nil, cmdline: "", kernelFormat: "elf", createdAt: Store.now()))
         let small = try #require(try s.type("kumo.small"))
         let n = Store.NewInstance(id: "i-1", name: "web", type: small, imageID: "img-1", userData: Data([1, 2]), workDir: "/tmp/x")
-        guard case .created = try s.reserve(tenantID: tenant, clientToken: "tok", request: "{}", instances: [n], check: { _ in }) else {
+        guard case .created = try s.reserve(tenantID: tenant, clientToken: "tok", request: "{}", instances: [n], check: { _ in [] }) else {
             Issue.record("not created"); return
         }
         #expect(try s.transition("i-1", to: .running, reason: "r", from: [.stopped]) == false)
@@ -65,7 +65,7 @@ func tempDir(_ tag: String) throws -> URL {
         #expect(rec.userData == Data([1, 2]))
         #expect(rec.instance.history?.map(\.state) == [.pending, .starting, .running])
         // The same client token replays the reservation.
-        guard case let .replay(_, ids, same) = try s.reserve(tenantID: tenant, clientToken: "tok", request: "{}", instances: [], check: { _ in }) else {
+        guard case let .replay(_, ids, same) = try s.reserve(tenantID: tenant, clientToken: "tok", request: "{}", instances: [], check: { _ in [] }) else {
             Issue.record("no replay"); return
         }
         #expect(ids == ["i-1"] && same)
@@ -85,6 +85,34 @@ func tempDir(_ tag: String) throws -> URL {
         let d = Placement.capacity(host: host, policy: p, holders: [])
         #expect(d.vcpusTotal == 2)                        // (2 − 1) × 2.5, rounded down
         #expect(d.memoryMiBTotal == Int(Double(24 * 1024 - 1024) * 1.5))
+    }
+
+    /// Dedicated instances take whole host CPUs from the top of the shared set, never overcommitted;
+    /// the shared capacity shrinks with them; the shared instances keep at least one CPU.
+    @Test func dedicatedCPUsComeOutOfTheSharedSet() throws {
+        let four = HostResources(logicalCPUs: 4, memoryMiB: 64 * 1024)
+        var p = PlacementPolicy()
+        p.reservedCPUs = 1
+        let c0 = Placement.capacity(host: four, policy: p, holders: [])
+        #expect(c0.placeableCPUs == [1, 2, 3] && c0.sharedCPUs == [1, 2, 3] && c0.vcpusTotal == 12)
+        let two = try Placement.dedicate(type: medium, count: 1, host: four, policy: p, holders: [])
+        #expect(two == [[2, 3]])
+        let d = Placement.Holder(id: "i-d", type: "kumo.medium", vcpus: 2, memoryMiB: 4096, tenantID: "t", dedicatedCPUs: [2, 3])
+        let c1 = Placement.capacity(host: four, policy: p, holders: [d])
+        #expect(c1.dedicatedCPUs == [2, 3] && c1.sharedCPUs == [1] && c1.vcpusTotal == 4 && c1.vcpusUsed == 0)
+        // One CPU left: a shared instance fits on it (overcommitted 4:1), a dedicated one may take it only
+        // while nothing shared runs.
+        #expect(try Placement.dedicate(type: small, count: 1, host: four, policy: p, holders: [d]) == [[1]])
+        let s = Placement.Holder(id: "i-s", type: "kumo.small", vcpus: 1, memoryMiB: 2048, tenantID: "t")
+        #expect(throws: APIError.self) { try Placement.dedicate(type: small, count: 1, host: four, policy: p, holders: [d, s]) }
+        do { _ = try Placement.dedicate(type: small, count: 1, host: four, policy: p, holders: [d, s]) } catch {
+            #expect(error.message.contains("1 must stay shared for the 1 shared vCPU(s) running"), "\(error.message)")
+        }
+        // 9 shared vCPUs on 3 shared CPUs (12): dedicating one would leave 2 × 4 = 8, refused.
+        let many = (0..<9).map { Placement.Holder(id: "i-\($0)", type: "kumo.small", vcpus: 1, memoryMiB: 64, tenantID: "t") }
+        #expect(throws: APIError.self) { try Placement.dedicate(type: small, count: 1, host: four, policy: p, holders: many) }
+        // A dedicated request is not counted against the shared vCPUs.
+        try Placement.check(type: large, count: 1, host: four, policy: p, holders: [], tenantID: "t", admin: false, dedicated: true)
     }
 
     /// Found by schemathesis: a huge ratio overflowed Int and crashed kumod on every later request.
