@@ -320,3 +320,27 @@ public struct AddressTranslation: Codable, Sendable, Equatable {
         case slotGPA = "slot_gpa", hostPage = "host_page"
     }
 }
+
+/// kumod's balloon reclaim: its policy, the instances' balloons as last seen, its decisions.
+public struct HostBalloons: Codable, Sendable, Equatable {
+    public struct Seen: Codable, Sendable, Equatable {
+        public var instance: String
+        public var memoryMiB: Int
+        public var targetMiB: Int
+        public var actualMiB: Int
+        public var guestFreeMiB: Int?
+        public init(instance: String, memoryMiB: Int, targetMiB: Int, actualMiB: Int, guestFreeMiB: Int?) {
+            self.instance = instance; self.memoryMiB = memoryMiB; self.targetMiB = targetMiB; self.actualMiB = actualMiB; self.guestFreeMiB = guestFreeMiB
+        }
+        enum CodingKeys: String, CodingKey {
+            case instance, memoryMiB = "memory_mib", targetMiB = "target_mib", actualMiB = "actual_mib", guestFreeMiB = "guest_free_mib"
+        }
+    }
+    public var hostFreePercent: Double?
+    public var instances: [Seen]
+    public var decisions: [String]
+    public init(hostFreePercent: Double?, instances: [Seen], decisions: [String]) {
+        self.hostFreePercent = hostFreePercent; self.instances = instances; self.decisions = decisions
+    }
+    enum CodingKeys: String, CodingKey { case instances, decisions, hostFreePercent = "host_free_percent" }
+}

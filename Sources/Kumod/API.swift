@@ -26,6 +26,7 @@ public enum API {
         ("GET", "/v1/instances/{id}/console"), ("GET", "/v1/instances/{id}/stats"),
         ("GET", "/v1/instances/{id}/translate"), ("GET", "/v1/instances/{id}/cpus"), ("PUT", "/v1/instances/{id}/cpus"),
         ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"), ("GET", "/v1/host/ksm"),
+        ("GET", "/v1/host/balloon"), ("PUT", "/v1/host/balloon-policy"),
     ]
 
     /// The OpenAPI document shipped with kumod.
@@ -190,6 +191,10 @@ public enum API {
         router.get("/v1/instances/{id}/cpus") { _, c in await handle(c) { p throws(APIError) in json(try service.cpus(try id(c), by: p)) } }
         router.put("/v1/instances/{id}/cpus") { r, c in
             await handle(c) { p throws(APIError) in json(try service.pin(try id(c), try await decode(PinRequest.self, r, c), by: p)) }
+        }
+        router.get("/v1/host/balloon") { _, c in await handle(c) { _ throws(APIError) in json(service.hostBalloons()) } }
+        router.put("/v1/host/balloon-policy") { r, c in
+            await handle(c) { p throws(APIError) in json(try service.setBalloonPolicy(try await decode(BalloonPolicy.self, r, c), by: p)) }
         }
         router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(service.hostKSM()) } }
         router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacity()) } }

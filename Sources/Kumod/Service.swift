@@ -16,6 +16,9 @@ public final class Service: Sendable {
     public let stopTimeout: Duration
     /// KSM for instances with memory dedup: the trust domain and the tuner.
     public let ksm: KSMTuner
+    /// The balloon pass: its own queue (it waits on guests' statistics), what it saw, what it decided.
+    let balloonQueue = DispatchQueue(label: "kumod.balloons")
+    let balloonState = Mutex<(seen: [HostBalloons.Seen], free: Double?, decisions: [String])>(([], nil, []))
     /// How a stop went, by instance id, for the reason recorded when its VMM is gone.
     let stopNotes = Mutex<[String: String]>([:])
     /// Live VMM processes by instance id (kumod's view; the store has the same pids).
@@ -300,6 +303,86 @@ public final class Service: Sendable {
                                         from: [.pending, .starting, .running, .stopping]) }
         requestStop(id, force: force)
         return try show(id, by: who)
+    }
+
+    // MARK: balloon policy
+
+    public func balloonPolicy() -> BalloonPolicy {
+        guard let s = try? store.setting("balloon"), let p = try? JSONDecoder().decode(BalloonPolicy.self, from: Data(s.utf8)) else {
+            return BalloonPolicy()
+        }
+        return p
+    }
+
+    public func setBalloonPolicy(_ p: BalloonPolicy, by who: Store.Principal) throws(APIError) -> BalloonPolicy {
+        try requireAdmin(who)
+        let v = try p.validated()
+        let data = try! JSONEncoder().encode(v)
+        try wrap { try store.setSetting("balloon", String(decoding: data, as: UTF8.self)) }
+        return v
+    }
+
+    public func hostBalloons() -> HostBalloons {
+        let s = balloonState.withLock { $0 }
+        return HostBalloons(hostFreePercent: s.free, instances: s.seen, decisions: s.decisions)
+    }
+
+    /// One pass: every running instance's balloon and guest statistics, the policy's decisions, applied.
+    public func balloonPass(meminfo: (available: Int, total: Int)? = Service.meminfo()) {
+        let policy = balloonPolicy()
+        var f = Store.Filter()
+        f.states = [.running]
+        var seen: [Balloons.Observed] = []
+        var socks: [String: String] = [:]
+        for rec in ((try? store.instances(f, limit: 1_000_000).0) ?? []) {
+            let sock = URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path
+            guard let text = try? ControlClient.request(sock, #"{"op":"balloon.get","refresh":true}"#, timeoutSeconds: 3),
+                  let j = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], j["ok"] as? Bool == true else { continue }
+            let free = ((j["stats"] as? [String: Any])?["free_memory"] as? NSNumber).map { $0.intValue >> 20 }
+            let ready = j["driver_ready"] as? Bool == true
+            seen.append(Balloons.Observed(id: rec.instance.id, memoryMiB: rec.instance.memoryMiB, targetMiB: (j["target_mib"] as? NSNumber)?.intValue ?? 0,
+                                          actualMiB: (j["actual_mib"] as? NSNumber)?.intValue ?? 0, guestFreeMiB: ready ? free : nil))
+            socks[rec.instance.id] = sock
+        }
+        let decisions = meminfo.map { Balloons.decide(policy: policy, hostAvailableMiB: $0.available, hostTotalMiB: $0.total, instances: seen) } ?? []
+        var log: [String] = []
+        for d in decisions {
+            guard let sock = socks[d.id] else { continue }
+            let ok = (try? ControlClient.request(sock, #"{"op":"balloon.set","target_mib":\#(d.targetMiB)}"#))?.contains(#""ok":true"#) == true
+            log.append("\(Store.now()) " + d.why + (ok ? "" : " (the VMM refused)"))
+        }
+        let free = meminfo.map { 100.0 * Double($0.available) / Double(max($0.total, 1)) }
+        balloonState.withLock { s in
+            s.seen = seen.map { HostBalloons.Seen(instance: $0.id, memoryMiB: $0.memoryMiB, targetMiB: $0.targetMiB, actualMiB: $0.actualMiB, guestFreeMiB: $0.guestFreeMiB) }
+            s.free = free
+            s.decisions += log
+            if s.decisions.count > 100 { s.decisions.removeFirst(s.decisions.count - 100) }
+        }
+        for l in log { FileHandle.standardOutput.write(Data("kumod: balloon: \(l)\n".utf8)) }
+    }
+
+    /// (MemAvailable, MemTotal) in MiB.
+    public static func meminfo() -> (available: Int, total: Int)? {
+        guard let h = FileHandle(forReadingAtPath: "/proc/meminfo") else { return nil }
+        defer { try? h.close() }
+        var total = 0, avail = 0
+        for line in String(decoding: h.readDataToEndOfFile(), as: UTF8.self).split(separator: "\n") {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count >= 2, let v = Int(f[1]) else { continue }
+            if f[0] == "MemTotal:" { total = v >> 10 } else if f[0] == "MemAvailable:" { avail = v >> 10 }
+        }
+        return total > 0 ? (avail, total) : nil
+    }
+
+    /// The balloon pass every `seconds`, on its own queue, while the monitor's generation holds.
+    func startBalloonLoop(every seconds: Double = 5) {
+        let generation = monitorGeneration.load(ordering: .sequentiallyConsistent)
+        @Sendable func pass(_ service: Service?) {
+            guard let service, service.monitorGeneration.load(ordering: .sequentiallyConsistent) == generation else { return }
+            if service.balloonPolicy().enabled { service.balloonPass() }
+            service.balloonQueue.asyncAfter(deadline: .now() + seconds) { [weak service] in pass(service) }
+        }
+        balloonQueue.asyncAfter(deadline: .now() + seconds) { [weak self] in pass(self) }
     }
 
     public func hostKSM() -> HostKSM {
@@ -634,6 +717,7 @@ public final class Service: Sendable {
             service.supervisor.asyncAfter(deadline: .now() + seconds) { [weak service] in tick(service) }
         }
         supervisor.async { [weak self] in tick(self) }
+        startBalloonLoop()
     }
 
     public func stopMonitor() { monitorGeneration.add(1, ordering: .sequentiallyConsistent) }

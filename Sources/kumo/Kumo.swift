@@ -434,7 +434,48 @@ struct ImageCommand: ParsableCommand {
 }
 
 struct HostCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "host", abstract: "The host", subcommands: [CapacityCommand.self, KSMCommand.self])
+    static let configuration = CommandConfiguration(commandName: "host", abstract: "The host", subcommands: [CapacityCommand.self, KSMCommand.self, BalloonCommand.self])
+
+    struct BalloonCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "balloon",
+            abstract: "Balloon reclaim: show it, or change its policy (admin) with the options")
+        @OptionGroup var global: Global
+        @Option(help: "true or false: reclaim on or off") var enabled: Bool?
+        @Option(help: "inflate while host free memory is under this percent") var lowFreePercent: Double?
+        @Option(help: "deflate once it is above this percent") var highFreePercent: Double?
+        @Option(help: "MiB per instance per pass") var stepMib: Int?
+        @Option(help: "each instance keeps at least this percent of its RAM") var floorPercent: Double?
+        mutating func run() throws {
+            try perform {
+                var body: [String: Any] = [:]
+                if let v = enabled { body["enabled"] = v }
+                if let v = lowFreePercent { body["low_free_percent"] = v }
+                if let v = highFreePercent { body["high_free_percent"] = v }
+                if let v = stepMib { body["step_mib"] = v }
+                if let v = floorPercent { body["floor_percent"] = v }
+                if !body.isEmpty {
+                    let e = try global.resolvedEndpoint()
+                    let data = try JSONSerialization.data(withJSONObject: body)
+                    let r: HTTPResponse
+                    do { r = try HTTPClient.request(e, method: "PUT", path: "/v1/host/balloon-policy", token: global.resolvedToken(), body: data) } catch {
+                        throw Failure.unreachable("\(error); is kumod running?")
+                    }
+                    guard (200..<300).contains(r.status) else { throw Global.failure(r) }
+                    print(String(decoding: r.body, as: UTF8.self))
+                    return
+                }
+                let b = try global.call("GET", "/v1/host/balloon", as: HostBalloons.self)
+                global.emit(b) {
+                    var s = "host memory free: " + (b.hostFreePercent.map { String(format: "%.1f %%", $0) } ?? "not measured yet (reclaim off?)") + "\n"
+                    s += table(["INSTANCE", "MEMORY_MIB", "TARGET_MIB", "ACTUAL_MIB", "GUEST_FREE_MIB"], b.instances.map {
+                        [$0.instance, "\($0.memoryMiB)", "\($0.targetMiB)", "\($0.actualMiB)", $0.guestFreeMiB.map(String.init) ?? "-"]
+                    })
+                    if !b.decisions.isEmpty { s += "decisions:\n" + b.decisions.map { "  " + $0 }.joined(separator: "\n") + "\n" }
+                    return s
+                }
+            }
+        }
+    }
 
     struct KSMCommand: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "ksm", abstract: "KSM: ksmd's settings, savings, the tenant holding the trust domain, the tuner's decisions")

@@ -402,4 +402,36 @@ struct RealVMMTests {
         for _ in 0..<50 { back = try allowed(shared); if back == "0-\(n - 1)" { break }; Thread.sleep(forTimeInterval: 0.1) }
         #expect(back == "0-\(n - 1)", "the shared set should be whole again")
     }
+
+    /// The balloon pass against a real VMM: with reclaim on, kumod reads each running instance's balloon
+    /// through its control socket every 5 s; a guest without a balloon driver (this stub) reports no
+    /// statistics, so nothing is taken from it.
+    @Test(.timeLimit(.minutes(2)))
+    func balloonPassReadsRunningInstances() throws {
+        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2"])
+        defer { k.close() }
+        let unix = "unix:" + k.socket
+        func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
+        let deaf = try Self.guest(k.dir, name: "deaf", source: Self.deafGuest)
+        _ = try kumo(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
+        _ = try kumo(["image", "register", "idle", "--kernel", deaf])
+        var r = try kumo(["host", "balloon", "--enabled", "true", "--step-mib", "32"])
+        #expect(r.0 == 0 && r.1.contains(#""step_mib":32"#), "\(r)")
+        r = try kumo(["host", "balloon", "--low-free-percent", "50", "--high-free-percent", "40"])
+        #expect(r.0 == 1 && r.2.contains("low_free_percent < high_free_percent"), "\(r)")
+        r = try kumo(["instance", "run", "--type", "tiny", "--image", "idle", "--output", "json"])
+        let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id)
+        #expect(try Self.wait(id, k, for: .running).state == .running)
+        var seen: HostBalloons? = nil
+        let deadline = Date().addingTimeInterval(30)
+        repeat {
+            r = try kumo(["host", "balloon", "--output", "json"])
+            seen = try? JSONDecoder().decode(HostBalloons.self, from: Data(r.1.utf8))
+            if seen?.instances.contains(where: { $0.instance == id }) == true { break }
+            Thread.sleep(forTimeInterval: 0.5)
+        } while Date() < deadline
+        let mine = seen?.instances.first { $0.instance == id }
+        #expect(mine?.memoryMiB == 64 && mine?.targetMiB == 0 && mine?.guestFreeMiB == nil, "\(String(describing: seen))")
+        #expect(seen?.hostFreePercent != nil)
+    }
 }

@@ -1,0 +1,60 @@
+import Foundation
+import Testing
+@testable import Kumod
+import KumoAPI
+
+/// The balloon policy against recorded statistics: the guest figures are from our end-to-end balloon
+/// boot (a 192 MiB Kumo test-kernel guest reporting 169 MiB free) and from idle kumo.small guests.
+@Suite struct BalloonPolicyTests {
+    var on: BalloonPolicy { var p = BalloonPolicy(); p.enabled = true; return p }
+    let recorded = [
+        Balloons.Observed(id: "i-test", memoryMiB: 192, targetMiB: 0, actualMiB: 0, guestFreeMiB: 169),
+        Balloons.Observed(id: "i-idle", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 1850),
+        Balloons.Observed(id: "i-busy", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 40),
+        Balloons.Observed(id: "i-nodriver", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: nil),
+    ]
+
+    @Test func offOrComfortableDoesNothing() {
+        #expect(Balloons.decide(policy: BalloonPolicy(), hostAvailableMiB: 100, hostTotalMiB: 24576, instances: recorded).isEmpty)
+        #expect(Balloons.decide(policy: on, hostAvailableMiB: 3000, hostTotalMiB: 24576, instances: recorded).isEmpty)  // 12 %: between the thresholds
+    }
+
+    @Test func pressureInflatesTheIdlestInBoundedStepsAboveTheFloor() {
+        let d = Balloons.decide(policy: on, hostAvailableMiB: 1000, hostTotalMiB: 24576, instances: recorded)   // 4 %
+        // Most idle first; a step each; the busy guest (40 MiB free, less than its reserve) and the one
+        // without statistics are left alone.
+        #expect(d.map(\.id) == ["i-idle", "i-test"])
+        #expect(d.map(\.targetMiB) == [64, 64])
+        #expect(d[0].why.contains("4.1 % free < 10.0 %") && d[0].why.contains("guest free 1850 MiB, floor 1024 MiB"), "\(d[0].why)")
+        // Near the floor: 192 MiB with floor 50 % gives at most 96 MiB, so the step is cut to 32.
+        let near = [Balloons.Observed(id: "i-test", memoryMiB: 192, targetMiB: 64, actualMiB: 64, guestFreeMiB: 105)]
+        #expect(Balloons.decide(policy: on, hostAvailableMiB: 1000, hostTotalMiB: 24576, instances: near).map(\.targetMiB) == [96])
+        let atFloor = [Balloons.Observed(id: "i-test", memoryMiB: 192, targetMiB: 96, actualMiB: 96, guestFreeMiB: 74)]
+        #expect(Balloons.decide(policy: on, hostAvailableMiB: 1000, hostTotalMiB: 24576, instances: atFloor).isEmpty)
+        // A balloon still inflating to its last target is not pushed further.
+        let inflating = [Balloons.Observed(id: "i-idle", memoryMiB: 2048, targetMiB: 128, actualMiB: 80, guestFreeMiB: 1700)]
+        #expect(Balloons.decide(policy: on, hostAvailableMiB: 1000, hostTotalMiB: 24576, instances: inflating).isEmpty)
+    }
+
+    @Test func reliefDeflatesStepByStep() {
+        let inflated = [Balloons.Observed(id: "a", memoryMiB: 2048, targetMiB: 100, actualMiB: 100, guestFreeMiB: 900),
+                        Balloons.Observed(id: "b", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 900)]
+        let d = Balloons.decide(policy: on, hostAvailableMiB: 10000, hostTotalMiB: 24576, instances: inflated)   // 41 %
+        #expect(d.map(\.id) == ["a"] && d.map(\.targetMiB) == [36])
+        #expect(d[0].why.contains("deflate a by 64 MiB"))
+    }
+
+    @Test func policiesAreValidatedAndDefaultsFillIn() throws {
+        let p = try JSONDecoder().decode(BalloonPolicy.self, from: Data(#"{"enabled": true, "step_mib": 32}"#.utf8))
+        #expect(p.enabled && p.stepMiB == 32 && p.lowFreePercent == 10 && p.floorPercent == 50)
+        var bad = p; bad.lowFreePercent = 30
+        #expect(throws: APIError.self) { try bad.validated() }
+        bad = p; bad.floorPercent = 5
+        #expect(throws: APIError.self) { try bad.validated() }
+        let f = try Fixture()
+        let admin = try #require(try f.store.principal(token: f.admin)), alice = try #require(try f.store.principal(token: f.alice))
+        #expect(throws: APIError.self) { try f.service.setBalloonPolicy(p, by: alice) }
+        #expect(try f.service.setBalloonPolicy(p, by: admin) == p)
+        #expect(f.service.balloonPolicy() == p)
+    }
+}
