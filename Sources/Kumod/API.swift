@@ -197,11 +197,11 @@ public enum API {
             await handle(c) { p throws(APIError) in json(try service.setBalloonPolicy(try await decode(BalloonPolicy.self, r, c), by: p)) }
         }
         router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(service.hostKSM()) } }
-        router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacity()) } }
+        router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacityReport()) } }
         router.put("/v1/host/placement") { r, c in
             await handle(c) { p throws(APIError) in
                 try service.setPolicy(try await decode(PlacementPolicy.self, r, c), by: p)
-                return json(try service.capacity())
+                return json(try service.capacityReport())
             }
         }
         return router

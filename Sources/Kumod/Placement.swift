@@ -44,6 +44,15 @@ public struct Capacity: Codable, Sendable, Equatable {
     public var placeableCPUs: [Int] = []
     public var dedicatedCPUs: [Int] = []
     public var sharedCPUs: [Int] = []
+    /// Shared vCPUs allocated per shared host CPU (the overcommit in force; the ratio is its ceiling).
+    public var vcpuOvercommit: Double = 0
+    /// Memory the host got back, measured: KSM (pages_sharing) and inflated balloons, in MiB.
+    public var ksmSavedMiB: Int = 0
+    public var balloonReclaimedMiB: Int = 0
+    /// How many more of each instance type fit: by allocation (Nova's way), and counting the measured
+    /// savings as memory (an explicit overcommit an operator may choose).
+    public var fits: [String: Int] = [:]
+    public var fitsWithSavings: [String: Int] = [:]
     public var memoryMiBTotal: Int
     public var memoryMiBUsed: Int
     public var logicalCPUs: Int
@@ -53,6 +62,8 @@ public struct Capacity: Codable, Sendable, Equatable {
         case vcpusTotal = "vcpus_total", vcpusUsed = "vcpus_used", memoryMiBTotal = "memory_mib_total"
         case memoryMiBUsed = "memory_mib_used", logicalCPUs = "logical_cpus", hostMemoryMiB = "host_memory_mib", policy
         case placeableCPUs = "placeable_cpus", dedicatedCPUs = "dedicated_cpus", sharedCPUs = "shared_cpus"
+        case vcpuOvercommit = "vcpu_overcommit", ksmSavedMiB = "ksm_saved_mib", balloonReclaimedMiB = "balloon_reclaimed_mib"
+        case fits, fitsWithSavings = "fits_with_savings"
     }
     public var vcpusFree: Int { vcpusTotal - vcpusUsed }
     public var memoryMiBFree: Int { memoryMiBTotal - memoryMiBUsed }
@@ -87,6 +98,20 @@ public enum Placement {
                          memoryMiBTotal: mem, memoryMiBUsed: holders.reduce(0) { $0 + $1.memoryMiB },
                          logicalCPUs: host.logicalCPUs, hostMemoryMiB: host.memoryMiB, policy: policy)
         c.placeableCPUs = placeable; c.dedicatedCPUs = dedicated; c.sharedCPUs = shared
+        c.vcpuOvercommit = shared.isEmpty ? 0 : (Double(c.vcpusUsed) / Double(shared.count) * 100).rounded() / 100
+        return c
+    }
+
+    /// Fills in how many more of each type fit (shared), with and without the measured savings.
+    public static func withFits(_ cap: Capacity, types: [InstanceType], ksmSavedMiB: Int, balloonReclaimedMiB: Int) -> Capacity {
+        var c = cap
+        c.ksmSavedMiB = ksmSavedMiB; c.balloonReclaimedMiB = balloonReclaimedMiB
+        let cpuFree = max(c.vcpusFree, 0), memFree = max(c.memoryMiBFree, 0)
+        let bonus = scaled(ksmSavedMiB + balloonReclaimedMiB, c.policy.ramAllocationRatio)
+        for t in types where t.vcpus > 0 && t.memoryMiB > 0 {
+            c.fits[t.name] = min(cpuFree / t.vcpus, memFree / t.memoryMiB)
+            c.fitsWithSavings[t.name] = min(cpuFree / t.vcpus, (memFree + bonus) / t.memoryMiB)
+        }
         return c
     }
 

@@ -63,6 +63,13 @@ public final class Service: Sendable {
         Placement.capacity(host: host, policy: policy(), holders: try holders())
     }
 
+    /// Capacity with how many more of each type fit, counting the measured KSM and balloon savings too.
+    public func capacityReport() throws(APIError) -> Capacity {
+        let ksmPages = ksm.read("pages_sharing") ?? 0
+        let balloons = balloonState.withLock { $0.seen.reduce(0) { $0 + $1.actualMiB } }
+        return Placement.withFits(try capacity(), types: try types(), ksmSavedMiB: ksmPages * 4 / 1024, balloonReclaimedMiB: balloons)
+    }
+
     // MARK: errors
 
     @discardableResult

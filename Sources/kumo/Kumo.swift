@@ -509,7 +509,8 @@ struct HostCommand: ParsableCommand {
                         ["shared vCPUs", "\(c.vcpus_used)", "\(c.vcpus_total)", "(\(c.logical_cpus) CPUs − \(c.policy.reserved_cpus) reserved − \((c.dedicated_cpus ?? []).count) dedicated) × \(c.policy.cpu_allocation_ratio)"],
                         ["dedicated CPUs", "\((c.dedicated_cpus ?? []).count)", "\((c.placeable_cpus ?? []).count)", "CPUs " + ((c.dedicated_cpus ?? []).isEmpty ? "none" : (c.dedicated_cpus ?? []).map(String.init).joined(separator: ",")) + " dedicated; shared set " + (c.shared_cpus ?? []).map(String.init).joined(separator: ",")],
                         ["memory MiB", "\(c.memory_mib_used)", "\(c.memory_mib_total)", "(\(c.host_memory_mib) − \(c.policy.reserved_host_memory_mib)) × \(c.policy.ram_allocation_ratio)"],
-                    ])
+                    ]) + "shared vCPU overcommit in force: \(c.vcpu_overcommit ?? 0):1 (ceiling \(c.policy.cpu_allocation_ratio):1); measured savings: KSM \(c.ksm_saved_mib ?? 0) MiB, balloons \(c.balloon_reclaimed_mib ?? 0) MiB\n"
+                    + table(["TYPE", "MORE THAT FIT", "COUNTING SAVINGS"], (c.fits ?? [:]).sorted { $0.key < $1.key }.map { [$0.key, "\($0.value)", "\(c.fits_with_savings?[$0.key] ?? $0.value)"] })
                 }
             }
         }
@@ -522,4 +523,6 @@ struct CapacityView: Codable {
     var vcpus_total: Int, vcpus_used: Int, memory_mib_total: Int, memory_mib_used: Int, logical_cpus: Int, host_memory_mib: Int
     var policy: Policy
     var placeable_cpus: [Int]?, dedicated_cpus: [Int]?, shared_cpus: [Int]?
+    var vcpu_overcommit: Double?, ksm_saved_mib: Int?, balloon_reclaimed_mib: Int?
+    var fits: [String: Int]?, fits_with_savings: [String: Int]?
 }

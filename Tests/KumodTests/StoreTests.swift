@@ -115,6 +115,24 @@ func tempDir(_ tag: String) throws -> URL {
         try Placement.check(type: large, count: 1, host: four, policy: p, holders: [], tenantID: "t", admin: false, dedicated: true)
     }
 
+    /// "How many more fit": by allocation, and counting measured KSM and balloon savings as memory.
+    @Test func fitsPerTypeWithAndWithoutSavings() {
+        let h = [Placement.Holder(id: "a", type: "kumo.medium", vcpus: 2, memoryMiB: 4096, tenantID: "t")]
+        var p = PlacementPolicy()
+        p.reservedHostMemoryMiB = 512
+        let c = Placement.withFits(Placement.capacity(host: host, policy: p, holders: h), types: InstanceType.builtins,
+                                   ksmSavedMiB: 3000, balloonReclaimedMiB: 1100)
+        // 8 shared vCPUs, 2 used → 6 free; 24064 MiB, 4096 used → 19968 free (+4100 with savings).
+        #expect(c.vcpuOvercommit == 1.0)
+        #expect(c.fits == ["kumo.small": 6, "kumo.medium": 3, "kumo.large": 1])
+        #expect(c.fitsWithSavings == ["kumo.small": 6, "kumo.medium": 3, "kumo.large": 1])   // vCPUs bind first
+        var roomy = PlacementPolicy(); roomy.cpuAllocationRatio = 16
+        let r = Placement.withFits(Placement.capacity(host: host, policy: roomy, holders: h), types: InstanceType.builtins,
+                                   ksmSavedMiB: 3000, balloonReclaimedMiB: 1100)
+        #expect(r.fits["kumo.small"] == 9 && r.fitsWithSavings["kumo.small"] == 11)   // 19968 / 2048, (19968 + 4100) / 2048
+        #expect(r.fits["kumo.large"] == 2 && r.fitsWithSavings["kumo.large"] == 2)
+    }
+
     /// Found by schemathesis: a huge ratio overflowed Int and crashed kumod on every later request.
     @Test func absurdPoliciesNeitherCrashNorStick() throws {
         var p = PlacementPolicy()
