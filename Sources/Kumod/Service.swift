@@ -662,18 +662,34 @@ public final class Service: Sendable {
             case .exited(0): why = "kumo-vmm \(p.pid) exited: guest powered off or stopped"
             case let .exited(c): why = "kumo-vmm \(p.pid) exited with status \(c) (see vmm.log in the instance's work directory)"
             case let .killed(s): why = "kumo-vmm \(p.pid) killed by signal \(s)"
-            case .vanished: why = "kumo-vmm \(p.pid) is gone (exit status unknown: it outlived a kumod restart)"
+            case .vanished:
+                // Not kumod's child (adopted after a restart): its log says how it ended, if it does.
+                why = Self.logSaysPoweredOff((try? store.instance(id))?.workDir)
+                    ? "kumo-vmm \(p.pid) exited: guest powered off (from its log; it outlived a kumod restart)"
+                    : "kumo-vmm \(p.pid) is gone (exit status unknown: it outlived a kumod restart)"
             }
             switch state {
             case .stopping?:
                 let note = stopNotes.withLock { $0.removeValue(forKey: id) }
                 _ = try? store.transition(id, to: .stopped, reason: "StopInstances: " + (note.map { $0 + "; " } ?? "") + why, pid: .some(nil))
             case .running?, .starting?:
-                if case .exited(0) = fate { _ = try? store.transition(id, to: .stopped, reason: why, pid: .some(nil)) }
+                if case .exited(0) = fate {
+                    _ = try? store.transition(id, to: .stopped, reason: why, pid: .some(nil))
+                } else if case .vanished = fate, why.contains("guest powered off") { _ = try? store.transition(id, to: .stopped, reason: why, pid: .some(nil)) }
                 else { _ = try? store.transition(id, to: .error, reason: why, pid: .some(nil)) }
             default: break
             }
         }
+    }
+
+    /// Whether the last lines of an instance's vmm.log record a guest power-off.
+    static func logSaysPoweredOff(_ workDir: String?) -> Bool {
+        guard let workDir, let h = FileHandle(forReadingAtPath: workDir + "/vmm.log") else { return false }
+        defer { try? h.close() }
+        let end = (try? h.seekToEnd()) ?? 0
+        try? h.seek(toOffset: end > 4096 ? end - 4096 : 0)
+        let tail = String(decoding: (try? h.readToEnd()) ?? Data(), as: UTF8.self)
+        return tail.contains("kumo-vmm: guest powered off")
     }
 
     /// After a (re)start of kumod: adopt the VMMs that still run, settle the instances whose VMM is

@@ -85,14 +85,16 @@ enum E2E {
 @Suite(.serialized, .enabled(if: E2E.kvm, "needs /dev/kvm"))
 struct LinuxBootTests {
     /// The other two ways in: the 64-bit boot protocol with a vmlinux, and a compressed bzImage (which
-    /// decompresses itself first). Checked up to the kernel's first console lines (earlyprintk).
-    @Test(.timeLimit(.minutes(10)), arguments: [("test-kernel/vmlinux", "linux64"), ("test-kernel/bzImage", "auto")])
+    /// decompresses itself first). Checked up to the kernel's first console lines (earlyprintk). The
+    /// bzImage's decompressor runs emulated here: 3–5 min alone on a quiet machine (measured
+    /// 2026-11-27), past 8 min beside the suite's other boots — hence its budget.
+    @Test(.timeLimit(.minutes(16)), arguments: [("test-kernel/vmlinux", "linux64"), ("test-kernel/bzImage", "auto")])
     func otherBootPaths(kernel: String, proto: String) throws {
         let k = E2E.guest.appendingPathComponent(kernel).path
         try #require(FileManager.default.fileExists(atPath: k), "missing \(k): run `make guest`")
         let vm = try E2E.VMMProcess(["--kernel", k, "--boot-protocol", proto, "--vcpus", "1", "--memory", "256",
                                      "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"])
-        let reached = vm.waitFor("Kernel command line:", timeout: 480)
+        let reached = vm.waitFor("Kernel command line:", timeout: kernel.hasSuffix("bzImage") ? 900 : 480)
         let console = vm.console
         let status = vm.terminate()
         #expect(reached, "console tail: \(console.suffix(2000)) stderr: \(vm.stderrText)")

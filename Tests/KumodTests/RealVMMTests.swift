@@ -165,6 +165,23 @@ struct RealVMMTests {
         r = try kumo(["instance", "cpus", id, "--pin", "zero"])
         #expect(r.0 == 2, "\(r)")
 
+        // kill -9 of kumod while the VM runs: the VM lives on; a new kumod re-attaches to it (same pid,
+        // still running) and its console and power button work through the new kumod.
+        let before = try Self.instance(id, k)
+        c2.type("\u{1D}")
+        #expect(c2.exit() == 0)
+        kill(k.process.processIdentifier, SIGKILL)
+        k.process.waitUntilExit()
+        #expect(CLITests.alive(Int32(before.pid ?? 0)), "the VM died with kumod")
+        try k.start()
+        let after = try Self.instance(id, k)
+        #expect(after.state == .running && after.pid == before.pid, "\(after.state) \(String(describing: after.pid))")
+        r = try kumo(["instance", "list", "--output", "json"])
+        #expect(try JSONDecoder().decode(InstanceList.self, from: Data(r.1.utf8)).instances.filter { $0.id == id }.count == 1)
+        let c3 = try ConsoleSession(id, endpoint: unix, token: k.token)
+        c3.type("back")
+        #expect(c3.wait(for: "BACK"), "\(c3.text) \(c3.errText)")
+
         // Graceful stop: the ACPI power button; the guest powers off; kumo-vmm exits 0; the console
         // client is told the console closed.
         r = try kumo(["instance", "stop", id])
@@ -173,9 +190,9 @@ struct RealVMMTests {
         #expect(stopped.state == .stopped)
         #expect(stopped.stateReason.contains("ACPI power button pressed") && stopped.stateReason.contains("exited: guest powered off"),
                 "\(stopped.stateReason)")
-        #expect(c2.wait(for: "power button: powering off"), "\(c2.text)")
-        #expect(c2.exit() == 0, "\(c2.errText)")
-        #expect(c2.errText.contains("console closed"), "\(c2.errText)")
+        #expect(c3.wait(for: "power button: powering off"), "\(c3.text)")
+        #expect(c3.exit() == 0, "\(c3.errText)")
+        #expect(c3.errText.contains("console closed"), "\(c3.errText)")
 
         // A stopped instance has no console: a clear refusal, exit 1; an unknown one: exit 5.
         r = try kumo(["console", id])
