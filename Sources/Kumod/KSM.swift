@@ -63,16 +63,8 @@ public final class KSMTuner: Sendable {
 
     /// Host memory available, as a fraction of the total (/proc/meminfo).
     public static func freeFraction() -> Double {
-        guard let h = FileHandle(forReadingAtPath: "/proc/meminfo") else { return 1 }
-        defer { try? h.close() }
-        let text = String(decoding: h.readDataToEndOfFile(), as: UTF8.self)
-        var total = 0.0, avail = 0.0
-        for line in text.split(separator: "\n") {
-            let f = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard f.count >= 2, let v = Double(f[1]) else { continue }
-            if f[0] == "MemTotal:" { total = v } else if f[0] == "MemAvailable:" { avail = v }
-        }
-        return total > 0 ? avail / total : 1
+        guard let m = Service.meminfo() else { return 1 }
+        return Double(m.available) / Double(m.total)
     }
 
     /// One pass: ksmd on with settings for the host's free memory while dedup instances run, off when none do.

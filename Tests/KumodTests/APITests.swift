@@ -149,7 +149,10 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
             #expect(id.hasPrefix("i-") && res.instances[0].name == "web" && res.instances[0].tenant == "alice")
             let running = try await waitState(c, id, f.alice, .running)
             #expect(running.pid != nil && running.launchedAt != nil)
-            // The VMM got its config file in the instance's work directory.
+            // The VMM got its config file in the instance's work directory. ("running" means spawned: the
+            // stand-in writes its two files moments later.)
+            let fdsFile = f.dir.appendingPathComponent("instances/\(id)/fds").path
+            for _ in 0..<200 where !FileManager.default.fileExists(atPath: fdsFile) { try await Task.sleep(for: .milliseconds(50)) }
             let args = try String(contentsOf: f.dir.appendingPathComponent("instances/\(id)/args"), encoding: .utf8)
             #expect(args.hasPrefix("--config \(f.dir.path)/instances/\(id)/config.json"))
             // None of kumod's descriptors (sockets, the database) leaked into the VMM.

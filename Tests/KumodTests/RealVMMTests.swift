@@ -48,6 +48,17 @@ struct RealVMMTests {
         jmp 1b
         """
 
+    /// A kumod with the real VMM, a 64 MiB one-vCPU type "tiny" and the image "idle" (the deaf guest).
+    static func kumodWithIdleImage() throws -> CLITests.Kumod {
+        let k = try CLITests.Kumod(vmm: vmm, extra: ["--stop-timeout", "2"])
+        let deaf = try guest(k.dir, name: "deaf", source: deafGuest)
+        for args in [["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"], ["image", "register", "idle", "--kernel", deaf]] {
+            let r = try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: k.token)
+            try #require(r.0 == 0, "\(r)")
+        }
+        return k
+    }
+
     /// `kumo console ID` with a pipe for stdin: output is collected as it comes.
     final class ConsoleSession: @unchecked Sendable {
         let process: Process
@@ -371,13 +382,10 @@ struct RealVMMTests {
     /// instance is refused while a shared one needs the last CPU.
     @Test(.timeLimit(.minutes(3)), .enabled(if: ProcessInfo.processInfo.processorCount >= 2, "needs two host CPUs"))
     func dedicatedInstanceGetsItsOwnCPU() throws {
-        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2"])
+        let k = try Self.kumodWithIdleImage()
         defer { k.close() }
         let unix = "unix:" + k.socket
         func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
-        let deaf = try Self.guest(k.dir, name: "deaf", source: Self.deafGuest)
-        _ = try kumo(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
-        _ = try kumo(["image", "register", "idle", "--kernel", deaf])
         let n = ProcessInfo.processInfo.processorCount
         func run(_ extra: [String]) throws -> String {
             let r = try kumo(["instance", "run", "--type", "tiny", "--image", "idle", "--output", "json"] + extra)
@@ -425,13 +433,10 @@ struct RealVMMTests {
     /// statistics, so nothing is taken from it.
     @Test(.timeLimit(.minutes(2)))
     func balloonPassReadsRunningInstances() throws {
-        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2"])
+        let k = try Self.kumodWithIdleImage()
         defer { k.close() }
         let unix = "unix:" + k.socket
         func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
-        let deaf = try Self.guest(k.dir, name: "deaf", source: Self.deafGuest)
-        _ = try kumo(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
-        _ = try kumo(["image", "register", "idle", "--kernel", deaf])
         var r = try kumo(["host", "balloon", "--enabled", "true", "--step-mib", "32"])
         #expect(r.0 == 0 && r.1.contains(#""step_mib":32"#), "\(r)")
         r = try kumo(["host", "balloon", "--low-free-percent", "50", "--high-free-percent", "40"])
