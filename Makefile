@@ -27,11 +27,13 @@ run: build
 	scripts/run-demo.sh $(VMM) $(GUEST) .build/debug
 
 # The whole suite: unit, KVM integration (tiny guests), end-to-end Linux boots, kumod's API and CLI,
+# CPU caps again with the cpu controller moved to cgroup v2 (where the host's v1 one is unused),
 # schemathesis against a running kumod, and a short virtio fuzz run.
 test: guest
 	swift build --build-tests
 	$(SWIFT_RELEASE)
 	KUMO_VMM=$(CURDIR)/$(VMM) swift test --skip-build
+	KUMO_VMM=$(CURDIR)/$(VMM) scripts/cgroup-v2-check.sh
 	scripts/schemathesis.sh 25
 	scripts/fuzz.sh 5000
 

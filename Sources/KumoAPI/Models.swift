@@ -321,6 +321,65 @@ public struct AddressTranslation: Codable, Sendable, Equatable {
     }
 }
 
+/// kumod's balloon reclaim policy: when host memory runs short it inflates the balloons of the instances
+/// with the most idle guest memory, in bounded steps and never below each instance's floor; when the
+/// pressure is gone it deflates them (see Kumod's `Balloons.decide`).
+public struct BalloonPolicy: Codable, Sendable, Equatable {
+    /// Off by default: an operator turns reclaim on (PUT /v1/host/balloon-policy).
+    public var enabled = false
+    /// Inflate while host MemAvailable is under this percent of MemTotal …
+    public var lowFreePercent = 10.0
+    /// … and deflate once it is above this one (hysteresis between them).
+    public var highFreePercent = 20.0
+    /// At most this much per instance per pass.
+    public var stepMiB = 64
+    /// Never take more than (100 − floor) percent of an instance's RAM: it keeps at least floor percent.
+    public var floorPercent = 50.0
+    /// Guest free memory left alone in each guest (its page cache and bursts need room).
+    public var guestReserveMiB = 64
+    public init() {}
+    enum CodingKeys: String, CodingKey {
+        case enabled, lowFreePercent = "low_free_percent", highFreePercent = "high_free_percent", stepMiB = "step_mib"
+        case floorPercent = "floor_percent", guestReserveMiB = "guest_reserve_mib"
+    }
+
+    /// The policy a decoded request starts from (JSONDecoder.userInfo): fields a request leaves out keep
+    /// these values (kumod passes the policy in force); without it, the defaults.
+    public static let baseKey = CodingUserInfoKey(rawValue: "kumo.balloonPolicy.base")!
+
+    struct AnyKey: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
+    /// Fields left out keep the base's values; an unknown field is an error (a misspelt one would
+    /// otherwise be ignored without a word).
+    public init(from decoder: any Decoder) throws {
+        let known = Set(["enabled", "low_free_percent", "high_free_percent", "step_mib", "floor_percent", "guest_reserve_mib"])
+        if let unknown = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue).first(where: { !known.contains($0) }) {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "unknown field \"\(unknown)\" (known: \(known.sorted().joined(separator: ", ")))"))
+        }
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = decoder.userInfo[Self.baseKey] as? BalloonPolicy ?? BalloonPolicy()
+        enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? d.enabled
+        lowFreePercent = try c.decodeIfPresent(Double.self, forKey: .lowFreePercent) ?? d.lowFreePercent
+        highFreePercent = try c.decodeIfPresent(Double.self, forKey: .highFreePercent) ?? d.highFreePercent
+        stepMiB = try c.decodeIfPresent(Int.self, forKey: .stepMiB) ?? d.stepMiB
+        floorPercent = try c.decodeIfPresent(Double.self, forKey: .floorPercent) ?? d.floorPercent
+        guestReserveMiB = try c.decodeIfPresent(Int.self, forKey: .guestReserveMiB) ?? d.guestReserveMiB
+    }
+
+    public func validated() throws(APIError) -> BalloonPolicy {
+        guard lowFreePercent > 0, lowFreePercent < highFreePercent, highFreePercent < 100, (1...4096).contains(stepMiB),
+              floorPercent >= 10, floorPercent <= 100, (0...65536).contains(guestReserveMiB) else {
+            throw APIError(code: "invalid_argument", message: "need 0 < low_free_percent < high_free_percent < 100, step_mib 1–4096, floor_percent 10–100, guest_reserve_mib 0–65536")
+        }
+        return self
+    }
+}
+
 /// kumod's balloon reclaim: its policy, the instances' balloons as last seen, its decisions.
 public struct HostBalloons: Codable, Sendable, Equatable {
     public struct Seen: Codable, Sendable, Equatable {
@@ -336,11 +395,13 @@ public struct HostBalloons: Codable, Sendable, Equatable {
             case instance, memoryMiB = "memory_mib", targetMiB = "target_mib", actualMiB = "actual_mib", guestFreeMiB = "guest_free_mib"
         }
     }
+    /// The policy in force.
+    public var policy: BalloonPolicy
     public var hostFreePercent: Double?
     public var instances: [Seen]
     public var decisions: [String]
-    public init(hostFreePercent: Double?, instances: [Seen], decisions: [String]) {
-        self.hostFreePercent = hostFreePercent; self.instances = instances; self.decisions = decisions
+    public init(policy: BalloonPolicy, hostFreePercent: Double?, instances: [Seen], decisions: [String]) {
+        self.policy = policy; self.hostFreePercent = hostFreePercent; self.instances = instances; self.decisions = decisions
     }
-    enum CodingKeys: String, CodingKey { case instances, decisions, hostFreePercent = "host_free_percent" }
+    enum CodingKeys: String, CodingKey { case policy, instances, decisions, hostFreePercent = "host_free_percent" }
 }

@@ -63,12 +63,15 @@ public enum API {
     static func error(_ e: APIError) -> Response { json(ErrorBody(error: e), status: status(for: e.code)) }
 
     /// Reads a JSON body into `T`, with a message that names the field at fault.
-    static func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: KumoContext) async throws(APIError) -> T {
+    static func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: KumoContext,
+                                     userInfo: [CodingUserInfoKey: any Sendable] = [:]) async throws(APIError) -> T {
         let buffer: ByteBuffer
         do { buffer = try await request.body.collect(upTo: context.maxUploadSize) } catch {
             throw APIError(code: "payload_too_large", message: "request body over \(context.maxUploadSize) bytes")
         }
-        do { return try JSONDecoder().decode(T.self, from: Data(buffer: buffer)) } catch let DecodingError.keyNotFound(k, _) {
+        let decoder = JSONDecoder()
+        decoder.userInfo = userInfo
+        do { return try decoder.decode(T.self, from: Data(buffer: buffer)) } catch let DecodingError.keyNotFound(k, _) {
             throw APIError(code: "invalid_argument", message: "missing field \"\(k.stringValue)\"")
         } catch let DecodingError.typeMismatch(_, c) {
             throw APIError(code: "invalid_argument", message: "field \"\(c.codingPath.map(\.stringValue).joined(separator: "."))\": wrong type")
@@ -194,7 +197,11 @@ public enum API {
         }
         router.get("/v1/host/balloon") { _, c in await handle(c) { _ throws(APIError) in json(service.hostBalloons()) } }
         router.put("/v1/host/balloon-policy") { r, c in
-            await handle(c) { p throws(APIError) in json(try service.setBalloonPolicy(try await decode(BalloonPolicy.self, r, c), by: p)) }
+            await handle(c) { p throws(APIError) in 
+                // Fields left out keep the values in force.
+                let update = try await decode(BalloonPolicy.self, r, c, userInfo: [BalloonPolicy.baseKey: service.balloonPolicy()])
+                return json(try service.setBalloonPolicy(update, by: p))
+             }
         }
         router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(service.hostKSM()) } }
         router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacityReport()) } }

@@ -7,46 +7,6 @@
 import Foundation
 import KumoAPI
 
-public struct BalloonPolicy: Codable, Sendable, Equatable {
-    /// Off by default: an operator turns reclaim on (PUT /v1/host/balloon-policy).
-    public var enabled = false
-    /// Inflate while host MemAvailable is under this percent of MemTotal …
-    public var lowFreePercent = 10.0
-    /// … and deflate once it is above this one (hysteresis between them).
-    public var highFreePercent = 20.0
-    /// At most this much per instance per pass.
-    public var stepMiB = 64
-    /// Never take more than (100 − floor) percent of an instance's RAM: it keeps at least floor percent.
-    public var floorPercent = 50.0
-    /// Guest free memory left alone in each guest (its page cache and bursts need room).
-    public var guestReserveMiB = 64
-    public init() {}
-    enum CodingKeys: String, CodingKey {
-        case enabled, lowFreePercent = "low_free_percent", highFreePercent = "high_free_percent", stepMiB = "step_mib"
-        case floorPercent = "floor_percent", guestReserveMiB = "guest_reserve_mib"
-    }
-
-    /// Fields left out keep their defaults.
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = BalloonPolicy()
-        enabled = try c.decodeIfPresent(Bool.self, forKey: .enabled) ?? d.enabled
-        lowFreePercent = try c.decodeIfPresent(Double.self, forKey: .lowFreePercent) ?? d.lowFreePercent
-        highFreePercent = try c.decodeIfPresent(Double.self, forKey: .highFreePercent) ?? d.highFreePercent
-        stepMiB = try c.decodeIfPresent(Int.self, forKey: .stepMiB) ?? d.stepMiB
-        floorPercent = try c.decodeIfPresent(Double.self, forKey: .floorPercent) ?? d.floorPercent
-        guestReserveMiB = try c.decodeIfPresent(Int.self, forKey: .guestReserveMiB) ?? d.guestReserveMiB
-    }
-
-    public func validated() throws(APIError) -> BalloonPolicy {
-        guard lowFreePercent > 0, lowFreePercent < highFreePercent, highFreePercent < 100, (1...4096).contains(stepMiB),
-              floorPercent >= 10, floorPercent <= 100, (0...65536).contains(guestReserveMiB) else {
-            throw APIError(code: "invalid_argument", message: "need 0 < low_free_percent < high_free_percent < 100, step_mib 1–4096, floor_percent 10–100, guest_reserve_mib 0–65536")
-        }
-        return self
-    }
-}
-
 public enum Balloons {
     /// One instance's balloon as kumod sees it.
     public struct Observed: Sendable, Equatable {

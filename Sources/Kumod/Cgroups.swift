@@ -1,7 +1,7 @@
-// CPU caps and shares per instance through cgroups: v2 (cpu.max, cpu.weight) where the host has the
-// unified hierarchy, v1 (cpu.cfs_quota_us, cpu.shares) where it has only the cpu controller mounted on
-// its own, as our machines do. Each instance's kumo-vmm goes into kumo/INSTANCE-ID under the cpu
-// hierarchy, with all its threads (cgroup.procs), right after it is spawned.
+// CPU caps and shares per instance through cgroups: v2 (cpu.max, cpu.weight) where the cpu controller
+// is on the unified hierarchy, v1 (cpu.cfs_quota_us, cpu.shares) where it is on a v1 hierarchy of its
+// own, as on our machines (found from the mount table either way). Each instance's kumo-vmm goes into
+// kumo/INSTANCE-ID under the cpu hierarchy, with all its threads (cgroup.procs), right after it is spawned.
 import Foundation
 
 public struct CPUCgroups: Sendable {
@@ -12,17 +12,35 @@ public struct CPUCgroups: Sendable {
 
     public init(root: String, version: Version) { self.root = root; self.version = version }
 
-    /// The host's cpu hierarchy, or nil when there is none kumod can use.
-    public static func detect(mount: String = "/sys/fs/cgroup") -> CPUCgroups? {
-        let fm = FileManager.default
-        if fm.fileExists(atPath: mount + "/cgroup.controllers"),
-           let c = try? String(contentsOfFile: mount + "/cgroup.controllers", encoding: .utf8), c.split(separator: " ").contains(where: { $0.hasPrefix("cpu") && $0.trimmingCharacters(in: .whitespacesAndNewlines) == "cpu" }) {
-            return CPUCgroups(root: mount + "/kumo", version: .v2)
+    /// The host's cpu hierarchy from its mount table, or nil when there is none kumod can use.
+    public static func detect(mountTable: String = "/proc/self/mounts") -> CPUCgroups? {
+        guard let text = try? String(contentsOfFile: mountTable, encoding: .utf8) else { return nil }
+        return choose(mounts: text) { try? String(contentsOfFile: $0, encoding: .utf8) }
+    }
+
+    /// Picks the hierarchy holding the cpu controller: a cgroup2 mount that offers `cpu` in its
+    /// cgroup.controllers (a pure v2 host, or a hybrid one whose cpu controller is bound to v2), else
+    /// a cgroup v1 mount with the `cpu` option (alone or with cpuacct). A controller is bound to one
+    /// hierarchy at a time, so at most one of them can have it.
+    public static func choose(mounts: String, read: (String) -> String?) -> CPUCgroups? {
+        var v1: String? = nil
+        for line in mounts.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count >= 4 else { continue }
+            // /proc/mounts escapes spaces and the like in paths as octal (\040).
+            let mountpoint = String(f[1]).replacingOccurrences(of: "\\040", with: " ")
+            switch f[2] {
+            case "cgroup2":
+                let controllers = read(mountpoint + "/cgroup.controllers") ?? ""
+                if controllers.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("cpu") {
+                    return CPUCgroups(root: mountpoint + "/kumo", version: .v2)
+                }
+            case "cgroup" where v1 == nil && f[3].split(separator: ",").contains("cpu"):
+                v1 = mountpoint
+            default: break
+            }
         }
-        for dir in ["/cpu", "/cpu,cpuacct", "/cpuacct,cpu"] where fm.fileExists(atPath: mount + dir + "/cpu.shares") {
-            return CPUCgroups(root: mount + dir + "/kumo", version: .v1)
-        }
-        return nil
+        return v1.map { CPUCgroups(root: $0 + "/kumo", version: .v1) }
     }
 
     public struct Failure: Error, CustomStringConvertible { public let description: String }
@@ -35,16 +53,22 @@ public struct CPUCgroups: Sendable {
 
     public func path(_ instanceID: String) -> String { root + "/" + instanceID }
 
-    /// v2 weight from v1 shares (the kernel's own mapping for cgroup v1 → v2 conversion).
-    static func weight(shares: Int) -> Int { 1 + ((shares - 2) * 9999) / 262142 }
+    /// v2 weight from v1 shares (the mapping runc and crun use: 2…262144 onto 1…10000; 1024 → 39).
+    public static func weight(shares: Int) -> Int { 1 + ((shares - 2) * 9999) / 262142 }
 
     /// Creates (or resets) the instance's group with its limits and moves `pid` (all its threads) in.
     public func apply(instanceID: String, pid: Int32, vcpus: Int, capPercent: Int?, shares: Int?) throws(Failure) {
         let fm = FileManager.default
         do {
-            if !fm.fileExists(atPath: root) {
-                try fm.createDirectory(atPath: root, withIntermediateDirectories: false)
-                if version == .v2 { try write(root + "/cgroup.subtree_control", "+cpu") }
+            if !fm.fileExists(atPath: root) { try fm.createDirectory(atPath: root, withIntermediateDirectories: false) }
+            if version == .v2 {
+                // v2: the controller reaches kumo's groups only when every level above enables it for its
+                // children (the mount's root, then kumo).
+                let parent = (root as NSString).deletingLastPathComponent
+                for dir in [parent, root] {
+                    let enabled = try String(contentsOfFile: dir + "/cgroup.subtree_control", encoding: .utf8)
+                    if !enabled.split(whereSeparator: { $0 == " " || $0 == "\n" }).contains("cpu") { try write(dir + "/cgroup.subtree_control", "+cpu") }
+                }
             }
             if !fm.fileExists(atPath: path(instanceID)) { try fm.createDirectory(atPath: path(instanceID), withIntermediateDirectories: false) }
         } catch let f as Failure { throw f } catch { throw Failure(description: "\(path(instanceID)): \(error.localizedDescription)") }

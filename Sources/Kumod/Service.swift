@@ -331,7 +331,7 @@ public final class Service: Sendable {
 
     public func hostBalloons() -> HostBalloons {
         let s = balloonState.withLock { $0 }
-        return HostBalloons(hostFreePercent: s.free, instances: s.seen, decisions: s.decisions)
+        return HostBalloons(policy: balloonPolicy(), hostFreePercent: s.free, instances: s.seen, decisions: s.decisions)
     }
 
     /// One pass: every running instance's balloon and guest statistics, the policy's decisions, applied.

@@ -445,6 +445,7 @@ struct HostCommand: ParsableCommand {
         @Option(help: "deflate once it is above this percent") var highFreePercent: Double?
         @Option(help: "MiB per instance per pass") var stepMib: Int?
         @Option(help: "each instance keeps at least this percent of its RAM") var floorPercent: Double?
+        @Option(help: "guest free memory (MiB) left alone in each guest") var guestReserveMib: Int?
         mutating func run() throws {
             try perform {
                 var body: [String: Any] = [:]
@@ -453,6 +454,7 @@ struct HostCommand: ParsableCommand {
                 if let v = highFreePercent { body["high_free_percent"] = v }
                 if let v = stepMib { body["step_mib"] = v }
                 if let v = floorPercent { body["floor_percent"] = v }
+                if let v = guestReserveMib { body["guest_reserve_mib"] = v }
                 if !body.isEmpty {
                     let e = try global.resolvedEndpoint()
                     let data = try JSONSerialization.data(withJSONObject: body)
@@ -466,7 +468,10 @@ struct HostCommand: ParsableCommand {
                 }
                 let b = try global.call("GET", "/v1/host/balloon", as: HostBalloons.self)
                 global.emit(b) {
-                    var s = "host memory free: " + (b.hostFreePercent.map { String(format: "%.1f %%", $0) } ?? "not measured yet (reclaim off?)") + "\n"
+                    let p = b.policy
+                    var s = "policy: " + (p.enabled ? "on" : "off") + String(format: "; inflate under %g %% host memory free, deflate over %g %%", p.lowFreePercent, p.highFreePercent)
+                        + "; steps of \(p.stepMiB) MiB; floor \(String(format: "%g", p.floorPercent)) % of each instance's RAM; guest reserve \(p.guestReserveMiB) MiB\n"
+                    s += "host memory free: " + (b.hostFreePercent.map { String(format: "%.1f %%", $0) } ?? "not measured yet (reclaim off?)") + "\n"
                     s += table(["INSTANCE", "MEMORY_MIB", "TARGET_MIB", "ACTUAL_MIB", "GUEST_FREE_MIB"], b.instances.map {
                         [$0.instance, "\($0.memoryMiB)", "\($0.targetMiB)", "\($0.actualMiB)", $0.guestFreeMiB.map(String.init) ?? "-"]
                     })

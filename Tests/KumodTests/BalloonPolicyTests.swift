@@ -57,4 +57,23 @@ import KumoAPI
         #expect(try f.service.setBalloonPolicy(p, by: admin) == p)
         #expect(f.service.balloonPolicy() == p)
     }
+
+    /// A request changes only the fields it names (the base is the policy in force); a misspelt field
+    /// is refused rather than ignored.
+    @Test func updatesKeepTheFieldsLeftOutAndRefuseUnknownOnes() throws {
+        var base = on
+        base.stepMiB = 32
+        base.floorPercent = 70
+        let d = JSONDecoder()
+        d.userInfo = [BalloonPolicy.baseKey: base]
+        let p = try d.decode(BalloonPolicy.self, from: Data(#"{"low_free_percent": 15}"#.utf8))
+        #expect(p.enabled && p.stepMiB == 32 && p.floorPercent == 70 && p.lowFreePercent == 15 && p.highFreePercent == 20)
+        #expect(try d.decode(BalloonPolicy.self, from: Data("{}".utf8)) == base)
+        do {
+            _ = try d.decode(BalloonPolicy.self, from: Data(#"{"step_mb": 8}"#.utf8))
+            Issue.record("a misspelt field was accepted")
+        } catch let DecodingError.dataCorrupted(c) {
+            #expect(c.debugDescription.contains(#"unknown field "step_mb""#) && c.debugDescription.contains("step_mib"))
+        }
+    }
 }

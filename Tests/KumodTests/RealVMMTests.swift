@@ -24,16 +24,19 @@ struct RealVMMTests {
             src = CLITests.root.appendingPathComponent("Tests/guests/echo-power.S").path
         }
         let obj = dir.appendingPathComponent("\(name).o").path, elf = dir.appendingPathComponent("\(name).elf").path
-        for (tool, args) in [("/usr/bin/as", ["--64", "-o", obj, src]),
-                             ("/usr/bin/ld", ["-m", "elf_x86_64", "-Ttext=0x1000000", "-e", "_start", "-o", elf, obj])] {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: tool)
-            p.arguments = args
-            try p.run()
-            p.waitUntilExit()
-            try #require(p.terminationStatus == 0, "\(tool) \(args)")
-        }
+        try run("/usr/bin/as", ["--64", "-o", obj, src])
+        try run("/usr/bin/ld", ["-m", "elf_x86_64", "-Ttext=0x1000000", "-e", "_start", "-o", elf, obj])
         return elf
+    }
+
+    /// Runs a host tool; it must succeed.
+    static func run(_ tool: String, _ args: [String]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: tool)
+        p.arguments = args
+        try p.run()
+        p.waitUntilExit()
+        try #require(p.terminationStatus == 0, "\(tool) \(args)")
     }
 
     /// Ignores the power button: halts with interrupts off. No PVH note: kumo-vmm enters it in 64-bit
@@ -290,7 +293,11 @@ struct RealVMMTests {
         if cg.version == .v1 {
             #expect(try String(contentsOfFile: cg.path(capped) + "/cpu.cfs_quota_us", encoding: .utf8).hasPrefix("20000"))
             #expect(try String(contentsOfFile: cg.path(capped) + "/cpu.shares", encoding: .utf8).hasPrefix("512"))
+        } else {
+            #expect(try String(contentsOfFile: cg.path(capped) + "/cpu.max", encoding: .utf8) == "20000 100000\n")
+            #expect(try String(contentsOfFile: cg.path(capped) + "/cpu.weight", encoding: .utf8) == "\(CPUCgroups.weight(shares: 512))\n")
         }
+        print("cpu cap: cgroup \(cg.version.rawValue) at \(cg.root)")
         #expect(!FileManager.default.fileExists(atPath: cg.path(ids["free"]!)))   // no limits: no group
         func cpuNs(_ id: String) throws -> UInt64 {
             let r = try kumo(["instance", "stats", id, "--output", "json"])
@@ -441,6 +448,9 @@ struct RealVMMTests {
         #expect(r.0 == 0 && r.1.contains(#""step_mib":32"#), "\(r)")
         r = try kumo(["host", "balloon", "--low-free-percent", "50", "--high-free-percent", "40"])
         #expect(r.0 == 1 && r.2.contains("low_free_percent < high_free_percent"), "\(r)")
+        // A change names only what it changes: the rest of the policy in force stays.
+        r = try kumo(["host", "balloon", "--floor-percent", "60"])
+        #expect(r.0 == 0 && r.1.contains(#""enabled":true"#) && r.1.contains(#""step_mib":32"#) && r.1.contains(#""floor_percent":60"#), "\(r)")
         r = try kumo(["instance", "run", "--type", "tiny", "--image", "idle", "--output", "json"])
         let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id)
         #expect(try Self.wait(id, k, for: .running).state == .running)
@@ -454,6 +464,6 @@ struct RealVMMTests {
         } while Date() < deadline
         let mine = seen?.instances.first { $0.instance == id }
         #expect(mine?.memoryMiB == 64 && mine?.targetMiB == 0 && mine?.guestFreeMiB == nil, "\(String(describing: seen))")
-        #expect(seen?.hostFreePercent != nil)
+        #expect(seen?.hostFreePercent != nil && seen?.policy.floorPercent == 60)
     }
 }
