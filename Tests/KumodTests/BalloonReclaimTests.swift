@@ -77,6 +77,24 @@ struct BalloonReclaimTests {
         let stats = try JSONDecoder().decode(InstanceStats.self, from: Data(try kumo(["instance", "stats", id, "--output", "json"]).1.utf8))
         print("balloon reclaim under kumod: targets \(targets) MiB; guest free \(firstFree ?? -1) -> \(lastFree ?? -1) MiB; VMM RSS \((stats.memory?.rssKiB ?? 0) >> 10) MiB")
 
+        // The same boot: GVA → GPA → HPA through the Linux guest's own page tables (nokaslr: the kernel
+        // image's virtual base 0xffffffff81000000 holds its physical load address 0x1000000; the direct
+        // map starts at 0xffff888000000000 = GPA 0): the kernel's text read-only and executable, its alias in
+        // the direct map read-only too (Linux protects it) and not executable; one page, one host page.
+        var hpas: [String?] = []
+        for (gva, executable) in [("0xffffffff81000000", true), ("0xffff888001000000", false)] {
+            r = try kumo(["instance", "translate", id, "--output", "json", gva])
+            let t = try? JSONDecoder().decode(AddressTranslation.self, from: Data(r.1.utf8))
+            #expect(r.0 == 0 && t?.gpa == "0x1000000" && t?.pageSize == 2 << 20 && t?.hpa != nil, "\(r)")
+            #expect(t?.executable == executable && t?.writable == false, "\(r)")
+            hpas.append(t?.hpa)
+            print("translate \(gva): " + (t.map { t in
+                "\(t.paging.mode), " + (t.levels ?? []).map { "L\($0.level) \($0.entry)\($0.leaf ? " leaf \($0.pageSize >> 10) KiB" : "")" }.joined(separator: ", ")
+                    + " → GPA \(t.gpa ?? "-") → HVA \(t.hva ?? "-") → HPA \(t.hpa ?? "-"); writable \(t.writable.map(String.init) ?? "-"), executable \(t.executable.map(String.init) ?? "-")"
+            } ?? r.2))
+        }
+        #expect(hpas.count == 2 && hpas[0] == hpas[1], "\(hpas)")
+
         // At the floor, further passes leave it there (still under pressure).
         Thread.sleep(forTimeInterval: 12)
         b = try balloons()
