@@ -27,12 +27,17 @@ public struct InstanceType: Codable, Sendable, Equatable {
     /// CPU shares: the instance's weight against others when host CPUs are contended (cgroup
     /// cpu.shares, 1024 being the default; cpu.weight on cgroup v2); nil: the default.
     public var cpuShares: Int?
-    public init(name: String, vcpus: Int, memoryMiB: Int, builtin: Bool = false, cpuCapPercent: Int? = nil, cpuShares: Int? = nil) {
+    /// Memory shares: under host memory pressure, the balloon policy reclaims first from instances whose
+    /// idle memory is largest per share (1024 the default); nil: the default.
+    public var memoryShares: Int?
+    public init(name: String, vcpus: Int, memoryMiB: Int, builtin: Bool = false, cpuCapPercent: Int? = nil, cpuShares: Int? = nil,
+                memoryShares: Int? = nil) {
         self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.builtin = builtin
-        self.cpuCapPercent = cpuCapPercent; self.cpuShares = cpuShares
+        self.cpuCapPercent = cpuCapPercent; self.cpuShares = cpuShares; self.memoryShares = memoryShares
     }
     enum CodingKeys: String, CodingKey {
         case name, vcpus, memoryMiB = "memory_mib", builtin, cpuCapPercent = "cpu_cap_percent", cpuShares = "cpu_shares"
+        case memoryShares = "memory_shares"
     }
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -42,6 +47,7 @@ public struct InstanceType: Codable, Sendable, Equatable {
         builtin = try c.decodeIfPresent(Bool.self, forKey: .builtin) ?? false
         cpuCapPercent = try c.decodeIfPresent(Int.self, forKey: .cpuCapPercent)
         cpuShares = try c.decodeIfPresent(Int.self, forKey: .cpuShares)
+        memoryShares = try c.decodeIfPresent(Int.self, forKey: .memoryShares)
     }
 
     public static let builtins = [InstanceType(name: "kumo.small", vcpus: 1, memoryMiB: 2048, builtin: true),

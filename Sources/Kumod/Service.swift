@@ -101,10 +101,14 @@ public final class Service: Sendable {
         if let sh = t.cpuShares, !(2...262144).contains(sh) {
             throw APIError(code: "invalid_argument", message: "cpu_shares must be 2–262144 (1024 is the default weight)")
         }
+        if let sh = t.memoryShares, !(2...262144).contains(sh) {
+            throw APIError(code: "invalid_argument", message: "memory_shares must be 2–262144 (1024 is the default)")
+        }
         if try wrap({ try store.type(t.name) }) != nil {
             throw APIError(code: "conflict", message: "instance type \(t.name) exists")
         }
-        let made = InstanceType(name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB, cpuCapPercent: t.cpuCapPercent, cpuShares: t.cpuShares)
+        let made = InstanceType(name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB, cpuCapPercent: t.cpuCapPercent, cpuShares: t.cpuShares,
+                                 memoryShares: t.memoryShares)
         try wrap { try store.addType(made) }
         return made
     }
@@ -341,6 +345,7 @@ public final class Service: Sendable {
         f.states = [.running]
         var seen: [Balloons.Observed] = []
         var socks: [String: String] = [:]
+        let shares = Dictionary(((try? store.types()) ?? []).map { ($0.name, $0.memoryShares ?? 1024) }, uniquingKeysWith: { a, _ in a })
         for rec in ((try? store.instances(f, limit: 1_000_000).0) ?? []) {
             let sock = URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path
             guard let text = try? ControlClient.request(sock, #"{"op":"balloon.get","refresh":true}"#, timeoutSeconds: 3),
@@ -348,7 +353,8 @@ public final class Service: Sendable {
             let free = ((j["stats"] as? [String: Any])?["free_memory"] as? NSNumber).map { $0.intValue >> 20 }
             let ready = j["driver_ready"] as? Bool == true
             seen.append(Balloons.Observed(id: rec.instance.id, memoryMiB: rec.instance.memoryMiB, targetMiB: (j["target_mib"] as? NSNumber)?.intValue ?? 0,
-                                          actualMiB: (j["actual_mib"] as? NSNumber)?.intValue ?? 0, guestFreeMiB: ready ? free : nil))
+                                          actualMiB: (j["actual_mib"] as? NSNumber)?.intValue ?? 0, guestFreeMiB: ready ? free : nil,
+                                          shares: shares[rec.instance.type] ?? 1024))
             socks[rec.instance.id] = sock
         }
         let decisions = meminfo.map { Balloons.decide(policy: policy, hostAvailableMiB: $0.available, hostTotalMiB: $0.total, instances: seen) } ?? []

@@ -78,6 +78,9 @@ public final class Store: Sendable {
                 ALTER TABLE instances ADD COLUMN dedicated_cpus TEXT;
                 """)
         }
+        m.registerMigration("v6: memory shares per instance type") { db in
+            try db.execute(sql: "ALTER TABLE instance_types ADD COLUMN memory_shares INTEGER CHECK (memory_shares BETWEEN 2 AND 262144)")
+        }
         return m
     }
 
@@ -170,8 +173,8 @@ public final class Store: Sendable {
 
     public func types() throws -> [InstanceType] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares FROM instance_types ORDER BY vcpus, memory_mib, name")
-                .map { InstanceType(name: $0[0], vcpus: $0[1], memoryMiB: $0[2], builtin: $0[3], cpuCapPercent: $0[4], cpuShares: $0[5]) }
+            try Row.fetchAll(db, sql: "SELECT name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares FROM instance_types ORDER BY vcpus, memory_mib, name")
+                .map { InstanceType(name: $0[0], vcpus: $0[1], memoryMiB: $0[2], builtin: $0[3], cpuCapPercent: $0[4], cpuShares: $0[5], memoryShares: $0[6]) }
         }
     }
 
@@ -179,8 +182,8 @@ public final class Store: Sendable {
 
     public func addType(_ t: InstanceType) throws {
         try db.write { db in
-            try db.execute(sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares) VALUES (?, ?, ?, 0, ?, ?)",
-                           arguments: [t.name, t.vcpus, t.memoryMiB, t.cpuCapPercent, t.cpuShares])
+            try db.execute(sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                           arguments: [t.name, t.vcpus, t.memoryMiB, t.cpuCapPercent, t.cpuShares, t.memoryShares])
         }
     }
 

@@ -109,8 +109,9 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
 }
 
 func typeRows(_ types: [InstanceType]) -> String {
-    table(["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN", "CPU_CAP", "CPU_SHARES"], types.map {
-        [$0.name, "\($0.vcpus)", "\($0.memoryMiB)", $0.builtin ? "yes" : "no", $0.cpuCapPercent.map { "\($0)%" } ?? "-", $0.cpuShares.map(String.init) ?? "-"]
+    table(["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN", "CPU_CAP", "CPU_SHARES", "MEMORY_SHARES"], types.map {
+        [$0.name, "\($0.vcpus)", "\($0.memoryMiB)", $0.builtin ? "yes" : "no", $0.cpuCapPercent.map { "\($0)%" } ?? "-", $0.cpuShares.map(String.init) ?? "-",
+         $0.memoryShares.map(String.init) ?? "-"]
     })
 }
 
@@ -390,10 +391,12 @@ struct TypeCommand: ParsableCommand {
         @Option(name: .customLong("memory-mib")) var memoryMiB: Int
         @Option(help: "cap: each vCPU may use at most this percent of one host CPU (1-100)") var cpuCapPercent: Int?
         @Option(help: "weight under contention (2-262144; 1024 is the default)") var cpuShares: Int?
+        @Option(help: "balloon reclaim takes first from the most idle memory per share (2-262144; 1024 is the default)") var memoryShares: Int?
         mutating func run() throws {
             try perform {
                 let t = try global.call("POST", "/v1/instance-types", body: InstanceType(name: name, vcpus: vcpus, memoryMiB: memoryMiB,
-                                                                                          cpuCapPercent: cpuCapPercent, cpuShares: cpuShares), as: InstanceType.self)
+                                                                                          cpuCapPercent: cpuCapPercent, cpuShares: cpuShares,
+                                                                                          memoryShares: memoryShares), as: InstanceType.self)
                 global.emit(t) { typeRows([t]) }
             }
         }

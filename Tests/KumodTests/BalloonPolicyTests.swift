@@ -36,6 +36,30 @@ import KumoAPI
         #expect(Balloons.decide(policy: on, hostAvailableMiB: 1000, hostTotalMiB: 24576, instances: inflating).isEmpty)
     }
 
+    /// Only what brings the host back to the middle of its band is reclaimed, and memory shares decide
+    /// whose idle memory goes first.
+    @Test func reclaimStopsAtTheNeedAndFollowsShares() {
+        var p = on
+        p.lowFreePercent = 10; p.highFreePercent = 11
+        // 2450 of 24576 MiB free (9.97 %): the middle (10.5 %) is 2581 MiB, so 131 MiB are needed.
+        let three = [Balloons.Observed(id: "a", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 1000),
+                     Balloons.Observed(id: "b", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 900),
+                     Balloons.Observed(id: "c", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 800),
+                     Balloons.Observed(id: "d", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 700)]
+        var d = Balloons.decide(policy: p, hostAvailableMiB: 2450, hostTotalMiB: 24576, instances: three)
+        #expect(d.map(\.id) == ["a", "b", "c"] && d.map(\.targetMiB) == [64, 64, 3], "\(d)")
+        // a holds four times the default shares: its 936 idle MiB weigh like 234, so b, c and d go first.
+        var weighted = three
+        weighted[0].shares = 4096
+        d = Balloons.decide(policy: p, hostAvailableMiB: 2450, hostTotalMiB: 24576, instances: weighted)
+        #expect(d.map(\.id) == ["b", "c", "d"] && d.map(\.targetMiB) == [64, 64, 3], "\(d)")
+        #expect(d[0].why.contains("shares 1024"))
+        // Low shares make a guest the first to give.
+        weighted[3].shares = 128
+        d = Balloons.decide(policy: p, hostAvailableMiB: 2450, hostTotalMiB: 24576, instances: weighted)
+        #expect(d.first?.id == "d" && d.first?.why.contains("shares 128") == true, "\(d)")
+    }
+
     @Test func reliefDeflatesStepByStep() {
         let inflated = [Balloons.Observed(id: "a", memoryMiB: 2048, targetMiB: 100, actualMiB: 100, guestFreeMiB: 900),
                         Balloons.Observed(id: "b", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 900)]

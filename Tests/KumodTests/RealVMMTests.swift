@@ -278,6 +278,10 @@ struct RealVMMTests {
         r = try kumo(["type", "create", "free", "--vcpus", "1", "--memory-mib", "64"])
         r = try kumo(["type", "create", "bad", "--vcpus", "1", "--memory-mib", "64", "--cpu-cap-percent", "150"])
         #expect(r.0 == 1 && r.2.contains("cpu_cap_percent must be 1–100"), "\(r)")
+        r = try kumo(["type", "create", "bad", "--vcpus", "1", "--memory-mib", "64", "--memory-shares", "1"])
+        #expect(r.0 == 1 && r.2.contains("memory_shares must be 2–262144"), "\(r)")
+        r = try kumo(["type", "create", "weighty", "--vcpus", "1", "--memory-mib", "64", "--memory-shares", "4096"])
+        #expect(r.0 == 0 && r.1.contains("MEMORY_SHARES") && r.1.contains("4096"), "\(r)")
         r = try kumo(["image", "register", "echo", "--kernel", echo])
         var ids: [String: String] = [:]
         for t in ["capped", "free"] {

@@ -17,7 +17,7 @@ func tempDir(_ tag: String) throws -> URL {
         let path = dir.appendingPathComponent("k.sqlite").path
         let s = try Store(path: path)
         #expect(try s.journalMode() == "wal")
-        #expect(try s.appliedMigrations() == ["v1: tenants, tokens, types, images, instances", "v2: vCPU pinning", "v3: CPU caps and shares per instance type", "v4: memory dedup per instance", "v5: CPU policy (shared or dedicated)"])
+        #expect(try s.appliedMigrations() == ["v1: tenants, tokens, types, images, instances", "v2: vCPU pinning", "v3: CPU caps and shares per instance type", "v4: memory dedup per instance", "v5: CPU policy (shared or dedicated)", "v6: memory shares per instance type"])
         #expect(try s.types().map(\.name) == ["kumo.small", "kumo.medium", "kumo.large"])
         #expect(try s.type("kumo.medium") == InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true))
         // Reopening runs no migration twice and keeps the data.
