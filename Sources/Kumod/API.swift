@@ -197,11 +197,11 @@ public enum API {
         }
         router.get("/v1/host/balloon") { _, c in await handle(c) { _ throws(APIError) in json(service.hostBalloons()) } }
         router.put("/v1/host/balloon-policy") { r, c in
-            await handle(c) { p throws(APIError) in 
+            await handle(c) { p throws(APIError) in
                 // Fields left out keep the values in force.
                 let update = try await decode(BalloonPolicy.self, r, c, userInfo: [BalloonPolicy.baseKey: service.balloonPolicy()])
                 return json(try service.setBalloonPolicy(update, by: p))
-             }
+            }
         }
         router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(service.hostKSM()) } }
         router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacityReport()) } }

@@ -1,9 +1,9 @@
 // Balloon policy: when host memory runs short, kumod inflates the balloons of the instances with the
 // most idle guest memory (the guest's own free_memory statistic, weighed by the instance type's memory
 // shares), only as much as brings the host back to the middle of its band, in bounded steps and never
-// below each instance's floor; when the pressure is gone, it deflates them step by step. The decision is a pure
-// function of the host's memory and the instances' balloon statistics (unit-tested against recorded
-// statistics); kumod's balloon pass feeds it every few seconds and applies its answers through each
+// below each instance's floor; when the pressure is gone, it deflates them step by step. The decision
+// is a pure function of the host's memory and the instances' balloon statistics (unit-tested against
+// recorded statistics); kumod's balloon pass feeds it every few seconds and applies its answers through each
 // VMM's control socket (balloon.set). Every decision is logged and visible in GET /v1/host/balloon.
 import Foundation
 import KumoAPI

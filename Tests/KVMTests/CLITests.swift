@@ -307,11 +307,17 @@ struct CLIRunTests {
         let r = try CLI.run(["--kernel", k, "--memory", "64", "--serial", "none", "--api-socket", sock], timeout: 20) { p in
             let ctl = try CLI.connectUnix(sock)
             defer { close(ctl) }
-            for a in ["0x1000123", "0x3fffff8", "0xffff800000000000", "0x800000000000"] {
+            func ask(_ a: String) -> [String: Any] {
                 let line = #"{"op":"translate","vcpu":0,"address":"\#(a)"}"# + "\n"
                 _ = send(ctl, line, line.utf8.count, Int32(MSG_NOSIGNAL))
-                answers.append((try? JSONSerialization.jsonObject(with: Data(CLI.readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:])
+                return (try? JSONSerialization.jsonObject(with: Data(CLI.readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:]
             }
+            // The control socket is up before the guest runs (a loaded machine widens that window).
+            let deadline = Date().addingTimeInterval(15)
+            while (ask("0x1000123")["error"] as? String)?.contains("no guest is running") == true && Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+            for a in ["0x1000123", "0x3fffff8", "0xffff800000000000", "0x800000000000"] { answers.append(ask(a)) }
             if let hva = (answers.first?["hva"] as? String).flatMap({ UInt64($0.dropFirst(2), radix: 16) }),
                let h = FileHandle(forReadingAtPath: "/proc/\(p.processIdentifier)/pagemap") {
                 try h.seek(toOffset: (hva / 4096) * 8)
