@@ -407,10 +407,11 @@ public final class Machine: @unchecked Sendable {
         let runBase = UnsafeMutableRawPointer(run)
         let fallbackOn = options.emulationFallback
         var sampleSeen = 0
-        vcpuTIDs[index].value.store(ckvm_gettid(), ordering: .releasing)
+        // Pinned before the thread id is published: whoever sees the id (vm.stats, vcpu.pin) sees the pinning.
         if let cpus = options.affinity?.get(index), let e = CPUList.pin(tid: 0, cpus) {
             eprint("kumo-vmm: vcpu\(index): cannot pin to CPUs \(CPUList.format(cpus)): \(String(cString: strerror(e)))")
         }
+        vcpuTIDs[index].value.store(ckvm_gettid(), ordering: .releasing)
         if index == 0 {
             firstRunCPUNanos.store(monotonicNanos(CLOCK_PROCESS_CPUTIME_ID), ordering: .relaxed)
             firstRunNanos.store(monotonicNanos(), ordering: .releasing)

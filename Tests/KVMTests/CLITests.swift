@@ -77,6 +77,20 @@ enum CLI {
         throw Harness.HarnessError(description: "could not connect to \(path)")
     }
 
+    /// Waits (up to 15 s) until the VMM behind control socket `ctl` runs its guest: the socket is up
+    /// first, and until the vCPUs start, vCPU requests answer "no guest is running" (a loaded machine
+    /// widens that window).
+    static func waitForGuest(_ ctl: Int32) {
+        let q = #"{"op":"vm.stats"}"# + "\n"
+        let deadline = Date().addingTimeInterval(15)
+        repeat {
+            _ = send(ctl, q, q.utf8.count, Int32(MSG_NOSIGNAL))
+            let reply = (try? JSONSerialization.jsonObject(with: Data(readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:]
+            if let v = reply["vcpus"] as? [[String: Any]], !v.isEmpty, (v[0]["tid"] as? Int ?? 0) > 0 { return }
+            Thread.sleep(forTimeInterval: 0.05)
+        } while Date() < deadline
+    }
+
     /// Reads from `fd` until the text received ends with `suffix` (or the peer closes).
     static func readUntil(_ fd: Int32, _ suffix: String) -> String {
         var text = ""
@@ -280,6 +294,7 @@ struct CLIRunTests {
                 let fromProc = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t").last.map(String.init) ?? "?"
                 return "\(v["cpus_allowed"] as? String ?? "?")/\(fromProc)"
             }
+            CLI.waitForGuest(ctl)
             seen.append(allowed())
             _ = ask(#"{"op":"vcpu.pin","vcpu":0,"cpus":"0"}"#)
             seen.append(allowed())
@@ -312,11 +327,7 @@ struct CLIRunTests {
                 _ = send(ctl, line, line.utf8.count, Int32(MSG_NOSIGNAL))
                 return (try? JSONSerialization.jsonObject(with: Data(CLI.readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:]
             }
-            // The control socket is up before the guest runs (a loaded machine widens that window).
-            let deadline = Date().addingTimeInterval(15)
-            while (ask("0x1000123")["error"] as? String)?.contains("no guest is running") == true && Date() < deadline {
-                Thread.sleep(forTimeInterval: 0.05)
-            }
+            CLI.waitForGuest(ctl)
             for a in ["0x1000123", "0x3fffff8", "0xffff800000000000", "0x800000000000"] { answers.append(ask(a)) }
             if let hva = (answers.first?["hva"] as? String).flatMap({ UInt64($0.dropFirst(2), radix: 16) }),
                let h = FileHandle(forReadingAtPath: "/proc/\(p.processIdentifier)/pagemap") {
