@@ -344,7 +344,7 @@ public struct BalloonPolicy: Codable, Sendable, Equatable {
     /// Guest free memory left alone in each guest (its page cache and bursts need room).
     public var guestReserveMiB = 64
     public init() {}
-    enum CodingKeys: String, CodingKey {
+    enum CodingKeys: String, CodingKey, CaseIterable {
         case enabled, lowFreePercent = "low_free_percent", highFreePercent = "high_free_percent", stepMiB = "step_mib"
         case floorPercent = "floor_percent", guestReserveMiB = "guest_reserve_mib"
     }
@@ -363,7 +363,7 @@ public struct BalloonPolicy: Codable, Sendable, Equatable {
     /// Fields left out keep the base's values; an unknown field is an error (a misspelt one would
     /// otherwise be ignored without a word).
     public init(from decoder: any Decoder) throws {
-        let known = Set(["enabled", "low_free_percent", "high_free_percent", "step_mib", "floor_percent", "guest_reserve_mib"])
+        let known = Set(CodingKeys.allCases.map(\.stringValue))
         if let unknown = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue).first(where: { !known.contains($0) }) {
             throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "unknown field \"\(unknown)\" (known: \(known.sorted().joined(separator: ", ")))"))
         }

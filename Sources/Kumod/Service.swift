@@ -664,13 +664,17 @@ public final class Service: Sendable {
             if (try? store.instance(id))?.instance.cpuPolicy == "dedicated" { supervisor.async { [self] in rebalanceShared() } }
             let state = (try? store.instance(id))?.instance.state
             let why: String
+            var clean = false   // the guest powered off (or kumo-vmm was stopped): not an error
             switch fate {
-            case .exited(0): why = "kumo-vmm \(p.pid) exited: guest powered off or stopped"
+            case .exited(0):
+                clean = true
+                why = "kumo-vmm \(p.pid) exited: guest powered off or stopped"
             case let .exited(c): why = "kumo-vmm \(p.pid) exited with status \(c) (see vmm.log in the instance's work directory)"
             case let .killed(s): why = "kumo-vmm \(p.pid) killed by signal \(s)"
             case .vanished:
                 // Not kumod's child (adopted after a restart): its log says how it ended, if it does.
-                why = Self.logSaysPoweredOff((try? store.instance(id))?.workDir)
+                clean = Self.logSaysPoweredOff((try? store.instance(id))?.workDir)
+                why = clean
                     ? "kumo-vmm \(p.pid) exited: guest powered off (from its log; it outlived a kumod restart)"
                     : "kumo-vmm \(p.pid) is gone (exit status unknown: it outlived a kumod restart)"
             }
@@ -679,10 +683,7 @@ public final class Service: Sendable {
                 let note = stopNotes.withLock { $0.removeValue(forKey: id) }
                 _ = try? store.transition(id, to: .stopped, reason: "StopInstances: " + (note.map { $0 + "; " } ?? "") + why, pid: .some(nil))
             case .running?, .starting?:
-                if case .exited(0) = fate {
-                    _ = try? store.transition(id, to: .stopped, reason: why, pid: .some(nil))
-                } else if case .vanished = fate, why.contains("guest powered off") { _ = try? store.transition(id, to: .stopped, reason: why, pid: .some(nil)) }
-                else { _ = try? store.transition(id, to: .error, reason: why, pid: .some(nil)) }
+                _ = try? store.transition(id, to: clean ? .stopped : .error, reason: why, pid: .some(nil))
             default: break
             }
         }
