@@ -4,6 +4,11 @@ GUEST := $(shell scripts/guest.sh path)
 # Static-PIE release binary (see the script): nothing for ld.so to do at start, still ASLR.
 SWIFT_RELEASE := scripts/swift-release.sh kumo-vmm
 VMM := .build/release/kumo-vmm
+# At most this many test cases at once. The suites that block (boots, real VMMs) run on threads of
+# their own (Tests/TestSupport), so nothing else bounds them; three keep the host's two CPUs busy
+# without starving the timing-sensitive tests (CPU caps, KSM) beside the emulated boots.
+TEST_WIDTH ?= 3
+SWIFT_TEST := SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(TEST_WIDTH) swift test
 
 .PHONY: all build guest run test unit kvm-tests e2e bench fuzz clean
 
@@ -32,7 +37,7 @@ run: build
 test: guest
 	swift build --build-tests
 	$(SWIFT_RELEASE)
-	KUMO_VMM=$(CURDIR)/$(VMM) swift test --skip-build
+	KUMO_VMM=$(CURDIR)/$(VMM) $(SWIFT_TEST) --skip-build
 	KUMO_VMM=$(CURDIR)/$(VMM) scripts/cgroup-v2-check.sh
 	scripts/schemathesis.sh 25
 	scripts/fuzz.sh 5000
@@ -43,10 +48,10 @@ fuzz:
 	scripts/fuzz.sh $(FUZZ_RUNS)
 
 unit:
-	swift test --filter UnitTests
+	$(SWIFT_TEST) --filter UnitTests
 
 kvm-tests:
-	swift test --filter KVMTests
+	$(SWIFT_TEST) --filter KVMTests
 
 bench: build
 	scripts/bench.sh $(VMM) $(GUEST)

@@ -48,10 +48,12 @@ let package = Package(
         .executableTarget(name: "kumod", dependencies: ["Kumod"]),
         .executableTarget(name: "kumo", dependencies: ["KumoAPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "KumodTests", dependencies: ["Kumod", "KumoAPI", .product(name: "HummingbirdTesting", package: "hummingbird")]),
+        // Test-only: the `.ownThreads` trait for the suites that block for long (boots, real VMMs).
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "KumodTests", dependencies: ["Kumod", "KumoAPI", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(name: "UnitTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
-        .testTarget(name: "KVMTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["VMM"]),
+        .testTarget(name: "KVMTests", dependencies: ["TestSupport", "KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["VMM", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import VMM
 
 /// End-to-end: real Linux kernels booted by the real kumo-vmm binary, checked from the host through
@@ -82,7 +83,9 @@ enum E2E {
     }
 }
 
-@Suite(.serialized, .enabled(if: E2E.kvm, "needs /dev/kvm"))
+/// Its boots share nothing (each has its own console log), so they run side by side, the stock kernel's
+/// 14 min from the start of the run; `make test` bounds how many test cases run at once.
+@Suite(.ownThreads, .enabled(if: E2E.kvm, "needs /dev/kvm"))
 struct LinuxBootTests {
     /// The other two ways in: the 64-bit boot protocol with a vmlinux, and a compressed bzImage (which
     /// decompresses itself first). Checked up to the kernel's first console lines (earlyprintk). The

@@ -1,13 +1,14 @@
 import Foundation
 import Synchronization
 import Testing
+import TestSupport
 @testable import VMM
 
 /// End-to-end virtio with the Kumo test kernel (drivers built in, found through the ACPI DSDT with no
 /// kernel parameters): an ext4 root on virtio-blk mounted read-write, persistence across a guest reboot
 /// and a VMM restart, a DHCP lease over virtio-net from a server on a host bridge, and the virtio-rng hwrng. Checked from the host: the console, kumo-vmm's device
 /// log and counters, and the disk image itself.
-@Suite(.serialized, .enabled(if: E2E.kvm, "needs /dev/kvm"))
+@Suite(.serialized, .ownThreads, .enabled(if: E2E.kvm, "needs /dev/kvm"))
 struct VirtioBootTests {
     static func run(_ cmd: String, _ args: [String]) throws -> String {
         let p = Process()

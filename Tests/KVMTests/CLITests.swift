@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import VMM
 
 /// The kumo-vmm binary itself: flags, JSON config, exit codes, console modes, power-off, reset, boot marker.
@@ -168,7 +169,7 @@ final class DataBox: @unchecked Sendable { var data = Data() }
     }
 }
 
-@Suite(.enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
+@Suite(.ownThreads, .enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
 struct CLIRunTests {
     static let echoAndPowerOff = """
         mov $0x3f8, %dx

@@ -1,11 +1,12 @@
 import Testing
+import TestSupport
 @testable import VMM
 import KVM
 import Boot
 import Devices
 import GuestMemory
 
-@Suite(.enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
+@Suite(.ownThreads, .enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
 struct TinyGuestTests {
     @Test func portIOReachesTheUART() throws {
         let code = try Harness.assemble("""
@@ -160,7 +161,7 @@ struct TinyGuestTests {
     }
 }
 
-@Suite(.enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
+@Suite(.ownThreads, .enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
 struct BootProtocolTests {
     /// Wraps flat code in an ELF the loader accepts, with or without the PVH note.
     static func elf(_ code: [UInt8], pvh: Bool) -> [UInt8] {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import Hummingbird
 import HummingbirdTesting
 @testable import Kumod
@@ -94,7 +95,7 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     func release(instanceID: String) { real.release(instanceID: instanceID) }
 }
 
-@Suite struct RaceTests {
+@Suite(.ownThreads) struct RaceTests {
     /// Delete, or stop, while kumod is spawning the VMM (the request finds no process to signal yet):
     /// the VMM spawned must not be left running (found by the kumod benchmark: orphaned kumo-vmms).
     @Test(arguments: ["delete", "stop"])
@@ -129,7 +130,7 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     }
 }
 
-@Suite struct APITests {
+@Suite(.ownThreads) struct APITests {
     @Test func lifecycleThroughTheAPI() async throws {
         let f = try Fixture()
         try await f.app.test(.router) { c in

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import KumoAPI
 
 /// kumod's balloon policy end to end: a Kumo test kernel (virtio-balloon driver built in) boots under
@@ -9,7 +10,7 @@ import KumoAPI
 /// balloon's `actual` and the guest's free memory fall); once the pressure is gone (a threshold under
 /// the host's free memory) kumod deflates it step by step to nothing. Everything is read through the
 /// API with the real `kumo`. One Linux boot (minutes on hosts whose KVM emulates guest kernel code).
-@Suite(.enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs /dev/kvm"))
+@Suite(.ownThreads, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs /dev/kvm"))
 struct BalloonReclaimTests {
     static let guest = (ProcessInfo.processInfo.environment["KUMO_CACHE"].map { URL(fileURLWithPath: $0) }
         ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/kumo")).appendingPathComponent("guest")

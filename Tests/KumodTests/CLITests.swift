@@ -1,11 +1,12 @@
 import Foundation
 import Testing
+import TestSupport
 import KumoAPI
 
 /// kumod as a real process (its REST API on a Unix socket and TCP) driven by the real `kumo` binary.
 /// The VMM is a stand-in process (a shell script that sleeps and exits 0 on SIGTERM), so that this runs
 /// without /dev/kvm; kumod supervises it exactly as it would kumo-vmm.
-@Suite(.serialized) struct CLITests {
+@Suite(.serialized, .ownThreads) struct CLITests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static func binary(_ name: String) -> String { root.appendingPathComponent(".build/debug/\(name)").path }
 

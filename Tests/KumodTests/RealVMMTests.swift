@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 import KumoAPI
 import Kumod
 
@@ -7,7 +8,7 @@ import Kumod
 /// (Tests/guests/echo-power.S) that echoes its serial input upper-cased and powers off on the ACPI
 /// power button; a second one that ignores the button. Console over the WebSocket, graceful stop,
 /// forced stop after the timeout, a VMM killed under kumod.
-@Suite(.serialized, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs /dev/kvm"))
+@Suite(.serialized, .ownThreads, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs /dev/kvm"))
 struct RealVMMTests {
     static var vmm: String {
         if let p = ProcessInfo.processInfo.environment["KUMO_VMM"] { return p }
@@ -19,7 +20,7 @@ struct RealVMMTests {
         let src: String
         if let source {
             src = dir.appendingPathComponent("\(name).S").path
-            try source.write(toFile: src, atomically: true, encoding: .utf8)
+            try (source + "\n").write(toFile: src, atomically: true, encoding: .utf8)
         } else {
             src = CLITests.root.appendingPathComponent("Tests/guests/echo-power.S").path
         }
