@@ -63,15 +63,21 @@ public enum API {
     static func error(_ e: APIError) -> Response { json(ErrorBody(error: e), status: status(for: e.code)) }
 
     /// Reads a JSON body into `T`, with a message that names the field at fault.
-    static func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: KumoContext,
-                                     userInfo: [CodingUserInfoKey: any Sendable] = [:]) async throws(APIError) -> T {
-        let buffer: ByteBuffer
-        do { buffer = try await request.body.collect(upTo: context.maxUploadSize) } catch {
+    static func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: KumoContext) async throws(APIError) -> T {
+        try decode(T.self, from: try await body(request, context))
+    }
+
+    /// The request's body, at most the context's upload limit.
+    static func body(_ request: Request, _ context: KumoContext) async throws(APIError) -> Data {
+        do { return Data(buffer: try await request.body.collect(upTo: context.maxUploadSize)) } catch {
             throw APIError(code: "payload_too_large", message: "request body over \(context.maxUploadSize) bytes")
         }
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, from body: Data, userInfo: [CodingUserInfoKey: any Sendable] = [:]) throws(APIError) -> T {
         let decoder = JSONDecoder()
         decoder.userInfo = userInfo
-        do { return try decoder.decode(T.self, from: Data(buffer: buffer)) } catch let DecodingError.keyNotFound(k, _) {
+        do { return try decoder.decode(T.self, from: body) } catch let DecodingError.keyNotFound(k, _) {
             throw APIError(code: "invalid_argument", message: "missing field \"\(k.stringValue)\"")
         } catch let DecodingError.typeMismatch(_, c) {
             throw APIError(code: "invalid_argument", message: "field \"\(c.codingPath.map(\.stringValue).joined(separator: "."))\": wrong type")
@@ -198,9 +204,11 @@ public enum API {
         router.get("/v1/host/balloon") { _, c in await handle(c) { _ throws(APIError) in json(service.hostBalloons()) } }
         router.put("/v1/host/balloon-policy") { r, c in
             await handle(c) { p throws(APIError) in
-                // Fields left out keep the values in force.
-                let update = try await decode(BalloonPolicy.self, r, c, userInfo: [BalloonPolicy.baseKey: service.balloonPolicy()])
-                return json(try service.setBalloonPolicy(update, by: p))
+                // Fields left out keep the values in force (read, merged and written under one lock).
+                let sent = try await body(r, c)
+                return json(try service.updateBalloonPolicy(by: p) { base throws(APIError) in
+                    try decode(BalloonPolicy.self, from: sent, userInfo: [BalloonPolicy.baseKey: base])
+                })
             }
         }
         router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(service.hostKSM()) } }

@@ -19,6 +19,9 @@ public final class Service: Sendable {
     /// The balloon pass: its own queue (it waits on guests' statistics), what it saw, what it decided.
     let balloonQueue = DispatchQueue(label: "kumod.balloons")
     let balloonState = Mutex<(seen: [HostBalloons.Seen], free: Double?, decisions: [String])>(([], nil, []))
+    /// Held across a policy update's read, merge and write: two admins changing different fields at the
+    /// same moment both land (each merges onto the other's result, never onto the same stale base).
+    let balloonPolicyUpdates = Mutex(())
     /// How a stop went, by instance id, for the reason recorded when its VMM is gone.
     let stopNotes = Mutex<[String: String]>([:])
     /// Live VMM processes by instance id (kumod's view; the store has the same pids).
@@ -331,6 +334,14 @@ public final class Service: Sendable {
         let data = try! JSONEncoder().encode(v)
         try wrap { try store.setSetting("balloon", String(decoding: data, as: UTF8.self)) }
         return v
+    }
+
+    /// A partial update: `merge` gets the policy in force and returns the new one (the API decodes the
+    /// request's fields onto it); validated and stored under one lock.
+    public func updateBalloonPolicy(by who: Store.Principal,
+                                    _ merge: (BalloonPolicy) throws(APIError) -> BalloonPolicy) throws(APIError) -> BalloonPolicy {
+        try requireAdmin(who)
+        return try balloonPolicyUpdates.withLock { _ throws(APIError) in try setBalloonPolicy(try merge(balloonPolicy()), by: who) }
     }
 
     public func hostBalloons() -> HostBalloons {

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Synchronization
 @testable import Kumod
 import KumoAPI
 
@@ -99,5 +100,35 @@ import KumoAPI
         } catch let DecodingError.dataCorrupted(c) {
             #expect(c.debugDescription.contains(#"unknown field "step_mb""#) && c.debugDescription.contains("step_mib"))
         }
+    }
+
+    /// Two admins updating different fields at the same moment, many times over, as the API does it
+    /// (each request's fields decoded onto the policy in force): the last of each one's changes holds.
+    @Test func concurrentUpdatesOfDifferentFieldsBothLand() throws {
+        let f = try Fixture()
+        let admin = try #require(try f.store.principal(token: f.admin))
+        let rounds = 200
+        let fields = ["step_mib", "floor_percent"]
+        // Each admin's value for round i; an update merged onto a stale base would undo the other's
+        // previous change, which the other sees as its own last value gone.
+        @Sendable func value(_ who: Int, _ i: Int) -> Int { who == 0 ? 8 + i : 50 + i % 40 }
+        let lost = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 2) { who in
+            for i in 1...rounds {
+                let body = Data(#"{"\#(fields[who])": \#(value(who, i))}"#.utf8)
+                _ = try? f.service.updateBalloonPolicy(by: admin) { base throws(APIError) in
+                    let mine = who == 0 ? base.stepMiB : Int(base.floorPercent)
+                    if i > 1 && mine != value(who, i - 1) { lost.withLock { $0 += 1 } }
+                    let d = JSONDecoder()
+                    d.userInfo = [BalloonPolicy.baseKey: base]
+                    do { return try d.decode(BalloonPolicy.self, from: body) } catch { throw APIError(code: "invalid_argument", message: "\(error)") }
+                }
+            }
+        }
+        #expect(lost.withLock { $0 } == 0, "updates lost")
+        let p = f.service.balloonPolicy()
+        #expect(p.stepMiB == 8 + rounds && p.floorPercent == Double(50 + rounds % 40), "\(p)")
+        let alice = try #require(try f.store.principal(token: f.alice))
+        #expect(throws: APIError.self) { try f.service.updateBalloonPolicy(by: alice) { $0 } }
     }
 }
