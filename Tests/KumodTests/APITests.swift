@@ -99,9 +99,8 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     /// Delete, or stop, while kumod is spawning the VMM (the request finds no process to signal yet):
     /// the VMM spawned must not be left running (found by the kumod benchmark: orphaned kumo-vmms).
     @Test(arguments: ["delete", "stop"])
-    /// Synchronous on purpose: an async test waiting with Task.sleep needs a free thread of the
-    /// cooperative pool to resume, and under `make test` minutes-long guest boots hold both (CI saw
-    /// this test resume after its deadline).
+    /// Synchronous, and on threads of its own (`.ownThreads`): its deadline is its own wall clock, not
+    /// the shared pool's (CI once saw it, async then, resume after its deadline while boots held the pool).
     func requestWhileTheVMMIsBeingSpawned(_ verb: String) throws {
         var hooked: HookLauncher? = nil
         let f = try Fixture(wrap: { real in let h = HookLauncher(real); hooked = h; return h })
