@@ -328,12 +328,9 @@ public final class Service: Sendable {
         return p
     }
 
+    /// The whole policy at once (under the same lock as partial updates).
     public func setBalloonPolicy(_ p: BalloonPolicy, by who: Store.Principal) throws(APIError) -> BalloonPolicy {
-        try requireAdmin(who)
-        let v = try p.validated()
-        let data = try! JSONEncoder().encode(v)
-        try wrap { try store.setSetting("balloon", String(decoding: data, as: UTF8.self)) }
-        return v
+        try updateBalloonPolicy(by: who) { _ in p }
     }
 
     /// A partial update: `merge` gets the policy in force and returns the new one (the API decodes the
@@ -341,7 +338,12 @@ public final class Service: Sendable {
     public func updateBalloonPolicy(by who: Store.Principal,
                                     _ merge: (BalloonPolicy) throws(APIError) -> BalloonPolicy) throws(APIError) -> BalloonPolicy {
         try requireAdmin(who)
-        return try balloonPolicyUpdates.withLock { _ throws(APIError) in try setBalloonPolicy(try merge(balloonPolicy()), by: who) }
+        return try balloonPolicyUpdates.withLock { _ throws(APIError) in
+            let v = try merge(balloonPolicy()).validated()
+            let data = try! JSONEncoder().encode(v)
+            try wrap { try store.setSetting("balloon", String(decoding: data, as: UTF8.self)) }
+            return v
+        }
     }
 
     public func hostBalloons() -> HostBalloons {
