@@ -22,13 +22,12 @@ guest:
 	scripts/guest.sh all
 
 # Builds kumo-vmm, kumod and kumo and the demo guest; starts kumod (SQLite in /var/lib/kumo, API on
-# 127.0.0.1:8780 and a Unix socket), registers the demo image (stock Debian kernel + busybox initramfs),
-# runs one kumo.small instance and attaches its console. (The Kumo test kernel: `make guest`.)
+# 127.0.0.1:8780 and a Unix socket), registers the demo image (busybox initramfs with the stock Debian
+# kernel, or on kvm_pvm hosts the Kumo test kernel), runs one kumo.small instance and attaches its console.
 run: build
 	swift build --product kumod
 	swift build --product kumo
-	scripts/guest.sh stock
-	scripts/guest.sh initramfs
+	scripts/guest.sh demo
 	scripts/run-demo.sh $(VMM) $(GUEST) .build/debug
 
 # The whole suite: unit, KVM integration (tiny guests), end-to-end Linux boots, kumod's API and CLI,

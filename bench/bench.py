@@ -115,22 +115,25 @@ row("CPU time to first KVM_RUN (ms, 4-byte ELF, median of %d)" % len(cpu), f"{st
     "", "", "<= 5 ms", "min %.1f, max %.1f" % (min(cpu), max(cpu)) if cpu else "")
 
 
-# (d) wall time to "Run /init" with the same kernel and command line.
-def boot(cmd, log, marker="Run /init as init process", timeout=args.boot_timeout):
+# (d) one boot of the test kernel, 1 vCPU: wall time to "Run /init" and to the boot marker (userspace up),
+# then what a system call and a process cost in the guest, against the same static program on the host.
+def boot(cmd, log, markers=("Run /init as init process",), timeout=args.boot_timeout):
+    """Runs cmd until the last marker shows on its console (or it exits, or timeout); returns each
+    marker's wall time (None if not seen), the time spent, stderr and the console."""
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    result = None
+    seen = {m: None for m in markers}
     while time.monotonic() - t0 < timeout:
         try:
             text = open(log, errors="replace").read()
         except FileNotFoundError:
             text = ""
-        if marker in text:
-            result = time.monotonic() - t0
+        for m in markers:
+            if seen[m] is None and m in text:
+                seen[m] = time.monotonic() - t0
+        if seen[markers[-1]] is not None or proc.poll() is not None:
             break
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
+        time.sleep(0.2)
     elapsed = time.monotonic() - t0
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -139,23 +142,34 @@ def boot(cmd, log, marker="Run /init as init process", timeout=args.boot_timeout
     except subprocess.TimeoutExpired:
         proc.kill(); _, err = proc.communicate()
     text = open(log, errors="replace").read() if os.path.exists(log) else ""
-    return result, elapsed, err, text
+    return seen, elapsed, err, text
+
+
+def result(text, key):
+    m = re.search(r"kumo-result: %s=([0-9.]+)" % key, text)
+    return float(m.group(1)) if m else None
 
 
 kernel = os.path.join(args.guest, "test-kernel/vmlinux")
 initrd = os.path.join(args.guest, "initramfs/initramfs.cpio")
+syscost = os.path.join(args.guest, "initramfs/root/usr/bin/kumo-syscost")
+GUEST_GETPIDS, GUEST_SPAWNS = 2000, 10
 klog = os.path.join(args.work, "kumo-boot.log")
-kt, _, kerr, ktext = boot([args.vmm, "--kernel", kernel, "--initrd", initrd, "--memory", "256", "--vcpus", "1",
-                           "--cmdline", "console=ttyS0 panic=-1", "--serial", "file:" + klog, "--stats"], klog)
+run_init, marker_line = "Run /init as init process", "kumo-result: marker=written"
+seen, _, kerr, ktext = boot([args.vmm, "--kernel", kernel, "--initrd", initrd, "--memory", "256", "--vcpus", "1",
+                             "--cmdline", f"console=ttyS0 panic=-1 kumo.scenario=syscost kumo.getpids={GUEST_GETPIDS} kumo.spawns={GUEST_SPAWNS}",
+                             "--serial", "file:" + klog, "--stats"], klog, markers=(run_init, marker_line, "kumo-result: spawn_us="))
+kt = seen[run_init]
 m = re.search(r"CPU time to first KVM_RUN: ([0-9.]+) ms", kerr or "")
 row("CPU time to first KVM_RUN (ms, test kernel + initramfs)", m.group(1) if m else "n/a", "", "", "<= 5 ms",
     "includes reading and copying %d MiB of kernel and initramfs" % ((os.path.getsize(kernel) + os.path.getsize(initrd)) >> 20))
 cm = re.search(r"Command line: (.*)", ktext)
 cmdline = cm.group(1).strip() if cm else "console=ttyS0 panic=-1"
 qlog = os.path.join(args.work, "qemu-boot.log")
-qt, qelapsed, qerr, qtext = boot(["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-m", "256", "-smp", "1",
-                                  "-kernel", kernel, "-initrd", initrd, "-append", cmdline, "-nodefaults", "-no-user-config",
-                                  "-display", "none", "-serial", "file:" + qlog], qlog, timeout=min(args.boot_timeout, 240))
+qseen, qelapsed, qerr, qtext = boot(["qemu-system-x86_64", "-M", "microvm", "-enable-kvm", "-m", "256", "-smp", "1",
+                                     "-kernel", kernel, "-initrd", initrd, "-append", cmdline, "-nodefaults", "-no-user-config",
+                                     "-display", "none", "-serial", "file:" + qlog], qlog, timeout=min(args.boot_timeout, 240))
+qt = qseen[run_init]
 if qt is None:
     fail = re.search(r"KVM internal error.*", qerr)
     last = [l for l in qtext.splitlines() if l.strip()][-1:] or ["(no console output)"]
@@ -164,13 +178,20 @@ else:
     qdesc = f"{qt:.1f} s"
 row("wall time to 'Run /init' (s, Kumo test kernel, 1 vCPU)", f"{kt:.1f}" if kt else "not reached",
     "QEMU microvm: " + ("%.1f s" % qt if qt else "see note"), f"{kt / qt:.3f}" if kt and qt else "", "", "" if qt else qdesc)
-if os.path.isdir("/sys/module/kvm_pvm"):
-    row("wall time to boot marker (s)", "skipped", "", "", "", "guest userspace cannot make system calls on this host (kvm_pvm)")
-else:
-    mlog = os.path.join(args.work, "kumo-marker.log")
-    mt, _, merr, _ = boot([args.vmm, "--kernel", kernel, "--initrd", initrd, "--memory", "256", "--vcpus", "1",
-                           "--cmdline", "console=ttyS0 panic=-1 quiet", "--serial", "file:" + mlog], mlog, marker="kumo-result: marker=written")
-    row("wall time to boot marker (s)", f"{mt:.1f}" if mt else "not reached", "", "", "")
+bm = re.search(r"boot marker: ([0-9.]+) ms from process start", kerr or "")
+row("wall time to boot marker (s, test kernel, 1 vCPU; busybox init's first command)",
+    f"{float(bm.group(1)) / 1000:.1f}" if bm else "not reached", "", "", "",
+    "kumo-vmm's own timing of the guest's MMIO write" if bm else (kerr or "").strip()[-200:])
+host = subprocess.run([syscost, "getpid", "200000"], capture_output=True, text=True).stdout + \
+       subprocess.run([syscost, "spawn", "200"], capture_output=True, text=True).stdout
+gp, hp = result(ktext, "getpid_ns"), result(host, "getpid_ns")
+gs, hs = result(ktext, "spawn_us"), result(host, "spawn_us")
+note = "" if gp else "guest scenario did not finish: " + ktext.strip()[-200:]
+row(f"guest system call (getpid, us; {GUEST_GETPIDS} in the guest, 200000 on the host)",
+    f"{gp / 1000:.1f}" if gp else "n/a", f"{hp / 1000:.3f} (host)" if hp else "n/a", f"{gp / hp:.0f}" if gp and hp else "", "", note)
+row(f"guest fork+exec+wait (ms; {GUEST_SPAWNS} in the guest, 200 on the host; static binary)",
+    f"{gs / 1000:.0f}" if gs else "n/a", f"{hs / 1000:.2f} (host)" if hs else "n/a", f"{gs / hs:.0f}" if gs and hs else "", "",
+    "same kumo-syscost binary both sides" + ("" if gs else "; " + note))
 
 # kumod: RunInstances -> running VMM, and DescribeInstances under load (bench/kumod_bench.py).
 try:

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Builds Kumo's guest artifacts from Debian packages only, cached outside the repository.
 #   scripts/guest.sh stock        vmlinux + vmlinuz of linux-image-cloud-amd64
-#   scripts/guest.sh initramfs    busybox-static initramfs whose /init runs guest/init/scenario.sh
-#   scripts/guest.sh test-kernel  the Kumo test kernel from linux-source-6.1 + guest/kernel/kumo-test.config
+#   scripts/guest.sh initramfs    busybox-static initramfs whose /init runs guest/init/scenario.sh, with
+#                                 the guest toolbox (guest/tools/*.c, static) in /usr/bin
+#   scripts/guest.sh test-kernel  the Kumo test kernel from linux-source-6.1 + guest/kernel/patches/*.patch
+#                                 + guest/kernel/kumo-test.config
 #   scripts/guest.sh all          all three
+#   scripts/guest.sh demo         what `make run` boots: stock kernel and initramfs, and the test kernel
+#                                 on hosts where only it runs guest userspace (kvm_pvm)
 # Each artifact is rebuilt only when its inputs (package version, script, config, init files) change.
 # Prints nothing but progress on stderr; the cache path is ${KUMO_CACHE:-$HOME/.cache/kumo}/guest.
 set -euo pipefail
@@ -11,6 +15,17 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${KUMO_CACHE:-$HOME/.cache/kumo}/guest
 mkdir -p "$cache/debs"
 log() { echo "guest: $*" >&2; }
+
+# apt-get update, tried three times: on a fresh machine the first one has failed (status 100) and the
+# next one worked.
+apt_update() {
+  local i
+  for i in 1 2 3; do
+    apt-get update -qq >&2 && return 0
+    log "apt-get update failed (try $i of 3)"; sleep $((i * 5))
+  done
+  return 1
+}
 
 need_tools() {
   local missing=()
@@ -20,7 +35,7 @@ need_tools() {
   done
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
-    [ -n "$(find /var/lib/apt/lists -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ] || apt-get update -qq >&2
+    [ -n "$(find /var/lib/apt/lists -name '*Packages*' -mmin -1440 2>/dev/null | head -1)" ] || apt_update
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
   fi
 }
@@ -30,7 +45,7 @@ fetch() {
   local pkg=$1 ver
   ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
   if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
-    apt-get update -qq >&2
+    apt_update
     ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
   fi
   [ -n "$ver" ] && [ "$ver" != "(none)" ] || { log "package $pkg is not available"; exit 1; }
@@ -50,7 +65,7 @@ stock() {
   need_tools lz4:lz4 dpkg-deb:dpkg
   local meta image deb key out=$cache/stock
   meta=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
-  [ -n "$meta" ] || { apt-get update -qq >&2; meta=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); }
+  [ -n "$meta" ] || { apt_update; meta=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); }
   deb=$(fetch "$meta")
   key="$(basename "$deb") $(sha256sum "$0" | cut -c1-16)"
   if stamp_ok "$out/vmlinux" "$key"; then log "stock kernel up to date ($out)"; return; fi
@@ -70,12 +85,13 @@ stock() {
 }
 
 initramfs() {
-  need_tools cpio:cpio dpkg-deb:dpkg
+  need_tools cpio:cpio dpkg-deb:dpkg gcc:gcc
+  [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_tools __libc_a:libc6-dev
   local deb key out=$cache/initramfs
   deb=$(fetch busybox-static)
-  key="$(basename "$deb") $(cat "$0" "$here"/guest/init/* | sha256sum | cut -c1-16)"
+  key="$(basename "$deb") $(gcc --version | head -1) $(cat "$0" "$here"/guest/init/* "$here"/guest/tools/* | sha256sum | cut -c1-16)"
   if stamp_ok "$out/initramfs.cpio" "$key"; then log "initramfs up to date ($out)"; return; fi
-  rm -rf "$out" && mkdir -p "$out/x" "$out/root"/{bin,sbin,dev,proc,sys,tmp,etc,mnt}
+  rm -rf "$out" && mkdir -p "$out/x" "$out/root"/{bin,sbin,dev,proc,sys,tmp,etc/acpi/PWRF,mnt,usr/bin,var/log,var/run}
   dpkg-deb -x "$deb" "$out/x"
   cp "$out/x/bin/busybox" "$out/root/bin/busybox"
   for applet in $("$out/root/bin/busybox" --list); do
@@ -84,7 +100,14 @@ initramfs() {
   cp "$here/guest/init/init" "$out/root/init"
   cp "$here/guest/init/scenario.sh" "$out/root/etc/scenario.sh"
   cp "$here/guest/init/udhcpc.script" "$out/root/etc/udhcpc.script"
-  chmod 755 "$out/root/init" "$out/root/etc/scenario.sh" "$out/root/etc/udhcpc.script"
+  cp "$here/guest/init/power-button" "$out/root/etc/acpi/PWRF/00000080"
+  chmod 755 "$out/root/init" "$out/root/etc/scenario.sh" "$out/root/etc/udhcpc.script" "$out/root/etc/acpi/PWRF/00000080"
+  # The guest toolbox: small static programs for scenarios busybox cannot do (docs/NESTED.md).
+  local tool
+  for tool in "$here"/guest/tools/*.c; do
+    gcc -static -O2 -Wall -Werror -o "$out/root/usr/bin/$(basename "$tool" .c)" "$tool"
+    strip "$out/root/usr/bin/$(basename "$tool" .c)"
+  done
   # Uncompressed cpio: decompression is the slowest thing a guest kernel can do here.
   (cd "$out/root" && find . | sort | cpio -o -H newc --quiet) > "$out/initramfs.cpio"
   rm -rf "$out/x"
@@ -92,22 +115,54 @@ initramfs() {
   log "initramfs: $out/initramfs.cpio ($(du -h "$out/initramfs.cpio" | cut -f1))"
 }
 
+# unpack_source DEB SRC: the pristine kernel tree of linux-source-6.1.
+unpack_source() {
+  local deb=$1 src=$2
+  rm -rf "$cache/linux-src" && mkdir -p "$cache/linux-src/x"
+  log "unpacking $(basename "$deb")"
+  dpkg-deb -x "$deb" "$cache/linux-src/x"
+  mkdir -p "$src"
+  tar -xaf "$cache/linux-src/x"/usr/src/linux-source-*.tar.xz -C "$src" --strip-components=1
+  rm -rf "$cache/linux-src/x"
+}
+
+# apply_patches SRC: our kernel patches, in order. A tree carrying another set (a copy of what was
+# applied is kept in it) is first taken back to pristine, newest patch first, so that a changed patch
+# rebuilds only the files it touches. Fails (for a fresh unpack) when the tree is not as recorded.
+apply_patches() {
+  local src=$1 applied=$1/.kumo-patches p
+  [ ! -e "$applied.new" ] || return 1   # an earlier run stopped half-way
+  if [ -d "$applied" ]; then
+    if diff -rq "$applied" "$here/guest/kernel/patches" >/dev/null 2>&1; then return 0; fi
+    for p in $(ls "$applied"/*.patch 2>/dev/null | sort -r); do
+      log "reverting $(basename "$p")"
+      patch -s -R -p1 -d "$src" < "$p" || return 1
+    done
+    rm -rf "$applied"
+  fi
+  mkdir -p "$applied.new"
+  for p in "$here"/guest/kernel/patches/*.patch; do
+    log "applying $(basename "$p")"
+    patch -s -p1 -d "$src" < "$p" || return 1
+    cp "$p" "$applied.new/"
+  done
+  mv "$applied.new" "$applied"
+}
+
 test_kernel() {
-  need_tools make:make gcc:gcc flex:flex bison:bison bc:bc xz:xz-utils
+  need_tools make:make gcc:gcc flex:flex bison:bison bc:bc xz:xz-utils patch:patch
   [ -f /usr/include/libelf.h ] || need_tools __libelf:libelf-dev
   [ -f /usr/include/openssl/ssl.h ] || need_tools __libssl:libssl-dev
   local deb key out=$cache/test-kernel
   deb=$(fetch linux-source-6.1)
-  key="$(basename "$deb") $(cat "$0" "$here/guest/kernel/kumo-test.config" | sha256sum | cut -c1-16)"
+  key="$(basename "$deb") $(cat "$0" "$here/guest/kernel/kumo-test.config" "$here"/guest/kernel/patches/*.patch | sha256sum | cut -c1-16)"
   if stamp_ok "$out/vmlinux" "$key"; then log "test kernel up to date ($out)"; return; fi
   local src=$cache/linux-src/$(basename "$deb" .deb)
-  if [ ! -f "$src/Makefile" ]; then
-    rm -rf "$cache/linux-src" && mkdir -p "$cache/linux-src/x"
-    log "unpacking $(basename "$deb")"
-    dpkg-deb -x "$deb" "$cache/linux-src/x"
-    mkdir -p "$src"
-    tar -xaf "$cache/linux-src/x"/usr/src/linux-source-*.tar.xz -C "$src" --strip-components=1
-    rm -rf "$cache/linux-src/x"
+  [ -f "$src/Makefile" ] || unpack_source "$deb" "$src"
+  if ! apply_patches "$src"; then
+    log "the kernel tree is not as recorded; unpacking it again"
+    unpack_source "$deb" "$src"
+    apply_patches "$src" || { log "guest/kernel/patches do not apply to $(basename "$deb")"; exit 1; }
   fi
   log "configuring the test kernel"
   (cd "$src" && make -s allnoconfig >&2 \
@@ -126,6 +181,7 @@ test_kernel() {
   (cd "$src" && make -s -j"$(nproc)" vmlinux bzImage >&2)
   mkdir -p "$out"
   cp "$src/vmlinux" "$out/vmlinux"; cp "$src/arch/x86/boot/bzImage" "$out/bzImage"; cp "$src/.config" "$out/config"
+  cp "$src/System.map" "$out/System.map"   # tests look up entry_SYSCALL_64; RIPs in reports
   strip --strip-debug "$out/vmlinux" 2>/dev/null || true
   echo "$key" > "$out/vmlinux.stamp"
   log "test kernel: $out/vmlinux"
@@ -136,6 +192,7 @@ case "${1:-all}" in
   initramfs) initramfs ;;
   test-kernel) test_kernel ;;
   all) stock; initramfs; test_kernel ;;
+  demo) stock; initramfs; if [ -d /sys/module/kvm_pvm ]; then test_kernel; fi ;;
   path) echo "$cache" ;;
-  *) echo "usage: $0 stock|initramfs|test-kernel|all|path" >&2; exit 2 ;;
+  *) echo "usage: $0 stock|initramfs|test-kernel|all|demo|path" >&2; exit 2 ;;
 esac
