@@ -63,6 +63,7 @@ public enum BootError: Error, CustomStringConvertible {
     case kernel(KernelError)
     case memory(MemoryError)
     case initrdDoesNotFit(size: Int, below: UInt64)
+    case acpiTablesTooLarge(end: UInt64)
 
     public var description: String {
         switch self {
@@ -70,6 +71,8 @@ public enum BootError: Error, CustomStringConvertible {
         case let .memory(e): return e.description
         case let .initrdDoesNotFit(size, below):
             return "initrd of \(size >> 10) KiB does not fit between the kernel and 0x\(String(below, radix: 16)); give the guest more memory"
+        case let .acpiTablesTooLarge(end):
+            return "the ACPI tables would end at 0x\(String(end, radix: 16)), past the reset vector (fewer vCPUs or devices)"
         }
     }
 }
@@ -192,9 +195,13 @@ public enum BootLoader {
             try mem.write(initrd, at: addr)
             initrdAddr = addr
         }
-        // ACPI tables.
+        // ACPI tables, below the reset vector (the machine puts its stub there: Machine.init).
         let tables = ACPITables.build(acpi)
-        for t in tables.blobs { try mem.write(t.bytes, at: t.address) }
+        for t in tables.blobs {
+            let end = t.address + UInt64(t.bytes.count)
+            guard end <= Layout.resetVector else { throw BootError.acpiTablesTooLarge(end: end) }
+            try mem.write(t.bytes, at: t.address)
+        }
         // GDT and an empty IDT.
         let longMode = proto == .linux64
         for (i, d) in gdt(longMode: longMode).enumerated() { try mem.store(d, at: Layout.gdt + UInt64(i) * 8) }

@@ -16,6 +16,9 @@ public enum Layout {
     public static let ebda: UInt64 = 0x9FC00
     public static let acpiTables: UInt64 = 0xE0000   // RSDP first: inside the BIOS area Linux scans
     public static let acpiTablesEnd: UInt64 = 0x100000
+    /// The x86 reset vector (F000:FFF0), where the BIOS would be. There is no firmware: a guest that
+    /// restarts through real mode (Linux's machine_real_restart) finds `ResetVector.stub` here.
+    public static let resetVector: UInt64 = 0xFFFF0
     public static let highMemory: UInt64 = 0x100000
     public static let bzImageLoad: UInt64 = 0x100000
     public static let mmioHoleStart: UInt64 = 0xC000_0000
@@ -43,6 +46,9 @@ public enum Layout {
     public static let acpiResetValue: UInt8 = 0x01
     /// SLP_TYP that \_S5 announces and the PM device recognises as "power off".
     public static let s5SleepType: UInt8 = 5
+    /// The i8042's command port (0xFE pulses the CPU reset line) and the chipset reset control register.
+    public static let i8042CommandPort: UInt16 = 0x64
+    public static let resetControlPort: UInt16 = 0xCF9
 
     public static let com1Port: UInt16 = 0x3F8
     public static let com1IRQ: UInt32 = 4

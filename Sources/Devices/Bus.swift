@@ -1,9 +1,30 @@
 /// What a device asks the VMM to do after an access.
 public enum IOAction: Sendable, Equatable {
     case none
-    case reset
+    case reset(ResetCause)
     case powerOff
     case bootMarker
+}
+
+/// The way a guest asked for its restart (reported by kumo-vmm, recorded by kumod).
+public enum ResetCause: String, Sendable, CaseIterable {
+    case i8042 = "i8042"                 // the keyboard controller's CPU reset line (0xFE to port 0x64)
+    case acpi = "acpi"                   // the FADT's reset register
+    case cf9 = "cf9"                     // the chipset's reset control register, port 0xCF9
+    case tripleFault = "triple-fault"    // a fault while delivering a double fault (KVM_EXIT_SHUTDOWN)
+    case resetVector = "reset-vector"    // a real-mode jump to F000:FFF0, where firmware would be
+    case systemEvent = "system-event"    // KVM_SYSTEM_EVENT_RESET
+
+    public var summary: String {
+        switch self {
+        case .i8042: return "i8042 reset line"
+        case .acpi: return "ACPI reset register"
+        case .cf9: return "reset control register (port 0xCF9)"
+        case .tripleFault: return "triple fault"
+        case .resetVector: return "real-mode jump to the reset vector"
+        case .systemEvent: return "KVM reset event"
+        }
+    }
 }
 
 /// Base class of every bus device. Subclasses override `read`/`write`; dispatch is a class

@@ -30,7 +30,7 @@ public final class I8042: BusDevice, @unchecked Sendable {
             case 0x60, 0xD1: pendingCommand = v
             case 0xAA: output.append(0x55)
             case 0xA9, 0xAB: output.append(0x00)
-            case 0xFE: return .reset
+            case 0xFE: return .reset(.i8042)
             default: break
             }
             return .none
@@ -38,7 +38,7 @@ public final class I8042: BusDevice, @unchecked Sendable {
         // 0x60: data
         switch pendingCommand {
         case 0x60: commandByte = v
-        case 0xD1: pendingCommand = 0; if v & 1 == 0 { return .reset }
+        case 0xD1: pendingCommand = 0; if v & 1 == 0 { return .reset(.i8042) }
         default: output.append(0xFE)  // no keyboard attached: "resend"
         }
         pendingCommand = 0
@@ -63,9 +63,25 @@ public final class ACPIPowerDevice: BusDevice, @unchecked Sendable {
         let v = data[0]
         switch offset {
         case 0 where v & 0x20 != 0 && (v >> 2) & 0x7 == sleepType: return .powerOff   // SLP_EN with SLP_TYP = S5
-        case 2 where v == resetValue: return .reset
+        case 2 where v == resetValue: return .reset(.acpi)
         default: return .none
         }
+    }
+}
+
+/// The reset control register at port 0xCF9 (Intel chipsets; Linux's `reboot=pci`, and its last resort
+/// before a triple fault): setting RST_CPU (bit 2) resets the machine, as on hardware. Bits 1 (hard
+/// reset) and 3 (full reset) are kept and read back; there is no difference between them here.
+public final class ResetControlDevice: BusDevice, @unchecked Sendable {
+    var value: UInt8 = 0
+    public override init() { super.init() }
+    public override func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
+        for i in 0..<data.count { data[i] = i == 0 ? value : 0 }
+    }
+    public override func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction {
+        guard data.count == 1 else { return .none }   // a dword at 0xCF8 is PCI configuration, not ours
+        value = data[0] & 0x0A
+        return data[0] & 0x04 != 0 ? .reset(.cf9) : .none
     }
 }
 

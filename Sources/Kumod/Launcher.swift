@@ -30,6 +30,8 @@ public struct LaunchSpec: Sendable {
     /// The live console (one client at a time): what `kumo console` reaches through kumod's WebSocket.
     public var consoleSocket: URL { workDir.appendingPathComponent("console.sock") }
     public var vmmLog: URL { workDir.appendingPathComponent("vmm.log") }
+    /// The console log of the boot before the last guest reboot (kumo-vmm starts console.log afresh).
+    public var previousConsoleLog: URL { workDir.appendingPathComponent("console.log.1") }
 }
 
 /// A running VMM process: its pid and its start time in clock ticks since boot (field 22 of
@@ -58,6 +60,9 @@ extension VMMLauncher {
     public func release(instanceID: String) {}
 }
 
+/// kumo-vmm's exit status when its guest asked to restart (`on_reboot: exit`; kumo-vmm --help).
+public let vmmExitGuestRebooted: Int32 = 3
+
 public enum ExitFate: Sendable, Equatable {
     /// A child of this kumod: the status waitpid gave.
     case exited(Int32)
@@ -80,6 +85,8 @@ public struct ProcessLauncher: VMMLauncher {
             "kernel": spec.image.kernel, "memory_mib": spec.memoryMiB, "vcpus": spec.vcpus,
             "cmdline": spec.image.cmdline, "serial": "file:" + spec.consoleLog.path,
             "serial_socket": spec.consoleSocket.path, "api_socket": spec.controlSocket.path, "balloon": true,
+            // A guest that asks to restart ends its VMM (status 3): kumod counts reboots and starts it again.
+            "on_reboot": "exit",
         ]
         if let i = spec.image.initrd { c["initrd"] = i }
         if spec.memoryDedup { c["memory_dedup"] = true }

@@ -16,6 +16,8 @@ public final class Service: Sendable {
     public let stopTimeout: Duration
     /// KSM for instances with memory dedup: the trust domain and the tuner.
     public let ksm: KSMTuner
+    /// How often a guest may reboot before kumod stops it (Reboots.swift).
+    public let rebootLimit: RebootLimit
     /// The balloon pass: its own queue (it waits on guests' statistics), what it saw, what it decided.
     let balloonQueue = DispatchQueue(label: "kumod.balloons")
     let balloonState = Mutex<(seen: [HostBalloons.Seen], free: Double?, decisions: [String])>(([], nil, []))
@@ -34,9 +36,9 @@ public final class Service: Sendable {
     let monitorGeneration = Atomic<Int>(0)
 
     public init(store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
-                stopTimeout: Duration = .seconds(30), ksm: KSMTuner = KSMTuner()) {
+                stopTimeout: Duration = .seconds(30), ksm: KSMTuner = KSMTuner(), rebootLimit: RebootLimit = .standard) {
         self.store = store; self.launcher = launcher; self.host = host; self.dataDir = dataDir; self.stopTimeout = stopTimeout
-        self.ksm = ksm
+        self.ksm = ksm; self.rebootLimit = rebootLimit
     }
 
     // MARK: settings
@@ -675,21 +677,33 @@ public final class Service: Sendable {
             launcher.release(instanceID: id)
             ksm.remove(id)
             if (try? store.instance(id))?.instance.cpuPolicy == "dedicated" { supervisor.async { [self] in rebalanceShared() } }
-            let state = (try? store.instance(id))?.instance.state
+            let rec = try? store.instance(id)
+            let state = rec?.instance.state
+            let tail = Self.vmmLogTail(rec?.workDir)
             let why: String
             var clean = false   // the guest powered off (or kumo-vmm was stopped): not an error
+            var rebooted = false
             switch fate {
             case .exited(0):
                 clean = true
                 why = "kumo-vmm \(p.pid) exited: guest powered off or stopped"
+            case .exited(vmmExitGuestRebooted):
+                rebooted = true
+                why = "kumo-vmm \(p.pid) exited: the guest rebooted"
             case let .exited(c): why = "kumo-vmm \(p.pid) exited with status \(c) (see vmm.log in the instance's work directory)"
             case let .killed(s): why = "kumo-vmm \(p.pid) killed by signal \(s)"
             case .vanished:
                 // Not kumod's child (adopted after a restart): its log says how it ended, if it does.
-                clean = Self.logSaysPoweredOff((try? store.instance(id))?.workDir)
+                clean = tail.contains("kumo-vmm: guest powered off")
+                rebooted = Reboots.logSaysRebooted(tail)
                 why = clean
                     ? "kumo-vmm \(p.pid) exited: guest powered off (from its log; it outlived a kumod restart)"
+                    : rebooted ? "kumo-vmm \(p.pid) exited: the guest rebooted (from its log; it outlived a kumod restart)"
                     : "kumo-vmm \(p.pid) is gone (exit status unknown: it outlived a kumod restart)"
+            }
+            if rebooted && (state == .running || state == .starting) {
+                guestRebooted(id, vmm: p.pid, logTail: tail)
+                continue
             }
             switch state {
             case .stopping?:
@@ -702,14 +716,21 @@ public final class Service: Sendable {
         }
     }
 
-    /// Whether the last lines of an instance's vmm.log record a guest power-off.
-    static func logSaysPoweredOff(_ workDir: String?) -> Bool {
-        guard let workDir, let h = FileHandle(forReadingAtPath: workDir + "/vmm.log") else { return false }
+    /// What the last kumo-vmm run wrote to the instance's vmm.log (appended across runs; each run
+    /// begins with its "kumo-vmm: N vCPU, …" banner), from the last 16 KiB: how it ended, when it says.
+    static func vmmLogTail(_ workDir: String?) -> String {
+        guard let workDir, let h = FileHandle(forReadingAtPath: workDir + "/vmm.log") else { return "" }
         defer { try? h.close() }
         let end = (try? h.seekToEnd()) ?? 0
-        try? h.seek(toOffset: end > 4096 ? end - 4096 : 0)
-        let tail = String(decoding: (try? h.readToEnd()) ?? Data(), as: UTF8.self)
-        return tail.contains("kumo-vmm: guest powered off")
+        try? h.seek(toOffset: end > 16384 ? end - 16384 : 0)
+        return lastRun(String(decoding: (try? h.readToEnd()) ?? Data(), as: UTF8.self))
+    }
+
+    /// The lines of `log` from the last kumo-vmm start banner on (all of it when none is seen).
+    static func lastRun(_ log: String) -> String {
+        let lines = log.split(separator: "\n", omittingEmptySubsequences: false)
+        guard let start = lines.lastIndex(where: { $0.wholeMatch(of: #/kumo-vmm: \d+ vCPU, .*/#) != nil }) else { return log }
+        return lines[start...].joined(separator: "\n")
     }
 
     /// After a (re)start of kumod: adopt the VMMs that still run, settle the instances whose VMM is

@@ -96,9 +96,10 @@ public final class Store: Sendable {
     // MARK: time and identifiers
 
     /// RFC 3339 UTC with milliseconds: sortable as text.
-    public static func now() -> String {
-        let f = Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt)
-        return Date().formatted(f)
+    public static func now() -> String { timestamp(Date()) }
+
+    public static func timestamp(_ date: Date) -> String {
+        date.formatted(Date.ISO8601FormatStyle(includingFractionalSeconds: true, timeZone: .gmt))
     }
 
     /// `prefix` + 17 hex digits from the system's CSPRNG (EC2-style identifiers).

@@ -22,6 +22,15 @@ public enum SerialMode: Equatable, Sendable {
     }
 }
 
+/// What kumo-vmm does when the guest asks for a restart.
+public enum RebootPolicy: String, Sendable, CaseIterable {
+    /// Rebuild the VM and boot it again in this process (the default).
+    case restart
+    /// End with exit status 3, so that a supervisor (kumod) decides: it counts restarts, and stops an
+    /// instance that reboots too often.
+    case exit
+}
+
 public enum CPUTemplateChoice: String, Sendable, CaseIterable {
     /// `nested` when the host's KVM is detected to emulate guest kernel code, else `none`.
     case auto, none, nested
@@ -56,6 +65,7 @@ public struct VMConfig: Sendable, Equatable {
     /// Guest RAM offered to KSM (MADV_MERGEABLE). Off by default: merging across VMs opens timing
     /// side channels between them (docs/ARCHITECTURE.md).
     public var memoryDedup: Bool = false
+    public var onReboot: RebootPolicy = .restart
 
     public init() {}
 }
@@ -86,7 +96,7 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
 
 extension VMConfig {
     static let keys: Set<String> = ["kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
-                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup"]
+                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup", "on_reboot"]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
     public static func load(jsonFile path: String) throws(ConfigError) -> VMConfig {
@@ -135,6 +145,7 @@ extension VMConfig {
             case "memory_dedup":
                 guard case let .bool(b) = value else { throw .invalid(k, "must be true or false, not \(value.typeName)") }
                 memoryDedup = b
+            case "on_reboot": onReboot = try RebootPolicy.parse(k, try str(k, value))
             case "vcpu_affinity":
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array of CPU lists (or null), one per vCPU") }
                 vcpuAffinity = try items.enumerated().map { (i, item) throws(ConfigError) -> String? in
@@ -262,6 +273,7 @@ extension VMConfig {
             case "--api-socket": c.apiSocket = try value(a)
             case "--serial-socket": c.serialSocket = try value(a)
             case "--memory-dedup": c.memoryDedup = true
+            case "--on-reboot": c.onReboot = try RebootPolicy.parse("--on-reboot", try value(a))
             case "--pin":
                 let v = try value(a)
                 guard let eq = v.firstIndex(of: "="), let n = Int(v[..<eq]), n >= 0, n < 4096 else {
@@ -322,6 +334,13 @@ extension VMConfig {
             let canonical = realpath(d.path, &r) != nil ? String(cString: r) : d.path
             guard seen.insert(canonical).inserted else { throw .file(d.path, "disk image given twice") }
         }
+    }
+}
+
+extension RebootPolicy {
+    static func parse(_ key: String, _ s: String) throws(ConfigError) -> RebootPolicy {
+        guard let p = RebootPolicy(rawValue: s) else { throw .invalid(key, "must be restart or exit, not \"\(s)\"") }
+        return p
     }
 }
 

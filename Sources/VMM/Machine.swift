@@ -12,7 +12,8 @@ import Glibc
 /// Why a machine stopped running.
 public enum MachineOutcome: Equatable, Sendable {
     case powerOff
-    case reset
+    /// The guest asked for a restart: how, and on which vCPU.
+    case reset(ResetCause, vcpu: Int)
     case halted(vcpu: Int)
     case stopped
     case fatal(String)
@@ -20,7 +21,7 @@ public enum MachineOutcome: Equatable, Sendable {
 
 enum MachineEvent: Sendable {
     case powerOff
-    case reset
+    case reset(ResetCause, vcpu: Int)
     case halted(Int)
     case fatal(String)
     case bootMarker(UInt64)
@@ -120,7 +121,8 @@ public final class Machine: @unchecked Sendable {
     let events = Mutex<[MachineEvent]>([])
     let wake: EventFD
     var threads: [pthread_t] = []
-    let threadsStarted = Atomic<Int>(0)
+    /// vCPU threads that have not left their exit loop yet.
+    let vcpusRunning = Atomic<Int>(0)
     /// Monotonic time of the first KVM_RUN and the process CPU time then (ns); 0 until it happens.
     public let firstRunNanos = Atomic<UInt64>(0)
     /// Set per vCPU when a register sample was asked for (SIGUSR2 to kumo-vmm): the vCPU prints
@@ -151,6 +153,8 @@ public final class Machine: @unchecked Sendable {
         for (slot, r) in memory.regions.enumerated() {
             try vm.setUserMemoryRegion(slot: UInt32(slot), guestPhys: r.guestPhys, size: r.size, host: r.host)
         }
+        // What the firmware would do at the reset vector: reset (see ResetVector).
+        try memory.write(ResetVector.stub, at: Layout.resetVector)
         try vm.setTSSAddress(Layout.kvmTSS)
         if options.irqchip {
             try vm.setIdentityMapAddress(Layout.kvmIdentityMap)
@@ -175,6 +179,7 @@ public final class Machine: @unchecked Sendable {
         try pio.insert(CMOSRTC(), base: 0x70, length: 2)
         try pio.insert(ACPIPowerDevice(sleepType: Layout.s5SleepType, resetValue: Layout.acpiResetValue),
                        base: UInt64(Layout.acpiSleepControlPort), length: 3)
+        try pio.insert(ResetControlDevice(), base: UInt64(Layout.resetControlPort), length: 1)
         if options.irqchip {
             let ev = try EventFD()
             try vm.registerIRQFD(ev, gsi: Layout.gedGSI)
@@ -300,12 +305,15 @@ public final class Machine: @unchecked Sendable {
         for i in 0..<vcpus.count {
             let box = Unmanaged.passRetained(VcpuThreadContext(machine: self, index: i)).toOpaque()
             var tid = pthread_t()
+            vcpusRunning.add(1, ordering: .relaxed)
             let rc = pthread_create(&tid, nil, { arg in
                 let ctx = Unmanaged<VcpuThreadContext>.fromOpaque(arg!).takeRetainedValue()
                 ctx.machine.vcpuLoop(ctx.index)
+                ctx.machine.vcpusRunning.subtract(1, ordering: .releasing)
                 return nil
             }, box)
             if rc != 0 {
+                vcpusRunning.subtract(1, ordering: .relaxed)
                 Unmanaged<VcpuThreadContext>.fromOpaque(box).release()
                 throw SysError("pthread_create", errno: rc)
             }
@@ -369,7 +377,7 @@ public final class Machine: @unchecked Sendable {
                 case let .bootMarker(t):
                     if bootMarkerNanos == nil { bootMarkerNanos = t; onBootMarker(t) }
                 case .powerOff: stopAll(); return .powerOff
-                case .reset: stopAll(); return .reset
+                case let .reset(cause, v): stopAll(); return .reset(cause, vcpu: v)
                 case let .halted(i):
                     // Without an in-kernel irqchip nothing can wake a halted vCPU: the machine
                     // is done when every vCPU has halted.
@@ -382,11 +390,26 @@ public final class Machine: @unchecked Sendable {
         }
     }
 
-    /// Stops every vCPU thread (kick out of KVM_RUN) and joins them.
+    /// Stops every vCPU thread (kick out of KVM_RUN) and joins them. The machine is done after it.
     public func stopAll() {
         stopFlag.store(true, ordering: .releasing)
         for v in vcpus { v.setImmediateExit(true) }
         for t in threads { pthread_kill(t, kickSignal) }
+        // On kvm_pvm a vCPU that spins in emulated kernel code without a single exit never notices the
+        // signal (measured: still in KVM_RUN after 5 s, whatever the loop). Taking guest RAM away makes
+        // its next instruction fetch exit; the machine is being torn down anyway.
+        var waited = 0
+        while vcpusRunning.load(ordering: .acquiring) > 0 && !threads.isEmpty {
+            if waited == 200 {
+                for slot in memory.regions.indices {
+                    let r = memory.regions[slot]
+                    try? vm.setUserMemoryRegion(slot: UInt32(slot), guestPhys: r.guestPhys, size: 0, host: r.host)
+                }
+                for t in threads { pthread_kill(t, kickSignal) }
+            }
+            usleep(1000)
+            waited += 1
+        }
         for t in threads { pthread_join(t, nil) }
         threads.removeAll()
         for w in workers { w.stop() }
@@ -422,6 +445,8 @@ public final class Machine: @unchecked Sendable {
                 post(.fatal("vCPU \(index): \(error)"))
                 return
             }
+            // Stopping: whatever this exit was (after stopAll took guest RAM away, a fetch from nothing).
+            if stopFlag.load(ordering: .acquiring) { return }
             if !entered {
                 c[Int(KVM_EXIT_INTR)] &+= 1
                 serveMailbox(index, vcpu)
@@ -481,12 +506,15 @@ public final class Machine: @unchecked Sendable {
                 post(.halted(index))
                 return
             case Int(KVM_EXIT_SHUTDOWN):
-                post(.fatal("vCPU \(index): triple fault (KVM_EXIT_SHUTDOWN)\n" + registerDump(vcpu, memory: memory)))
+                // A triple fault resets a PC (Linux's last way to restart). Where it was is worth
+                // seeing when a kernel faults like this at every boot.
+                eprint("kumo-vmm: vCPU \(index): triple fault\n" + registerDump(vcpu, memory: memory))
+                post(.reset(.tripleFault, vcpu: index))
                 return
             case Int(KVM_EXIT_SYSTEM_EVENT):
                 switch Int32(ckvm_run_system_event_type(run)) {
                 case KVM_SYSTEM_EVENT_SHUTDOWN: post(.powerOff)
-                case KVM_SYSTEM_EVENT_RESET: post(.reset)
+                case KVM_SYSTEM_EVENT_RESET: post(.reset(.systemEvent, vcpu: index))
                 default: post(.fatal("vCPU \(index): system event \(ckvm_run_system_event_type(run)) (guest crash)\n" + registerDump(vcpu, memory: memory)))
                 }
                 return
@@ -526,9 +554,20 @@ public final class Machine: @unchecked Sendable {
             case .none: break
             case .bootMarker: post(.bootMarker(monotonicNanos()))
             case .powerOff: post(.powerOff); return
-            case .reset: post(.reset); return
+            case let .reset(cause):
+                // The vCPU that asked stops here, before it re-enters the guest; `wait` stops the rest.
+                post(.reset(cause == .i8042 && atResetVector(vcpu) ? .resetVector : cause, vcpu: index))
+                return
             }
         }
+    }
+}
+
+extension Machine {
+    /// True when `vcpu` is running the reset vector's stub (a real-mode restart), not the guest's code.
+    func atResetVector(_ vcpu: VCPU) -> Bool {
+        guard let r = try? vcpu.getRegs(), let sr = try? vcpu.getSRegs() else { return false }
+        return sr.cr0 & 1 == 0 && ResetVector.contains(linear: sr.cs.base &+ r.rip)
     }
 }
 

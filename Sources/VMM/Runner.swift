@@ -210,9 +210,13 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
             for k in 0..<ExitCounters.size { perVCPU[i][k] &+= c.value(k); totals[k] &+= c.value(k) }
         }
         switch outcome {
-        case .reset:
-            eprint("kumo-vmm: guest reset; restarting it")
+        case let .reset(cause, v) where plan.config.onReboot == .restart:
+            eprint("kumo-vmm: guest reset (\(cause.summary), vCPU \(v)); restarting it")
             continue
+        case let .reset(cause, v):
+            eprint("kumo-vmm: guest reset (\(cause.summary), vCPU \(v)); exiting (on_reboot exit)")
+            eprint("kumo-vmm: reboot cause: \(cause.rawValue)")
+            status = exitStatusReboot
         case .powerOff:
             eprint("kumo-vmm: guest powered off")
             status = 0
@@ -234,6 +238,9 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
     }
     return status
 }
+
+/// kumo-vmm's exit status when the guest asked for a restart and `on_reboot` is `exit`.
+public let exitStatusReboot: Int32 = 3
 
 func ms(_ ns: UInt64) -> String {
     let tenths = ns / 100_000

@@ -34,6 +34,9 @@ usage: kumo-vmm --kernel PATH [options]        run one VM
   --memory-dedup         offer guest RAM to KSM (MADV_MERGEABLE; no THP); off by default (side channels)
   --pin VCPU=CPUS        pin a vCPU's thread to host CPUs (a list like 0-1,3; repeatable); the
                          control socket's vcpu.pin changes it at run time
+  --on-reboot P          when the guest asks to restart (ACPI or CF9 reset register, i8042 reset
+                         line, triple fault, a jump to the reset vector): restart (default: the VM is
+                         rebuilt and booted again) or exit (status 3, for a supervisor to decide)
   --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
                          {"op":"balloon.set","target_mib":64} or {"op":"power_button"}
   --help                 this text
@@ -42,10 +45,11 @@ JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_templa
 cpuid ([{function, index, register, clear, set}]), serial, stats,
 disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
 rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), api_socket,
-serial_socket, memory_dedup, vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
+serial_socket, memory_dedup, on_reboot, vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
 {"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
 Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.
-Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input.
+Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input,
+3 guest asked to restart (with --on-reboot exit).
 """
 
 // --dump-acpi DIR [--vcpus N]: write the ACPI tables a VM would get (for iasl -d), then exit.

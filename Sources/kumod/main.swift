@@ -18,6 +18,9 @@ usage: kumod [--data-dir DIR] [--listen HOST:PORT] [--socket PATH] [--vmm PATH] 
   --no-ksm-tuner      leave /sys/kernel/mm/ksm alone (instances with memory dedup are still marked)
   --stop-timeout S    how long a guest gets to power off after the ACPI power button before a stop
                       is forced (default 30)
+  --reboot-limit N    how many times kumod restarts a guest that reboots within --reboot-window
+                      (default 5); the next reboot stops the instance as a crash loop (0: the first)
+  --reboot-window S   seconds (default 600)
 """
 
 func fail(_ msg: String, code: Int32 = 2) -> Never {
@@ -32,12 +35,14 @@ var vmm = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathCompone
 var stopTimeout = 30.0
 var ksmPages = 100
 var ksmTuner = true
+var rebootLimit = RebootLimit.standard
 var args = Array(CommandLine.arguments.dropFirst())
 while !args.isEmpty {
     let a = args.removeFirst()
     if a == "--help" || a == "-h" { print(usage); exit(0) }
     if a == "--no-ksm-tuner" { ksmTuner = false; continue }
-    guard ["--data-dir", "--listen", "--socket", "--vmm", "--stop-timeout", "--ksm-pages-to-scan"].contains(a) else { fail("unknown argument \"\(a)\"\n\(usage)") }
+    guard ["--data-dir", "--listen", "--socket", "--vmm", "--stop-timeout", "--ksm-pages-to-scan", "--reboot-limit",
+            "--reboot-window"].contains(a) else { fail("unknown argument \"\(a)\"\n\(usage)") }
     guard !args.isEmpty else { fail("\(a) needs a value") }
     let v = args.removeFirst()
     switch a {
@@ -50,6 +55,12 @@ while !args.isEmpty {
     case "--stop-timeout":
         guard let t = Double(v), t >= 0, t <= 3600 else { fail("--stop-timeout wants seconds from 0 to 3600, not \"\(v)\"") }
         stopTimeout = t
+    case "--reboot-limit":
+        guard let n = Int(v), (0...1000).contains(n) else { fail("--reboot-limit wants 0 to 1000, not \"\(v)\"") }
+        rebootLimit.count = n
+    case "--reboot-window":
+        guard let t = Double(v), t >= 1, t <= 86400 * 7 else { fail("--reboot-window wants seconds from 1 to 604800, not \"\(v)\"") }
+        rebootLimit.window = t
     default: vmm = v
     }
 }
@@ -71,7 +82,7 @@ do {
     }
     let service = Service(store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
                           stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
-                          ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner))
+                          ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit)
     let adopted = try service.recover()
     service.startMonitor()
     let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path

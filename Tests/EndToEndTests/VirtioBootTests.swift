@@ -127,7 +127,7 @@ struct VirtioBootTests {
         let nic = vm.stderrText.firstMatch(of: /virtio-net1: rx_frames=(\d+) rx_bytes=\d+ tx_frames=(\d+)/)
         #expect(nic.map { Int($0.1)! > 0 && Int($0.2)! > 0 } == true, "\(vm.stderrText)")
         #expect(status == 0, "kumo-vmm: \(vm.stderrText)")
-        #expect(vm.stderrText.contains("guest reset; restarting it"))
+        #expect(vm.stderrText.contains("guest reset (i8042 reset line, vCPU 0); restarting it"))
         #expect(vm.stderrText.contains("virtio-block0: driver ready"))
         // The hwrng core reads from a newly registered virtio-rng at once (add_early_randomness).
         #expect(vm.stderrText.contains("virtio-rng2: driver ready"))

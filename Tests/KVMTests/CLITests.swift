@@ -45,6 +45,17 @@ enum CLI {
         return Result(status: p.terminationStatus, stderr: String(decoding: errData, as: UTF8.self), stdout: String(decoding: outData, as: UTF8.self))
     }
 
+    /// Prints "b" on the serial port, then pulses the i8042 reset line: one "b" per boot.
+    static let printsBThenResets = """
+        mov $0x3f8, %dx
+        mov $'b', %al
+        out %al, %dx
+        mov $0xfe, %al
+        out %al, $0x64          # i8042: pulse the reset line
+        1: hlt
+        jmp 1b
+        """
+
     /// A PVH "kernel" from 32-bit code.
     static func tinyKernel(_ source: String) throws -> String {
         let code = try Harness.assemble(source, bits: 32, origin: 0x100_0000)
@@ -354,29 +365,24 @@ struct CLIRunTests {
         #expect((answers[3]["error"] as? String)?.contains("non-canonical") == true, "\(answers[3])")
     }
 
-    @Test func tripleFaultExitsNonZeroWithRegisterDump() throws {
+    /// A triple fault resets the guest (a PC does), after a register dump; with --on-reboot exit the
+    /// VMM ends with status 3 instead of booting again.
+    @Test func tripleFaultResetsWithRegisterDump() throws {
         let k = try CLI.tinyKernel("""
             lidt zero
             int $3
             zero: .word 0
                   .long 0
             """)
-        let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none"])
-        #expect(r.status == 1)
-        #expect(r.stderr.contains("triple fault"))
+        let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--on-reboot", "exit"])
+        #expect(r.status == exitStatusReboot, "\(r.stderr)")
+        #expect(r.stderr.contains("vCPU 0: triple fault"))
+        #expect(r.stderr.contains("guest reset (triple fault, vCPU 0); exiting"))
         #expect(r.stderr.contains("rip ") && r.stderr.contains("cr0 "))
     }
 
     @Test func guestResetRestartsTheVM() throws {
-        let k = try CLI.tinyKernel("""
-            mov $0x3f8, %dx
-            mov $'b', %al
-            out %al, %dx
-            mov $0xfe, %al
-            out %al, $0x64          # i8042: pulse the reset line
-            1: hlt
-            jmp 1b
-            """)
+        let k = try CLI.tinyKernel(CLI.printsBThenResets)
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-reset-\(UUID().uuidString).log").path
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:" + log]) { p in
             let deadline = Date().addingTimeInterval(20)
@@ -385,7 +391,7 @@ struct CLIRunTests {
         }
         let console = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         #expect(console.hasPrefix("bbb"), "each boot prints one b; got \(console)")
-        #expect(r.stderr.contains("guest reset; restarting it"))
+        #expect(r.stderr.contains("guest reset (i8042 reset line, vCPU 0); restarting it"))
         #expect(r.status == 0)
         #expect(r.stderr.contains("stopped by signal"))
     }

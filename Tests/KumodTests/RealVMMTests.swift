@@ -471,4 +471,56 @@ struct RealVMMTests {
         #expect(mine?.memoryMiB == 64 && mine?.targetMiB == 0 && mine?.guestFreeMiB == nil, "\(String(describing: seen))")
         #expect(seen?.hostFreePercent != nil && seen?.policy.floorPercent == 60)
     }
+
+    /// A guest that reboots (prints its boot number's line, then pulses the i8042 reset line) under
+    /// kumod with --reboot-limit 2: each reboot ends its VMM (on_reboot exit), is recorded with its
+    /// cause and gets a new VMM; the third within the window stops the instance as a crash loop. The
+    /// boot before the last reboot keeps its console log (console.log.1).
+    @Test(.timeLimit(.minutes(2)))
+    func rebootingGuestIsRestartedThenStoppedAsACrashLoop() throws {
+        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--reboot-limit", "2", "--reboot-window", "600"])
+        defer { k.close() }
+        let unix = "unix:" + k.socket
+        func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
+        let rebooter = try Self.guest(k.dir, name: "rebooter", source: """
+            .text
+            .code64
+            .globl _start
+            _start:
+            mov $0x3f8, %dx
+            lea msg(%rip), %rsi
+            mov $12, %ecx
+            rep outsb
+            mov $0xfe, %al
+            out %al, $0x64
+            1: hlt
+            jmp 1b
+            msg: .ascii "booted once\n"
+            """)
+        for args in [["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"], ["image", "register", "rebooter", "--kernel", rebooter]] {
+            let r = try kumo(args)
+            try #require(r.0 == 0, "\(r)")
+        }
+        let r = try kumo(["instance", "run", "--type", "tiny", "--image", "rebooter", "--output", "json"])
+        let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id, "\(r)")
+        let end = try Self.wait(id, k, for: .stopped, seconds: 60)
+        #expect(end.state == .stopped, "\(end.state): \(end.stateReason)")
+        #expect(end.stateReason.hasPrefix("guest rebooted 3 times within 600 s"), "\(end.stateReason)")
+        #expect(end.stateReason.contains("(the last by i8042)") && end.stateReason.contains("crash loop"), "\(end.stateReason)")
+        let history = end.history ?? []
+        let restarts = history.filter { $0.state == .starting && $0.reason.hasPrefix("guest rebooted (i8042): kumo-vmm ") }
+        #expect(restarts.count == 2, "\(history.map { "\($0.state.rawValue): \($0.reason)" })")
+        #expect(history.filter { $0.state == .running }.count == 3, "three boots, each its own VMM")
+        #expect(restarts.first?.reason.contains("restart 1 of 2 allowed") == true)
+        let work = k.dir.appendingPathComponent("instances/\(id)")
+        let previous = (try? String(contentsOf: work.appendingPathComponent("console.log.1"), encoding: .utf8)) ?? ""
+        #expect(previous == "booted once\n", "console.log.1: \(previous)")
+        // Started again by hand, it gets a new allowance only once the old reboots leave the window:
+        // here they have not, so its next reboot stops it at once.
+        #expect(try kumo(["instance", "start", id]).0 == 0)
+        Thread.sleep(forTimeInterval: 0.5)
+        let again = try Self.wait(id, k, for: .stopped, seconds: 30)
+        #expect(again.stateReason.hasPrefix("guest rebooted 4 times within 600 s"), "\(again.stateReason)")
+        #expect((again.history ?? []).filter { $0.state == .running }.count == 4)
+    }
 }

@@ -2,6 +2,25 @@ import Testing
 @testable import Boot
 import GuestMemory
 
+@Suite struct ResetVectorTests {
+    /// The reset vector's code is what its comment says, and lies below 1 MiB, in the reserved area.
+    @Test func stubIsTheI8042Pulse() {
+        #expect(ResetVector.stub == [0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFD])
+        #expect(Layout.resetVector + UInt64(ResetVector.stub.count) <= Layout.acpiTablesEnd)
+        #expect(ResetVector.contains(linear: 0xFFFF4) && !ResetVector.contains(linear: 0xFFFEF))
+        #expect(E820.map(memorySize: 128 << 20).contains { $0.kind == .reserved && $0.address <= Layout.resetVector
+            && $0.address + $0.size >= Layout.resetVector + 16 })
+    }
+
+    /// The largest ACPI tables (254 vCPUs, 16 virtio devices) end below the reset vector.
+    @Test func acpiTablesEndBelowTheResetVector() {
+        let devices = (0..<16).map { AML.virtioMMIO(index: $0, base: Layout.virtioMMIO + UInt64($0) * 0x1000, gsi: Layout.virtioGSIs[$0]) }
+        let tables = ACPITables.build(ACPIConfig(vcpus: 254, devices: devices))
+        let end = tables.blobs.map { $0.address + UInt64($0.bytes.count) }.max() ?? 0
+        #expect(end > Layout.acpiTables && end <= Layout.resetVector, "tables end at 0x\(String(end, radix: 16))")
+    }
+}
+
 @Suite struct E820Tests {
     @Test func smallGuestHasLowAndHighRAM() {
         let m = E820.map(memorySize: 128 << 20)

@@ -100,9 +100,9 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
         #expect(inb(k, 0) == 0x55)
         _ = out(k, 4, 0x60); _ = out(k, 0, 0x47)
         _ = out(k, 4, 0x20); #expect(inb(k, 0) == 0x47)
-        #expect(out(k, 4, 0xFE) == .reset)
+        #expect(out(k, 4, 0xFE) == .reset(.i8042))
         _ = out(k, 4, 0xD1)
-        #expect(out(k, 0, 0xFE) == .reset)       // output port with bit 0 clear
+        #expect(out(k, 0, 0xFE) == .reset(.i8042))       // output port with bit 0 clear
     }
 
     @Test func acpiSleepAndReset() {
@@ -110,8 +110,21 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
         #expect(out(p, 0, (5 << 2) | 0x20) == .powerOff)
         #expect(out(p, 0, (5 << 2)) == .none)           // no SLP_EN
         #expect(out(p, 0, (3 << 2) | 0x20) == .none)    // S3 is not power-off
-        #expect(out(p, 2, 1) == .reset)
+        #expect(out(p, 2, 1) == .reset(.acpi))
         #expect(out(p, 2, 7) == .none)
+    }
+
+    /// Port 0xCF9 as Linux drives it: read, request a hard reset (bit 1), then set RST_CPU (bit 2).
+    @Test func resetControlRegister() {
+        let r = ResetControlDevice()
+        #expect(inb(r, 0) == 0)
+        #expect(out(r, 0, 0x02) == .none)
+        #expect(inb(r, 0) == 0x02)
+        #expect(out(r, 0, 0x0E) == .reset(.cf9))
+        #expect(out(r, 0, 0x06) == .reset(.cf9))
+        // A wider access is PCI configuration space (0xCF8), not the reset register.
+        let word: [UInt8] = [0x06, 0, 0, 0]
+        #expect(word.withUnsafeBytes { r.write(offset: 0, data: $0) } == .none)
     }
 
     @Test func busDispatchAndOverlap() throws {
