@@ -34,6 +34,7 @@ run: build
 # CPU caps again with the cpu controller moved to cgroup v2 (where the host's v1 one is unused),
 # schemathesis against a running kumod, and a short virtio fuzz run.
 test: guest
+	scripts/test-deps.sh
 	swift build --build-tests
 	$(SWIFT_RELEASE)
 	KUMO_VMM=$(CURDIR)/$(VMM) $(SWIFT_TEST) --skip-build

@@ -5,7 +5,9 @@ vmm=$(realpath "$1") guest=$2
 here=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/kumo-bench.XXXXXX)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$work"' EXIT
-command -v qemu-system-x86_64 >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86 >/dev/null; }
+log() { echo "bench: $*" >&2; }
+. "$here/scripts/apt.sh"
+need_tools qemu-system-x86_64:qemu-system-x86 cc:gcc
 "$here/scripts/swift-release.sh" kumo-bench >/dev/null
 swift build -c release --product kumod --package-path "$here" >/dev/null
 # Freshly linked binaries sit in dirty page-cache pages, which smaps counts as Private_Dirty: flush first.
