@@ -23,37 +23,42 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
+        // The system layer under everything: sockets, threads, taps, errors naming the call (no Foundation).
+        .target(name: "CKumoSys"),
+        .target(name: "SystemKit", dependencies: ["CKumoSys"]),
         .target(name: "CKVM"),
-        .target(name: "KVM", dependencies: ["CKVM"]),
+        .target(name: "KVM", dependencies: ["CKVM", "SystemKit"]),
         .target(name: "GuestMemory"),
         // Host CPU lists ("0-3,6"): kumo-vmm pins vCPU threads with them, kumod validates pinning requests.
         .target(name: "HostCPUs"),
         .target(name: "Boot", dependencies: ["GuestMemory"]),
         .target(name: "Devices", dependencies: ["GuestMemory"]),
-        .target(name: "Virtio", dependencies: ["CKVM", "GuestMemory", "Devices"]),
+        .target(name: "Virtio", dependencies: ["SystemKit", "GuestMemory", "Devices"]),
         // A host-side virtio driver for tests, the fuzzer and benchmarks (never linked into kumo-vmm).
         .target(name: "VirtioTestDriver", dependencies: ["GuestMemory", "Devices", "Virtio"]),
-        .target(name: "VMM", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "Virtio", "HostCPUs"]),
-        .executableTarget(name: "kumo-vmm", dependencies: ["VMM"]),
+        // What kumo-vmm and its users agree on (no Foundation): the VM configuration it reads, every
+        // control-socket operation as a typed request and reply, one client, the contract's version.
+        .target(name: "VMMContract", dependencies: ["SystemKit", "Boot", "HostCPUs"]),
+        .target(name: "VMM", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "HostCPUs"]),
+        .executableTarget(name: "kumo-vmm", dependencies: ["VMM", "VMMContract"]),
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
-        .executableTarget(name: "kumo-fuzz", dependencies: ["GuestMemory", "Devices", "Virtio", "VirtioTestDriver"]),
-        .executableTarget(name: "kumo-bench", dependencies: ["VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver"]),
+        .executableTarget(name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver"]),
+        .executableTarget(name: "kumo-bench", dependencies: ["SystemKit", "VMMContract", "VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver"]),
         .target(name: "KumoAPI"),
-        .target(name: "CKumod"),
-        .target(name: "Kumod", dependencies: ["KumoAPI", "CKumod", "HostCPUs", .product(name: "GRDB", package: "GRDB.swift"),
+        .target(name: "Kumod", dependencies: ["KumoAPI", "SystemKit", "VMMContract", "Boot", "HostCPUs", .product(name: "GRDB", package: "GRDB.swift"),
                                               .product(name: "Hummingbird", package: "hummingbird"),
                                               .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                                               .product(name: "Crypto", package: "swift-crypto")],
                 resources: [.copy("openapi.yaml")]),
         .executableTarget(name: "kumod", dependencies: ["Kumod"]),
-        .executableTarget(name: "kumo", dependencies: ["KumoAPI", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        .executableTarget(name: "kumo", dependencies: ["KumoAPI", "SystemKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),
         // Test-only: the `.ownThreads` trait for the suites that block for long (boots, real VMMs).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "KumodTests", dependencies: ["Kumod", "KumoAPI", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")]),
-        .testTarget(name: "UnitTests", dependencies: ["KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
-        .testTarget(name: "KVMTests", dependencies: ["TestSupport", "KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["VMM", "TestSupport"]),
+        .testTarget(name: "KumodTests", dependencies: ["Kumod", "KumoAPI", "VMMContract", "SystemKit", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")]),
+        .testTarget(name: "UnitTests", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
+        .testTarget(name: "KVMTests", dependencies: ["TestSupport", "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["VMM", "VMMContract", "SystemKit", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -11,7 +11,9 @@ kumod=$here/.build/debug/kumod
 [ -x "$kumod" ] || swift build --product kumod >&2
 work=$(mktemp -d /tmp/kumo-schemathesis.XXXXXX)
 port=$(( 20000 + RANDOM % 30000 ))
-printf '#!/bin/sh\ntrap "exit 0" TERM\nwhile :; do sleep 0.5; done\n' > "$work/fake-vmm"
+# It answers kumod's contract check as the kumo-vmm of this tree does.
+contract=$("$here/.build/release/kumo-vmm" --contract-version 2>/dev/null || "$here/.build/debug/kumo-vmm" --contract-version)
+printf '#!/bin/sh\n[ "$1" = --contract-version ] && { echo %s; exit 0; }\ntrap "exit 0" TERM\nwhile :; do sleep 0.5; done\n' "$contract" > "$work/fake-vmm"
 chmod +x "$work/fake-vmm"
 "$kumod" --data-dir "$work" --listen "127.0.0.1:$port" --vmm "$work/fake-vmm" > "$work/kumod.log" 2>&1 &
 pid=$!

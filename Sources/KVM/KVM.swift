@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CKVM
+import SystemKit
 
 public typealias Regs = kvm_regs
 public typealias SRegs = kvm_sregs

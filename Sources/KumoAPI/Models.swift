@@ -205,6 +205,13 @@ public struct VCPUStats: Codable, Sendable, Equatable {
     /// Instructions kumo-vmm emulated itself (the nested-KVM fallback): int3, fwait, ldmxcsr, stmxcsr.
     public var emulated: [String: UInt64]
     public var kvm: [String: UInt64]?
+    public init(vcpu: Int, tid: Int, cpusAllowed: String?, cpuNs: UInt64?, waitNs: UInt64?, timeslices: UInt64?, exitsTotal: UInt64,
+                exits: [String: UInt64], ioIn: UInt64, ioOut: UInt64, mmioRead: UInt64, mmioWrite: UInt64, emulated: [String: UInt64],
+                kvm: [String: UInt64]?) {
+        self.vcpu = vcpu; self.tid = tid; self.cpusAllowed = cpusAllowed; self.cpuNs = cpuNs; self.waitNs = waitNs
+        self.timeslices = timeslices; self.exitsTotal = exitsTotal; self.exits = exits; self.ioIn = ioIn; self.ioOut = ioOut
+        self.mmioRead = mmioRead; self.mmioWrite = mmioWrite; self.emulated = emulated; self.kvm = kvm
+    }
     enum CodingKeys: String, CodingKey {
         case vcpu, tid, exits, emulated, kvm, timeslices
         case cpusAllowed = "cpus_allowed", cpuNs = "cpu_ns", waitNs = "wait_ns", exitsTotal = "exits_total"
@@ -220,6 +227,10 @@ public struct InstanceStats: Codable, Sendable, Equatable {
         public var guestResidentKiB: UInt64
         public var ksmMergingPages: UInt64?
         public var ksmProcessProfit: Int64?
+        public init(dedup: Bool, rssKiB: UInt64, guestResidentKiB: UInt64, ksmMergingPages: UInt64?, ksmProcessProfit: Int64?) {
+            self.dedup = dedup; self.rssKiB = rssKiB; self.guestResidentKiB = guestResidentKiB
+            self.ksmMergingPages = ksmMergingPages; self.ksmProcessProfit = ksmProcessProfit
+        }
         enum CodingKeys: String, CodingKey {
             case dedup, rssKiB = "rss_kib", guestResidentKiB = "guest_resident_kib"
             case ksmMergingPages = "ksm_merging_pages", ksmProcessProfit = "ksm_process_profit"
@@ -292,7 +303,12 @@ public struct InstanceCPUs: Codable, Sendable, Equatable {
 
 /// GVA → GPA → HVA → HPA for one vCPU of a running instance (kumo-vmm's `translate`).
 public struct AddressTranslation: Codable, Sendable, Equatable {
-    public struct Paging: Codable, Sendable, Equatable { public var mode, cr0, cr3, cr4, efer: String }
+    public struct Paging: Codable, Sendable, Equatable {
+        public var mode, cr0, cr3, cr4, efer: String
+        public init(mode: String, cr0: String, cr3: String, cr4: String, efer: String) {
+            self.mode = mode; self.cr0 = cr0; self.cr3 = cr3; self.cr4 = cr4; self.efer = efer
+        }
+    }
     public struct Level: Codable, Sendable, Equatable {
         public var level: Int
         public var table: String
@@ -301,16 +317,20 @@ public struct AddressTranslation: Codable, Sendable, Equatable {
         public var present, writable, user, leaf: Bool
         public var pageSize: UInt64
         enum CodingKeys: String, CodingKey { case level, table, entry, present, writable, user, leaf, entryGPA = "entry_gpa", pageSize = "page_size" }
+        public init(level: Int, table: String, entryGPA: String, entry: String, present: Bool, writable: Bool, user: Bool, leaf: Bool, pageSize: UInt64) {
+            self.level = level; self.table = table; self.entryGPA = entryGPA; self.entry = entry; self.present = present
+            self.writable = writable; self.user = user; self.leaf = leaf; self.pageSize = pageSize
+        }
     }
-    public var ok: Bool
-    public var error: String?
     public var vcpu: Int
     public var gva: String
     public var rip: String
     public var paging: Paging
     public var hostKVM: String
     public var hostTwoDimensionalPaging: Bool
-    public var levels: [Level]?
+    public var levels: [Level]
+    /// Where the walk stopped (a level not present, a non-canonical address); nothing past it then.
+    public var fault: String?
     public var gpa: String?
     public var pageSize: UInt64?
     public var writable, user, executable: Bool?
@@ -320,8 +340,12 @@ public struct AddressTranslation: Codable, Sendable, Equatable {
     public var hpa: String?
     public var hostPage: String?
     public var note: String?
+    public init(vcpu: Int, gva: String, rip: String, paging: Paging, hostKVM: String, hostTwoDimensionalPaging: Bool, levels: [Level]) {
+        self.vcpu = vcpu; self.gva = gva; self.rip = rip; self.paging = paging; self.hostKVM = hostKVM
+        self.hostTwoDimensionalPaging = hostTwoDimensionalPaging; self.levels = levels
+    }
     enum CodingKeys: String, CodingKey {
-        case ok, error, vcpu, gva, rip, paging, levels, gpa, writable, user, executable, slot, hva, hpa, note
+        case vcpu, gva, rip, paging, levels, fault, gpa, writable, user, executable, slot, hva, hpa, note
         case hostKVM = "host_kvm", hostTwoDimensionalPaging = "host_two_dimensional_paging", pageSize = "page_size"
         case slotGPA = "slot_gpa", hostPage = "host_page"
     }

@@ -7,6 +7,7 @@ import Foundation
 import Hummingbird
 import HummingbirdWebSocket
 import KumoAPI
+import SystemKit
 
 extension APIError: HTTPResponseError {
     public var status: HTTPResponse.Status { API.status(for: code) }
@@ -38,11 +39,12 @@ public enum ConsoleBridge {
 
     /// Bridges one WebSocket to the console socket until either side closes.
     static func run(socket path: String, log: String, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
-        let fd: Int32
-        do { fd = try ControlClient.connect(path) } catch {
+        let socket: OwnedFD
+        do { socket = try UnixSocket.connect(path) } catch {
             try await outbound.close(.unexpectedServerError, reason: "console unavailable: \(error.description)")
             return
         }
+        let fd = socket.raw
         let past = history(log)
         if !past.isEmpty { try await outbound.write(.binary(ByteBuffer(bytes: past))) }
         // The socket is read on a thread of its own (blocking reads never sit on the cooperative pool).
@@ -50,15 +52,14 @@ public enum ConsoleBridge {
         Thread.detachNewThread {
             var buf = [UInt8](repeating: 0, count: 4096)
             while true {
-                let n = read(fd, &buf, buf.count)
+                let n = read(socket.raw, &buf, buf.count)
                 if n < 0 && errno == EINTR { continue }
                 if n <= 0 { break }
                 sink.yield(Array(buf[0..<n]))
             }
-            sink.finish()
-            close(fd)
+            sink.finish()   // the thread's hold on `socket` ends here: it closes when the bridge has gone too
         }
-        defer { shutdown(fd, Int32(SHUT_RDWR)) }   // ends the reader thread, which closes fd
+        defer { socket.shutdownBoth() }   // ends the reader thread
         try await withThrowingTaskGroup(of: Bool.self) { group in
             group.addTask {
                 for await chunk in output { try await outbound.write(.binary(ByteBuffer(bytes: chunk))) }
@@ -76,7 +77,7 @@ public enum ConsoleBridge {
                 return false  // the client detached
             }
             let vmmClosed = try await group.next() ?? false
-            shutdown(fd, Int32(SHUT_RDWR))
+            socket.shutdownBoth()
             if vmmClosed { try? await outbound.close(.normalClosure, reason: "the instance's console closed (its VMM stopped)") }
             group.cancelAll()
         }

@@ -3,7 +3,8 @@
 // its config, console log, VMM log and control socket.
 import Foundation
 import KumoAPI
-import CKumod
+import SystemKit
+import VMMContract
 
 /// What a VMM needs to boot an instance.
 public struct LaunchSpec: Sendable {
@@ -49,9 +50,8 @@ public protocol VMMLauncher: Sendable {
     /// nil while the process runs; its fate once it is gone.
     func exitStatus(_ p: VMMProcess) -> ExitFate?
     func signal(_ p: VMMProcess, _ sig: Int32)
-    /// Presses the VM's ACPI power button through its control socket; false when the VMM did not take
-    /// the request (no control socket, or it answered with an error).
-    func pressPowerButton(workDir: URL) -> Bool
+    /// The running VMM of the instance with this work directory: every operation kumod performs on it.
+    func handle(workDir: URL) -> any VMMHandle
     /// The instance's VMM is gone: release what was set up for it (its cgroup).
     func release(instanceID: String)
 }
@@ -79,22 +79,41 @@ public struct ProcessLauncher: VMMLauncher {
 
     public func release(instanceID: String) { cgroups?.release(instanceID: instanceID) }
 
-    /// The kumo-vmm configuration file for `spec` (JSON, the same keys as `kumo-vmm --config`).
-    public static func config(_ spec: LaunchSpec) -> [String: Any] {
-        var c: [String: Any] = [
-            "kernel": spec.image.kernel, "memory_mib": spec.memoryMiB, "vcpus": spec.vcpus,
-            "cmdline": spec.image.cmdline, "serial": "file:" + spec.consoleLog.path,
-            "serial_socket": spec.consoleSocket.path, "api_socket": spec.controlSocket.path, "balloon": true,
-            // A guest that asks to restart ends its VMM (status 3): kumod counts reboots and starts it again.
-            "on_reboot": "exit",
-        ]
-        if let i = spec.image.initrd { c["initrd"] = i }
-        if spec.memoryDedup { c["memory_dedup"] = true }
-        if spec.affinity.contains(where: { $0 != nil }) {
-            c["vcpu_affinity"] = spec.affinity.prefix(spec.vcpus).map { $0.map { $0 as Any } ?? NSNull() }
-        }
-        if spec.image.rootDisk != nil { c["disks"] = [["path": spec.workDir.appendingPathComponent("root.img").path]] }
+    /// The kumo-vmm configuration for `spec` (the contract's VMConfig, written as `kumo-vmm --config` reads it).
+    public static func config(_ spec: LaunchSpec) -> VMConfig {
+        var c = VMConfig()
+        c.kernel = spec.image.kernel
+        c.initrd = spec.image.initrd
+        c.cmdline = spec.image.cmdline
+        c.memoryMiB = spec.memoryMiB
+        c.vcpus = spec.vcpus
+        c.serial = .file(spec.consoleLog.path)
+        c.serialSocket = spec.consoleSocket.path
+        c.apiSocket = spec.controlSocket.path
+        c.balloon = BalloonConfig()
+        c.memoryDedup = spec.memoryDedup
+        if spec.affinity.contains(where: { $0 != nil }) { c.vcpuAffinity = Array(spec.affinity.prefix(spec.vcpus)) }
+        if spec.image.rootDisk != nil { c.disks = [DiskConfig(path: spec.workDir.appendingPathComponent("root.img").path)] }
+        // A guest that asks to restart ends its VMM (status 3): kumod counts reboots and starts it again.
+        c.onReboot = .exit
         return c
+    }
+
+    /// The contract version the kumo-vmm at `path` speaks (`kumo-vmm --contract-version`).
+    public static func contractVersion(of path: String) throws -> Int {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: path)
+        p.arguments = ["--contract-version"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, let v = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw APIError(code: "internal", message: "\(path) does not answer --contract-version (status \(p.terminationStatus)): not a kumo-vmm of this release")
+        }
+        return v
     }
 
     public func launch(_ spec: LaunchSpec) throws -> VMMProcess {
@@ -105,8 +124,7 @@ public struct ProcessLauncher: VMMLauncher {
             let dst = spec.workDir.appendingPathComponent("root.img")
             if !fm.fileExists(atPath: dst.path) { try fm.copyItem(atPath: disk, toPath: dst.path) }
         }
-        let json = try JSONSerialization.data(withJSONObject: Self.config(spec), options: [.prettyPrinted, .sortedKeys])
-        try json.write(to: spec.configPath)
+        try Data(Self.config(spec).jsonText.utf8).write(to: spec.configPath)
         try? fm.removeItem(at: spec.controlSocket)
         try? fm.removeItem(at: spec.consoleSocket)
 
@@ -121,7 +139,7 @@ public struct ProcessLauncher: VMMLauncher {
         var defaults = sigset_t()
         sigfillset(&defaults)
         posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(ckumod_spawn_setsid_flag() | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        posix_spawnattr_setflags(&attr, Int16(SpawnExtensions.setsidFlag | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -130,7 +148,7 @@ public struct ProcessLauncher: VMMLauncher {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         // Nothing else of kumod's crosses over: its listening sockets, event loops and database would
         // otherwise live on in every VMM (and keep kumod's port taken after kumod dies).
-        guard ckumod_spawn_addclosefrom(&actions, 3) == 0 else { throw APIError(code: "launch_failed", message: "posix_spawn_file_actions_addclosefrom_np failed") }
+        guard SpawnExtensions.closeFrom(&actions, 3) == 0 else { throw APIError(code: "launch_failed", message: "posix_spawn_file_actions_addclosefrom_np failed") }
         let words = [vmmPath, "--config", spec.configPath.path]
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }
@@ -184,55 +202,12 @@ public struct ProcessLauncher: VMMLauncher {
         return nil
     }
 
-    public func pressPowerButton(workDir: URL) -> Bool {
-        guard let reply = try? ControlClient.request(workDir.appendingPathComponent("control.sock").path, #"{"op":"power_button"}"#) else { return false }
-        return reply.contains(#""ok":true"#)
+    public func handle(workDir: URL) -> any VMMHandle {
+        ControlClient(path: workDir.appendingPathComponent("control.sock").path)
     }
 
     public func signal(_ p: VMMProcess, _ sig: Int32) {
         guard Self.startTicks(p.pid) == p.startTicks else { return }   // never signal a reused pid
         kill(p.pid, sig)
-    }
-}
-
-/// One request on a VMM's control socket (docs/CONTROL.md): a JSON line out, a JSON line back, with a
-/// deadline so that a wedged VMM cannot hold kumod's supervisor.
-public enum ControlClient {
-    public struct Failure: Error, CustomStringConvertible { public let description: String }
-
-    public static func connect(_ path: String) throws(Failure) -> Int32 {
-        guard path.utf8.count < 108 else { throw Failure(description: "\(path): socket path too long") }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw Failure(description: "socket: \(String(cString: strerror(errno)))") }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard rc == 0 else {
-            let e = String(cString: strerror(errno))
-            close(fd)
-            throw Failure(description: "\(path): \(e)")
-        }
-        return fd
-    }
-
-    public static func request(_ path: String, _ line: String, timeoutSeconds: Int = 5) throws(Failure) -> String {
-        let fd = try connect(path)
-        defer { close(fd) }
-        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let out = Array((line + "\n").utf8)
-        guard out.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == out.count else {
-            throw Failure(description: "\(path): send: \(String(cString: strerror(errno)))")
-        }
-        var reply: [UInt8] = []
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while !reply.contains(0x0A) {
-            let n = read(fd, &buf, buf.count)
-            if n <= 0 { throw Failure(description: "\(path): no answer") }
-            reply += buf[0..<n]
-        }
-        return String(decoding: reply.prefix { $0 != 0x0A }, as: UTF8.self)
     }
 }

@@ -6,6 +6,7 @@ import KumoAPI
 import GRDB
 import Synchronization
 import HostCPUs
+import VMMContract
 
 public final class Service: Sendable {
     public let store: Store
@@ -359,24 +360,22 @@ public final class Service: Sendable {
         var f = Store.Filter()
         f.states = [.running]
         var seen: [Balloons.Observed] = []
-        var socks: [String: String] = [:]
+        var handles: [String: any VMMHandle] = [:]
         let shares = Dictionary(((try? store.types()) ?? []).map { ($0.name, $0.memoryShares ?? 1024) }, uniquingKeysWith: { a, _ in a })
         for rec in ((try? store.instances(f, limit: 1_000_000).0) ?? []) {
-            let sock = URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path
-            guard let text = try? ControlClient.request(sock, #"{"op":"balloon.get","refresh":true}"#, timeoutSeconds: 3),
-                  let j = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], j["ok"] as? Bool == true else { continue }
-            let free = ((j["stats"] as? [String: Any])?["free_memory"] as? NSNumber).map { $0.intValue >> 20 }
-            let ready = j["driver_ready"] as? Bool == true
-            seen.append(Balloons.Observed(id: rec.instance.id, memoryMiB: rec.instance.memoryMiB, targetMiB: (j["target_mib"] as? NSNumber)?.intValue ?? 0,
-                                          actualMiB: (j["actual_mib"] as? NSNumber)?.intValue ?? 0, guestFreeMiB: ready ? free : nil,
+            let vmm = launcher.handle(workDir: URL(fileURLWithPath: rec.workDir))
+            guard let b = try? vmm.balloon(refresh: true) else { continue }
+            let free = b.stats["free_memory"].map { Int($0 >> 20) }
+            seen.append(Balloons.Observed(id: rec.instance.id, memoryMiB: rec.instance.memoryMiB, targetMiB: b.targetMiB,
+                                          actualMiB: b.actualMiB, guestFreeMiB: b.driverReady ? free : nil,
                                           shares: shares[rec.instance.type] ?? 1024))
-            socks[rec.instance.id] = sock
+            handles[rec.instance.id] = vmm
         }
         let decisions = meminfo.map { Balloons.decide(policy: policy, hostAvailableMiB: $0.available, hostTotalMiB: $0.total, instances: seen) } ?? []
         var log: [String] = []
         for d in decisions {
-            guard let sock = socks[d.id] else { continue }
-            let ok = (try? ControlClient.request(sock, #"{"op":"balloon.set","target_mib":\#(d.targetMiB)}"#))?.contains(#""ok":true"#) == true
+            guard let vmm = handles[d.id] else { continue }
+            let ok = (try? vmm.setBalloon(targetMiB: d.targetMiB)) != nil
             log.append("\(Store.now()) " + d.why + (ok ? "" : " (the VMM refused)"))
         }
         let free = meminfo.map { 100.0 * Double($0.available) / Double(max($0.total, 1)) }
@@ -423,16 +422,11 @@ public final class Service: Sendable {
         guard rec.instance.state == .running else {
             throw APIError(code: "incorrect_state", message: "instance \(id) is \(rec.instance.state.rawValue); statistics come from a running instance's VMM")
         }
-        struct Reply: Decodable { var ok: Bool; var error: String?; var vcpus: [VCPUStats]?; var memory: InstanceStats.Memory? }
-        let text: String
-        do { text = try ControlClient.request(URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path, #"{"op":"vm.stats"}"#) } catch {
-            throw APIError(code: "unavailable", message: "the instance's VMM did not answer: \(error.description)")
+        let s: VMStats
+        do { s = try launcher.handle(workDir: URL(fileURLWithPath: rec.workDir)).stats() } catch {
+            throw APIError(code: "unavailable", message: "the instance's VMM: \(error.description)")
         }
-        guard let r = try? JSONDecoder().decode(Reply.self, from: Data(text.utf8)) else {
-            throw APIError(code: "internal", message: "the instance's VMM answered something kumod does not understand")
-        }
-        guard r.ok, let v = r.vcpus else { throw APIError(code: "unavailable", message: r.error ?? "no statistics") }
-        return InstanceStats(instance: id, vcpus: v, memory: r.memory)
+        return InstanceStats(id, s)
     }
 
     /// Walks vCPU `vcpu`'s page tables for `address` in a running instance (kumo-vmm's `translate`).
@@ -445,18 +439,12 @@ public final class Service: Sendable {
             throw APIError(code: "invalid_argument", message: "vcpu \(vcpu): instance \(id) has vCPUs 0-\(rec.instance.vcpus - 1)")
         }
         let digits = address.hasPrefix("0x") || address.hasPrefix("0X") ? String(address.dropFirst(2)) : address
-        guard !digits.isEmpty, digits.count <= 16, UInt64(digits, radix: 16) != nil else {
+        guard !digits.isEmpty, digits.count <= 16, let gva = UInt64(digits, radix: 16) else {
             throw APIError(code: "invalid_argument", message: "address \"\(address)\": a guest-virtual address in hexadecimal, e.g. 0xffffffff81000000")
         }
-        let text: String
-        do {
-            text = try ControlClient.request(URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path,
-                                             #"{"op":"translate","vcpu":\#(vcpu),"address":"0x\#(digits)"}"#)
-        } catch { throw APIError(code: "unavailable", message: "the instance's VMM did not answer: \(error.description)") }
-        if let t = try? JSONDecoder().decode(AddressTranslation.self, from: Data(text.utf8)) { return t }
-        struct Failure: Decodable { var error: String }
-        let why = (try? JSONDecoder().decode(Failure.self, from: Data(text.utf8)))?.error ?? "an answer kumod does not understand"
-        throw APIError(code: "unavailable", message: "the instance's VMM: \(why)")
+        do { return AddressTranslation(try launcher.handle(workDir: URL(fileURLWithPath: rec.workDir)).translate(vcpu: vcpu, address: gva)) } catch {
+            throw APIError(code: "unavailable", message: "the instance's VMM: \(error.description)")
+        }
     }
 
     /// The instance's pinning and, while it runs, where its vCPU threads may run.
@@ -497,15 +485,10 @@ public final class Service: Sendable {
         }
         try wrap { try store.setAffinity(id, a) }
         if rec.instance.state == .running {
-            let sock = URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path
+            let vmm = launcher.handle(workDir: URL(fileURLWithPath: rec.workDir))
             for p in req.vcpus {
-                let cpus = a[p.vcpu].map { "\"\($0)\"" } ?? "null"
-                let reply: String
-                do { reply = try ControlClient.request(sock, #"{"op":"vcpu.pin","vcpu":\#(p.vcpu),"cpus":\#(cpus)}"#) } catch {
-                    throw APIError(code: "unavailable", message: "stored, but the instance's VMM did not answer: \(error.description)")
-                }
-                guard reply.contains(#""ok":true"#) else {
-                    throw APIError(code: "unavailable", message: "stored, but the instance's VMM refused: \(reply)")
+                do { _ = try vmm.pin(vcpu: p.vcpu, cpus: a[p.vcpu]) } catch {
+                    throw APIError(code: "unavailable", message: "stored, but the instance's VMM: \(error.description)")
                 }
             }
         }
@@ -617,13 +600,13 @@ public final class Service: Sendable {
     /// that the user did not pin move onto the new shared set.
     func rebalanceShared() {
         guard let cap = try? capacity() else { return }
-        let target = cap.dedicatedCPUs.isEmpty ? "null" : "\"" + cap.sharedCPUs.map(String.init).joined(separator: ",") + "\""
+        let target: String? = cap.dedicatedCPUs.isEmpty ? nil : cap.sharedCPUs.map(String.init).joined(separator: ",")
         var f = Store.Filter()
         f.states = [.running]
         for rec in ((try? store.instances(f, limit: 1_000_000).0) ?? []) where rec.instance.cpuPolicy != "dedicated" {
-            let sock = URL(fileURLWithPath: rec.workDir).appendingPathComponent("control.sock").path
+            let vmm = launcher.handle(workDir: URL(fileURLWithPath: rec.workDir))
             for i in 0..<rec.instance.vcpus where !(i < rec.affinity.count && rec.affinity[i] != nil) {
-                _ = try? ControlClient.request(sock, #"{"op":"vcpu.pin","vcpu":\#(i),"cpus":\#(target)}"#)
+                _ = try? vmm.pin(vcpu: i, cpus: target)
             }
         }
     }
@@ -653,7 +636,7 @@ public final class Service: Sendable {
                     if processes.withLock({ $0[id] }) == p, launcher.exitStatus(p) == nil { launcher.signal(p, SIGKILL) }
                 }
             }
-            if launcher.pressPowerButton(workDir: workDir) {
+            if (try? launcher.handle(workDir: workDir).pressPowerButton()) != nil {
                 stopNotes.withLock { $0[id] = "ACPI power button pressed" }
                 supervisor.asyncAfter(deadline: .now() + seconds) {
                     forceNow("the guest did not power off within \(Self.format(seconds)) of the ACPI power button; stopped by force")
@@ -749,8 +732,7 @@ public final class Service: Sendable {
                     processes.withLock { $0[id] = p }
                     adopted.append(id)
                     // Its KSM standing is what its VMM was started with.
-                    if let d = FileManager.default.contents(atPath: URL(fileURLWithPath: rec.workDir).appendingPathComponent("config.json").path),
-                       let c = try? JSONSerialization.jsonObject(with: d) as? [String: Any], c["memory_dedup"] as? Bool == true {
+                    if (try? VMConfig.load(jsonFile: URL(fileURLWithPath: rec.workDir).appendingPathComponent("config.json").path))?.memoryDedup == true {
                         _ = ksm.admit(id, tenant: rec.tenantID)
                     }
                     if rec.instance.state == .stopping { requestStop(id, force: false) }

@@ -1,3 +1,5 @@
+import VMMContract
+import SystemKit
 import CKVM
 @_exported import HostCPUs
 import Synchronization
@@ -8,9 +10,7 @@ import Glibc
 extension CPUList {
     /// Pins thread `tid` (0: the calling thread) to `cpus`; errno on failure.
     public static func pin(tid: Int32, _ cpus: [Int]) -> Int32? {
-        let c32 = cpus.map { Int32($0) }
-        let r = c32.withUnsafeBufferPointer { ckvm_set_affinity(tid, $0.baseAddress, Int32($0.count)) }
-        return r == 0 ? nil : errno
+        OSThread.pin(tid: tid, to: cpus)
     }
 }
 

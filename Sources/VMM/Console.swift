@@ -1,5 +1,7 @@
+import VMMContract
 import Devices
 import KVM
+import SystemKit
 import Synchronization
 #if canImport(Glibc)
 import Glibc

@@ -1,4 +1,6 @@
+import VMMContract
 import KVM
+import SystemKit
 import GuestMemory
 import CKVM
 

@@ -1,4 +1,6 @@
 #if canImport(Glibc)
+import SystemKit
+import VMMContract
 import Glibc
 #endif
 

@@ -1,4 +1,6 @@
+import VMMContract
 import KVM
+import SystemKit
 import CKVM
 import GuestMemory
 import Boot
@@ -120,7 +122,7 @@ public final class Machine: @unchecked Sendable {
     let stopFlag = Atomic<Bool>(false)
     let events = Mutex<[MachineEvent]>([])
     let wake: EventFD
-    var threads: [pthread_t] = []
+    var threads: [OSThread] = []
     /// vCPU threads that have not left their exit loop yet.
     let vcpusRunning = Atomic<Int>(0)
     /// Monotonic time of the first KVM_RUN and the process CPU time then (ns); 0 until it happens.
@@ -303,21 +305,16 @@ public final class Machine: @unchecked Sendable {
     public func start() throws {
         for w in workers { try w.start() }
         for i in 0..<vcpus.count {
-            let box = Unmanaged.passRetained(VcpuThreadContext(machine: self, index: i)).toOpaque()
-            var tid = pthread_t()
             vcpusRunning.add(1, ordering: .relaxed)
-            let rc = pthread_create(&tid, nil, { arg in
-                let ctx = Unmanaged<VcpuThreadContext>.fromOpaque(arg!).takeRetainedValue()
-                ctx.machine.vcpuLoop(ctx.index)
-                ctx.machine.vcpusRunning.subtract(1, ordering: .releasing)
-                return nil
-            }, box)
-            if rc != 0 {
+            do {
+                threads.append(try OSThread.spawn(name: "vcpu\(i)") { [self] in
+                    vcpuLoop(i)
+                    vcpusRunning.subtract(1, ordering: .releasing)
+                })
+            } catch {
                 vcpusRunning.subtract(1, ordering: .relaxed)
-                Unmanaged<VcpuThreadContext>.fromOpaque(box).release()
-                throw SysError("pthread_create", errno: rc)
+                throw error
             }
-            threads.append(tid)
         }
     }
 
@@ -341,7 +338,7 @@ public final class Machine: @unchecked Sendable {
         let box = mailboxes[index]
         let ticket = box.state.withLock { s -> Int in s.asked += 1; return s.asked }
         for _ in 0..<timeoutMs {
-            pthread_kill(threads[index], kickSignal)
+            threads[index].kill(kickSignal)
             let done = box.state.withLock { s -> (PagingMode, UInt64)?? in
                 guard s.served >= ticket else { return .none }
                 return .some(s.mode.map { ($0, s.rip) })
@@ -367,7 +364,7 @@ public final class Machine: @unchecked Sendable {
                 var v: UInt64 = 0
                 _ = read(sampleFD, &v, 8)
                 sampleGeneration.add(1, ordering: .releasing)
-                for t in threads { pthread_kill(t, kickSignal) }
+                for t in threads { t.kill(kickSignal) }
                 continue
             }
             _ = wake.wait()
@@ -394,7 +391,7 @@ public final class Machine: @unchecked Sendable {
     public func stopAll() {
         stopFlag.store(true, ordering: .releasing)
         for v in vcpus { v.setImmediateExit(true) }
-        for t in threads { pthread_kill(t, kickSignal) }
+        for t in threads { t.kill(kickSignal) }
         // On kvm_pvm a vCPU that spins in emulated kernel code without a single exit never notices the
         // signal (measured: still in KVM_RUN after 5 s, whatever the loop). Taking guest RAM away makes
         // its next instruction fetch exit; the machine is being torn down anyway.
@@ -405,12 +402,12 @@ public final class Machine: @unchecked Sendable {
                     let r = memory.regions[slot]
                     try? vm.setUserMemoryRegion(slot: UInt32(slot), guestPhys: r.guestPhys, size: 0, host: r.host)
                 }
-                for t in threads { pthread_kill(t, kickSignal) }
+                for t in threads { t.kill(kickSignal) }
             }
             usleep(1000)
             waited += 1
         }
-        for t in threads { pthread_join(t, nil) }
+        for t in threads { t.join() }
         threads.removeAll()
         for w in workers { w.stop() }
         for t in virtio { t.reset() }
@@ -434,7 +431,7 @@ public final class Machine: @unchecked Sendable {
         if let cpus = options.affinity?.get(index), let e = CPUList.pin(tid: 0, cpus) {
             eprint("kumo-vmm: vcpu\(index): cannot pin to CPUs \(CPUList.format(cpus)): \(String(cString: strerror(e)))")
         }
-        vcpuTIDs[index].value.store(ckvm_gettid(), ordering: .releasing)
+        vcpuTIDs[index].value.store(OSThread.currentTID, ordering: .releasing)
         if index == 0 {
             firstRunCPUNanos.store(monotonicNanos(CLOCK_PROCESS_CPUTIME_ID), ordering: .relaxed)
             firstRunNanos.store(monotonicNanos(), ordering: .releasing)
@@ -571,8 +568,3 @@ extension Machine {
     }
 }
 
-final class VcpuThreadContext {
-    let machine: Machine
-    let index: Int
-    init(machine: Machine, index: Int) { self.machine = machine; self.index = index }
-}

@@ -1,4 +1,6 @@
+import VMMContract
 import KVM
+import SystemKit
 import Boot
 import Devices
 import Virtio
@@ -66,7 +68,7 @@ public struct VMPlan: Sendable {
         }
         cmdline = cmd
         for (i, n) in config.nets.enumerated() {
-            do { taps.append((try Tap(name: n.tap), n.mac ?? VirtioNet.randomMAC())) } catch {
+            do { taps.append((try Tap(name: n.tap), n.mac ?? MAC.random())) } catch {
                 throw .invalid("nets[\(i)]", error.description)
             }
         }
@@ -212,6 +214,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         switch outcome {
         case let .reset(cause, v) where plan.config.onReboot == .restart:
             eprint("kumo-vmm: guest reset (\(cause.summary), vCPU \(v)); restarting it")
+            control.recordReset(cause.rawValue)
             continue
         case let .reset(cause, v):
             eprint("kumo-vmm: guest reset (\(cause.summary), vCPU \(v)); exiting (on_reboot exit)")

@@ -1,50 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CKVM
-
-/// A Linux tap device opened with a virtio-net header in front of every frame (IFF_VNET_HDR), so that
-/// frames move between the tap and guest buffers with no copy and no translation.
-public final class Tap: @unchecked Sendable {
-    public let fd: Int32
-    public let name: String
-    /// virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers.
-    public static let headerSize = 12
-
-    public struct TapError: Error, CustomStringConvertible { public let description: String }
-
-    /// Creates the tap `name`, or attaches to it when it exists (and is not in use).
-    public init(name: String) throws(TapError) {
-        guard !name.isEmpty, name.utf8.count < 16, !name.contains("/") else {
-            throw TapError(description: "tap name \"\(name)\" must be 1 to 15 characters without '/'")
-        }
-        let fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC)
-        guard fd >= 0 else { throw TapError(description: "/dev/net/tun: \(String(cString: strerror(errno)))") }
-        var ifr = [UInt8](repeating: 0, count: 40)
-        for (i, b) in name.utf8.enumerated() { ifr[i] = b }
-        let flags: UInt16 = 0x0002 | 0x1000 | 0x4000   // IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
-        ifr[16] = UInt8(flags & 0xFF); ifr[17] = UInt8(flags >> 8)
-        let rc = ifr.withUnsafeMutableBytes { ckvm_ioctl_ptr(fd, 0x4004_54CA, $0.baseAddress) }   // TUNSETIFF
-        guard rc == 0 else {
-            let e = errno
-            close(fd)
-            let hint = e == EBUSY ? " (another process has it open)" : e == EPERM ? " (needs CAP_NET_ADMIN)" : ""
-            throw TapError(description: "tap \(name): TUNSETIFF: \(String(cString: strerror(e)))\(hint)")
-        }
-        var hdr = Int32(Tap.headerSize)
-        guard ckvm_ioctl_ptr(fd, 0x4004_54D8, &hdr) == 0 else {   // TUNSETVNETHDRSZ
-            let e = errno
-            close(fd)
-            throw TapError(description: "tap \(name): TUNSETVNETHDRSZ: \(String(cString: strerror(e)))")
-        }
-        // No offloads: the guest sends and receives plain, checksummed frames.
-        _ = ckvm_ioctl_arg(fd, 0x4004_54D0, 0)   // TUNSETOFFLOAD
-        self.fd = fd
-        self.name = name
-    }
-
-    deinit { close(fd) }
-}
+import SystemKit
 
 /// virtio-net (virtio 1.x §5.1) on a tap: queue 0 receives, queue 1 transmits. MAC, link status.
 /// No offloads and no mergeable buffers: each receive buffer chain holds one whole frame.
@@ -167,27 +124,5 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
             txLimiter?.consume(ops: 1, bytes: len)
             return 0
         }
-    }
-
-    /// Parses "52:54:00:12:34:56".
-    public static func parseMAC(_ s: String) -> [UInt8]? {
-        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 6 else { return nil }
-        var out: [UInt8] = []
-        for p in parts {
-            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
-            out.append(b)
-        }
-        // Unicast only: a multicast source address is not a valid NIC address.
-        guard out[0] & 1 == 0 else { return nil }
-        return out
-    }
-
-    /// A locally administered unicast MAC, random.
-    public static func randomMAC() -> [UInt8] {
-        var b = [UInt8](repeating: 0, count: 6)
-        _ = b.withUnsafeMutableBytes { ckvm_getrandom($0.baseAddress, 6, 0) }
-        b[0] = (b[0] & 0xFE) | 0x02
-        return b
     }
 }

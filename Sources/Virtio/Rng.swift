@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CKVM
+import SystemKit
 
 /// virtio-rng (virtio 1.x §5.4): fills each device-writable buffer from the host's getrandom.
 public final class VirtioRng: VirtioDevice, @unchecked Sendable {
@@ -30,7 +30,7 @@ public final class VirtioRng: VirtioDevice, @unchecked Sendable {
                 let want = min(Int(s.length), left)
                 var got = 0
                 while got < want {
-                    let n = ckvm_getrandom(s.host.advanced(by: got), want - got, 0)
+                    let n = systemRandom(UnsafeMutableRawBufferPointer(start: s.host.advanced(by: got), count: want - got))
                     if n < 0 { if errno == EINTR { continue }; break }
                     got += n
                 }

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CKVM
+import SystemKit
 import Synchronization
 
 /// The thread that serves one virtio device: it sleeps in poll(2) on the queues' notification
@@ -12,8 +12,8 @@ public final class DeviceWorker: @unchecked Sendable {
     public let device: VirtioDevice
     public let name: String
     let queueFDs: [Int32]
-    let stopFD: Int32
-    var thread: pthread_t? = nil
+    let stopEvent: EventFD
+    var thread: OSThread? = nil
 
     public struct WorkerError: Error, CustomStringConvertible { public let description: String }
 
@@ -22,44 +22,29 @@ public final class DeviceWorker: @unchecked Sendable {
         self.device = device
         self.name = name
         self.queueFDs = queueFDs
-        stopFD = eventfd(0, CKVM_EFD_CLOEXEC)
-        guard stopFD >= 0 else { throw WorkerError(description: "eventfd: \(String(cString: strerror(errno)))") }
+        do { stopEvent = try EventFD() } catch { throw WorkerError(description: error.description) }
     }
 
-    deinit {
-        stop()
-        close(stopFD)
-    }
+    deinit { stop() }
 
     public func start() throws(WorkerError) {
         guard thread == nil else { return }
-        let box = Unmanaged.passRetained(self).toOpaque()
-        var tid = pthread_t()
-        let rc = pthread_create(&tid, nil, { arg in
-            let w = Unmanaged<DeviceWorker>.fromOpaque(arg!).takeRetainedValue()
-            w.loop()
-            return nil
-        }, box)
-        guard rc == 0 else {
-            Unmanaged<DeviceWorker>.fromOpaque(box).release()
-            throw WorkerError(description: "pthread_create: \(String(cString: strerror(rc)))")
+        do { thread = try OSThread.spawn(name: name) { [self] in loop() } } catch {
+            throw WorkerError(description: error.description)
         }
-        thread = tid
     }
 
     /// Stops the thread and waits for it (it finishes the request it is serving).
     public func stop() {
         guard let t = thread else { return }
-        var one: UInt64 = 1
-        _ = write(stopFD, &one, 8)
-        pthread_join(t, nil)
+        stopEvent.signal()
+        t.join()
         thread = nil
     }
 
     func loop() {
-        _ = ckvm_set_thread_name(String(decoding: name.utf8.prefix(15), as: UTF8.self))
         let extra = device.backendFDs
-        var fds = [pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)]
+        var fds = [pollfd(fd: stopEvent.fd.raw, events: Int16(POLLIN), revents: 0)]
         for fd in queueFDs { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
         for fd in extra { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
         while true {

@@ -8,6 +8,7 @@ import VMM
 import Virtio
 import VirtioTestDriver
 import KVM
+import SystemKit
 import Boot
 #if canImport(Glibc)
 import Glibc

@@ -5,6 +5,7 @@
 // sanitizer report or out-of-bounds access is a finding. Built with -sanitize=fuzzer,address by
 // `make fuzz` / `make test` (scripts/fuzz.sh).
 #if canImport(Glibc)
+import SystemKit
 import Glibc
 #endif
 import GuestMemory

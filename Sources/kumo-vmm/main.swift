@@ -1,3 +1,4 @@
+import VMMContract
 import VMM
 #if canImport(Glibc)
 import Glibc
@@ -39,6 +40,7 @@ usage: kumo-vmm --kernel PATH [options]        run one VM
                          rebuilt and booted again) or exit (status 3, for a supervisor to decide)
   --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
                          {"op":"balloon.set","target_mib":64} or {"op":"power_button"}
+  --contract-version     print the version of the contract kumod and kumo-vmm share, and exit
   --help                 this text
 
 JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
@@ -61,6 +63,11 @@ if let i = args.firstIndex(of: "--dump-acpi") {
         eprint("kumo-vmm: \(error)")
         exit(1)
     }
+    exit(0)
+}
+
+if args == ["--contract-version"] {
+    print(vmmContractVersion)
     exit(0)
 }
 

@@ -267,7 +267,7 @@ struct InstanceCommand: ParsableCommand {
                 q.queryItems = [URLQueryItem(name: "vcpu", value: "\(vcpu)"), URLQueryItem(name: "address", value: address)]
                 let t = try global.call("GET", "/v1/instances/\(try pathComponent(id))/translate?" + (q.percentEncodedQuery ?? ""), as: AddressTranslation.self)
                 global.emit(t) { Self.render(t) }
-                if !t.ok { throw Failure.refused(t.error ?? "the address is not mapped") }
+                if let f = t.fault { throw Failure.refused(f) }
             }
         }
 
@@ -278,7 +278,7 @@ struct InstanceCommand: ParsableCommand {
         static func render(_ t: AddressTranslation) -> String {
             var out = "vCPU \(t.vcpu): \(t.paging.mode) paging, CR3 \(t.paging.cr3) (CR0 \(t.paging.cr0), CR4 \(t.paging.cr4), EFER \(t.paging.efer)), RIP \(t.rip)\n"
             out += "GVA \(t.gva)\n"
-            for l in t.levels ?? [] {
+            for l in t.levels {
                 let bits = [l.present ? "present" : "not present", l.writable ? "writable" : "read-only", l.user ? "user" : "supervisor"]
                 out += "  \(l.table.padding(toLength: 5, withPad: " ", startingAt: 0)) entry at GPA \(l.entryGPA) = \(l.entry)  " + bits.joined(separator: ", ")
                     + (l.leaf ? "; maps a \(size(l.pageSize)) page" : "") + "\n"
@@ -293,7 +293,7 @@ struct InstanceCommand: ParsableCommand {
             } else if let n = t.note {
                 out += "→ \(n)\n"
             }
-            if let e = t.error { out += "✗ \(e)\n" }
+            if let f = t.fault { out += "✗ \(f)\n" }
             out += "host: \(t.hostKVM); " + (t.hostTwoDimensionalPaging
                 ? "two-dimensional paging (EPT/NPT): the CPU walks GVA → GPA in the guest's tables and GPA → HPA in KVM's\n"
                 : "shadow paging: KVM keeps shadow page tables that map GVA → HPA directly, rebuilt from the guest's tables\n")

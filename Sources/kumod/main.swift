@@ -5,6 +5,7 @@ import Hummingbird
 import HummingbirdWebSocket
 import Kumod
 import KumoAPI
+import VMMContract
 
 let usage = """
 usage: kumod [--data-dir DIR] [--listen HOST:PORT] [--socket PATH] [--vmm PATH] [--stop-timeout SECONDS]
@@ -69,6 +70,15 @@ guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(
 }
 let hostName = String(listen[..<colon])
 guard FileManager.default.isExecutableFile(atPath: vmm) else { fail("no kumo-vmm at \(vmm) (--vmm PATH)") }
+// kumod and kumo-vmm speak one contract (VMMContract): a VMM of another version is refused up front.
+do {
+    let theirs = try ProcessLauncher.contractVersion(of: vmm)
+    guard theirs == vmmContractVersion else {
+        fail("the kumo-vmm at \(vmm) speaks contract version \(theirs), this kumod \(vmmContractVersion): use the kumo-vmm built with this kumod", code: 1)
+    }
+} catch {
+    fail("\(error)", code: 1)
+}
 
 do {
     let dir = URL(fileURLWithPath: dataDir)

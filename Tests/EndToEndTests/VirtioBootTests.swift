@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 import TestSupport
+import VMMContract
 @testable import VMM
 
 /// End-to-end virtio with the Kumo test kernel (drivers built in, found through the ACPI DSDT with no
@@ -148,29 +149,6 @@ struct VirtioBootTests {
         #expect(fsck.contains("kumoroot: ") || fsck.contains("clean"), "\(fsck)")
     }
 
-    /// One request to kumo-vmm's control socket (docs/CONTROL.md): a JSON line out, a JSON line back.
-    static func control(_ socket: String, _ request: String) throws -> [String: Any] {
-        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw VirtioDeviceErrorE2E("socket: \(errno)") }
-        defer { close(fd) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        _ = withUnsafeMutableBytes(of: &addr.sun_path) { p in socket.utf8CString.withUnsafeBytes { p.copyMemory(from: $0) } }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        guard rc == 0 else { throw VirtioDeviceErrorE2E("connect \(socket): \(errno)") }
-        let line = Array((request + "\n").utf8)
-        guard write(fd, line, line.count) == line.count else { throw VirtioDeviceErrorE2E("write: \(errno)") }
-        var reply: [UInt8] = []
-        var byte: UInt8 = 0
-        while read(fd, &byte, 1) == 1, byte != 10 { reply.append(byte) }
-        guard let obj = try JSONSerialization.jsonObject(with: Data(reply)) as? [String: Any] else {
-            throw VirtioDeviceErrorE2E("not a JSON object: \(String(decoding: reply, as: UTF8.self))")
-        }
-        return obj
-    }
-
-    static func int(_ o: [String: Any], _ k: String) -> Int { (o[k] as? NSNumber)?.intValue ?? -1 }
-
     /// An init that never makes a system call (guest userspace cannot on kvm_pvm hosts): it spins, so the
     /// kernel stays up, scheduling its own threads (the balloon driver's work) around it.
     static func spinningInit(_ dir: URL) throws -> String {
@@ -214,69 +192,62 @@ struct VirtioBootTests {
         #expect(vm.console.contains("Freeing initrd memory: 65536K"))
 
         // The driver primes its statistics queue while probing; fresh numbers on request.
-        var stats: [String: Any] = [:]
+        let control = ControlClient(path: api)
+        var stats = try control.balloon(refresh: true)
         for _ in 0..<30 {
-            stats = try Self.control(api, #"{"op":"balloon.get","refresh":true}"#)
-            if stats["driver_ready"] as? Bool == true, Self.int(stats, "stats_updates") > 0 { break }
+            if stats.driverReady, stats.statsUpdates > 0 { break }
             Thread.sleep(forTimeInterval: 2)
+            stats = try control.balloon(refresh: true)
         }
-        let freeBefore = ((stats["stats"] as? [String: Any]).map { Self.int($0, "free_memory") }) ?? -1
+        let freeBefore = Int(stats.stats["free_memory"] ?? 0)
         #expect(freeBefore > 100 << 20, "\(stats)")
-        let info0 = try Self.control(api, #"{"op":"vm.info"}"#)
-        let rss0 = Self.int(info0, "rss_kib"), guest0 = Self.int(info0, "guest_resident_kib")
+        let info0 = try control.info()
 
         // Inflate to 96 MiB and wait for the driver to report it.
-        let set = try Self.control(api, #"{"op":"balloon.set","target_mib":96}"#)
-        #expect(set["ok"] as? Bool == true, "\(set)")
-        var b: [String: Any] = [:]
+        #expect(try control.setBalloon(targetMiB: 96).targetMiB == 96)
+        var b = try control.balloon()
         let inflateStart = Date()
-        while Date().timeIntervalSince(inflateStart) < 400 {
-            b = try Self.control(api, #"{"op":"balloon.get"}"#)
-            if Self.int(b, "actual_mib") == 96 { break }
+        while Date().timeIntervalSince(inflateStart) < 400 && b.actualMiB != 96 {
             Thread.sleep(forTimeInterval: 2)
+            b = try control.balloon()
         }
         let inflateSeconds = Date().timeIntervalSince(inflateStart)
-        #expect(Self.int(b, "actual_mib") == 96, "\(b)")
-        #expect(Self.int(b, "inflated_pages") >= 96 * 256)
-        let info1 = try Self.control(api, #"{"op":"vm.info"}"#)
-        let rss1 = Self.int(info1, "rss_kib"), guest1 = Self.int(info1, "guest_resident_kib")
+        #expect(b.actualMiB == 96, "\(b)")
+        #expect(b.inflatedPages >= 96 * 256)
+        let info1 = try control.info()
         // Pages the guest had touched went back to the host: at least 48 of the 96 MiB.
-        #expect(rss0 - rss1 >= 48 << 10, "RSS \(rss0) -> \(rss1) KiB")
-        #expect(guest0 - guest1 >= 48 << 10, "resident guest RAM \(guest0) -> \(guest1) KiB")
-        let after = try Self.control(api, #"{"op":"balloon.get","refresh":true}"#)
-        let freeAfter = ((after["stats"] as? [String: Any]).map { Self.int($0, "free_memory") }) ?? -1
-        #expect(freeAfter >= 0 && freeBefore - freeAfter >= 90 << 20, "guest free memory \(freeBefore) -> \(freeAfter)")
-        print("balloon: inflated 96 MiB in \(Int(inflateSeconds)) s; RSS \(rss0 >> 10) -> \(rss1 >> 10) MiB, resident guest RAM \(guest0 >> 10) -> \(guest1 >> 10) MiB, guest free \(freeBefore >> 20) -> \(freeAfter >> 20) MiB")
+        #expect(Int(info0.rssKiB) - Int(info1.rssKiB) >= 48 << 10, "RSS \(info0.rssKiB) -> \(info1.rssKiB) KiB")
+        #expect(Int(info0.guestResidentKiB) - Int(info1.guestResidentKiB) >= 48 << 10,
+                "resident guest RAM \(info0.guestResidentKiB) -> \(info1.guestResidentKiB) KiB")
+        let freeAfter = Int(try control.balloon(refresh: true).stats["free_memory"] ?? 0)
+        #expect(freeAfter > 0 && freeBefore - freeAfter >= 90 << 20, "guest free memory \(freeBefore) -> \(freeAfter)")
+        print("balloon: inflated 96 MiB in \(Int(inflateSeconds)) s; RSS \(info0.rssKiB >> 10) -> \(info1.rssKiB >> 10) MiB, resident guest RAM \(info0.guestResidentKiB >> 10) -> \(info1.guestResidentKiB >> 10) MiB, guest free \(freeBefore >> 20) -> \(freeAfter >> 20) MiB")
 
         // Deflate: the target back to 0.
-        _ = try Self.control(api, #"{"op":"balloon.set","target_mib":0}"#)
+        _ = try control.setBalloon(targetMiB: 0)
         let deflateStart = Date()
-        while Date().timeIntervalSince(deflateStart) < 400 {
-            b = try Self.control(api, #"{"op":"balloon.get"}"#)
-            if Self.int(b, "actual_mib") == 0 { break }
+        while Date().timeIntervalSince(deflateStart) < 400 && b.actualMiB != 0 {
             Thread.sleep(forTimeInterval: 2)
+            b = try control.balloon()
         }
-        #expect(Self.int(b, "actual_mib") == 0, "\(b)")
-        #expect(Self.int(b, "deflated_pages") >= 96 * 256)
-        let final = try Self.control(api, #"{"op":"balloon.get","refresh":true}"#)
-        let freeFinal = ((final["stats"] as? [String: Any]).map { Self.int($0, "free_memory") }) ?? -1
+        #expect(b.actualMiB == 0, "\(b)")
+        #expect(b.deflatedPages >= 96 * 256)
+        let freeFinal = Int(try control.balloon(refresh: true).stats["free_memory"] ?? 0)
         #expect(freeFinal - freeAfter >= 90 << 20, "guest free memory after deflating: \(freeFinal)")
 
         // The same boot checks the ACPI power button: the kernel found the PNP0C0C button, and when the
         // host presses it the Generic Event Device's interrupt runs _EVT in the guest's ACPI interpreter,
         // which reads the event register (the host sees it taken). Powering off is then up to guest
-        // userspace (systemd-logind, acpid), which cannot run on this host.
+        // userspace; this guest's init only spins.
         #expect(vm.console.contains("Power Button [PWRB]"), "\(vm.console.suffix(3000))")
-        let press = try Self.control(api, #"{"op":"power_button"}"#)
-        #expect(press["ok"] as? Bool == true, "\(press)")
-        var button: [String: Any] = [:]
+        #expect(try control.pressPowerButton().raised == 1)
+        var button = try control.info().powerButton
         let pressStart = Date()
-        while Date().timeIntervalSince(pressStart) < 120 {
-            button = (try Self.control(api, #"{"op":"vm.info"}"#)["power_button"] as? [String: Any]) ?? [:]
-            if Self.int(button, "taken") >= 1 { break }
+        while Date().timeIntervalSince(pressStart) < 120 && button.taken < 1 {
             Thread.sleep(forTimeInterval: 1)
+            button = try control.info().powerButton
         }
-        #expect(Self.int(button, "raised") == 1 && Self.int(button, "taken") == 1, "\(button)")
+        #expect(button.raised == 1 && button.taken == 1, "\(button)")
         let status = vm.terminate()
         #expect(status == 0, "\(vm.stderrText)")
         #expect(vm.stderrText.contains("virtio-balloon1: driver ready"))

@@ -1,6 +1,8 @@
 import Foundation
 import Testing
 import TestSupport
+import SystemKit
+import VMMContract
 @testable import VMM
 
 /// The kumo-vmm binary itself: flags, JSON config, exit codes, console modes, power-off, reset, boot marker.
@@ -75,40 +77,37 @@ enum CLI {
     }
 
     /// Connects to a Unix socket, retrying while the VMM creates it.
-    static func connectUnix(_ path: String) throws -> Int32 {
+    static func connectUnix(_ path: String) throws -> OwnedFD {
         for _ in 0..<200 {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-            let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-            if ok == 0 { return fd }
-            close(fd)
+            if let fd = try? UnixSocket.connect(path, timeoutSeconds: 10) { return fd }
             Thread.sleep(forTimeInterval: 0.05)
         }
         throw Harness.HarnessError(description: "could not connect to \(path)")
     }
 
-    /// Waits (up to 15 s) until the VMM behind control socket `ctl` runs its guest: the socket is up
-    /// first, and until the vCPUs start, vCPU requests answer "no guest is running" (a loaded machine
-    /// widens that window).
-    static func waitForGuest(_ ctl: Int32) {
-        let q = #"{"op":"vm.stats"}"# + "\n"
+    /// The control socket's client, once the VMM has created the socket.
+    static func control(_ path: String) throws -> ControlClient {
+        _ = try connectUnix(path)
+        return ControlClient(path: path)
+    }
+
+    /// Waits (up to 15 s) until the VMM behind `control` runs its guest: the socket is up first, and
+    /// until the vCPUs start, vCPU requests answer "no guest is running" (a loaded machine widens that
+    /// window).
+    static func waitForGuest(_ control: ControlClient) {
         let deadline = Date().addingTimeInterval(15)
         repeat {
-            _ = send(ctl, q, q.utf8.count, Int32(MSG_NOSIGNAL))
-            let reply = (try? JSONSerialization.jsonObject(with: Data(readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:]
-            if let v = reply["vcpus"] as? [[String: Any]], !v.isEmpty, (v[0]["tid"] as? Int ?? 0) > 0 { return }
+            if let s = try? control.stats(), let v = s.vcpus.first, v.tid > 0 { return }
             Thread.sleep(forTimeInterval: 0.05)
         } while Date() < deadline
     }
 
     /// Reads from `fd` until the text received ends with `suffix` (or the peer closes).
-    static func readUntil(_ fd: Int32, _ suffix: String) -> String {
+    static func readUntil(_ fd: OwnedFD, _ suffix: String) -> String {
         var text = ""
         var buf = [UInt8](repeating: 0, count: 256)
         while !text.contains(suffix) {
-            let n = read(fd, &buf, 256)
+            let n = read(fd.raw, &buf, 256)
             if n <= 0 { break }
             text += String(decoding: buf[0..<n], as: UTF8.self)
         }
@@ -218,29 +217,12 @@ struct CLIRunTests {
         let cfg = CLI.temp("vm.json", #"{"kernel": "\#(k)", "memory_mib": 32, "vcpus": 1, "serial": "socket:\#(sock)"}"#)
         var received = ""
         let r = try CLI.run(["--config", cfg]) { _ in
-            // Connect once the socket exists, read the prompt, type one byte.
-            var fd: Int32 = -1
-            for _ in 0..<100 {
-                fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-                var addr = sockaddr_un()
-                addr.sun_family = sa_family_t(AF_UNIX)
-                withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in sock.utf8.enumerated() { p[i] = b } }
-                let ok = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-                if ok == 0 { break }
-                close(fd); fd = -1
-                Thread.sleep(forTimeInterval: 0.05)
-            }
-            try #require(fd >= 0, "could not connect to \(sock)")
-            defer { close(fd) }
-            // The prompt may have gone out before we connected (output with no client is dropped, as
-            // on a disconnected serial line); the echo of what we type must reach us.
-            _ = send(fd, "y", 1, Int32(MSG_NOSIGNAL))
-            var buf = [UInt8](repeating: 0, count: 16)
-            while !received.hasSuffix("y") {
-                let n = read(fd, &buf, 16)
-                if n <= 0 { break }
-                received += String(decoding: buf[0..<n], as: UTF8.self)
-            }
+            // Connect once the socket exists, type one byte. The prompt may have gone out before we
+            // connected (output with no client is dropped, as on a disconnected serial line); the echo of
+            // what we type must reach us.
+            let fd = try CLI.connectUnix(sock)
+            try fd.sendAll(Array("y".utf8))
+            received = CLI.readUntil(fd, "y")
         }
         #expect(r.status == 0, "\(r.stderr)")
         #expect(received.hasSuffix("y"))
@@ -254,33 +236,28 @@ struct CLIRunTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        var typed = "", pressed = "", stats = ""
+        var typed = ""
+        var pressed: PowerButtonReply? = nil
+        var stats: VMStats? = nil
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:\(dir)/console.log",
                              "--serial-socket", "\(dir)/console.sock", "--api-socket", "\(dir)/control.sock"]) { _ in
             let c = try CLI.connectUnix("\(dir)/console.sock")
-            defer { close(c) }
-            _ = send(c, "hi there", 8, Int32(MSG_NOSIGNAL))
+            try c.sendAll(Array("hi there".utf8))
             typed = CLI.readUntil(c, "HI THERE")
-            let ctl = try CLI.connectUnix("\(dir)/control.sock")
-            defer { close(ctl) }
-            let req = #"{"op":"power_button"}"# + "\n"
+            let control = try CLI.control("\(dir)/control.sock")
             // Statistics while it runs: the vCPU's thread, its CPU time, exits by reason, KVM's counters.
-            let q = #"{"op":"vm.stats"}"# + "\n"
-            _ = send(ctl, q, q.utf8.count, Int32(MSG_NOSIGNAL))
-            stats = CLI.readUntil(ctl, "\n")
-            _ = send(ctl, req, req.utf8.count, Int32(MSG_NOSIGNAL))
-            pressed = CLI.readUntil(ctl, "\n")
+            stats = try control.stats()
+            pressed = try control.pressPowerButton()
             typed += CLI.readUntil(c, "powering off")
         }
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stderr.contains("guest powered off"))
         #expect(typed.contains("HI THERE") && typed.contains("power button: powering off"), "\(typed)")
-        #expect(pressed.contains(#""ok":true"#) && pressed.contains(#""raised":1"#), "\(pressed)")
-        let st = try JSONSerialization.jsonObject(with: Data(stats.utf8)) as? [String: Any]
-        let v0 = try #require((st?["vcpus"] as? [[String: Any]])?.first, "\(stats)")
-        #expect((v0["tid"] as? Int ?? 0) > 0 && (v0["cpu_ns"] as? Int ?? 0) > 0, "\(v0)")
-        #expect(((v0["exits"] as? [String: Int])?["io"] ?? 0) > 0 && (v0["io_in"] as? Int ?? 0) > 0, "\(v0)")
-        if let kvm = v0["kvm"] as? [String: Int] { #expect((kvm["exits"] ?? 0) > 0, "\(kvm)") }
+        #expect(pressed?.raised == 1, "\(String(describing: pressed))")
+        let v0 = try #require(stats?.vcpus.first, "\(String(describing: stats))")
+        #expect(v0.tid > 0 && (v0.cpuNs ?? 0) > 0, "\(v0)")
+        #expect((v0.exits["io"] ?? 0) > 0 && v0.ioIn > 0, "\(v0)")
+        if let kvm = v0.kvm { #expect((kvm["exits"] ?? 0) > 0, "\(kvm)") }
         let log = try String(contentsOfFile: "\(dir)/console.log", encoding: .utf8)
         #expect(log.contains("kumo echo guest ready") && log.contains("HI THERE") && log.contains("powering off"), "\(log)")
         #expect(!FileManager.default.fileExists(atPath: "\(dir)/console.sock"))
@@ -293,28 +270,21 @@ struct CLIRunTests {
         let sock = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8)).sock").path
         var seen: [String] = []
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--pin", "0=1", "--api-socket", sock]) { _ in
-            let ctl = try CLI.connectUnix(sock)
-            defer { close(ctl) }
-            func ask(_ line: String) -> [String: Any] {
-                _ = send(ctl, line + "\n", line.utf8.count + 1, Int32(MSG_NOSIGNAL))
-                return (try? JSONSerialization.jsonObject(with: Data(CLI.readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:]
-            }
+            let control = try CLI.control(sock)
             func allowed() -> String {
-                let v = (ask(#"{"op":"vm.stats"}"#)["vcpus"] as? [[String: Any]])?.first ?? [:]
-                let tid = v["tid"] as? Int ?? 0
-                let status = (try? String(contentsOfFile: "/proc/\(tid)/status", encoding: .utf8)) ?? ""
+                let v = (try? control.stats())?.vcpus.first
+                let status = (try? String(contentsOfFile: "/proc/\(v?.tid ?? 0)/status", encoding: .utf8)) ?? ""
                 let fromProc = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }?.split(separator: "\t").last.map(String.init) ?? "?"
-                return "\(v["cpus_allowed"] as? String ?? "?")/\(fromProc)"
+                return "\(v?.cpusAllowed ?? "?")/\(fromProc)"
             }
-            CLI.waitForGuest(ctl)
+            CLI.waitForGuest(control)
             seen.append(allowed())
-            _ = ask(#"{"op":"vcpu.pin","vcpu":0,"cpus":"0"}"#)
+            _ = try control.pin(vcpu: 0, cpus: "0")
             seen.append(allowed())
-            _ = ask(#"{"op":"vcpu.pin","vcpu":0,"cpus":null}"#)
+            _ = try control.pin(vcpu: 0, cpus: nil)
             seen.append(allowed())
-            let bad = ask(#"{"op":"vcpu.pin","vcpu":0,"cpus":"4095"}"#)
-            seen.append(bad["error"] as? String ?? "")
-            _ = ask(#"{"op":"power_button"}"#)
+            do { _ = try control.pin(vcpu: 0, cpus: "4095") } catch { seen.append("\(error)") }
+            _ = try control.pressPowerButton()
         }
         #expect(r.status == 0, "\(r.stderr)")
         let all = "0-\(CPUList.hostCount - 1)"
@@ -329,20 +299,13 @@ struct CLIRunTests {
         let k = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-lm-\(UUID().uuidString).elf").path
         FileManager.default.createFile(atPath: k, contents: Data(BootProtocolTests.elf(code, pvh: false)))
         let sock = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8)).sock").path
-        var answers: [[String: Any]] = []
+        var answers: [TranslateReply] = []
         var pagemapHPA: UInt64? = nil
         let r = try CLI.run(["--kernel", k, "--memory", "64", "--serial", "none", "--api-socket", sock], timeout: 20) { p in
-            let ctl = try CLI.connectUnix(sock)
-            defer { close(ctl) }
-            func ask(_ a: String) -> [String: Any] {
-                let line = #"{"op":"translate","vcpu":0,"address":"\#(a)"}"# + "\n"
-                _ = send(ctl, line, line.utf8.count, Int32(MSG_NOSIGNAL))
-                return (try? JSONSerialization.jsonObject(with: Data(CLI.readUntil(ctl, "\n").utf8)) as? [String: Any]) ?? [:]
-            }
-            CLI.waitForGuest(ctl)
-            for a in ["0x1000123", "0x3fffff8", "0xffff800000000000", "0x800000000000"] { answers.append(ask(a)) }
-            if let hva = (answers.first?["hva"] as? String).flatMap({ UInt64($0.dropFirst(2), radix: 16) }),
-               let h = FileHandle(forReadingAtPath: "/proc/\(p.processIdentifier)/pagemap") {
+            let control = try CLI.control(sock)
+            CLI.waitForGuest(control)
+            for a: UInt64 in [0x1000123, 0x3fffff8, 0xffff800000000000, 0x800000000000] { answers.append(try control.translate(vcpu: 0, address: a)) }
+            if let hva = answers.first?.hva, let h = FileHandle(forReadingAtPath: "/proc/\(p.processIdentifier)/pagemap") {
                 try h.seek(toOffset: (hva / 4096) * 8)
                 let e = (h.readData(ofLength: 8)).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
                 if e >> 63 == 1 { pagemapHPA = (e & ((1 << 55) - 1)) * 4096 + (hva & 0xFFF) }
@@ -351,18 +314,17 @@ struct CLIRunTests {
             p.interrupt()
         }
         #expect(r.status == 0, "\(r.stderr)")
+        try #require(answers.count == 4, "\(r.stderr)")
         let t = answers[0]
-        #expect(t["ok"] as? Bool == true && t["gpa"] as? String == "0x1000123" && t["page_size"] as? Int == 2 << 20, "\(t)")
-        #expect((t["paging"] as? [String: Any])?["mode"] as? String == "4-level")
-        let levels = (t["levels"] as? [[String: Any]]) ?? []
-        #expect(levels.map { $0["table"] as? String } == ["PML4", "PDPT", "PD"], "\(levels)")
-        #expect(levels.map { $0["entry_gpa"] as? String } == ["0x9000", "0xa000", "0xb040"], "\(levels)")
-        #expect(t["slot"] as? Int == 0 && (t["hva"] as? String)?.hasPrefix("0x") == true)
-        let hpa = (t["hpa"] as? String).flatMap { UInt64($0.dropFirst(2), radix: 16) }
-        #expect(hpa != nil && hpa == pagemapHPA, "kumo-vmm \(String(describing: hpa)), pagemap \(String(describing: pagemapHPA))")
-        #expect(answers[1]["gpa"] as? String == "0x3fffff8")
-        #expect(answers[2]["ok"] as? Bool == false && (answers[2]["error"] as? String)?.contains("not present") == true, "\(answers[2])")
-        #expect((answers[3]["error"] as? String)?.contains("non-canonical") == true, "\(answers[3])")
+        #expect(t.fault == nil && t.gpa == 0x1000123 && t.pageSize == 2 << 20, "\(t)")
+        #expect(t.paging.mode == "4-level")
+        #expect(t.levels.map(\.table) == ["PML4", "PDPT", "PD"], "\(t.levels)")
+        #expect(t.levels.map(\.entryGPA) == [0x9000, 0xa000, 0xb040], "\(t.levels)")
+        #expect(t.slot == 0 && t.hva != nil)
+        #expect(t.hpa != nil && t.hpa == pagemapHPA, "kumo-vmm \(String(describing: t.hpa)), pagemap \(String(describing: pagemapHPA))")
+        #expect(answers[1].gpa == 0x3fffff8)
+        #expect(answers[2].fault?.contains("not present") == true && answers[2].gpa == nil, "\(answers[2])")
+        #expect(answers[3].fault?.contains("non-canonical") == true, "\(answers[3])")
     }
 
     /// A triple fault resets the guest (a PC does), after a register dump; with --on-reboot exit the

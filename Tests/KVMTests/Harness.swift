@@ -3,6 +3,7 @@ import Testing
 import Synchronization
 @testable import VMM
 import KVM
+import SystemKit
 import Boot
 import Devices
 import GuestMemory

@@ -2,6 +2,7 @@ import Testing
 import TestSupport
 @testable import VMM
 import KVM
+import SystemKit
 import Boot
 import Devices
 import GuestMemory

@@ -91,7 +91,7 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     }
     func exitStatus(_ p: VMMProcess) -> ExitFate? { real.exitStatus(p) }
     func signal(_ p: VMMProcess, _ sig: Int32) { real.signal(p, sig) }
-    func pressPowerButton(workDir: URL) -> Bool { real.pressPowerButton(workDir: workDir) }
+    func handle(workDir: URL) -> any VMMHandle { real.handle(workDir: workDir) }
     func release(instanceID: String) { real.release(instanceID: instanceID) }
 }
 

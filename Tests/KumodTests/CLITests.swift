@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VMMContract
 import TestSupport
 import KumoAPI
 
@@ -22,7 +23,8 @@ import KumoAPI
         init(vmm: String? = nil, extra: [String] = []) throws {
             dir = try tempDir("cli")
             let fake = dir.appendingPathComponent("fake-vmm")
-            try "#!/bin/sh\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n".write(to: fake, atomically: true, encoding: .utf8)
+            try "#!/bin/sh\n[ \"$1\" = --contract-version ] && { echo \(vmmContractVersion); exit 0; }\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n"
+                .write(to: fake, atomically: true, encoding: .utf8)
             chmod(fake.path, 0o755)
             self.vmm = vmm ?? fake.path
             self.extra = extra

@@ -1,5 +1,6 @@
 import Testing
 @testable import VMM
+@testable import VMMContract
 import Boot
 
 @Suite struct JSONTests {

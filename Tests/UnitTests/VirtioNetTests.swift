@@ -1,4 +1,6 @@
+import SystemKit
 import Testing
+import VMMContract
 import Foundation
 import GuestMemory
 @testable import Virtio
@@ -112,11 +114,11 @@ struct VirtioNetTests {
     @Test func tapErrors() {
         #expect(throws: Tap.TapError.self) { try Tap(name: "") }
         #expect(throws: Tap.TapError.self) { try Tap(name: "a-name-that-is-far-too-long") }
-        #expect(VirtioNet.parseMAC("52:54:00:12:34:56") == Self.guestMAC)
-        #expect(VirtioNet.parseMAC("53:54:00:12:34:56") == nil)   // multicast
-        #expect(VirtioNet.parseMAC("52:54:00:12:34") == nil)
-        #expect(VirtioNet.parseMAC("zz:54:00:12:34:56") == nil)
-        let m = VirtioNet.randomMAC()
+        #expect(MAC.parse("52:54:00:12:34:56") == Self.guestMAC)
+        #expect(MAC.parse("53:54:00:12:34:56") == nil)   // multicast
+        #expect(MAC.parse("52:54:00:12:34") == nil)
+        #expect(MAC.parse("zz:54:00:12:34:56") == nil)
+        let m = MAC.random()
         #expect(m[0] & 3 == 2)   // locally administered unicast
     }
 }

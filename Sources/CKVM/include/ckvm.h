@@ -7,13 +7,10 @@
 #include <linux/kvm.h>
 #include <stdint.h>
 #include <stddef.h>
-#include <sys/eventfd.h>
 #include <sys/types.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
-static const int CKVM_EFD_CLOEXEC = EFD_CLOEXEC;
-static const int CKVM_EFD_NONBLOCK = EFD_NONBLOCK;
 static const unsigned int CKVM_IOEVENTFD_FLAG_PIO = KVM_IOEVENTFD_FLAG_PIO;
 static const unsigned int CKVM_IOEVENTFD_FLAG_DATAMATCH = KVM_IOEVENTFD_FLAG_DATAMATCH;
 
@@ -56,7 +53,6 @@ static const unsigned long CKVM_SET_XSAVE = KVM_SET_XSAVE;
 
 // Fixed-arity ioctl wrappers (Swift cannot call the variadic ioctl directly).
 int ckvm_ioctl(int fd, unsigned long request);
-int ckvm_set_affinity(int tid, const int *cpus, int n);
 int ckvm_ioctl_arg(int fd, unsigned long request, unsigned long arg);
 int ckvm_ioctl_ptr(int fd, unsigned long request, void *arg);
 
@@ -66,8 +62,6 @@ struct kvm_msrs *ckvm_msrs_alloc(uint32_t nmsrs);
 void ckvm_free(void *p);
 
 // Accessors for `struct kvm_run` (its exit data lives in anonymous unions).
-/* The calling thread's kernel thread id (for /proc/self/task/TID). */
-static inline int32_t ckvm_gettid(void) { return (int32_t)syscall(SYS_gettid); }
 static inline uint32_t ckvm_run_exit_reason(const struct kvm_run *r) { return r->exit_reason; }
 static inline void ckvm_run_set_immediate_exit(struct kvm_run *r, uint8_t v) { r->immediate_exit = v; }
 static inline uint8_t ckvm_run_io_direction(const struct kvm_run *r) { return r->io.direction; }
@@ -95,10 +89,5 @@ static inline uint32_t ckvm_run_emulation_insn(const struct kvm_run *r, uint8_t 
 static inline uint64_t ckvm_run_fail_entry_reason(const struct kvm_run *r) { return r->fail_entry.hardware_entry_failure_reason; }
 static inline uint32_t ckvm_run_ex_exception(const struct kvm_run *r) { return r->ex.exception; }
 
-/// getrandom(2) (its header is not part of Swift's Glibc module).
-ssize_t ckvm_getrandom(void *buf, size_t len, unsigned int flags);
-
-/// pthread_setname_np on the calling thread (a GNU extension Swift's Glibc module does not show).
-int ckvm_set_thread_name(const char *name);
 
 #endif

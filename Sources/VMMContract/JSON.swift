@@ -1,7 +1,9 @@
 /// A small JSON reader for configuration files and the control protocol (the VMM links no Foundation).
+/// Integral numbers that fit 64 bits are exact (`integer`): counters and addresses pass unrounded.
 public enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
+    case integer(Int64)
     case number(Double)
     case string(String)
     case array([JSONValue])
@@ -12,6 +14,8 @@ public enum JSONValue: Equatable, Sendable {
         case (.null, .null): return true
         case let (.bool(x), .bool(y)): return x == y
         case let (.number(x), .number(y)): return x == y
+        case let (.integer(x), .integer(y)): return x == y
+        case let (.integer(x), .number(y)), let (.number(y), .integer(x)): return Double(x) == y
         case let (.string(x), .string(y)): return x == y
         case let (.array(x), .array(y)): return x == y
         case let (.object(x), .object(y)): return x.count == y.count && zip(x, y).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
@@ -23,7 +27,7 @@ public enum JSONValue: Equatable, Sendable {
         switch self {
         case .null: return "null"
         case .bool: return "a boolean"
-        case .number: return "a number"
+        case .number, .integer: return "a number"
         case .string: return "a string"
         case .array: return "an array"
         case .object: return "an object"
@@ -184,6 +188,7 @@ public struct JSONParser {
         if b[i] == 0x2D { i += 1 }
         while i < b.count, (0x30...0x39).contains(b[i]) || b[i] == 0x2E || b[i] == 0x65 || b[i] == 0x45 || b[i] == 0x2B || b[i] == 0x2D { i += 1 }
         let s = String(decoding: b[start..<i], as: UTF8.self)
+        if let n = Int64(s) { return .integer(n) }
         guard let d = Double(s) else { throw error("bad number \(s)") }
         return .number(d)
     }
@@ -195,6 +200,7 @@ extension JSONValue {
         switch self {
         case .null: return "null"
         case let .bool(v): return v ? "true" : "false"
+        case let .integer(n): return String(n)
         case let .number(d):
             if d == d.rounded(), abs(d) < 1e15 { return String(Int64(d)) }
             return String(d)

@@ -1,7 +1,7 @@
+import SystemKit
 #if canImport(Glibc)
 import Glibc
 #endif
-import Virtio
 
 /// A token bucket as configured: `size` tokens refilled every `refillMillis`, plus a one-time burst.
 public struct BucketConfig: Sendable, Equatable {
@@ -11,7 +11,6 @@ public struct BucketConfig: Sendable, Equatable {
     public init(size: UInt64, refillMillis: UInt64 = 1000, oneTimeBurst: UInt64 = 0) {
         self.size = size; self.refillMillis = refillMillis; self.oneTimeBurst = oneTimeBurst
     }
-    var bucket: TokenBucket { TokenBucket(size: size, refillMillis: refillMillis, oneTimeBurst: oneTimeBurst) }
 }
 
 /// Firecracker-style rate limiter: a bandwidth bucket (bytes) and an operations bucket.
@@ -19,9 +18,6 @@ public struct RateLimitConfig: Sendable, Equatable {
     public var bandwidth: BucketConfig?
     public var ops: BucketConfig?
     public init(bandwidth: BucketConfig? = nil, ops: BucketConfig? = nil) { self.bandwidth = bandwidth; self.ops = ops }
-    public func make() -> RateLimiter? {
-        bandwidth == nil && ops == nil ? nil : RateLimiter(bandwidth: bandwidth?.bucket, ops: ops?.bucket)
-    }
 }
 
 public struct DiskConfig: Sendable, Equatable {
@@ -139,7 +135,7 @@ public struct NetConfig: Sendable, Equatable {
             switch kv[0] {
             case "tap": n.tap = kv[1]
             case "mac":
-                guard let m = VirtioNet.parseMAC(kv[1]) else { throw .invalid("--net", "mac must be six hex bytes like 52:54:00:12:34:56 (unicast), got \"\(kv[1])\"") }
+                guard let m = MAC.parse(kv[1]) else { throw .invalid("--net", "mac must be six hex bytes like 52:54:00:12:34:56 (unicast), got \"\(kv[1])\"") }
                 n.mac = m
             case "rx-bandwidth", "tx-bandwidth", "rx-pps", "tx-pps":
                 guard let v = parseInt(kv[1]), v > 0 else { throw .invalid("--net", "\(kv[0]) must be a positive whole number, got \"\(kv[1])\"") }
@@ -167,7 +163,7 @@ public struct NetConfig: Sendable, Equatable {
             case "tap": n.tap = try str("\(key).tap", value)
             case "mac":
                 let s = try str("\(key).mac", value)
-                guard let mac = VirtioNet.parseMAC(s) else { throw .invalid("\(key).mac", "must be six hex bytes like 52:54:00:12:34:56 (unicast), got \"\(s)\"") }
+                guard let mac = MAC.parse(s) else { throw .invalid("\(key).mac", "must be six hex bytes like 52:54:00:12:34:56 (unicast), got \"\(s)\"") }
                 n.mac = mac
             case "rx_rate_limit": n.rxRateLimit = try RateLimitConfig.parse(json: value, key: "\(key).rx_rate_limit")
             case "tx_rate_limit": n.txRateLimit = try RateLimitConfig.parse(json: value, key: "\(key).tx_rate_limit")
@@ -215,5 +211,35 @@ public struct BalloonConfig: Sendable, Equatable {
             return b
         default: throw .invalid(key, "must be true, false or {deflate_on_oom, free_page_reporting, target_mib}, not \(v.typeName)")
         }
+    }
+}
+
+/// Ethernet addresses as the configuration writes them.
+public enum MAC {
+    /// Parses "52:54:00:12:34:56".
+    public static func parse(_ s: String) -> [UInt8]? {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        var out: [UInt8] = []
+        for p in parts {
+            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
+            out.append(b)
+        }
+        // Unicast only: a multicast source address is not a valid NIC address.
+        guard out[0] & 1 == 0 else { return nil }
+        return out
+    }
+
+    /// A locally administered unicast MAC, random.
+    public static func random() -> [UInt8] {
+        var b = [UInt8](repeating: 0, count: 6)
+        _ = b.withUnsafeMutableBytes { systemRandom($0) }
+        b[0] = (b[0] & 0xFE) | 0x02
+        return b
+    }
+
+    /// "52:54:00:12:34:56".
+    public static func format(_ m: [UInt8]) -> String {
+        m.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
     }
 }

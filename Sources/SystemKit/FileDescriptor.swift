@@ -1,20 +1,24 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CKVM
+import CKumoSys
 
 /// An owned file descriptor, closed when its owner goes away.
 public final class OwnedFD: @unchecked Sendable {
     public let raw: Int32
     public init(_ raw: Int32) { self.raw = raw }
     deinit { if raw >= 0 { close(raw) } }
+
+    /// Ends both directions of a socket now (a thread blocked reading it wakes up); the descriptor
+    /// stays open until its owner goes.
+    public func shutdownBoth() { _ = Glibc.shutdown(raw, Int32(SHUT_RDWR)) }
 }
 
 /// An eventfd: the doorbell that ioeventfd and irqfd are built on.
 public final class EventFD: @unchecked Sendable {
     public let fd: OwnedFD
     public init(nonBlocking: Bool = false) throws(SysError) {
-        let flags = CKVM_EFD_CLOEXEC | (nonBlocking ? CKVM_EFD_NONBLOCK : 0)
+        let flags = CSYS_EFD_CLOEXEC | (nonBlocking ? CSYS_EFD_NONBLOCK : 0)
         fd = OwnedFD(try sysCall("eventfd") { eventfd(0, flags) })
     }
     public func signal(_ value: UInt64 = 1) {

@@ -1,0 +1,51 @@
+// CKumoSys: the C shim under SystemKit. Linux constants that are macros Swift cannot import, fixed-arity
+// ioctl wrappers, and GNU extensions Swift's Glibc module does not show.
+#ifndef CKUMOSYS_H
+#define CKUMOSYS_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <spawn.h>
+#include <sys/eventfd.h>
+#include <sys/types.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <linux/if_tun.h>
+
+static const int CSYS_EFD_CLOEXEC = EFD_CLOEXEC;
+static const int CSYS_EFD_NONBLOCK = EFD_NONBLOCK;
+
+// Taps (<linux/if_tun.h>).
+static const unsigned long CSYS_TUNSETIFF = TUNSETIFF;
+static const unsigned long CSYS_TUNSETVNETHDRSZ = TUNSETVNETHDRSZ;
+static const unsigned long CSYS_TUNSETOFFLOAD = TUNSETOFFLOAD;
+static const short CSYS_IFF_TAP = IFF_TAP;
+static const short CSYS_IFF_NO_PI = IFF_NO_PI;
+static const short CSYS_IFF_VNET_HDR = IFF_VNET_HDR;
+
+/// TUNSETIFF on `fd` for interface `name` (< IFNAMSIZ bytes) with `flags`; -1 with errno on failure.
+int csys_tun_set_iff(int fd, const char *name, short flags);
+
+int csys_ioctl_arg(int fd, unsigned long request, unsigned long arg);
+int csys_ioctl_ptr(int fd, unsigned long request, void *arg);
+
+/// The calling thread's kernel thread id (for /proc/self/task/TID, sched_setaffinity).
+static inline int32_t csys_gettid(void) { return (int32_t)syscall(SYS_gettid); }
+
+/// Pins thread `tid` (0: the caller) to the `n` CPUs listed; -1 with errno on failure.
+int csys_set_affinity(int tid, const int *cpus, int n);
+
+/// pthread_setname_np on the calling thread (at most 15 bytes are kept).
+int csys_set_thread_name(const char *name);
+
+/// getrandom(2) (its header is not part of Swift's Glibc module).
+ssize_t csys_getrandom(void *buf, size_t len, unsigned int flags);
+
+/// posix_spawn_file_actions_addclosefrom_np (glibc >= 2.34): close every descriptor from `from` up in
+/// the child.
+int csys_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
+
+/// POSIX_SPAWN_SETSID (glibc >= 2.26).
+int csys_spawn_setsid_flag(void);
+#endif
