@@ -130,13 +130,14 @@ public final class Service: Sendable {
             throw APIError(code: "invalid_argument", message: "image name \"\(r.name)\": 1–63 of A-Z, a-z, 0-9, '.', '_', '-'")
         }
         if try wrap({ try store.image(r.name) }) != nil { throw APIError(code: "conflict", message: "image \(r.name) exists") }
-        let format = try Self.kernelFormat(r.kernel)
-        if let i = r.initrd { try Self.readableFile(i, what: "initrd") }
-        if let d = r.rootDisk {
-            let size = try Self.readableFile(d, what: "root disk")
-            guard size > 0, size % 512 == 0 else {
-                throw APIError(code: "invalid_argument", message: "root disk \(d): \(size) bytes is not a whole number of 512-byte sectors (a raw image is)")
-            }
+        // kumo-vmm's own checks (VMMContract.BootInputs): an image kumod records is one kumo-vmm boots.
+        let format: String
+        do {
+            format = try BootInputs.kernel(r.kernel).format == .elf ? "elf" : "bzimage"
+            if let i = r.initrd { _ = try BootInputs.initrd(i) }
+            if let d = r.rootDisk { try BootInputs.disk(d, readOnly: true) }
+        } catch {
+            throw APIError(code: "invalid_argument", message: "\(error)")
         }
         var cmdline = r.cmdline ?? "console=ttyS0 reboot=k panic=-1"
         if r.rootDisk != nil && !cmdline.contains("root=") { cmdline += " root=/dev/vda rw" }
@@ -147,33 +148,6 @@ public final class Service: Sendable {
     }
 
     static func absolute(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.path }
-
-    @discardableResult
-    static func readableFile(_ path: String, what: String) throws(APIError) -> Int {
-        var st = stat()
-        guard stat(path, &st) == 0 else {
-            throw APIError(code: "invalid_argument", message: "\(what) \(path): \(String(cString: strerror(errno)))")
-        }
-        guard st.st_mode & S_IFMT == S_IFREG else { throw APIError(code: "invalid_argument", message: "\(what) \(path) is not a regular file") }
-        guard access(path, R_OK) == 0 else { throw APIError(code: "invalid_argument", message: "\(what) \(path) is not readable by kumod") }
-        return Int(st.st_size)
-    }
-
-    /// "elf" (vmlinux) or "bzimage", from the file's magic numbers.
-    static func kernelFormat(_ path: String) throws(APIError) -> String {
-        try readableFile(path, what: "kernel")
-        guard let h = FileHandle(forReadingAtPath: path) else { throw APIError(code: "invalid_argument", message: "kernel \(path): cannot open") }
-        defer { try? h.close() }
-        let head = [UInt8]((try? h.read(upToCount: 0x210)) ?? Data())
-        if head.count >= 4, head[0] == 0x7F, head[1] == 0x45, head[2] == 0x4C, head[3] == 0x46 {
-            guard head.count > 18, head[4] == 2, head[18] == 0x3E else {
-                throw APIError(code: "invalid_argument", message: "kernel \(path) is an ELF file but not x86-64 (64-bit, EM_X86_64)")
-            }
-            return "elf"
-        }
-        if head.count >= 0x206, head[0x202] == 0x48, head[0x203] == 0x64, head[0x204] == 0x72, head[0x205] == 0x53 { return "bzimage" }
-        throw APIError(code: "invalid_argument", message: "kernel \(path) is neither an x86-64 ELF vmlinux nor a bzImage")
-    }
 
     // MARK: instances
 

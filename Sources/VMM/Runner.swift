@@ -48,13 +48,9 @@ public struct VMPlan: Sendable {
             return c
         })
         self.host = host
-        let kbytes: [UInt8]
-        do { kbytes = try readFile(config.kernel) } catch { throw .file(config.kernel, error.description) }
-        do { kernel = try KernelImage(bytes: kbytes) } catch { throw .file(config.kernel, error.description) }
-        if let path = config.initrd {
-            do { initrd = try readFile(path) } catch { throw .file(path, error.description) }
-            if initrd!.isEmpty { throw .file(path, "initrd is empty") }
-        }
+        kernel = try BootInputs.kernel(config.kernel)
+        if let path = config.initrd { initrd = try BootInputs.initrd(path) }
+        for d in config.disks { try BootInputs.disk(d.path, readOnly: d.readOnly) }
         switch config.cpuTemplate {
         case .auto: template = host.emulatesGuestKernel ? .nested : .none
         case .none: template = .none

@@ -152,18 +152,7 @@ struct TinyGuestTests {
 @Suite(.ownThreads, .enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
 struct BootProtocolTests {
     /// Wraps flat code in an ELF the loader accepts, with or without the PVH note.
-    static func elf(_ code: [UInt8], pvh: Bool) -> [UInt8] {
-        var w = ByteWriterForTests()
-        let phnum = pvh ? 2 : 1
-        let dataOff = 64 + 56 * phnum
-        let note: [UInt8] = pvh ? le32(4) + le32(4) + le32(18) + Array("Xen\0".utf8) + le32(0x100_0000) : []
-        w.bytes = [0x7F, 0x45, 0x4C, 0x46, 2, 1, 1] + [UInt8](repeating: 0, count: 9)
-        w.bytes += le16(2) + le16(62) + le32(1) + le64(0x100_0000) + le64(64) + le64(0) + le32(0) + le16(64) + le16(56) + le16(UInt16(phnum)) + le16(0) + le16(0) + le16(0)
-        let codeOff = UInt64(dataOff + note.count)
-        w.bytes += le32(1) + le32(5) + le64(codeOff) + le64(0x100_0000) + le64(0x100_0000) + le64(UInt64(code.count)) + le64(UInt64(code.count)) + le64(0x1000)
-        if pvh { w.bytes += le32(4) + le32(4) + le64(UInt64(dataOff)) + le64(0) + le64(0) + le64(UInt64(note.count)) + le64(UInt64(note.count)) + le64(4) }
-        return w.bytes + note + code
-    }
+    static func elf(_ code: [UInt8], pvh: Bool) -> [UInt8] { TinyKernel.elf(code, pvh: pvh) }
 
     static func bootTiny(_ elf: [UInt8], proto: BootProtocol) throws -> (MachineOutcome, String) {
         let kvm = try KVMSystem()
@@ -207,8 +196,3 @@ struct BootProtocolTests {
         #expect(text == "console")
     }
 }
-
-struct ByteWriterForTests { var bytes: [UInt8] = [] }
-func le16(_ v: UInt16) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8)] }
-func le32(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8((v >> (8 * $0)) & 0xFF) } }
-func le64(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8((v >> (8 * UInt64($0))) & 0xFF) } }

@@ -30,11 +30,9 @@ final class Fixture: @unchecked Sendable {
         admin = try store.issueToken(tenant: "admin", admin: true)
         alice = try store.issueToken(tenant: "alice", admin: false)
         bob = try store.issueToken(tenant: "bob", admin: false)
-        // An x86-64 ELF header is all the image check reads.
+        // The image check is kumo-vmm's own (VMMContract.BootInputs): a real, if tiny, kernel.
         kernel = dir.appendingPathComponent("vmlinux")
-        var elf = [UInt8](repeating: 0, count: 64)
-        elf[0] = 0x7F; elf[1] = 0x45; elf[2] = 0x4C; elf[3] = 0x46; elf[4] = 2; elf[18] = 0x3E
-        try Data(elf).write(to: kernel)
+        try Data(TinyKernel.idle).write(to: kernel)
         service.startMonitor(interval: .milliseconds(50))
     }
 
@@ -236,9 +234,33 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
         try await f.app.test(.router) { c in
             let notKernel = f.dir.appendingPathComponent("notes.txt")
             try "hello".write(to: notKernel, atomically: true, encoding: .utf8)
+            // Each kind of kernel kumo-vmm refuses is refused here too, with kumo-vmm's reason.
+            func file(_ name: String, _ bytes: [UInt8]) throws -> String {
+                let u = f.dir.appendingPathComponent(name)
+                try Data(bytes).write(to: u)
+                return u.path
+            }
+            var headerOnly = [UInt8](repeating: 0, count: 64)          // what this test once passed off as a kernel
+            headerOnly.replaceSubrange(0..<5, with: [0x7F, 0x45, 0x4C, 0x46, 2]); headerOnly[5] = 1; headerOnly[16] = 2; headerOnly[18] = 0x3E
+            var elf32 = TinyKernel.idle; elf32[4] = 1
+            var arm64 = TinyKernel.idle; arm64[18] = 0xB7
+            var truncated = TinyKernel.idle; truncated.removeLast(8)
+            var lowLoad = TinyKernel.idle
+            lowLoad.replaceSubrange(24..<32, with: [0, 0x10, 0, 0, 0, 0, 0, 0])   // e_entry, and the segment below 1 MiB:
+            for off in [64 + 16, 64 + 24] { lowLoad.replaceSubrange(off..<off + 8, with: [0, 0x10, 0, 0, 0, 0, 0, 0]) }
+            var oldBz = [UInt8](repeating: 0, count: 0x400)
+            oldBz.replaceSubrange(0x202..<0x206, with: Array("HdrS".utf8)); oldBz[0x206] = 0x0A; oldBz[0x207] = 0x02   // protocol 2.10
             let cases: [(String, String, String)] = [
                 (#"{"name": "a", "kernel": "/nonexistent"}"#, "invalid_argument", "No such file"),
-                (#"{"name": "a", "kernel": "\#(notKernel.path)"}"#, "invalid_argument", "neither an x86-64 ELF vmlinux nor a bzImage"),
+                (#"{"name": "a", "kernel": "\#(notKernel.path)"}"#, "invalid_argument", "neither an ELF vmlinux nor a bzImage"),
+                (#"{"name": "a", "kernel": "\#(f.dir.path)"}"#, "invalid_argument", "not a regular file"),
+                (#"{"name": "a", "kernel": "\#(try file("header", headerOnly))"}"#, "invalid_argument", "bad ELF program headers"),
+                (#"{"name": "a", "kernel": "\#(try file("elf32", elf32))"}"#, "invalid_argument", "32-bit ELF"),
+                (#"{"name": "a", "kernel": "\#(try file("arm64", arm64))"}"#, "invalid_argument", "is not x86_64"),
+                (#"{"name": "a", "kernel": "\#(try file("truncated", truncated))"}"#, "invalid_argument", "runs past the end of the file"),
+                (#"{"name": "a", "kernel": "\#(try file("low", lowLoad))"}"#, "invalid_argument", "loads below 1 MiB"),
+                (#"{"name": "a", "kernel": "\#(try file("oldbz", oldBz))"}"#, "invalid_argument", "older than 2.12"),
+                (#"{"name": "a", "kernel": "\#(f.kernel.path)", "initrd": "\#(try file("empty", []))"}"#, "invalid_argument", "initrd is empty"),
                 (#"{"name": "a b", "kernel": "\#(f.kernel.path)"}"#, "invalid_argument", "image name"),
                 (#"{"name": "a", "kernel": "\#(f.kernel.path)", "root_disk": "\#(notKernel.path)"}"#, "invalid_argument", "512-byte sectors"),
                 (#"{"name": "a"}"#, "invalid_argument", "missing field \"kernel\""),

@@ -96,9 +96,7 @@ import KumoAPI
         defer { k.close() }
         let unix = "unix:" + k.socket, tcp = "http://127.0.0.1:\(k.port)"
         let kernel = k.dir.appendingPathComponent("vmlinux")
-        var elf = [UInt8](repeating: 0, count: 64)
-        elf[0] = 0x7F; elf[1] = 0x45; elf[2] = 0x4C; elf[3] = 0x46; elf[4] = 2; elf[18] = 0x3E
-        try Data(elf).write(to: kernel)
+        try Data(TinyKernel.idle).write(to: kernel)
 
         var r = try Self.kumo(["type", "list"], endpoint: unix, token: k.token)
         #expect(r.0 == 0 && r.1.contains("kumo.small   1      2048        yes"), "\(r)")
