@@ -93,14 +93,15 @@ public enum API {
     /// Bearer-token authentication for everything under /v1 but the OpenAPI document and health.
     struct Auth: RouterMiddleware {
         typealias Context = KumoContext
-        let store: Store
+        let service: Service
         func handle(_ request: Request, context: KumoContext, next: (Request, KumoContext) async throws -> Response) async throws -> Response {
             let path = request.uri.path
             if path == "/v1/openapi.yaml" || path == "/v1/health" { return try await next(request, context) }
             guard let h = request.headers[.authorization], h.hasPrefix("Bearer "), h.count > 7 else {
                 return API.error(APIError(code: "unauthorized", message: "send an API token: Authorization: Bearer TOKEN (kumod prints the admin token's file at start)"))
             }
-            guard let p = try? store.principal(token: String(h.dropFirst(7))) else {
+            let token = String(h.dropFirst(7)), store = service.store
+            guard let p = try? await service.storeLane.run({ () throws(APIError) in try service.wrap { try store.principal(token: token) } }) else {
                 return API.error(APIError(code: "unauthorized", message: "unknown API token"))
             }
             var c = context
@@ -115,6 +116,14 @@ public enum API {
         do { return try await body(p) } catch { return API.error(error) }
     }
 
+    /// `body` on the store lane, or on the lane for work that waits on a VMM (WorkPool.swift).
+    static func store<T: Sendable>(_ s: Service, _ body: @escaping @Sendable () throws(APIError) -> T) async throws(APIError) -> T {
+        try await s.storeLane.run(body)
+    }
+    static func vmm<T: Sendable>(_ s: Service, _ body: @escaping @Sendable () throws(APIError) -> T) async throws(APIError) -> T {
+        try await s.vmmLane.run(body)
+    }
+
     static func id(_ context: KumoContext) throws(APIError) -> String {
         guard let id = context.parameters.get("id") else { throw APIError(code: "invalid_argument", message: "missing instance id") }
         return id
@@ -122,21 +131,30 @@ public enum API {
 
     public static func router(_ service: Service) -> Router<KumoContext> {
         let router = Router(context: KumoContext.self)
-        router.add(middleware: Auth(store: service.store))
+        router.add(middleware: Auth(service: service))
         router.get("/v1/openapi.yaml") { _, _ in
             Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(string: openAPIDocument)))
         }
         router.get("/v1/health") { _, _ in json(["status": "ok"]) }
-        router.get("/v1/instance-types") { _, c in await handle(c) { _ throws(APIError) in json(["instance_types": try service.types()]) } }
+        router.get("/v1/instance-types") { _, c in await handle(c) { _ throws(APIError) in json(["instance_types": try await store(service) { () throws(APIError) in try service.types() }]) } }
         router.post("/v1/instance-types") { r, c in
-            await handle(c) { p throws(APIError) in json(try service.addType(try await decode(InstanceType.self, r, c), by: p), status: .created) }
+            await handle(c) { p throws(APIError) in
+                let t = try await decode(InstanceType.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.addType(t, by: p) }, status: .created)
+            }
         }
-        router.get("/v1/images") { _, c in await handle(c) { _ throws(APIError) in json(["images": try service.images()]) } }
+        router.get("/v1/images") { _, c in await handle(c) { _ throws(APIError) in json(["images": try await store(service) { () throws(APIError) in try service.images() }]) } }
         router.post("/v1/images") { r, c in
-            await handle(c) { p throws(APIError) in json(try service.registerImage(try await decode(RegisterImageRequest.self, r, c), by: p), status: .created) }
+            await handle(c) { p throws(APIError) in
+                let req = try await decode(RegisterImageRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.registerImage(req, by: p) }, status: .created)
+            }
         }
         router.post("/v1/instances") { r, c in
-            await handle(c) { p throws(APIError) in json(try service.runInstances(try await decode(RunInstancesRequest.self, r, c), by: p), status: .accepted) }
+            await handle(c) { p throws(APIError) in
+                let req = try await decode(RunInstancesRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.runInstances(req, by: p) }, status: .accepted)
+            }
         }
         router.get("/v1/instances") { r, c in
             await handle(c) { p throws(APIError) in
@@ -156,22 +174,40 @@ public enum API {
                     q.limit = n
                 }
                 q.nextToken = qp.get("next_token").map { String($0) }
-                return json(try service.describe(q, by: p))
+                let query = q
+                return json(try await store(service) { () throws(APIError) in try service.describe(query, by: p) })
             }
         }
-        router.get("/v1/instances/{id}") { _, c in await handle(c) { p throws(APIError) in json(try service.show(try id(c), by: p)) } }
-        router.delete("/v1/instances/{id}") { _, c in await handle(c) { p throws(APIError) in json(try service.delete(try id(c), by: p)) } }
-        router.post("/v1/instances/{id}/start") { _, c in await handle(c) { p throws(APIError) in json(try service.start(try id(c), by: p), status: .accepted) } }
+        router.get("/v1/instances/{id}") { _, c in
+            await handle(c) { p throws(APIError) in let i = try id(c); return json(try await store(service) { () throws(APIError) in try service.show(i, by: p) }) }
+        }
+        // Terminate waits (up to 2 s) for the VMM to go.
+        router.delete("/v1/instances/{id}") { _, c in
+            await handle(c) { p throws(APIError) in let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.delete(i, by: p) }) }
+        }
+        router.post("/v1/instances/{id}/start") { _, c in
+            await handle(c) { p throws(APIError) in
+                let i = try id(c)
+                return json(try await store(service) { () throws(APIError) in try service.start(i, by: p) }, status: .accepted)
+            }
+        }
         router.post("/v1/instances/{id}/stop") { r, c in
             await handle(c) { p throws(APIError) in
                 let force = r.uri.queryParameters.get("force").map { $0 == "true" || $0 == "1" } ?? false
-                return json(try service.stop(try id(c), by: p, force: force), status: .accepted)
+                let i = try id(c)
+                return json(try await store(service) { () throws(APIError) in try service.stop(i, by: p, force: force) }, status: .accepted)
             }
         }
-        router.post("/v1/instances/{id}/reboot") { _, c in await handle(c) { p throws(APIError) in json(try service.reboot(try id(c), by: p), status: .accepted) } }
+        router.post("/v1/instances/{id}/reboot") { _, c in
+            await handle(c) { p throws(APIError) in
+                let i = try id(c)
+                return json(try await store(service) { () throws(APIError) in try service.reboot(i, by: p) }, status: .accepted)
+            }
+        }
         router.ws("/v1/instances/{id}/console", shouldUpgrade: { r, c throws(APIError) in
             guard let p = c.principal else { throw APIError(code: "unauthorized", message: "no API token") }
-            let target = try ConsoleBridge.target(service, id: try id(c), by: p)
+            let i = try id(c)
+            let target = try await store(service) { () throws(APIError) in try ConsoleBridge.target(service, id: i, by: p) }
             // A VMM just started creates its console socket within moments.
             for _ in 0..<50 where !FileManager.default.fileExists(atPath: target.socket) {
                 try? await Task.sleep(for: .milliseconds(100))
@@ -185,38 +221,53 @@ public enum API {
             return .upgrade([:])
         }, onUpgrade: { inbound, outbound, ws in
             guard let p = ws.requestContext.principal, let id = ws.requestContext.parameters.get("id"),
-                  let target = try? ConsoleBridge.target(service, id: id, by: p) else { return }
-            try await ConsoleBridge.run(socket: target.socket, log: target.log, inbound: inbound, outbound: outbound)
+                  let target = try? await store(service, { () throws(APIError) in try ConsoleBridge.target(service, id: id, by: p) }) else { return }
+            try await ConsoleBridge.run(socket: target.socket, log: target.log, writes: service.vmmLane, inbound: inbound, outbound: outbound)
         })
-        router.get("/v1/instances/{id}/stats") { _, c in await handle(c) { p throws(APIError) in json(try service.stats(try id(c), by: p)) } }
+        router.get("/v1/instances/{id}/stats") { _, c in
+            await handle(c) { p throws(APIError) in let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.stats(i, by: p) }) }
+        }
         router.get("/v1/instances/{id}/translate") { r, c in
             await handle(c) { p throws(APIError) in
                 let q = r.uri.queryParameters
                 guard let a = q.get("address") else { throw APIError(code: "invalid_argument", message: "missing query parameter address (hexadecimal GVA)") }
                 guard let v = Int(q.get("vcpu") ?? "0") else { throw APIError(code: "invalid_argument", message: "vcpu must be a whole number") }
-                return json(try service.translate(try id(c), vcpu: v, address: String(a), by: p))
+                let i = try id(c), address = String(a)
+                return json(try await vmm(service) { () throws(APIError) in try service.translate(i, vcpu: v, address: address, by: p) })
             }
         }
-        router.get("/v1/instances/{id}/cpus") { _, c in await handle(c) { p throws(APIError) in json(try service.cpus(try id(c), by: p)) } }
+        router.get("/v1/instances/{id}/cpus") { _, c in
+            await handle(c) { p throws(APIError) in let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.cpus(i, by: p) }) }
+        }
         router.put("/v1/instances/{id}/cpus") { r, c in
-            await handle(c) { p throws(APIError) in json(try service.pin(try id(c), try await decode(PinRequest.self, r, c), by: p)) }
+            await handle(c) { p throws(APIError) in
+                let i = try id(c), req = try await decode(PinRequest.self, r, c)
+                return json(try await vmm(service) { () throws(APIError) in try service.pin(i, req, by: p) })
+            }
         }
         router.get("/v1/host/balloon") { _, c in await handle(c) { _ throws(APIError) in json(service.hostBalloons()) } }
         router.put("/v1/host/balloon-policy") { r, c in
             await handle(c) { p throws(APIError) in
                 // Fields left out keep the values in force (read, merged and written under one lock).
                 let sent = try await body(r, c)
-                return json(try service.updateBalloonPolicy(by: p) { base throws(APIError) in
-                    try decode(BalloonPolicy.self, from: sent, userInfo: [BalloonPolicy.baseKey: base])
+                return json(try await store(service) { () throws(APIError) in
+                    try service.updateBalloonPolicy(by: p) { base throws(APIError) in
+                        try decode(BalloonPolicy.self, from: sent, userInfo: [BalloonPolicy.baseKey: base])
+                    }
                 })
             }
         }
-        router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(service.hostKSM()) } }
-        router.get("/v1/host/capacity") { _, c in await handle(c) { _ throws(APIError) in json(try service.capacityReport()) } }
+        router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(try await store(service) { () throws(APIError) in service.hostKSM() }) } }
+        router.get("/v1/host/capacity") { _, c in
+            await handle(c) { _ throws(APIError) in json(try await store(service) { () throws(APIError) in try service.capacityReport() }) }
+        }
         router.put("/v1/host/placement") { r, c in
             await handle(c) { p throws(APIError) in
-                try service.setPolicy(try await decode(PlacementPolicy.self, r, c), by: p)
-                return json(try service.capacityReport())
+                let policy = try await decode(PlacementPolicy.self, r, c)
+                return json(try await store(service) { () throws(APIError) in
+                    try service.setPolicy(policy, by: p)
+                    return try service.capacityReport()
+                })
             }
         }
         return router

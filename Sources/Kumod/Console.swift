@@ -38,14 +38,17 @@ public enum ConsoleBridge {
     }
 
     /// Bridges one WebSocket to the console socket until either side closes.
-    static func run(socket path: String, log: String, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+    /// What the client types goes to the VMM on the `writes` lane (a blocking send never sits on the
+    /// cooperative pool).
+    static func run(socket path: String, log: String, writes: WorkPool, inbound: WebSocketInboundStream,
+                    outbound: WebSocketOutboundWriter) async throws {
         let socket: OwnedFD
         do { socket = try UnixSocket.connect(path) } catch {
             try await outbound.close(.unexpectedServerError, reason: "console unavailable: \(error.description)")
             return
         }
         let fd = socket.raw
-        let past = history(log)
+        let past = (try? await writes.run { () throws(APIError) in history(log) }) ?? []
         if !past.isEmpty { try await outbound.write(.binary(ByteBuffer(bytes: past))) }
         // The socket is read on a thread of its own (blocking reads never sit on the cooperative pool).
         let (output, sink) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .bufferingNewest(1024))
@@ -72,7 +75,8 @@ public enum ConsoleBridge {
                     case let .text(s): bytes = Array(s.utf8)
                     case let .binary(b): bytes = Array(buffer: b)
                     }
-                    if !writeAll(fd, bytes) { break }
+                    let sent = (try? await writes.run { () throws(APIError) in writeAll(fd, bytes) }) ?? false
+                    if !sent { break }
                 }
                 return false  // the client detached
             }
