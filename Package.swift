@@ -50,7 +50,7 @@ let package = Package(
                                               .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                                               .product(name: "Crypto", package: "swift-crypto")],
                 resources: [.copy("openapi.yaml")]),
-        .executableTarget(name: "kumod", dependencies: ["Kumod"]),
+        .executableTarget(name: "kumod", dependencies: ["Kumod", "VMMContract", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "kumo", dependencies: ["KumoAPI", "SystemKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                                                       .product(name: "Crypto", package: "swift-crypto")]),
         // Test-only: the `.ownThreads` trait for the suites that block for long (boots, real VMMs).

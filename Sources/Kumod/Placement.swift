@@ -23,52 +23,6 @@ public struct HostResources: Sendable, Equatable {
     }
 }
 
-public struct PlacementPolicy: Codable, Sendable, Equatable {
-    public var cpuAllocationRatio = 4.0
-    public var ramAllocationRatio = 1.0
-    public var reservedHostMemoryMiB = 512
-    public var reservedCPUs = 0
-    public init() {}
-    enum CodingKeys: String, CodingKey {
-        case cpuAllocationRatio = "cpu_allocation_ratio", ramAllocationRatio = "ram_allocation_ratio"
-        case reservedHostMemoryMiB = "reserved_host_memory_mib", reservedCPUs = "reserved_cpus"
-    }
-}
-
-public struct Capacity: Codable, Sendable, Equatable {
-    /// Shared vCPU capacity: the shared CPUs × cpu_allocation_ratio, and the shared instances' vCPUs.
-    public var vcpusTotal: Int
-    public var vcpusUsed: Int
-    /// Host CPUs instances may use (logical CPUs less the reserved ones, which are the lowest-numbered),
-    /// those given to dedicated instances (never overcommitted), and the rest: the shared set.
-    public var placeableCPUs: [Int] = []
-    public var dedicatedCPUs: [Int] = []
-    public var sharedCPUs: [Int] = []
-    /// Shared vCPUs allocated per shared host CPU (the overcommit in force; the ratio is its ceiling).
-    public var vcpuOvercommit: Double = 0
-    /// Memory the host got back, measured: KSM (pages_sharing) and inflated balloons, in MiB.
-    public var ksmSavedMiB: Int = 0
-    public var balloonReclaimedMiB: Int = 0
-    /// How many more of each instance type fit: by allocation (Nova's way), and counting the measured
-    /// savings as memory (an explicit overcommit an operator may choose).
-    public var fits: [String: Int] = [:]
-    public var fitsWithSavings: [String: Int] = [:]
-    public var memoryMiBTotal: Int
-    public var memoryMiBUsed: Int
-    public var logicalCPUs: Int
-    public var hostMemoryMiB: Int
-    public var policy: PlacementPolicy
-    enum CodingKeys: String, CodingKey {
-        case vcpusTotal = "vcpus_total", vcpusUsed = "vcpus_used", memoryMiBTotal = "memory_mib_total"
-        case memoryMiBUsed = "memory_mib_used", logicalCPUs = "logical_cpus", hostMemoryMiB = "host_memory_mib", policy
-        case placeableCPUs = "placeable_cpus", dedicatedCPUs = "dedicated_cpus", sharedCPUs = "shared_cpus"
-        case vcpuOvercommit = "vcpu_overcommit", ksmSavedMiB = "ksm_saved_mib", balloonReclaimedMiB = "balloon_reclaimed_mib"
-        case fits, fitsWithSavings = "fits_with_savings"
-    }
-    public var vcpusFree: Int { vcpusTotal - vcpusUsed }
-    public var memoryMiBFree: Int { memoryMiBTotal - memoryMiBUsed }
-}
-
 public enum Placement {
     public struct Holder: Sendable {
         public var id: String, type: String, vcpus: Int, memoryMiB: Int, tenantID: String

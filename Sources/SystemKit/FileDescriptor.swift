@@ -2,12 +2,20 @@
 import Glibc
 #endif
 import CKumoSys
+import Synchronization
 
 /// An owned file descriptor, closed when its owner goes away.
 public final class OwnedFD: @unchecked Sendable {
     public let raw: Int32
+    let released = Atomic<Bool>(false)
     public init(_ raw: Int32) { self.raw = raw }
-    deinit { if raw >= 0 { close(raw) } }
+    deinit { if raw >= 0 && !released.load(ordering: .acquiring) { close(raw) } }
+
+    /// Hands the descriptor to a caller that closes it itself.
+    public func release() -> Int32 {
+        released.store(true, ordering: .releasing)
+        return raw
+    }
 
     /// Ends both directions of a socket now (a thread blocked reading it wakes up); the descriptor
     /// stays open until its owner goes.

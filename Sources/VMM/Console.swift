@@ -7,23 +7,10 @@ import Synchronization
 import Glibc
 #endif
 
-final class ThreadBody {
-    let body: () -> Void
-    init(_ body: @escaping () -> Void) { self.body = body }
-}
-
-/// Starts a detached OS thread (device back ends and console readers; never a Task).
+/// Starts a detached OS thread (console readers; never a Task).
 @discardableResult
 public func spawnThread(_ body: @escaping () -> Void) -> Bool {
-    let box = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
-    var tid = pthread_t()
-    let rc = pthread_create(&tid, nil, { arg in
-        Unmanaged<ThreadBody>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, box)
-    if rc != 0 { Unmanaged<ThreadBody>.fromOpaque(box).release(); return false }
-    pthread_detach(tid)
-    return true
+    (try? OSThread.detached(name: "console", body)) != nil
 }
 
 /// Sends to the connected console client, never blocking the vCPU (bytes are dropped when the
@@ -126,32 +113,16 @@ final class Console: @unchecked Sendable {
     }
 
     func listen(_ path: String, sink s: SocketSink) throws(ConfigError) {
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw .file(path, "exists and is not a socket") }
-            unlink(path)
-        }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw .file(path, String(cString: strerror(errno))) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { Glibc.close(fd); throw .file(path, "socket path too long") }
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0, Glibc.listen(fd, 1) == 0 else {
-            let e = errno
-            Glibc.close(fd)
-            throw .file(path, String(cString: strerror(e)))
-        }
-        listenFD = fd
+        let listener: OwnedFD
+        do { listener = try UnixSocket.listen(path, backlog: 1, mode: 0o600) } catch { throw .file(path, error.description) }
+        listenFD = listener.release()   // closed (and unlinked) by close()
         socketPath = path
+        let fd = listenFD
         spawnThread { [self] in
             while true {
                 let c = accept(fd, nil, nil)
                 if c < 0 { if errno == EINTR { continue }; return }
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
                 let old = s.client.exchange(c, ordering: .acquiringAndReleasing)
                 if old >= 0 { shutdown(old, Int32(SHUT_RDWR)) }
                 startReader(fd: c) { _ = s.client.compareExchange(expected: c, desired: -1, ordering: .acquiringAndReleasing); Glibc.close(c) }

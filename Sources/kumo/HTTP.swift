@@ -1,6 +1,7 @@
 // A small blocking HTTP/1.1 client for the CLI: one request per connection, over TCP or over kumod's
 // Unix socket. Enough for JSON requests and responses (Content-Length or chunked bodies).
 import Foundation
+import SystemKit
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -41,18 +42,9 @@ enum HTTPClient {
     static func connect(_ e: Endpoint) throws -> Int32 {
         switch e {
         case let .unix(path):
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0 else { throw ConnectionError(description: "socket: \(String(cString: strerror(errno)))") }
-            var addr = sockaddr_un()
-            addr.sun_family = sa_family_t(AF_UNIX)
-            _ = withUnsafeMutableBytes(of: &addr.sun_path) { dst in path.utf8CString.withUnsafeBytes { dst.copyMemory(from: $0) } }
-            let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-            guard rc == 0 else {
-                let err = String(cString: strerror(errno))
-                close(fd)
-                throw ConnectionError(description: "cannot reach kumod at unix:\(path): \(err)")
+            do { return try UnixSocket.connect(path).release() } catch {
+                throw ConnectionError(description: "cannot reach kumod at unix:\(path): \(error)")
             }
-            return fd
         case let .tcp(host, port):
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_STREAM.rawValue)

@@ -1,5 +1,6 @@
 // kumod: the host service. State in SQLite under the data directory, the REST API on TCP (localhost
 // by default) and on a Unix socket, one kumo-vmm process per instance.
+import ArgumentParser
 import Foundation
 import Hummingbird
 import HummingbirdWebSocket
@@ -7,109 +8,106 @@ import Kumod
 import KumoAPI
 import VMMContract
 
-let usage = """
-usage: kumod [--data-dir DIR] [--listen HOST:PORT] [--socket PATH] [--vmm PATH] [--stop-timeout SECONDS]
-
-  --data-dir DIR      state (kumod.sqlite), instance work directories, admin.token (default /var/lib/kumo)
-  --listen HOST:PORT  REST API over TCP (default 127.0.0.1:8780)
-  --socket PATH       REST API over a Unix socket (default DATA_DIR/kumod.sock)
-  --vmm PATH          the kumo-vmm binary (default: beside kumod)
-  --ksm-pages-to-scan N  the KSM tuner's pages_to_scan when host memory is plentiful (default 100;
-                      ten times that when it is short)
-  --no-ksm-tuner      leave /sys/kernel/mm/ksm alone (instances with memory dedup are still marked)
-  --stop-timeout S    how long a guest gets to power off after the ACPI power button before a stop
-                      is forced (default 30)
-  --reboot-limit N    how many times kumod restarts a guest that reboots within --reboot-window
-                      (default 5); the next reboot stops the instance as a crash loop (0: the first)
-  --reboot-window S   seconds (default 600)
-"""
-
 func fail(_ msg: String, code: Int32 = 2) -> Never {
     FileHandle.standardError.write(Data("kumod: \(msg)\n".utf8))
     exit(code)
 }
 
-var dataDir = "/var/lib/kumo"
-var listen = "127.0.0.1:8780"
-var socketPath: String? = nil
-var vmm = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kumo-vmm").path
-var stopTimeout = 30.0
-var ksmPages = 100
-var ksmTuner = true
-var rebootLimit = RebootLimit.standard
-var args = Array(CommandLine.arguments.dropFirst())
-while !args.isEmpty {
-    let a = args.removeFirst()
-    if a == "--help" || a == "-h" { print(usage); exit(0) }
-    if a == "--no-ksm-tuner" { ksmTuner = false; continue }
-    guard ["--data-dir", "--listen", "--socket", "--vmm", "--stop-timeout", "--ksm-pages-to-scan", "--reboot-limit",
-            "--reboot-window"].contains(a) else { fail("unknown argument \"\(a)\"\n\(usage)") }
-    guard !args.isEmpty else { fail("\(a) needs a value") }
-    let v = args.removeFirst()
-    switch a {
-    case "--data-dir": dataDir = v
-    case "--listen": listen = v
-    case "--socket": socketPath = v
-    case "--ksm-pages-to-scan":
-        guard let n = Int(v), (1...5000).contains(n) else { fail("--ksm-pages-to-scan wants 1 to 5000, not \"\(v)\"") }
-        ksmPages = n
-    case "--stop-timeout":
-        guard let t = Double(v), t >= 0, t <= 3600 else { fail("--stop-timeout wants seconds from 0 to 3600, not \"\(v)\"") }
-        stopTimeout = t
-    case "--reboot-limit":
-        guard let n = Int(v), (0...1000).contains(n) else { fail("--reboot-limit wants 0 to 1000, not \"\(v)\"") }
-        rebootLimit.count = n
-    case "--reboot-window":
-        guard let t = Double(v), t >= 1, t <= 86400 * 7 else { fail("--reboot-window wants seconds from 1 to 604800, not \"\(v)\"") }
-        rebootLimit.window = t
-    default: vmm = v
+/// kumod's command line (swift-argument-parser, as kumo's). Bad values exit 2 with the reason.
+struct KumodCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kumod",
+        abstract: "The Kumo host service: REST API, state in SQLite, one kumo-vmm per instance.",
+        discussion: "Exit status: 0 stopped, 1 cannot start (data directory, port, or a kumo-vmm of another contract version), 2 bad usage.")
+
+    @Option(help: "state (kumod.sqlite), instance work directories, admin.token")
+    var dataDir = "/var/lib/kumo"
+    @Option(help: ArgumentHelp("REST API over TCP", valueName: "host:port"))
+    var listen = "127.0.0.1:8780"
+    @Option(help: ArgumentHelp("REST API over a Unix socket (default: DATA_DIR/kumod.sock)", valueName: "path"))
+    var socket: String?
+    @Option(help: ArgumentHelp("the kumo-vmm binary (default: beside kumod)", valueName: "path"))
+    var vmm: String?
+    @Option(help: "the KSM tuner's pages_to_scan when host memory is plentiful (ten times that when it is short); 1 to 5000")
+    var ksmPagesToScan = 100
+    @Flag(help: "leave /sys/kernel/mm/ksm alone (instances with memory dedup are still marked)")
+    var noKsmTuner = false
+    @Option(help: ArgumentHelp("seconds a guest gets to power off after the ACPI power button before a stop is forced; 0 to 3600", valueName: "seconds"))
+    var stopTimeout = 30.0
+    @Option(help: "restarts of a guest that reboots within --reboot-window; the next reboot stops the instance as a crash loop (0: at its first); 0 to 1000")
+    var rebootLimit = RebootLimit.standard.count
+    @Option(help: ArgumentHelp("seconds; 1 to 604800", valueName: "seconds"))
+    var rebootWindow = RebootLimit.standard.window
+
+    func validate() throws {
+        guard (1...5000).contains(ksmPagesToScan) else { throw ValidationError("--ksm-pages-to-scan wants 1 to 5000, not \(ksmPagesToScan)") }
+        guard stopTimeout >= 0, stopTimeout <= 3600 else { throw ValidationError("--stop-timeout wants seconds from 0 to 3600, not \(stopTimeout)") }
+        guard (0...1000).contains(rebootLimit) else { throw ValidationError("--reboot-limit wants 0 to 1000, not \(rebootLimit)") }
+        guard rebootWindow >= 1, rebootWindow <= 86400 * 7 else { throw ValidationError("--reboot-window wants seconds from 1 to 604800, not \(rebootWindow)") }
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (1...65535).contains(port) else {
+            throw ValidationError("--listen wants HOST:PORT, not \"\(listen)\"")
+        }
     }
-}
-guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (1...65535).contains(port) else {
-    fail("--listen wants HOST:PORT, not \"\(listen)\"")
-}
-let hostName = String(listen[..<colon])
-guard FileManager.default.isExecutableFile(atPath: vmm) else { fail("no kumo-vmm at \(vmm) (--vmm PATH)") }
-// kumod and kumo-vmm speak one contract (VMMContract): a VMM of another version is refused up front.
-do {
-    let theirs = try ProcessLauncher.contractVersion(of: vmm)
-    guard theirs == vmmContractVersion else {
-        fail("the kumo-vmm at \(vmm) speaks contract version \(theirs), this kumod \(vmmContractVersion): use the kumo-vmm built with this kumod", code: 1)
+
+    func run() async throws {
+        let colon = listen.lastIndex(of: ":")!
+        let port = Int(listen[listen.index(after: colon)...])!
+        let hostName = String(listen[..<colon])
+        let vmm = self.vmm ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("kumo-vmm").path
+        guard FileManager.default.isExecutableFile(atPath: vmm) else { fail("no kumo-vmm at \(vmm) (--vmm PATH)") }
+        // kumod and kumo-vmm speak one contract (VMMContract): a VMM of another version is refused up front.
+        do {
+            let theirs = try ProcessLauncher.contractVersion(of: vmm)
+            guard theirs == vmmContractVersion else {
+                fail("the kumo-vmm at \(vmm) speaks contract version \(theirs), this kumod \(vmmContractVersion): use the kumo-vmm built with this kumod", code: 1)
+            }
+        } catch {
+            fail("\(error)", code: 1)
+        }
+        let dataDir = self.dataDir, socketPath = self.socket, stopTimeout = self.stopTimeout
+        let ksmPages = ksmPagesToScan, ksmTuner = !noKsmTuner
+        let rebootLimit = RebootLimit(count: self.rebootLimit, window: rebootWindow)
+        do {
+            let dir = URL(fileURLWithPath: dataDir)
+            try FileManager.default.createDirectory(at: dir.appendingPathComponent("instances"), withIntermediateDirectories: true)
+            let store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
+            // First start: an admin token, readable by root only.
+            let tokenFile = dir.appendingPathComponent("admin.token")
+            if try store.tokenCount() == 0 || !FileManager.default.fileExists(atPath: tokenFile.path) {
+                let token = try store.issueToken(tenant: "admin", admin: true, description: "created at first start")
+                FileManager.default.createFile(atPath: tokenFile.path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
+            }
+            let service = Service(store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
+                                  stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
+                                  ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit)
+            let adopted = try service.recover()
+            service.startMonitor()
+            let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path
+            try? FileManager.default.removeItem(atPath: sock)
+            // HTTP/1.1, with the console's WebSocket upgrade on the same router.
+            let router = API.router(service)
+            let tcp = Application(router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
+                                  configuration: .init(address: .hostname(hostName, port: port), serverName: "kumod"))
+            let unix = Application(router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
+                                   configuration: .init(address: .unixDomainSocket(path: sock), serverName: "kumod"))
+            FileHandle.standardOutput.write(Data("kumod: API on http://\(hostName):\(port)/v1 and unix:\(sock); admin token in \(tokenFile.path); \(adopted.count) running instance(s) re-attached\n".utf8))
+            try await withThrowingTaskGroup(of: Void.self) { g in
+                g.addTask { try await tcp.runService() }
+                g.addTask { try await unix.runService() }
+                try await g.next()
+                g.cancelAll()
+            }
+        } catch {
+            fail("\(error)", code: 1)
+        }
     }
-} catch {
-    fail("\(error)", code: 1)
 }
 
-do {
-    let dir = URL(fileURLWithPath: dataDir)
-    try FileManager.default.createDirectory(at: dir.appendingPathComponent("instances"), withIntermediateDirectories: true)
-    let store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
-    // First start: an admin token, readable by root only.
-    let tokenFile = dir.appendingPathComponent("admin.token")
-    if try store.tokenCount() == 0 || !FileManager.default.fileExists(atPath: tokenFile.path) {
-        let token = try store.issueToken(tenant: "admin", admin: true, description: "created at first start")
-        FileManager.default.createFile(atPath: tokenFile.path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
-    }
-    let service = Service(store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
-                          stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
-                          ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit)
-    let adopted = try service.recover()
-    service.startMonitor()
-    let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path
-    try? FileManager.default.removeItem(atPath: sock)
-    // HTTP/1.1, with the console's WebSocket upgrade on the same router.
-    let router = API.router(service)
-    let tcp = Application(router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
-                          configuration: .init(address: .hostname(hostName, port: port), serverName: "kumod"))
-    let unix = Application(router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
-                           configuration: .init(address: .unixDomainSocket(path: sock), serverName: "kumod"))
-    FileHandle.standardOutput.write(Data("kumod: API on http://\(hostName):\(port)/v1 and unix:\(sock); admin token in \(tokenFile.path); \(adopted.count) running instance(s) re-attached\n".utf8))
-    try await withThrowingTaskGroup(of: Void.self) { g in
-        g.addTask { try await tcp.runService() }
-        g.addTask { try await unix.runService() }
-        try await g.next()
-        g.cancelAll()
-    }
-} catch {
-    fail("\(error)", code: 1)
+// Parsed here and run asynchronously (top-level code; no @main beside a library called Kumod).
+let command: KumodCommand
+do { command = try KumodCommand.parse() } catch {
+    // --help is not an error; bad usage exits 2 with the reason, as kumo-vmm and kumo do.
+    if KumodCommand.exitCode(for: error) == .success { KumodCommand.exit(withError: error) }
+    fail(KumodCommand.message(for: error) + "\n" + KumodCommand.usageString())
 }
+do { try await command.run() } catch { fail("\(error)", code: 1) }

@@ -157,4 +157,43 @@ import KumoAPI
         #expect(r.1.contains("StopInstances"), "\(r)")
         for pid in pids { #expect(!Self.alive(Int32(pid)), "VMM \(pid) still runs") }
     }
+
+    /// kumod's own command line: --help, bad usage (exit 2 with the reason), and a kumo-vmm that speaks
+    /// another version of the contract (exit 1, refused before anything starts).
+    @Test(.timeLimit(.minutes(1)))
+    func kumodFlagsAndTheContractCheck() throws {
+        func kumod(_ args: [String]) throws -> (Int32, String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: Self.binary("kumod"))
+            p.arguments = args
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, text)
+        }
+        var r = try kumod(["--help"])
+        #expect(r.0 == 0 && r.1.contains("--reboot-window") && r.1.contains("--stop-timeout"), "\(r)")
+        for (args, why) in [(["--bogus"], "Unknown option '--bogus'"), (["--listen", "nope"], "--listen wants HOST:PORT"),
+                            (["--stop-timeout", "9999"], "--stop-timeout wants seconds from 0 to 3600"),
+                            (["--reboot-limit", "x"], "--reboot-limit")] {
+            r = try kumod(args)
+            #expect(r.0 == 2 && r.1.contains(why), "\(args): \(r)")
+        }
+        let dir = try tempDir("contract")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let other = dir.appendingPathComponent("old-vmm")
+        try "#!/bin/sh\n[ \"$1\" = --contract-version ] && { echo \(vmmContractVersion - 1); exit 0; }\nexit 1\n".write(to: other, atomically: true, encoding: .utf8)
+        chmod(other.path, 0o755)
+        r = try kumod(["--data-dir", dir.path, "--listen", "127.0.0.1:\(Int.random(in: 20000..<60000))", "--vmm", other.path])
+        #expect(r.0 == 1 && r.1.contains("speaks contract version \(vmmContractVersion - 1), this kumod \(vmmContractVersion)"), "\(r)")
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("kumod.sqlite").path), "nothing made before the refusal")
+        let notVMM = dir.appendingPathComponent("true")
+        try "#!/bin/sh\nexit 0\n".write(to: notVMM, atomically: true, encoding: .utf8)
+        chmod(notVMM.path, 0o755)
+        r = try kumod(["--data-dir", dir.path, "--vmm", notVMM.path])
+        #expect(r.0 == 1 && r.1.contains("does not answer --contract-version"), "\(r)")
+    }
 }
