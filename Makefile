@@ -10,7 +10,9 @@ VMM := .build/release/kumo-vmm
 TEST_WIDTH ?= 3
 SWIFT_TEST := SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(TEST_WIDTH) swift test
 
-.PHONY: all build guest run test unit kvm-tests e2e bench fuzz clean
+.PHONY: all build guest run test check lint unit kvm-tests e2e bench fuzz clean
+# The suites that boot Linux guests (minutes each on an emulating host): make test runs them, make check not.
+BOOT_SUITES := LinuxBootTests|VirtioBootTests|BalloonReclaimTests
 
 all: build
 
@@ -33,7 +35,7 @@ run: build
 # The whole suite: unit, KVM integration (tiny guests), end-to-end Linux boots, kumod's API and CLI,
 # CPU caps again with the cpu controller moved to cgroup v2 (where the host's v1 one is unused),
 # schemathesis against a running kumod, and a short virtio fuzz run.
-test: guest
+test: guest lint
 	scripts/test-deps.sh
 	swift build --build-tests
 	$(SWIFT_RELEASE)
@@ -41,6 +43,17 @@ test: guest
 	KUMO_VMM=$(CURDIR)/$(VMM) scripts/cgroup-v2-check.sh
 	scripts/schemathesis.sh 25
 	scripts/fuzz.sh 5000
+
+# The fast inner loop (under 5 minutes on a warm build): the formatter's lint, unit tests, KVM tests with
+# tiny guests, and every kumod test that boots no Linux (real kumod, real kumo-vmm, stand-in guests).
+check: lint
+	scripts/test-deps.sh
+	swift build --build-tests
+	$(SWIFT_TEST) --skip-build --skip '$(BOOT_SUITES)'
+
+# swift-format with .swift-format (160 columns): the code meets it, and CI holds it to that.
+lint:
+	swift format lint --strict --recursive Sources Tests Package.swift
 
 # The virtio fuzzer (libFuzzer + ASan) for a long run: FUZZ_RUNS inputs from the seed corpus.
 FUZZ_RUNS ?= 1000000

@@ -45,18 +45,29 @@ let package = Package(
         .executableTarget(name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver"]),
         .executableTarget(name: "kumo-bench", dependencies: ["SystemKit", "VMMContract", "VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver"]),
         .target(name: "KumoAPI"),
-        .target(name: "Kumod", dependencies: ["KumoAPI", "SystemKit", "VMMContract", "Boot", "HostCPUs", .product(name: "GRDB", package: "GRDB.swift"),
-                                              .product(name: "Hummingbird", package: "hummingbird"),
-                                              .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
-                                              .product(name: "Crypto", package: "swift-crypto")],
-                resources: [.copy("openapi.yaml")]),
+        .target(
+            name: "Kumod",
+            dependencies: [
+                "KumoAPI", "SystemKit", "VMMContract", "Boot", "HostCPUs", .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            resources: [.copy("openapi.yaml")]),
         .executableTarget(name: "kumod", dependencies: ["Kumod", "VMMContract", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "kumo", dependencies: ["KumoAPI", "SystemKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                                                      .product(name: "Crypto", package: "swift-crypto")]),
+        .executableTarget(
+            name: "kumo",
+            dependencies: [
+                "KumoAPI", "SystemKit", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         // Test-only: the `.ownThreads` trait for the suites that block for long (boots, real VMMs).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "KumodTests", dependencies: ["Kumod", "KumoAPI", "VMMContract", "SystemKit", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")]),
-        .testTarget(name: "UnitTests", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
+        .testTarget(
+            name: "KumodTests",
+            dependencies: ["Kumod", "KumoAPI", "VMMContract", "SystemKit", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")]),
+        .testTarget(
+            name: "UnitTests", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
         .testTarget(name: "KVMTests", dependencies: ["TestSupport", "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMM", "VMMContract", "SystemKit", "TestSupport"]),
     ],

@@ -69,7 +69,8 @@ public enum AML {
         let c = Array(id.utf8)
         precondition(c.count == 7)
         func hex(_ x: UInt8) -> UInt32 { UInt32(x <= 0x39 ? x - 0x30 : (x | 0x20) - 0x61 + 10) }
-        let v: UInt32 = (UInt32(c[0] - 0x40) << 26) | (UInt32(c[1] - 0x40) << 21) | (UInt32(c[2] - 0x40) << 16)
+        let v: UInt32 =
+            (UInt32(c[0] - 0x40) << 26) | (UInt32(c[1] - 0x40) << 21) | (UInt32(c[2] - 0x40) << 16)
             | (hex(c[3]) << 12) | (hex(c[4]) << 8) | (hex(c[5]) << 4) | hex(c[6])
         return [0x0C] + le(UInt64(v.byteSwapped), 4)
     }
@@ -109,7 +110,7 @@ public enum AML {
 
     /// Field(region, DWordAcc, NoLock, Preserve) { name, 32 }: one 32-bit field over the region.
     public static func dwordField(region: String, _ n: String) -> [UInt8] {
-        let body = nameString(region) + [0x03] + nameSeg(n) + [0x20]   // a field's length is in bits, not a PkgLength size
+        let body = nameString(region) + [0x03] + nameSeg(n) + [0x20]  // a field's length is in bits, not a PkgLength size
         return [0x5B, 0x81] + pkgLength(body.count) + body
     }
 
@@ -135,17 +136,21 @@ public enum AML {
     /// runs _EVT, which reads the event register (reading clears it) and, when the power-button bit
     /// is set, notifies the PNP0C0C button device (0x80: "pressed"), as a real button's SCI would.
     public static func powerButton(port: UInt16, gsi: UInt32) -> [[UInt8]] {
-        let ged = device("GED0", [
-            name("_HID", string("ACPI0013")),
-            name("_UID", integer(0)),
-            name("_CRS", resourceTemplate([extendedInterrupt(gsi)])),
-            ioRegion("GDST", port: port, length: 4),
-            dwordField(region: "GDST", "GDAT"),
-            method("_EVT", args: 1, [
-                storeToLocal0("GDAT"),
-                ifLocal0And(UInt64(GEDEvent.powerButton), [notify("PWRB", 0x80)]),
-            ]),
-        ])
+        let ged = device(
+            "GED0",
+            [
+                name("_HID", string("ACPI0013")),
+                name("_UID", integer(0)),
+                name("_CRS", resourceTemplate([extendedInterrupt(gsi)])),
+                ioRegion("GDST", port: port, length: 4),
+                dwordField(region: "GDST", "GDAT"),
+                method(
+                    "_EVT", args: 1,
+                    [
+                        storeToLocal0("GDAT"),
+                        ifLocal0And(UInt64(GEDEvent.powerButton), [notify("PWRB", 0x80)]),
+                    ]),
+            ])
         let button = device("PWRB", [name("_HID", eisaID("PNP0C0C")), name("_UID", integer(0))])
         return [button, ged]
     }
@@ -155,12 +160,14 @@ public enum AML {
     public static func virtioMMIO(index: Int, base: UInt64, gsi: UInt32) -> [UInt8] {
         let hex = Array("0123456789ABCDEF")
         let seg = "VR" + String(hex[(index >> 4) & 0xF]) + String(hex[index & 0xF])
-        return device(seg, [
-            name("_HID", string("LNRO0005")),
-            name("_UID", integer(UInt64(index))),
-            name("_CCA", integer(1)),   // cache-coherent DMA
-            name("_CRS", resourceTemplate([memory32Fixed(UInt32(base), length: 0x1000), extendedInterrupt(gsi)])),
-        ])
+        return device(
+            seg,
+            [
+                name("_HID", string("LNRO0005")),
+                name("_UID", integer(UInt64(index))),
+                name("_CCA", integer(1)),  // cache-coherent DMA
+                name("_CRS", resourceTemplate([memory32Fixed(UInt32(base), length: 0x1000), extendedInterrupt(gsi)])),
+            ])
     }
 }
 
@@ -196,12 +203,15 @@ public enum ACPITables {
     }
 
     public static func dsdt(_ cfg: ACPIConfig) -> [UInt8] {
-        let com1 = AML.device("COM1", [
-            AML.name("_HID", AML.eisaID("PNP0501")),
-            AML.name("_UID", AML.integer(1)),
-            AML.name("_CRS", AML.resourceTemplate([AML.io(Layout.com1Port, length: 8), AML.irqNoFlags(UInt8(Layout.com1IRQ))])),
-        ])
-        let body = AML.name("_S5_", AML.package([AML.integer(UInt64(Layout.s5SleepType)), AML.integer(0)]))
+        let com1 = AML.device(
+            "COM1",
+            [
+                AML.name("_HID", AML.eisaID("PNP0501")),
+                AML.name("_UID", AML.integer(1)),
+                AML.name("_CRS", AML.resourceTemplate([AML.io(Layout.com1Port, length: 8), AML.irqNoFlags(UInt8(Layout.com1IRQ))])),
+            ])
+        let body =
+            AML.name("_S5_", AML.package([AML.integer(UInt64(Layout.s5SleepType)), AML.integer(0)]))
             + AML.scope("\\_SB_", [com1] + AML.powerButton(port: Layout.gedPort, gsi: Layout.gedGSI) + cfg.devices)
         return table("DSDT", revision: 2, body: body)
     }
@@ -209,20 +219,20 @@ public enum ACPITables {
     public static func madt(_ cfg: ACPIConfig) -> [UInt8] {
         var w = ByteWriter()
         w.append(UInt32(Layout.lapic))
-        w.append(UInt32(0))                        // flags: no PC-AT 8259 pair in use
+        w.append(UInt32(0))  // flags: no PC-AT 8259 pair in use
         for i in 0..<cfg.vcpus {
-            w.append([0, 8, UInt8(i), UInt8(i)])   // processor local APIC: uid, APIC id
-            w.append(UInt32(1))                    // enabled
+            w.append([0, 8, UInt8(i), UInt8(i)])  // processor local APIC: uid, APIC id
+            w.append(UInt32(1))  // enabled
         }
-        w.append([1, 12, UInt8(cfg.vcpus), 0])     // I/O APIC: id after the CPUs
+        w.append([1, 12, UInt8(cfg.vcpus), 0])  // I/O APIC: id after the CPUs
         w.append(UInt32(Layout.ioapic))
-        w.append(UInt32(0))                        // GSI base
+        w.append(UInt32(0))  // GSI base
         return table("APIC", revision: 6, body: w.bytes)
     }
 
     static func gas(port: UInt16) -> [UInt8] {
         var w = ByteWriter()
-        w.append([1, 8, 0, 1])                     // system I/O, 8 bits, offset 0, byte access
+        w.append([1, 8, 0, 1])  // system I/O, 8 bits, offset 0, byte access
         w.append(UInt64(port))
         return w.bytes
     }
@@ -236,8 +246,8 @@ public enum ACPITables {
         w.put(flags, at: at(112))
         w.put(gas(port: Layout.acpiResetPort), at: at(116))
         w.put(Layout.acpiResetValue, at: at(128))
-        w.put(UInt8(0), at: at(131))               // FADT minor version (ACPI 6.0)
-        w.put(dsdt, at: at(140))                   // X_DSDT
+        w.put(UInt8(0), at: at(131))  // FADT minor version (ACPI 6.0)
+        w.put(dsdt, at: at(140))  // X_DSDT
         w.put(gas(port: Layout.acpiSleepControlPort), at: at(244))
         w.put(gas(port: Layout.acpiSleepStatusPort), at: at(256))
         w.put(Array("KUMOVMM\0".utf8), at: at(268))  // hypervisor vendor identity
@@ -249,8 +259,8 @@ public enum ACPITables {
         w.append(ascii: "RSD PTR ", width: 8)
         w.append(UInt8(0))
         w.append(ascii: oemID, width: 6)
-        w.append(UInt8(2))                         // revision: ACPI 2.0+
-        w.append(UInt32(0))                        // RSDT: none, XSDT only
+        w.append(UInt8(2))  // revision: ACPI 2.0+
+        w.append(UInt32(0))  // RSDT: none, XSDT only
         w.append(UInt32(36))
         w.append(xsdt)
         w.append(UInt8(0))
@@ -276,8 +286,12 @@ public enum ACPITables {
         x.append(fadtAddr); x.append(madtAddr)
         let xsdtBytes = table("XSDT", revision: 1, body: x.bytes)
         let xsdtAddr = next
-        return ([Blob(address: rsdpAddr, bytes: rsdp(xsdt: xsdtAddr)), Blob(address: dsdtAddr, bytes: dsdtBytes),
-                 Blob(address: fadtAddr, bytes: fadtBytes), Blob(address: madtAddr, bytes: madtBytes),
-                 Blob(address: xsdtAddr, bytes: xsdtBytes)], rsdpAddr)
+        return (
+            [
+                Blob(address: rsdpAddr, bytes: rsdp(xsdt: xsdtAddr)), Blob(address: dsdtAddr, bytes: dsdtBytes),
+                Blob(address: fadtAddr, bytes: fadtBytes), Blob(address: madtAddr, bytes: madtBytes),
+                Blob(address: xsdtAddr, bytes: xsdtBytes),
+            ], rsdpAddr
+        )
     }
 }

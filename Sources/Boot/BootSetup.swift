@@ -50,9 +50,11 @@ public struct BootCPUState: Sendable, Equatable {
     public var idtBase: UInt64 = Layout.idt
     public var idtLimit: UInt16 = 0
 
-    public init(rip: UInt64, rsp: UInt64 = 0, rsi: UInt64 = 0, rbx: UInt64 = 0, cr0: UInt64, cr3: UInt64 = 0,
-                cr4: UInt64 = 0, efer: UInt64 = 0, code: SegmentState, data: SegmentState, tss: SegmentState,
-                gdtLimit: UInt16, idtBase: UInt64 = Layout.idt, idtLimit: UInt16 = 0) {
+    public init(
+        rip: UInt64, rsp: UInt64 = 0, rsi: UInt64 = 0, rbx: UInt64 = 0, cr0: UInt64, cr3: UInt64 = 0,
+        cr4: UInt64 = 0, efer: UInt64 = 0, code: SegmentState, data: SegmentState, tss: SegmentState,
+        gdtLimit: UInt16, idtBase: UInt64 = Layout.idt, idtLimit: UInt16 = 0
+    ) {
         self.rip = rip; self.rsp = rsp; self.rsi = rsi; self.rbx = rbx; self.cr0 = cr0; self.cr3 = cr3
         self.cr4 = cr4; self.efer = efer; self.code = code; self.data = data; self.tss = tss
         self.gdtLimit = gdtLimit; self.idtBase = idtBase; self.idtLimit = idtLimit
@@ -86,8 +88,10 @@ public struct BootSpec: Sendable {
     public var vcpus: Int
     public var bootProtocol: BootProtocol
 
-    public init(kernel: KernelImage, initrd: [UInt8]?, cmdline: String, memorySize: UInt64, vcpus: Int,
-                bootProtocol: BootProtocol = .auto) {
+    public init(
+        kernel: KernelImage, initrd: [UInt8]?, cmdline: String, memorySize: UInt64, vcpus: Int,
+        bootProtocol: BootProtocol = .auto
+    ) {
         self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline
         self.memorySize = memorySize; self.vcpus = vcpus; self.bootProtocol = bootProtocol
     }
@@ -211,38 +215,44 @@ public enum BootLoader {
 
         switch proto {
         case .pvh, .auto:
-            try writePVHStartInfo(mem, initrd: initrdAddr.map { ($0, UInt64(spec.initrd!.count)) },
-                                  rsdp: tables.rsdp, e820: e820)
-            let cpu = BootCPUState(rip: k.pvhEntry!, rbx: Layout.pvhStartInfo, cr0: 0x11, code: segs.code,
-                                   data: segs.data, tss: segs.tss, gdtLimit: UInt16(5 * 8 - 1))
+            try writePVHStartInfo(
+                mem, initrd: initrdAddr.map { ($0, UInt64(spec.initrd!.count)) },
+                rsdp: tables.rsdp, e820: e820)
+            let cpu = BootCPUState(
+                rip: k.pvhEntry!, rbx: Layout.pvhStartInfo, cr0: 0x11, code: segs.code,
+                data: segs.data, tss: segs.tss, gdtLimit: UInt16(5 * 8 - 1))
             return BootResult(cpu: cpu, protocolUsed: .pvh, initrdAddress: initrdAddr, rsdp: tables.rsdp)
         case .linux64:
             try writePageTables(mem)
-            try writeZeroPage(mem, kernel: k, cmdlineLength: cmd.count,
-                              initrd: initrdAddr.map { ($0, UInt64(spec.initrd!.count)) }, rsdp: tables.rsdp, e820: e820)
-            let cpu = BootCPUState(rip: k.entry64, rsp: Layout.bootStack, rsi: Layout.zeroPage,
-                                   cr0: 0x8005_0033, cr3: Layout.pml4, cr4: 0x20, efer: 0x500,
-                                   code: segs.code, data: segs.data, tss: segs.tss, gdtLimit: UInt16(5 * 8 - 1))
+            try writeZeroPage(
+                mem, kernel: k, cmdlineLength: cmd.count,
+                initrd: initrdAddr.map { ($0, UInt64(spec.initrd!.count)) }, rsdp: tables.rsdp, e820: e820)
+            let cpu = BootCPUState(
+                rip: k.entry64, rsp: Layout.bootStack, rsi: Layout.zeroPage,
+                cr0: 0x8005_0033, cr3: Layout.pml4, cr4: 0x20, efer: 0x500,
+                code: segs.code, data: segs.data, tss: segs.tss, gdtLimit: UInt16(5 * 8 - 1))
             return BootResult(cpu: cpu, protocolUsed: .linux64, initrdAddress: initrdAddr, rsdp: tables.rsdp)
         }
     }
 
     /// boot_params ("zero page") for the 64-bit boot protocol.
-    public static func zeroPage(kernel k: KernelImage, cmdlineLength: Int, initrd: (UInt64, UInt64)?, rsdp: UInt64,
-                                e820: [E820Entry]) -> [UInt8] {
+    public static func zeroPage(
+        kernel k: KernelImage, cmdlineLength: Int, initrd: (UInt64, UInt64)?, rsdp: UInt64,
+        e820: [E820Entry]
+    ) -> [UInt8] {
         var z = ByteWriter(size: 4096)
         if !k.setupHeader.isEmpty { z.put(k.setupHeader, at: 0x1F1) }
-        z.put(UInt16(0xAA55), at: 0x1FE)               // boot_flag
-        z.put(UInt32(0x5372_6448), at: 0x202)          // "HdrS"
+        z.put(UInt16(0xAA55), at: 0x1FE)  // boot_flag
+        z.put(UInt32(0x5372_6448), at: 0x202)  // "HdrS"
         if k.setupHeader.isEmpty { z.put(UInt16(0x020F), at: 0x206) }  // version, for a bare vmlinux
-        z.put(UInt8(0xFF), at: 0x210)                  // type_of_loader: undefined/other
+        z.put(UInt8(0xFF), at: 0x210)  // type_of_loader: undefined/other
         var loadflags = z.bytes[0x211]
-        loadflags |= 0x01 | 0x80                       // LOADED_HIGH, CAN_USE_HEAP
-        loadflags &= ~0x20                             // not QUIET: we want the console
+        loadflags |= 0x01 | 0x80  // LOADED_HIGH, CAN_USE_HEAP
+        loadflags &= ~0x20  // not QUIET: we want the console
         z.put(loadflags, at: 0x211)
-        z.put(UInt16(0xFE00), at: 0x224)               // heap_end_ptr
-        z.put(UInt32(Layout.cmdline), at: 0x228)       // cmd_line_ptr
-        z.put(UInt32(cmdlineLength), at: 0x238)        // cmdline_size
+        z.put(UInt16(0xFE00), at: 0x224)  // heap_end_ptr
+        z.put(UInt32(Layout.cmdline), at: 0x228)  // cmd_line_ptr
+        z.put(UInt32(cmdlineLength), at: 0x238)  // cmdline_size
         if k.setupHeader.isEmpty { z.put(UInt32(0x0100_0000), at: 0x230) }  // kernel_alignment
         if let (addr, size) = initrd {
             z.put(UInt32(truncatingIfNeeded: addr), at: 0x218)
@@ -250,7 +260,7 @@ public enum BootLoader {
             z.put(UInt32(truncatingIfNeeded: addr >> 32), at: 0x0C0)
             z.put(UInt32(truncatingIfNeeded: size >> 32), at: 0x0C4)
         }
-        z.put(rsdp, at: 0x070)                         // acpi_rsdp_addr
+        z.put(rsdp, at: 0x070)  // acpi_rsdp_addr
         let entries = e820.prefix(128)
         z.put(UInt8(entries.count), at: 0x1E8)
         for (i, e) in entries.enumerated() {
@@ -260,24 +270,29 @@ public enum BootLoader {
         return z.bytes
     }
 
-    static func writeZeroPage(_ mem: GuestMemory, kernel: KernelImage, cmdlineLength: Int, initrd: (UInt64, UInt64)?,
-                              rsdp: UInt64, e820: [E820Entry]) throws(MemoryError) {
-        try mem.write(zeroPage(kernel: kernel, cmdlineLength: cmdlineLength, initrd: initrd, rsdp: rsdp, e820: e820),
-                      at: Layout.zeroPage)
+    static func writeZeroPage(
+        _ mem: GuestMemory, kernel: KernelImage, cmdlineLength: Int, initrd: (UInt64, UInt64)?,
+        rsdp: UInt64, e820: [E820Entry]
+    ) throws(MemoryError) {
+        try mem.write(
+            zeroPage(kernel: kernel, cmdlineLength: cmdlineLength, initrd: initrd, rsdp: rsdp, e820: e820),
+            at: Layout.zeroPage)
     }
 
     /// hvm_start_info (version 1) with a module list (the initrd) and the memory map.
-    public static func pvhStartInfo(initrd: (UInt64, UInt64)?, rsdp: UInt64,
-                                    e820: [E820Entry]) -> (startInfo: [UInt8], modlist: [UInt8], memmap: [UInt8]) {
+    public static func pvhStartInfo(
+        initrd: (UInt64, UInt64)?, rsdp: UInt64,
+        e820: [E820Entry]
+    ) -> (startInfo: [UInt8], modlist: [UInt8], memmap: [UInt8]) {
         var s = ByteWriter()
-        s.append(UInt32(0x336E_C578))                  // magic
-        s.append(UInt32(1))                            // version
-        s.append(UInt32(0))                            // flags
-        s.append(UInt32(initrd == nil ? 0 : 1))        // nr_modules
+        s.append(UInt32(0x336E_C578))  // magic
+        s.append(UInt32(1))  // version
+        s.append(UInt32(0))  // flags
+        s.append(UInt32(initrd == nil ? 0 : 1))  // nr_modules
         s.append(initrd == nil ? UInt64(0) : Layout.pvhModlist)
-        s.append(Layout.cmdline)                       // cmdline_paddr
-        s.append(rsdp)                                 // rsdp_paddr
-        s.append(Layout.pvhMemmap)                     // memmap_paddr
+        s.append(Layout.cmdline)  // cmdline_paddr
+        s.append(rsdp)  // rsdp_paddr
+        s.append(Layout.pvhMemmap)  // memmap_paddr
         let entries = e820.prefix(Layout.pvhMemmapMax)
         s.append(UInt32(entries.count))
         s.append(UInt32(0))
@@ -288,8 +303,10 @@ public enum BootLoader {
         return (s.bytes, m.bytes, mm.bytes)
     }
 
-    static func writePVHStartInfo(_ mem: GuestMemory, initrd: (UInt64, UInt64)?, rsdp: UInt64,
-                                  e820: [E820Entry]) throws(MemoryError) {
+    static func writePVHStartInfo(
+        _ mem: GuestMemory, initrd: (UInt64, UInt64)?, rsdp: UInt64,
+        e820: [E820Entry]
+    ) throws(MemoryError) {
         let p = pvhStartInfo(initrd: initrd, rsdp: rsdp, e820: e820)
         try mem.write(p.startInfo, at: Layout.pvhStartInfo)
         try mem.write(p.modlist, at: Layout.pvhModlist)

@@ -38,7 +38,8 @@ public enum CPUTemplate: String, Sendable, CaseIterable {
                 // leaf 1 ECX: SSSE3(9) CX16(13) PCID(17) SSE4.1(19) SSE4.2(20) POPCNT(23) XSAVE(26) OSXSAVE(27) AVX(28)
                 CPUIDModifier(function: 1, register: .ecx, clear: (1 << 9) | (1 << 13) | (1 << 17) | (1 << 23) | (1 << 26) | (1 << 27) | (1 << 28)),
                 // leaf 7 EBX: FSGSBASE(0) AVX2(5) SMEP(7) ERMS(9) INVPCID(10) AVX512F(16) RDSEED(18) SMAP(20)
-                CPUIDModifier(function: 7, index: 0, register: .ebx, clear: (1 << 0) | (1 << 5) | (1 << 7) | (1 << 9) | (1 << 10) | (1 << 16) | (1 << 18) | (1 << 20)),
+                CPUIDModifier(
+                    function: 7, index: 0, register: .ebx, clear: (1 << 0) | (1 << 5) | (1 << 7) | (1 << 9) | (1 << 10) | (1 << 16) | (1 << 18) | (1 << 20)),
                 // leaf 7 ECX: UMIP(2) PKU(3) OSPKE(4) RDPID(22); EDX: FSRM(4)
                 CPUIDModifier(function: 7, index: 0, register: .ecx, clear: (1 << 2) | (1 << 3) | (1 << 4) | (1 << 22)),
                 CPUIDModifier(function: 7, index: 0, register: .edx, clear: 1 << 4),
@@ -52,9 +53,11 @@ public enum CPUTemplate: String, Sendable, CaseIterable {
         switch self {
         case .none: return []
         case .nested:
-            return ["clearcpuid=popcnt,xsave,cx16,smap,smep,invpcid,pcid,fsgsbase,rdpid,avx,avx2,avx512f,erms,fsrm,umip,pku,rdseed,ssse3",
-                    "mitigations=off", "nowatchdog", "cryptomgr.notests", "tsc=reliable", "no-kvmclock", "io_delay=none",
-                    "rcupdate.rcu_cpu_stall_suppress=1"]
+            return [
+                "clearcpuid=popcnt,xsave,cx16,smap,smep,invpcid,pcid,fsgsbase,rdpid,avx,avx2,avx512f,erms,fsrm,umip,pku,rdseed,ssse3",
+                "mitigations=off", "nowatchdog", "cryptomgr.notests", "tsc=reliable", "no-kvmclock", "io_delay=none",
+                "rcupdate.rcu_cpu_stall_suppress=1",
+            ]
         }
     }
 
@@ -68,8 +71,8 @@ public enum CPUTemplate: String, Sendable, CaseIterable {
             switch e.function {
             case 1:
                 e.ebx = (e.ebx & 0x0000_FFFF) | (UInt32(index) << 24) | (UInt32(min(count, 255)) << 16)
-                e.ecx |= 1 << 31                                     // running under a hypervisor
-                if count > 1 { e.edx |= 1 << 28 }                    // HTT: more than one logical CPU
+                e.ecx |= 1 << 31  // running under a hypervisor
+                if count > 1 { e.edx |= 1 << 28 }  // HTT: more than one logical CPU
             case 0xB, 0x1F:
                 e.edx = UInt32(index)
             case 0x8000_001E:

@@ -59,8 +59,10 @@ public struct KernelImage: Sendable {
         }
     }
 
-    init(format: Format, bytes: [UInt8], segments: [Segment], entry64: UInt64, pvhEntry: UInt64?,
-         setupHeader: [UInt8], cmdlineLimit: Int, initrdAddrMax: UInt64, end: UInt64) {
+    init(
+        format: Format, bytes: [UInt8], segments: [Segment], entry64: UInt64, pvhEntry: UInt64?,
+        setupHeader: [UInt8], cmdlineLimit: Int, initrdAddrMax: UInt64, end: UInt64
+    ) {
         self.format = format; self.bytes = bytes; self.segments = segments; self.entry64 = entry64
         self.pvhEntry = pvhEntry; self.setupHeader = setupHeader; self.cmdlineLimit = cmdlineLimit
         self.initrdAddrMax = initrdAddrMax; self.end = end
@@ -77,7 +79,8 @@ public struct KernelImage: Sendable {
         let phentsize = Int(le(b, 54, UInt16.self)!)
         let phnum = Int(le(b, 56, UInt16.self)!)
         guard phentsize >= 56, phnum > 0, phnum < 256, phoff > 0, phoff <= b.count,
-              phnum * phentsize <= b.count - phoff else { throw .notAKernel("bad ELF program headers") }
+            phnum * phentsize <= b.count - phoff
+        else { throw .notAKernel("bad ELF program headers") }
         var segs: [Segment] = []
         var pvh: UInt64? = nil
         var end: UInt64 = 0
@@ -103,8 +106,9 @@ public struct KernelImage: Sendable {
         guard segs.allSatisfy({ $0.physAddr >= Layout.highMemory }) else {
             throw .unsupported("ELF loads below 1 MiB, where Kumo keeps boot structures")
         }
-        return KernelImage(format: .elf, bytes: b, segments: segs, entry64: entry, pvhEntry: pvh,
-                           setupHeader: [], cmdlineLimit: 2048, initrdAddrMax: Layout.mmioHoleStart - 1, end: end)
+        return KernelImage(
+            format: .elf, bytes: b, segments: segs, entry64: entry, pvhEntry: pvh,
+            setupHeader: [], cmdlineLimit: 2048, initrdAddrMax: Layout.mmioHoleStart - 1, end: end)
     }
 
     static func findPVHNote(_ b: [UInt8], _ start: Int, _ size: Int) -> UInt64? {
@@ -142,13 +146,15 @@ public struct KernelImage: Sendable {
         let initSize = UInt64(le(b, 0x260, UInt32.self)!)
         let cmdlineSize = Int(le(b, 0x238, UInt32.self)!)
         let initrdMax = UInt64(le(b, 0x22C, UInt32.self)!)
-        let seg = Segment(fileOffset: pmOffset, fileSize: b.count - pmOffset, physAddr: Layout.bzImageLoad,
-                          memSize: UInt64(b.count - pmOffset))
+        let seg = Segment(
+            fileOffset: pmOffset, fileSize: b.count - pmOffset, physAddr: Layout.bzImageLoad,
+            memSize: UInt64(b.count - pmOffset))
         let end = Layout.bzImageLoad + max(initSize, seg.memSize)
-        return KernelImage(format: .bzImage, bytes: b, segments: [seg], entry64: Layout.bzImageLoad + 0x200,
-                           pvhEntry: nil, setupHeader: Array(b[0x1F1..<headerEnd]),
-                           cmdlineLimit: cmdlineSize > 0 ? cmdlineSize + 1 : 256,
-                           initrdAddrMax: initrdMax > 0 ? initrdMax : 0x37FF_FFFF, end: end)
+        return KernelImage(
+            format: .bzImage, bytes: b, segments: [seg], entry64: Layout.bzImageLoad + 0x200,
+            pvhEntry: nil, setupHeader: Array(b[0x1F1..<headerEnd]),
+            cmdlineLimit: cmdlineSize > 0 ? cmdlineSize + 1 : 256,
+            initrdAddrMax: initrdMax > 0 ? initrdMax : 0x37FF_FFFF, end: end)
     }
 
     /// The boot protocol `requested` resolves to for this image.

@@ -10,11 +10,11 @@ public enum Layout {
     public static let bootStack: UInt64 = 0x8FF0
     public static let pml4: UInt64 = 0x9000
     public static let pdpt: UInt64 = 0xA000
-    public static let pd: UInt64 = 0xB000          // four pages: identity map of the low 4 GiB in 2 MiB pages
+    public static let pd: UInt64 = 0xB000  // four pages: identity map of the low 4 GiB in 2 MiB pages
     public static let cmdline: UInt64 = 0x20000
     public static let cmdlineMax: UInt64 = 0x10000
     public static let ebda: UInt64 = 0x9FC00
-    public static let acpiTables: UInt64 = 0xE0000   // RSDP first: inside the BIOS area Linux scans
+    public static let acpiTables: UInt64 = 0xE0000  // RSDP first: inside the BIOS area Linux scans
     public static let acpiTablesEnd: UInt64 = 0x100000
     /// The x86 reset vector (F000:FFF0), where the BIOS would be. There is no firmware: a guest that
     /// restarts through real mode (Linux's machine_real_restart) finds `ResetVector.stub` here.

@@ -8,12 +8,12 @@ public enum IOAction: Sendable, Equatable {
 
 /// The way a guest asked for its restart (reported by kumo-vmm, recorded by kumod).
 public enum ResetCause: String, Sendable, CaseIterable {
-    case i8042 = "i8042"                 // the keyboard controller's CPU reset line (0xFE to port 0x64)
-    case acpi = "acpi"                   // the FADT's reset register
-    case cf9 = "cf9"                     // the chipset's reset control register, port 0xCF9
-    case tripleFault = "triple-fault"    // a fault while delivering a double fault (KVM_EXIT_SHUTDOWN)
-    case resetVector = "reset-vector"    // a real-mode jump to F000:FFF0, where firmware would be
-    case systemEvent = "system-event"    // KVM_SYSTEM_EVENT_RESET
+    case i8042 = "i8042"  // the keyboard controller's CPU reset line (0xFE to port 0x64)
+    case acpi = "acpi"  // the FADT's reset register
+    case cf9 = "cf9"  // the chipset's reset control register, port 0xCF9
+    case tripleFault = "triple-fault"  // a fault while delivering a double fault (KVM_EXIT_SHUTDOWN)
+    case resetVector = "reset-vector"  // a real-mode jump to F000:FFF0, where firmware would be
+    case systemEvent = "system-event"  // KVM_SYSTEM_EVENT_RESET
 
     public var summary: String {
         switch self {

@@ -6,15 +6,15 @@ public final class I8042: BusDevice, @unchecked Sendable {
     var commandByte: UInt8 = 0x45
     var output: [UInt8] = []
     var pendingCommand: UInt8 = 0
-    var status: UInt8 = 0x04   // system flag: self-test passed
+    var status: UInt8 = 0x04  // system flag: self-test passed
 
     public override init() { super.init() }
 
     public override func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         guard data.count >= 1 else { return }
-        if offset == 0 {          // 0x60: data
+        if offset == 0 {  // 0x60: data
             data[0] = output.isEmpty ? 0 : output.removeFirst()
-        } else {                  // 0x64: status, OBF when data waits
+        } else {  // 0x64: status, OBF when data waits
             data[0] = status | (output.isEmpty ? 0 : 0x01)
         }
         for i in 1..<data.count { data[i] = 0 }
@@ -62,7 +62,7 @@ public final class ACPIPowerDevice: BusDevice, @unchecked Sendable {
         guard data.count >= 1 else { return .none }
         let v = data[0]
         switch offset {
-        case 0 where v & 0x20 != 0 && (v >> 2) & 0x7 == sleepType: return .powerOff   // SLP_EN with SLP_TYP = S5
+        case 0 where v & 0x20 != 0 && (v >> 2) & 0x7 == sleepType: return .powerOff  // SLP_EN with SLP_TYP = S5
         case 2 where v == resetValue: return .reset(.acpi)
         default: return .none
         }
@@ -79,7 +79,7 @@ public final class ResetControlDevice: BusDevice, @unchecked Sendable {
         for i in 0..<data.count { data[i] = i == 0 ? value : 0 }
     }
     public override func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction {
-        guard data.count == 1 else { return .none }   // a dword at 0xCF8 is PCI configuration, not ours
+        guard data.count == 1 else { return .none }  // a dword at 0xCF8 is PCI configuration, not ours
         value = data[0] & 0x0A
         return data[0] & 0x04 != 0 ? .reset(.cf9) : .none
     }
@@ -110,7 +110,9 @@ public final class GenericEventDevice: BusDevice, @unchecked Sendable {
 
     /// Raises `event` (e.g. `1`: the power button) and interrupts the guest.
     public func raise(_ event: UInt32) {
-        state.withLock { $0.pending |= event; $0.raised += 1 }
+        state.withLock {
+            $0.pending |= event; $0.raised += 1
+        }
         irq.trigger()
     }
 

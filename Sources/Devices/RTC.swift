@@ -33,12 +33,12 @@ public final class CMOSRTC: BusDevice, @unchecked Sendable {
         case 0x07: return Self.bcd(Int(tm.tm_mday))
         case 0x08: return Self.bcd(Int(tm.tm_mon) + 1)
         case 0x09: return Self.bcd(Int(tm.tm_year) % 100)
-        case 0x32: return Self.bcd((Int(tm.tm_year) + 1900) / 100)   // century
-        case 0x0A: return 0x26          // 32.768 kHz base, 1024 Hz rate, no update in progress
-        case 0x0B: return 0x02          // 24-hour, BCD, no interrupts
-        case 0x0C: return 0x00          // no interrupt flags
-        case 0x0D: return 0x80          // valid RAM and time (battery good)
-        case 0x01, 0x03, 0x05: return 0 // alarms
+        case 0x32: return Self.bcd((Int(tm.tm_year) + 1900) / 100)  // century
+        case 0x0A: return 0x26  // 32.768 kHz base, 1024 Hz rate, no update in progress
+        case 0x0B: return 0x02  // 24-hour, BCD, no interrupts
+        case 0x0C: return 0x00  // no interrupt flags
+        case 0x0D: return 0x80  // valid RAM and time (battery good)
+        case 0x01, 0x03, 0x05: return 0  // alarms
         default: return ram.withLock { $0[Int(r & 0x7F)] }
         }
     }
@@ -52,7 +52,7 @@ public final class CMOSRTC: BusDevice, @unchecked Sendable {
     public override func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction {
         guard data.count >= 1 else { return .none }
         if offset == 0 {
-            index.store(data[0] & 0x7F, ordering: .relaxed)   // bit 7 is the NMI mask
+            index.store(data[0] & 0x7F, ordering: .relaxed)  // bit 7 is the NMI mask
         } else {
             let r = index.load(ordering: .relaxed)
             if r >= 0x0E && r != 0x32 { ram.withLock { $0[Int(r)] = data[0] } }

@@ -15,8 +15,8 @@ public final class Serial8250: BusDevice, @unchecked Sendable {
         var ier: UInt8 = 0
         var lcr: UInt8 = 0x03
         var mcr: UInt8 = 0x08
-        var lsr: UInt8 = 0x60      // THR empty, transmitter empty
-        var msr: UInt8 = 0xB0      // DCD, DSR, CTS
+        var lsr: UInt8 = 0x60  // THR empty, transmitter empty
+        var msr: UInt8 = 0xB0  // DCD, DSR, CTS
         var scr: UInt8 = 0
         var dll: UInt8 = 0x0C
         var dlm: UInt8 = 0

@@ -24,12 +24,12 @@ public struct PagingMode: Sendable, Equatable {
 
 /// One level of a page walk: which table entry was read and what it held.
 public struct WalkStep: Sendable, Equatable {
-    public var level: Int          // 5 = PML5 … 1 = PT
+    public var level: Int  // 5 = PML5 … 1 = PT
     public var name: String
     public var entryAddress: UInt64  // guest-physical address of the entry
     public var entry: UInt64
     public var isLeaf: Bool
-    public var pageSize: UInt64    // for a leaf: 4 KiB, 2 MiB, 4 MiB or 1 GiB
+    public var pageSize: UInt64  // for a leaf: 4 KiB, 2 MiB, 4 MiB or 1 GiB
 }
 
 public struct Translation: Sendable, Equatable {
@@ -130,8 +130,9 @@ extension GuestMemory {
                     // Bits between 12 and the page size (except PAT at bit 12) must be zero.
                     throw .reservedBits(level: level, entry: e)
                 }
-                return Translation(gpa: base | (gva & offsetMask), steps: steps, writable: writable, user: user,
-                                   executable: !nx, pageSize: size)
+                return Translation(
+                    gpa: base | (gva & offsetMask), steps: steps, writable: writable, user: user,
+                    executable: !nx, pageSize: size)
             }
             table = e & addrMask
             level -= 1

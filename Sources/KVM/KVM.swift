@@ -67,10 +67,13 @@ public final class VirtualMachine: @unchecked Sendable {
         self.system = system
     }
 
-    public func setUserMemoryRegion(slot: UInt32, guestPhys: UInt64, size: UInt64,
-                                    host: UnsafeMutableRawPointer, flags: UInt32 = 0) throws(SysError) {
-        var r = kvm_userspace_memory_region(slot: slot, flags: flags, guest_phys_addr: guestPhys,
-                                            memory_size: size, userspace_addr: UInt64(UInt(bitPattern: host)))
+    public func setUserMemoryRegion(
+        slot: UInt32, guestPhys: UInt64, size: UInt64,
+        host: UnsafeMutableRawPointer, flags: UInt32 = 0
+    ) throws(SysError) {
+        var r = kvm_userspace_memory_region(
+            slot: slot, flags: flags, guest_phys_addr: guestPhys,
+            memory_size: size, userspace_addr: UInt64(UInt(bitPattern: host)))
         _ = try sysCall("KVM_SET_USER_MEMORY_REGION") { ckvm_ioctl_ptr(fd.raw, CKVM_SET_USER_MEMORY_REGION, &r) }
     }
 
@@ -111,8 +114,10 @@ public final class VirtualMachine: @unchecked Sendable {
     }
 
     /// KVM_IOEVENTFD: a guest write to `address` (MMIO, or PIO when `pio`) signals `event` without an exit.
-    public func registerIOEventFD(_ event: EventFD, address: UInt64, length: UInt32,
-                                  pio: Bool = false, datamatch: UInt64? = nil) throws(SysError) {
+    public func registerIOEventFD(
+        _ event: EventFD, address: UInt64, length: UInt32,
+        pio: Bool = false, datamatch: UInt64? = nil
+    ) throws(SysError) {
         var r = kvm_ioeventfd()
         r.addr = address
         r.len = length

@@ -11,7 +11,7 @@ import Glibc
 public struct KVMStats: Sendable {
     public struct Entry: Sendable, Equatable {
         public let name: String
-        public let offset: Int       // from the start of the data block
+        public let offset: Int  // from the start of the data block
     }
     public let entries: [Entry]
     public let dataOffset: Int
@@ -19,10 +19,13 @@ public struct KVMStats: Sendable {
 
     /// Parses the header and descriptors (`bytes` from offset 0 of the file); nil when malformed.
     public init?(header bytes: [UInt8]) {
-        func u32(_ o: Int) -> Int? { o >= 0 && o + 4 <= bytes.count ? Int(bytes[o]) | Int(bytes[o + 1]) << 8 | Int(bytes[o + 2]) << 16 | Int(bytes[o + 3]) << 24 : nil }
+        func u32(_ o: Int) -> Int? {
+            o >= 0 && o + 4 <= bytes.count ? Int(bytes[o]) | Int(bytes[o + 1]) << 8 | Int(bytes[o + 2]) << 16 | Int(bytes[o + 3]) << 24 : nil
+        }
         func u16(_ o: Int) -> Int? { o >= 0 && o + 2 <= bytes.count ? Int(bytes[o]) | Int(bytes[o + 1]) << 8 : nil }
         guard let nameSize = u32(4), let count = u32(8), let descOffset = u32(16), let dataOffset = u32(20),
-              nameSize > 0, nameSize <= 256, count <= 4096 else { return nil }
+            nameSize > 0, nameSize <= 256, count <= 4096
+        else { return nil }
         var out: [Entry] = []
         var end = 0
         for i in 0..<count {

@@ -37,8 +37,10 @@ public struct Capacity: Codable, Sendable, Equatable {
     public var logicalCPUs: Int
     public var hostMemoryMiB: Int
     public var policy: PlacementPolicy
-    public init(vcpusTotal: Int, vcpusUsed: Int, memoryMiBTotal: Int, memoryMiBUsed: Int, logicalCPUs: Int, hostMemoryMiB: Int,
-                policy: PlacementPolicy) {
+    public init(
+        vcpusTotal: Int, vcpusUsed: Int, memoryMiBTotal: Int, memoryMiBUsed: Int, logicalCPUs: Int, hostMemoryMiB: Int,
+        policy: PlacementPolicy
+    ) {
         self.vcpusTotal = vcpusTotal; self.vcpusUsed = vcpusUsed; self.memoryMiBTotal = memoryMiBTotal
         self.memoryMiBUsed = memoryMiBUsed; self.logicalCPUs = logicalCPUs; self.hostMemoryMiB = hostMemoryMiB; self.policy = policy
     }
@@ -68,8 +70,10 @@ public struct HostKSM: Codable, Sendable, Equatable {
     public var dedupInstances: [String]
     /// The tuner's recent decisions, newest last.
     public var decisions: [String]
-    public init(run: Int, pagesToScan: Int, sleepMillisecs: Int, pagesShared: Int, pagesSharing: Int, generalProfit: Int64?,
-                domainTenant: String?, dedupInstances: [String], decisions: [String]) {
+    public init(
+        run: Int, pagesToScan: Int, sleepMillisecs: Int, pagesShared: Int, pagesSharing: Int, generalProfit: Int64?,
+        domainTenant: String?, dedupInstances: [String], decisions: [String]
+    ) {
         self.run = run; self.pagesToScan = pagesToScan; self.sleepMillisecs = sleepMillisecs; self.pagesShared = pagesShared
         self.pagesSharing = pagesSharing; self.generalProfit = generalProfit; self.domainTenant = domainTenant
         self.dedupInstances = dedupInstances; self.decisions = decisions
@@ -120,7 +124,8 @@ public struct BalloonPolicy: Codable, Sendable, Equatable {
     public init(from decoder: any Decoder) throws {
         let known = Set(CodingKeys.allCases.map(\.stringValue))
         if let unknown = try decoder.container(keyedBy: AnyKey.self).allKeys.map(\.stringValue).first(where: { !known.contains($0) }) {
-            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "unknown field \"\(unknown)\" (known: \(known.sorted().joined(separator: ", ")))"))
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: [], debugDescription: "unknown field \"\(unknown)\" (known: \(known.sorted().joined(separator: ", ")))"))
         }
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let d = decoder.userInfo[Self.baseKey] as? BalloonPolicy ?? BalloonPolicy()
@@ -134,8 +139,11 @@ public struct BalloonPolicy: Codable, Sendable, Equatable {
 
     public func validated() throws(APIError) -> BalloonPolicy {
         guard lowFreePercent > 0, lowFreePercent < highFreePercent, highFreePercent < 100, (1...4096).contains(stepMiB),
-              floorPercent >= 10, floorPercent <= 100, (0...65536).contains(guestReserveMiB) else {
-            throw APIError(code: "invalid_argument", message: "need 0 < low_free_percent < high_free_percent < 100, step_mib 1–4096, floor_percent 10–100, guest_reserve_mib 0–65536")
+            floorPercent >= 10, floorPercent <= 100, (0...65536).contains(guestReserveMiB)
+        else {
+            throw APIError(
+                code: "invalid_argument",
+                message: "need 0 < low_free_percent < high_free_percent < 100, step_mib 1–4096, floor_percent 10–100, guest_reserve_mib 0–65536")
         }
         return self
     }

@@ -18,9 +18,11 @@ public struct VCPUStats: Codable, Sendable, Equatable {
     /// Instructions kumo-vmm emulated itself (the nested-KVM fallback): int3, fwait, ldmxcsr, stmxcsr.
     public var emulated: [String: UInt64]
     public var kvm: [String: UInt64]?
-    public init(vcpu: Int, tid: Int, cpusAllowed: String?, cpuNs: UInt64?, waitNs: UInt64?, timeslices: UInt64?, exitsTotal: UInt64,
-                exits: [String: UInt64], ioIn: UInt64, ioOut: UInt64, mmioRead: UInt64, mmioWrite: UInt64, emulated: [String: UInt64],
-                kvm: [String: UInt64]?) {
+    public init(
+        vcpu: Int, tid: Int, cpusAllowed: String?, cpuNs: UInt64?, waitNs: UInt64?, timeslices: UInt64?, exitsTotal: UInt64,
+        exits: [String: UInt64], ioIn: UInt64, ioOut: UInt64, mmioRead: UInt64, mmioWrite: UInt64, emulated: [String: UInt64],
+        kvm: [String: UInt64]?
+    ) {
         self.vcpu = vcpu; self.tid = tid; self.cpusAllowed = cpusAllowed; self.cpuNs = cpuNs; self.waitNs = waitNs
         self.timeslices = timeslices; self.exitsTotal = exitsTotal; self.exits = exits; self.ioIn = ioIn; self.ioOut = ioOut
         self.mmioRead = mmioRead; self.mmioWrite = mmioWrite; self.emulated = emulated; self.kvm = kvm

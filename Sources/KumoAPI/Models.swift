@@ -30,8 +30,10 @@ public struct InstanceType: Codable, Sendable, Equatable {
     /// Memory shares: under host memory pressure, the balloon policy reclaims first from instances whose
     /// idle memory is largest per share (1024 the default); nil: the default.
     public var memoryShares: Int?
-    public init(name: String, vcpus: Int, memoryMiB: Int, builtin: Bool = false, cpuCapPercent: Int? = nil, cpuShares: Int? = nil,
-                memoryShares: Int? = nil) {
+    public init(
+        name: String, vcpus: Int, memoryMiB: Int, builtin: Bool = false, cpuCapPercent: Int? = nil, cpuShares: Int? = nil,
+        memoryShares: Int? = nil
+    ) {
         self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.builtin = builtin
         self.cpuCapPercent = cpuCapPercent; self.cpuShares = cpuShares; self.memoryShares = memoryShares
     }
@@ -50,9 +52,11 @@ public struct InstanceType: Codable, Sendable, Equatable {
         memoryShares = try c.decodeIfPresent(Int.self, forKey: .memoryShares)
     }
 
-    public static let builtins = [InstanceType(name: "kumo.small", vcpus: 1, memoryMiB: 2048, builtin: true),
-                                  InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true),
-                                  InstanceType(name: "kumo.large", vcpus: 4, memoryMiB: 8192, builtin: true)]
+    public static let builtins = [
+        InstanceType(name: "kumo.small", vcpus: 1, memoryMiB: 2048, builtin: true),
+        InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true),
+        InstanceType(name: "kumo.large", vcpus: 4, memoryMiB: 8192, builtin: true),
+    ]
 }
 
 public struct Image: Codable, Sendable, Equatable {
@@ -69,8 +73,10 @@ public struct Image: Codable, Sendable, Equatable {
         case id, name, kernel, initrd, cmdline
         case rootDisk = "root_disk", kernelFormat = "kernel_format", createdAt = "created_at"
     }
-    public init(id: String, name: String, kernel: String, initrd: String?, rootDisk: String?, cmdline: String,
-                kernelFormat: String, createdAt: String) {
+    public init(
+        id: String, name: String, kernel: String, initrd: String?, rootDisk: String?, cmdline: String,
+        kernelFormat: String, createdAt: String
+    ) {
         self.id = id; self.name = name; self.kernel = kernel; self.initrd = initrd; self.rootDisk = rootDisk
         self.cmdline = cmdline; self.kernelFormat = kernelFormat; self.createdAt = createdAt
     }
@@ -114,9 +120,11 @@ public struct Instance: Codable, Sendable, Equatable {
         case memoryMiB = "memory_mib", stateReason = "state_reason", createdAt = "created_at"
         case updatedAt = "updated_at", launchedAt = "launched_at"
     }
-    public init(id: String, name: String, tenant: String, type: String, vcpus: Int, memoryMiB: Int, image: String,
-                state: InstanceState, stateReason: String, createdAt: String, updatedAt: String, launchedAt: String?,
-                reservation: String, pid: Int?, history: [StateChange]? = nil) {
+    public init(
+        id: String, name: String, tenant: String, type: String, vcpus: Int, memoryMiB: Int, image: String,
+        state: InstanceState, stateReason: String, createdAt: String, updatedAt: String, launchedAt: String?,
+        reservation: String, pid: Int?, history: [StateChange]? = nil
+    ) {
         self.id = id; self.name = name; self.tenant = tenant; self.type = type; self.vcpus = vcpus
         self.memoryMiB = memoryMiB; self.image = image; self.state = state; self.stateReason = stateReason
         self.createdAt = createdAt; self.updatedAt = updatedAt; self.launchedAt = launchedAt
@@ -143,8 +151,10 @@ public struct RunInstancesRequest: Codable, Sendable, Equatable {
         case type, image, count, name
         case userData = "user_data", clientToken = "client_token", memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy"
     }
-    public init(type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil,
-                memoryDedup: Bool? = nil, cpuPolicy: String? = nil) {
+    public init(
+        type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil,
+        memoryDedup: Bool? = nil, cpuPolicy: String? = nil
+    ) {
         self.type = type; self.image = image; self.count = count; self.name = name; self.userData = userData
         self.clientToken = clientToken; self.memoryDedup = memoryDedup; self.cpuPolicy = cpuPolicy
     }

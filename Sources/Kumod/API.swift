@@ -32,7 +32,8 @@ public enum API {
     /// The OpenAPI document shipped with kumod.
     public static let openAPIDocument: String = {
         guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"),
-              let text = try? String(contentsOf: url, encoding: .utf8) else { return "openapi: 3.0.3\n" }
+            let text = try? String(contentsOf: url, encoding: .utf8)
+        else { return "openapi: 3.0.3\n" }
         return text
     }()
 
@@ -98,7 +99,8 @@ public enum API {
             let path = request.uri.path
             if path == "/v1/openapi.yaml" || path == "/v1/health" { return try await next(request, context) }
             guard let h = request.headers[.authorization], h.hasPrefix("Bearer "), h.count > 7 else {
-                return API.error(APIError(code: "unauthorized", message: "send an API token: Authorization: Bearer TOKEN (kumod prints the admin token's file at start)"))
+                return API.error(
+                    APIError(code: "unauthorized", message: "send an API token: Authorization: Bearer TOKEN (kumod prints the admin token's file at start)"))
             }
             let token = String(h.dropFirst(7)), store = service.store
             guard let p = try? await service.storeLane.run({ () throws(APIError) in try service.wrap { try store.principal(token: token) } }) else {
@@ -136,14 +138,18 @@ public enum API {
             Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(string: openAPIDocument)))
         }
         router.get("/v1/health") { _, _ in json(["status": "ok"]) }
-        router.get("/v1/instance-types") { _, c in await handle(c) { _ throws(APIError) in json(["instance_types": try await store(service) { () throws(APIError) in try service.types() }]) } }
+        router.get("/v1/instance-types") { _, c in
+            await handle(c) { _ throws(APIError) in json(["instance_types": try await store(service) { () throws(APIError) in try service.types() }]) }
+        }
         router.post("/v1/instance-types") { r, c in
             await handle(c) { p throws(APIError) in
                 let t = try await decode(InstanceType.self, r, c)
                 return json(try await store(service) { () throws(APIError) in try service.addType(t, by: p) }, status: .created)
             }
         }
-        router.get("/v1/images") { _, c in await handle(c) { _ throws(APIError) in json(["images": try await store(service) { () throws(APIError) in try service.images() }]) } }
+        router.get("/v1/images") { _, c in
+            await handle(c) { _ throws(APIError) in json(["images": try await store(service) { () throws(APIError) in try service.images() }]) }
+        }
         router.post("/v1/images") { r, c in
             await handle(c) { p throws(APIError) in
                 let req = try await decode(RegisterImageRequest.self, r, c)
@@ -162,7 +168,8 @@ public enum API {
                 var q = Service.ListQuery()
                 for s in qp.getAll("state") {
                     guard let st = InstanceState(rawValue: String(s)) else {
-                        throw APIError(code: "invalid_argument", message: "state \"\(s)\": one of \(InstanceState.allCases.map(\.rawValue).joined(separator: ", "))")
+                        throw APIError(
+                            code: "invalid_argument", message: "state \"\(s)\": one of \(InstanceState.allCases.map(\.rawValue).joined(separator: ", "))")
                     }
                     q.states.append(st)
                 }
@@ -179,11 +186,15 @@ public enum API {
             }
         }
         router.get("/v1/instances/{id}") { _, c in
-            await handle(c) { p throws(APIError) in let i = try id(c); return json(try await store(service) { () throws(APIError) in try service.show(i, by: p) }) }
+            await handle(c) { p throws(APIError) in
+                let i = try id(c); return json(try await store(service) { () throws(APIError) in try service.show(i, by: p) })
+            }
         }
         // Terminate waits (up to 2 s) for the VMM to go.
         router.delete("/v1/instances/{id}") { _, c in
-            await handle(c) { p throws(APIError) in let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.delete(i, by: p) }) }
+            await handle(c) { p throws(APIError) in
+                let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.delete(i, by: p) })
+            }
         }
         router.post("/v1/instances/{id}/start") { _, c in
             await handle(c) { p throws(APIError) in
@@ -204,28 +215,34 @@ public enum API {
                 return json(try await store(service) { () throws(APIError) in try service.reboot(i, by: p) }, status: .accepted)
             }
         }
-        router.ws("/v1/instances/{id}/console", shouldUpgrade: { r, c throws(APIError) in
-            guard let p = c.principal else { throw APIError(code: "unauthorized", message: "no API token") }
-            let i = try id(c)
-            let target = try await store(service) { () throws(APIError) in try ConsoleBridge.target(service, id: i, by: p) }
-            // A VMM just started creates its console socket within moments.
-            for _ in 0..<50 where !FileManager.default.fileExists(atPath: target.socket) {
-                try? await Task.sleep(for: .milliseconds(100))
-            }
-            guard FileManager.default.fileExists(atPath: target.socket) else {
-                throw APIError(code: "incorrect_state", message: "the instance's VMM has not opened its console (see vmm.log in its work directory)")
-            }
-            guard r.headers[.upgrade]?.lowercased() == "websocket" else {
-                throw APIError(code: "invalid_argument", message: "this is a WebSocket endpoint (Upgrade: websocket); `kumo console ID` attaches to it")
-            }
-            return .upgrade([:])
-        }, onUpgrade: { inbound, outbound, ws in
-            guard let p = ws.requestContext.principal, let id = ws.requestContext.parameters.get("id"),
-                  let target = try? await store(service, { () throws(APIError) in try ConsoleBridge.target(service, id: id, by: p) }) else { return }
-            try await ConsoleBridge.run(socket: target.socket, log: target.log, writes: service.vmmLane, inbound: inbound, outbound: outbound)
-        })
+        router.ws(
+            "/v1/instances/{id}/console",
+            shouldUpgrade: { r, c throws(APIError) in
+                guard let p = c.principal else { throw APIError(code: "unauthorized", message: "no API token") }
+                let i = try id(c)
+                let target = try await store(service) { () throws(APIError) in try ConsoleBridge.target(service, id: i, by: p) }
+                // A VMM just started creates its console socket within moments.
+                for _ in 0..<50 where !FileManager.default.fileExists(atPath: target.socket) {
+                    try? await Task.sleep(for: .milliseconds(100))
+                }
+                guard FileManager.default.fileExists(atPath: target.socket) else {
+                    throw APIError(code: "incorrect_state", message: "the instance's VMM has not opened its console (see vmm.log in its work directory)")
+                }
+                guard r.headers[.upgrade]?.lowercased() == "websocket" else {
+                    throw APIError(code: "invalid_argument", message: "this is a WebSocket endpoint (Upgrade: websocket); `kumo console ID` attaches to it")
+                }
+                return .upgrade([:])
+            },
+            onUpgrade: { inbound, outbound, ws in
+                guard let p = ws.requestContext.principal, let id = ws.requestContext.parameters.get("id"),
+                    let target = try? await store(service, { () throws(APIError) in try ConsoleBridge.target(service, id: id, by: p) })
+                else { return }
+                try await ConsoleBridge.run(socket: target.socket, log: target.log, writes: service.vmmLane, inbound: inbound, outbound: outbound)
+            })
         router.get("/v1/instances/{id}/stats") { _, c in
-            await handle(c) { p throws(APIError) in let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.stats(i, by: p) }) }
+            await handle(c) { p throws(APIError) in
+                let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.stats(i, by: p) })
+            }
         }
         router.get("/v1/instances/{id}/translate") { r, c in
             await handle(c) { p throws(APIError) in
@@ -237,7 +254,9 @@ public enum API {
             }
         }
         router.get("/v1/instances/{id}/cpus") { _, c in
-            await handle(c) { p throws(APIError) in let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.cpus(i, by: p) }) }
+            await handle(c) { p throws(APIError) in
+                let i = try id(c); return json(try await vmm(service) { () throws(APIError) in try service.cpus(i, by: p) })
+            }
         }
         router.put("/v1/instances/{id}/cpus") { r, c in
             await handle(c) { p throws(APIError) in
@@ -250,24 +269,28 @@ public enum API {
             await handle(c) { p throws(APIError) in
                 // Fields left out keep the values in force (read, merged and written under one lock).
                 let sent = try await body(r, c)
-                return json(try await store(service) { () throws(APIError) in
-                    try service.updateBalloonPolicy(by: p) { base throws(APIError) in
-                        try decode(BalloonPolicy.self, from: sent, userInfo: [BalloonPolicy.baseKey: base])
-                    }
-                })
+                return json(
+                    try await store(service) { () throws(APIError) in
+                        try service.updateBalloonPolicy(by: p) { base throws(APIError) in
+                            try decode(BalloonPolicy.self, from: sent, userInfo: [BalloonPolicy.baseKey: base])
+                        }
+                    })
             }
         }
-        router.get("/v1/host/ksm") { _, c in await handle(c) { _ throws(APIError) in json(try await store(service) { () throws(APIError) in service.hostKSM() }) } }
+        router.get("/v1/host/ksm") { _, c in
+            await handle(c) { _ throws(APIError) in json(try await store(service) { () throws(APIError) in service.hostKSM() }) }
+        }
         router.get("/v1/host/capacity") { _, c in
             await handle(c) { _ throws(APIError) in json(try await store(service) { () throws(APIError) in try service.capacityReport() }) }
         }
         router.put("/v1/host/placement") { r, c in
             await handle(c) { p throws(APIError) in
                 let policy = try await decode(PlacementPolicy.self, r, c)
-                return json(try await store(service) { () throws(APIError) in
-                    try service.setPolicy(policy, by: p)
-                    return try service.capacityReport()
-                })
+                return json(
+                    try await store(service) { () throws(APIError) in
+                        try service.setPolicy(policy, by: p)
+                        return try service.capacityReport()
+                    })
             }
         }
         return router

@@ -45,7 +45,7 @@ public enum Balloons {
             var need = Int((goal - Double(hostAvailableMiB)).rounded(.up))
             var out: [Decision] = []
             let candidates = instances.compactMap { o -> (Balloons.Observed, idle: Int)? in
-                guard let free = o.guestFreeMiB, o.actualMiB >= o.targetMiB else { return nil }   // no statistics, or still inflating
+                guard let free = o.guestFreeMiB, o.actualMiB >= o.targetMiB else { return nil }  // no statistics, or still inflating
                 return (o, free - policy.guestReserveMiB)
             }.sorted { a, b in
                 let wa = a.idle * 1024 / a.0.shares, wb = b.idle * 1024 / b.0.shares
@@ -56,8 +56,13 @@ public enum Balloons {
                 let give = min(policy.stepMiB, idle, ceiling - o.targetMiB, need)
                 guard give > 0 else { continue }
                 need -= give
-                out.append(Decision(id: o.id, targetMiB: o.targetMiB + give,
-                                    why: "\(host) < \(policy.lowFreePercent) %: inflate \(o.id) by \(give) MiB to \(o.targetMiB + give) MiB (guest free \(o.guestFreeMiB ?? 0) MiB, floor \(o.memoryMiB - ceiling) MiB, shares \(o.shares))"))
+                out.append(
+                    Decision(
+                        id: o.id, targetMiB: o.targetMiB + give,
+                        why:
+                            "\(host) < \(policy.lowFreePercent) %: inflate \(o.id) by \(give) MiB to \(o.targetMiB + give) MiB (guest free "
+                            + "\(o.guestFreeMiB ?? 0) MiB, floor \(o.memoryMiB - ceiling) MiB, shares \(o.shares))"
+                    ))
             }
             return out
         }

@@ -31,8 +31,9 @@ extension Service {
         if try wrap({ try store.type(t.name) }) != nil {
             throw APIError(code: "conflict", message: "instance type \(t.name) exists")
         }
-        let made = InstanceType(name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB, cpuCapPercent: t.cpuCapPercent, cpuShares: t.cpuShares,
-                                 memoryShares: t.memoryShares)
+        let made = InstanceType(
+            name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB, cpuCapPercent: t.cpuCapPercent, cpuShares: t.cpuShares,
+            memoryShares: t.memoryShares)
         try wrap { try store.addType(made) }
         return made
     }
@@ -59,8 +60,9 @@ extension Service {
         }
         var cmdline = r.cmdline ?? "console=ttyS0 reboot=k panic=-1"
         if r.rootDisk != nil && !cmdline.contains("root=") { cmdline += " root=/dev/vda rw" }
-        let img = Image(id: Store.newID("img"), name: r.name, kernel: Self.absolute(r.kernel), initrd: r.initrd.map(Self.absolute),
-                        rootDisk: r.rootDisk.map(Self.absolute), cmdline: cmdline, kernelFormat: format, createdAt: Store.now())
+        let img = Image(
+            id: Store.newID("img"), name: r.name, kernel: Self.absolute(r.kernel), initrd: r.initrd.map(Self.absolute),
+            rootDisk: r.rootDisk.map(Self.absolute), cmdline: cmdline, kernelFormat: format, createdAt: Store.now())
         try wrap { try store.addImage(img) }
         return img
     }

@@ -22,7 +22,9 @@ public enum ConsoleBridge {
     public static func target(_ service: Service, id: String, by who: Store.Principal) throws(APIError) -> (socket: String, log: String) {
         let rec = try service.record(id, by: who)
         guard rec.instance.state == .running else {
-            throw APIError(code: "incorrect_state", message: "instance \(id) is \(rec.instance.state.rawValue); its console is there while it runs (`kumo instance start \(id)`)")
+            throw APIError(
+                code: "incorrect_state",
+                message: "instance \(id) is \(rec.instance.state.rawValue); its console is there while it runs (`kumo instance start \(id)`)")
         }
         let dir = URL(fileURLWithPath: rec.workDir)
         return (dir.appendingPathComponent("console.sock").path, dir.appendingPathComponent("console.log").path)
@@ -40,8 +42,10 @@ public enum ConsoleBridge {
     /// Bridges one WebSocket to the console socket until either side closes.
     /// What the client types goes to the VMM on the `writes` lane (a blocking send never sits on the
     /// cooperative pool).
-    static func run(socket path: String, log: String, writes: WorkPool, inbound: WebSocketInboundStream,
-                    outbound: WebSocketOutboundWriter) async throws {
+    static func run(
+        socket path: String, log: String, writes: WorkPool, inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter
+    ) async throws {
         let socket: OwnedFD
         do { socket = try UnixSocket.connect(path) } catch {
             try await outbound.close(.unexpectedServerError, reason: "console unavailable: \(error.description)")
@@ -60,13 +64,13 @@ public enum ConsoleBridge {
                 if n <= 0 { break }
                 sink.yield(Array(buf[0..<n]))
             }
-            sink.finish()   // the thread's hold on `socket` ends here: it closes when the bridge has gone too
+            sink.finish()  // the thread's hold on `socket` ends here: it closes when the bridge has gone too
         }
-        defer { socket.shutdownBoth() }   // ends the reader thread
+        defer { socket.shutdownBoth() }  // ends the reader thread
         try await withThrowingTaskGroup(of: Bool.self) { group in
             group.addTask {
                 for await chunk in output { try await outbound.write(.binary(ByteBuffer(bytes: chunk))) }
-                return true   // the VMM closed the console: it stopped
+                return true  // the VMM closed the console: it stopped
             }
             group.addTask {
                 for try await message in inbound.messages(maxSize: 1 << 16) {

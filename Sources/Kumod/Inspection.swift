@@ -24,7 +24,8 @@ extension Service {
     public func translate(_ id: String, vcpu: Int, address: String, by who: Store.Principal) throws(APIError) -> AddressTranslation {
         let rec = try record(id, by: who)
         guard rec.instance.state == .running else {
-            throw APIError(code: "incorrect_state", message: "instance \(id) is \(rec.instance.state.rawValue); translation reads a running guest's page tables")
+            throw APIError(
+                code: "incorrect_state", message: "instance \(id) is \(rec.instance.state.rawValue); translation reads a running guest's page tables")
         }
         guard (0..<rec.instance.vcpus).contains(vcpu) else {
             throw APIError(code: "invalid_argument", message: "vcpu \(vcpu): instance \(id) has vCPUs 0-\(rec.instance.vcpus - 1)")
@@ -42,12 +43,14 @@ extension Service {
     public func cpus(_ id: String, by who: Store.Principal) throws(APIError) -> InstanceCPUs {
         let rec = try record(id, by: who)
         let live = rec.instance.state == .running ? (try? stats(id, by: who))?.vcpus : nil
-        return InstanceCPUs(instance: id, vcpus: (0..<rec.instance.vcpus).map { i in
-            let v = live?.first { $0.vcpu == i }
-            let own = rec.instance.cpuPolicy == "dedicated" ? rec.instance.dedicatedCPUs?.split(separator: ",").map(String.init) : nil
-            let pinned = own.map { i < $0.count ? $0[i] : nil } ?? (i < rec.affinity.count ? rec.affinity[i] : nil)
-            return .init(vcpu: i, pinned: pinned, tid: v?.tid, cpusAllowed: v?.cpusAllowed)
-        })
+        return InstanceCPUs(
+            instance: id,
+            vcpus: (0..<rec.instance.vcpus).map { i in
+                let v = live?.first { $0.vcpu == i }
+                let own = rec.instance.cpuPolicy == "dedicated" ? rec.instance.dedicatedCPUs?.split(separator: ",").map(String.init) : nil
+                let pinned = own.map { i < $0.count ? $0[i] : nil } ?? (i < rec.affinity.count ? rec.affinity[i] : nil)
+                return .init(vcpu: i, pinned: pinned, tid: v?.tid, cpusAllowed: v?.cpusAllowed)
+            })
     }
 
     /// Pins (or unpins) vCPUs: stored for every later start, and applied at once to a running VMM.
@@ -55,7 +58,9 @@ extension Service {
         let rec = try record(id, by: who)
         guard rec.instance.state != .deleted else { throw APIError(code: "not_found", message: "no instance \(id)") }
         guard rec.instance.cpuPolicy != "dedicated" else {
-            throw APIError(code: "invalid_argument", message: "instance \(id) is dedicated: each vCPU already has a host CPU of its own (\(rec.instance.dedicatedCPUs ?? "assigned at start"))")
+            throw APIError(
+                code: "invalid_argument",
+                message: "instance \(id) is dedicated: each vCPU already has a host CPU of its own (\(rec.instance.dedicatedCPUs ?? "assigned at start"))")
         }
         guard !req.vcpus.isEmpty, req.vcpus.count <= rec.instance.vcpus else {
             throw APIError(code: "invalid_argument", message: "give 1 to \(rec.instance.vcpus) vCPU pinnings")
@@ -85,7 +90,6 @@ extension Service {
         }
         return try cpus(id, by: who)
     }
-
 
     // MARK: CPU policy
 

@@ -41,13 +41,18 @@ extension Service {
             throw APIError(code: "invalid_argument", message: "client_token: 1–64 characters")
         }
         // The request as recorded for idempotency: the same token with a different request is refused.
-        let canonical = String(decoding: try! Self.canonicalEncoder.encode(RunInstancesRequest(type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken, memoryDedup: r.memoryDedup, cpuPolicy: r.cpuPolicy)), as: UTF8.self)
+        let canonical = String(
+            decoding: try! Self.canonicalEncoder.encode(
+                RunInstancesRequest(
+                    type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken, memoryDedup: r.memoryDedup,
+                    cpuPolicy: r.cpuPolicy)), as: UTF8.self)
         let new = (0..<count).map { i -> Store.NewInstance in
             let id = Store.newID("i")
             let name = r.name.map { count > 1 ? "\($0)-\(i + 1)" : $0 } ?? id
-            return Store.NewInstance(id: id, name: name, type: type, imageID: image.id, userData: userData,
-                                     workDir: dataDir.appendingPathComponent("instances/\(id)").path, memoryDedup: r.memoryDedup ?? false,
-                                     dedicated: dedicated)
+            return Store.NewInstance(
+                id: id, name: name, type: type, imageID: image.id, userData: userData,
+                workDir: dataDir.appendingPathComponent("instances/\(id)").path, memoryDedup: r.memoryDedup ?? false,
+                dedicated: dedicated)
         }
         let host = self.host, policy = self.policy()
         let outcome: Store.Reserved
@@ -55,8 +60,9 @@ extension Service {
             outcome = try store.reserve(tenantID: who.tenantID, clientToken: r.clientToken, request: canonical, instances: new) { db in
                 // Inside the write transaction: every committed reservation is counted.
                 let holders = try Store.capacityHolders(db)
-                try Placement.check(type: type, count: count, host: host, policy: policy, holders: holders, tenantID: who.tenantID,
-                                    admin: who.admin, dedicated: dedicated)
+                try Placement.check(
+                    type: type, count: count, host: host, policy: policy, holders: holders, tenantID: who.tenantID,
+                    admin: who.admin, dedicated: dedicated)
                 return dedicated ? try Placement.dedicate(type: type, count: count, host: host, policy: policy, holders: holders) : []
             }
         } catch let e as APIError { throw e } catch { throw APIError(code: "internal", message: "state store: \(error)") }
@@ -66,20 +72,24 @@ extension Service {
             return RunInstancesResponse(reservation: rid, instances: try ids.map { id throws(APIError) in try show(id, by: who) })
         case let .replay(rid, ids, same):
             guard same else {
-                throw APIError(code: "idempotent_parameter_mismatch",
-                               message: "client_token \"\(r.clientToken ?? "")\" was used with a different request (reservation \(rid)); use a new token")
+                throw APIError(
+                    code: "idempotent_parameter_mismatch",
+                    message: "client_token \"\(r.clientToken ?? "")\" was used with a different request (reservation \(rid)); use a new token")
             }
             return RunInstancesResponse(reservation: rid, instances: try ids.map { id throws(APIError) in try show(id, by: who) })
         }
     }
 
-    static let canonicalEncoder: JSONEncoder = { let e = JSONEncoder(); e.outputFormatting = .sortedKeys; return e }()
+    static let canonicalEncoder: JSONEncoder = {
+        let e = JSONEncoder(); e.outputFormatting = .sortedKeys; return e
+    }()
 
     /// The instance, if `who` may see it (its tenant, or an admin); not found otherwise (no hint that
     /// another tenant's instance exists).
     func record(_ id: String, by who: Store.Principal) throws(APIError) -> Store.InstanceRecord {
         guard let rec = try wrap({ try store.instance(id) }), who.admin || rec.tenantID == who.tenantID,
-              rec.instance.state != .deleted || who.admin else {
+            rec.instance.state != .deleted || who.admin
+        else {
             throw APIError(code: "not_found", message: "no instance \(id) (`kumo instance list`)")
         }
         return rec
@@ -126,10 +136,13 @@ extension Service {
                 let dedicated = rec.instance.cpuPolicy == "dedicated"
                 let ok = try store.transition(id, to: .pending, reason: "StartInstances", from: [.stopped, .error]) { db in
                     let holders = try Store.capacityHolders(db)
-                    try Placement.check(type: type, count: 1, host: host, policy: policy, holders: holders, tenantID: who.tenantID,
-                                        admin: who.admin, dedicated: dedicated)
+                    try Placement.check(
+                        type: type, count: 1, host: host, policy: policy, holders: holders, tenantID: who.tenantID,
+                        admin: who.admin, dedicated: dedicated)
                     // A dedicated instance gets host CPUs afresh: the ones it had may be taken.
-                    if dedicated { try Store.setDedicatedCPUs(db, id, try Placement.dedicate(type: type, count: 1, host: host, policy: policy, holders: holders)[0]) }
+                    if dedicated {
+                        try Store.setDedicatedCPUs(db, id, try Placement.dedicate(type: type, count: 1, host: host, policy: policy, holders: holders)[0])
+                    }
                 }
                 if ok { startLaunch(id) }
             } catch let e as APIError { throw e } catch { throw APIError(code: "internal", message: "state store: \(error)") }
@@ -149,12 +162,14 @@ extension Service {
         case .deleted: throw APIError(code: "not_found", message: "no instance \(id)")
         default: break
         }
-        try wrap { try store.transition(id, to: .stopping, reason: force ? "StopInstances (force)" : "StopInstances",
-                                        from: [.pending, .starting, .running, .stopping]) }
+        try wrap {
+            try store.transition(
+                id, to: .stopping, reason: force ? "StopInstances (force)" : "StopInstances",
+                from: [.pending, .starting, .running, .stopping])
+        }
         requestStop(id, force: force)
         return try show(id, by: who)
     }
-
 
     public func reboot(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
         let rec = try record(id, by: who)

@@ -24,7 +24,7 @@ public final class KSMTuner: Sendable {
     public let enabled: Bool
 
     struct State {
-        var active: [String: String] = [:]     // instance id → tenant id
+        var active: [String: String] = [:]  // instance id → tenant id
         var turnedOn = false
         var decisions: [String] = []
     }
@@ -82,7 +82,9 @@ public final class KSMTuner: Sendable {
             state.withLock { s in
                 s.turnedOn = true
                 if !changed.isEmpty {
-                    s.decisions.append("\(Store.now()) \(count) dedup instance(s), host memory \(Int(freeFraction * 100)) % free\(low ? " (low)" : ""): " + changed.joined(separator: ", "))
+                    s.decisions.append(
+                        "\(Store.now()) \(count) dedup instance(s), host memory \(Int(freeFraction * 100)) % free\(low ? " (low)" : ""): "
+                            + changed.joined(separator: ", "))
                 }
             }
         } else if turnedOn {
@@ -97,9 +99,10 @@ public final class KSMTuner: Sendable {
 
     public func report(tenantName: (String) -> String?) -> HostKSM {
         let s = state.withLock { $0 }
-        return HostKSM(run: read("run") ?? 0, pagesToScan: read("pages_to_scan") ?? 0, sleepMillisecs: read("sleep_millisecs") ?? 0,
-                       pagesShared: read("pages_shared") ?? 0, pagesSharing: read("pages_sharing") ?? 0,
-                       generalProfit: read("general_profit").map(Int64.init), domainTenant: s.active.values.first.flatMap(tenantName),
-                       dedupInstances: s.active.keys.sorted(), decisions: s.decisions)
+        return HostKSM(
+            run: read("run") ?? 0, pagesToScan: read("pages_to_scan") ?? 0, sleepMillisecs: read("sleep_millisecs") ?? 0,
+            pagesShared: read("pages_shared") ?? 0, pagesSharing: read("pages_sharing") ?? 0,
+            generalProfit: read("general_profit").map(Int64.init), domainTenant: s.active.values.first.flatMap(tenantName),
+            dedupInstances: s.active.keys.sorted(), decisions: s.decisions)
     }
 }

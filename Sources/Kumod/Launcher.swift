@@ -111,7 +111,8 @@ public struct ProcessLauncher: VMMLauncher {
         let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         guard p.terminationStatus == 0, let v = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            throw APIError(code: "internal", message: "\(path) does not answer --contract-version (status \(p.terminationStatus)): not a kumo-vmm of this release")
+            throw APIError(
+                code: "internal", message: "\(path) does not answer --contract-version (status \(p.terminationStatus)): not a kumo-vmm of this release")
         }
         return v
     }
@@ -148,7 +149,9 @@ public struct ProcessLauncher: VMMLauncher {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         // Nothing else of kumod's crosses over: its listening sockets, event loops and database would
         // otherwise live on in every VMM (and keep kumod's port taken after kumod dies).
-        guard SpawnExtensions.closeFrom(&actions, 3) == 0 else { throw APIError(code: "launch_failed", message: "posix_spawn_file_actions_addclosefrom_np failed") }
+        guard SpawnExtensions.closeFrom(&actions, 3) == 0 else {
+            throw APIError(code: "launch_failed", message: "posix_spawn_file_actions_addclosefrom_np failed")
+        }
         let words = [vmmPath, "--config", spec.configPath.path]
         let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }
@@ -176,7 +179,8 @@ public struct ProcessLauncher: VMMLauncher {
     /// Field 22 of /proc/PID/stat (after the parenthesised command name, which may hold spaces).
     public static func startTicks(_ pid: Int32) -> UInt64? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
+            let close = text.lastIndex(of: ")")
+        else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
         // fields[0] is the state (field 3), so field 22 is fields[19].
         guard fields.count > 19 else { return nil }
@@ -185,7 +189,8 @@ public struct ProcessLauncher: VMMLauncher {
 
     static func state(_ pid: Int32) -> Character? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
+            let close = text.lastIndex(of: ")")
+        else { return nil }
         return text[text.index(after: close)...].split(separator: " ").first?.first
     }
 
@@ -196,7 +201,7 @@ public struct ProcessLauncher: VMMLauncher {
             if st & 0x7f == 0 { return .exited((st >> 8) & 0xff) }
             return .killed(st & 0x7f)
         }
-        if r == 0 { return nil }   // our child, still running
+        if r == 0 { return nil }  // our child, still running
         // Not our child (adopted after a kumod restart): alive while /proc shows the same process.
         guard let ticks = Self.startTicks(p.pid), ticks == p.startTicks, Self.state(p.pid) != "Z" else { return .vanished }
         return nil
@@ -207,7 +212,7 @@ public struct ProcessLauncher: VMMLauncher {
     }
 
     public func signal(_ p: VMMProcess, _ sig: Int32) {
-        guard Self.startTicks(p.pid) == p.startTicks else { return }   // never signal a reused pid
+        guard Self.startTicks(p.pid) == p.startTicks else { return }  // never signal a reused pid
         kill(p.pid, sig)
     }
 }

@@ -23,8 +23,10 @@ extension Service {
 
     /// A partial update: `merge` gets the policy in force and returns the new one (the API decodes the
     /// request's fields onto it); validated and stored under one lock.
-    public func updateBalloonPolicy(by who: Store.Principal,
-                                    _ merge: (BalloonPolicy) throws(APIError) -> BalloonPolicy) throws(APIError) -> BalloonPolicy {
+    public func updateBalloonPolicy(
+        by who: Store.Principal,
+        _ merge: (BalloonPolicy) throws(APIError) -> BalloonPolicy
+    ) throws(APIError) -> BalloonPolicy {
         try requireAdmin(who)
         return try balloonPolicyUpdates.withLock { _ throws(APIError) in
             let v = try merge(balloonPolicy()).validated()
@@ -51,9 +53,11 @@ extension Service {
             let vmm = launcher.handle(workDir: URL(fileURLWithPath: rec.workDir))
             guard let b = try? vmm.balloon(refresh: true) else { continue }
             let free = b.stats["free_memory"].map { Int($0 >> 20) }
-            seen.append(Balloons.Observed(id: rec.instance.id, memoryMiB: rec.instance.memoryMiB, targetMiB: b.targetMiB,
-                                          actualMiB: b.actualMiB, guestFreeMiB: b.driverReady ? free : nil,
-                                          shares: shares[rec.instance.type] ?? 1024))
+            seen.append(
+                Balloons.Observed(
+                    id: rec.instance.id, memoryMiB: rec.instance.memoryMiB, targetMiB: b.targetMiB,
+                    actualMiB: b.actualMiB, guestFreeMiB: b.driverReady ? free : nil,
+                    shares: shares[rec.instance.type] ?? 1024))
             handles[rec.instance.id] = vmm
         }
         let decisions = meminfo.map { Balloons.decide(policy: policy, hostAvailableMiB: $0.available, hostTotalMiB: $0.total, instances: seen) } ?? []
@@ -65,7 +69,9 @@ extension Service {
         }
         let free = meminfo.map { 100.0 * Double($0.available) / Double(max($0.total, 1)) }
         balloonState.withLock { s in
-            s.seen = seen.map { HostBalloons.Seen(instance: $0.id, memoryMiB: $0.memoryMiB, targetMiB: $0.targetMiB, actualMiB: $0.actualMiB, guestFreeMiB: $0.guestFreeMiB) }
+            s.seen = seen.map {
+                HostBalloons.Seen(instance: $0.id, memoryMiB: $0.memoryMiB, targetMiB: $0.targetMiB, actualMiB: $0.actualMiB, guestFreeMiB: $0.guestFreeMiB)
+            }
             s.free = free
             s.decisions += log
             if s.decisions.count > 100 { s.decisions.removeFirst(s.decisions.count - 100) }

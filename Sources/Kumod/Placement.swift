@@ -15,8 +15,9 @@ public struct HostResources: Sendable, Equatable {
         let cpus = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
         var mib = 0
         if let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
-           let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
-           let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]) {
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
+            let kib = Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])
+        {
             mib = kib / 1024
         }
         return HostResources(logicalCPUs: max(cpus, 1), memoryMiB: mib)
@@ -48,9 +49,10 @@ public enum Placement {
         let shared = placeable.filter { !dedicated.contains($0) }
         let vcpus = scaled(shared.count, policy.cpuAllocationRatio)
         let mem = scaled(host.memoryMiB - policy.reservedHostMemoryMiB, policy.ramAllocationRatio)
-        var c = Capacity(vcpusTotal: vcpus, vcpusUsed: holders.filter { $0.dedicatedCPUs.isEmpty }.reduce(0) { $0 + $1.vcpus },
-                         memoryMiBTotal: mem, memoryMiBUsed: holders.reduce(0) { $0 + $1.memoryMiB },
-                         logicalCPUs: host.logicalCPUs, hostMemoryMiB: host.memoryMiB, policy: policy)
+        var c = Capacity(
+            vcpusTotal: vcpus, vcpusUsed: holders.filter { $0.dedicatedCPUs.isEmpty }.reduce(0) { $0 + $1.vcpus },
+            memoryMiBTotal: mem, memoryMiBUsed: holders.reduce(0) { $0 + $1.memoryMiB },
+            logicalCPUs: host.logicalCPUs, hostMemoryMiB: host.memoryMiB, policy: policy)
         c.placeableCPUs = placeable; c.dedicatedCPUs = dedicated; c.sharedCPUs = shared
         c.vcpuOvercommit = shared.isEmpty ? 0 : (Double(c.vcpusUsed) / Double(shared.count) * 100).rounded() / 100
         return c
@@ -72,21 +74,31 @@ public enum Placement {
     /// Host CPUs for `count` dedicated instances of `vcpus` each, taken from the shared set's top
     /// (the lowest-numbered CPUs stay shared, where the host's own work tends to run), or the refusal.
     /// The shared instances must still fit on what stays shared, and keep at least one CPU.
-    public static func dedicate(type: InstanceType, count: Int, host: HostResources, policy: PlacementPolicy,
-                                holders: [Holder]) throws(APIError) -> [[Int]] {
+    public static func dedicate(
+        type: InstanceType, count: Int, host: HostResources, policy: PlacementPolicy,
+        holders: [Holder]
+    ) throws(APIError) -> [[Int]] {
         let cap = capacity(host: host, policy: policy, holders: holders)
         let need = type.vcpus * count
         let sharedUse = cap.vcpusUsed
         let keep = sharedUse > 0 ? 1 : 0
         guard need <= cap.sharedCPUs.count - keep else {
-            throw APIError(code: "insufficient_capacity", message: "not enough host CPUs to dedicate — \(count) × \(type.name) (dedicated) need \(need) CPU(s) of their own; "
-                           + "\(cap.placeableCPUs.count) placeable (\(host.logicalCPUs) logical − \(policy.reservedCPUs) reserved), \(cap.dedicatedCPUs.count) already dedicated (\(CPUListText(cap.dedicatedCPUs))), "
-                           + "\(cap.sharedCPUs.count) shared" + (keep > 0 ? ", of which 1 must stay shared for the \(sharedUse) shared vCPU(s) running" : "")
-                           + ". Stop a dedicated instance or run this one shared.")
+            throw APIError(
+                code: "insufficient_capacity",
+                message: "not enough host CPUs to dedicate — \(count) × \(type.name) (dedicated) need \(need) CPU(s) of their own; "
+                    + "\(cap.placeableCPUs.count) placeable (\(host.logicalCPUs) logical − \(policy.reservedCPUs) reserved), "
+                    + "\(cap.dedicatedCPUs.count) already dedicated (\(CPUListText(cap.dedicatedCPUs))), "
+                    + "\(cap.sharedCPUs.count) shared" + (keep > 0 ? ", of which 1 must stay shared for the \(sharedUse) shared vCPU(s) running" : "")
+                    + ". Stop a dedicated instance or run this one shared.")
         }
         let remaining = cap.sharedCPUs.count - need
         guard sharedUse <= scaled(remaining, policy.cpuAllocationRatio) else {
-            throw APIError(code: "insufficient_capacity", message: "dedicating \(need) CPU(s) would leave \(remaining) shared CPU(s): \(scaled(remaining, policy.cpuAllocationRatio)) shared vCPUs under cpu_allocation_ratio \(policy.cpuAllocationRatio), but \(sharedUse) are in use. Stop shared instances or run this one shared.")
+            throw APIError(
+                code: "insufficient_capacity",
+                message:
+                    "dedicating \(need) CPU(s) would leave \(remaining) shared CPU(s): \(scaled(remaining, policy.cpuAllocationRatio)) shared vCPUs "
+                    + "under cpu_allocation_ratio \(policy.cpuAllocationRatio), but \(sharedUse) are in use. Stop shared instances or run this one shared."
+            )
         }
         let take = Array(cap.sharedCPUs.suffix(need).reversed())
         return (0..<count).map { i in Array(take[(i * type.vcpus)..<((i + 1) * type.vcpus)]).sorted() }
@@ -96,18 +108,27 @@ public enum Placement {
 
     /// Throws `insufficient_capacity` when `count` instances of `type` do not fit beside `holders`.
     /// Instances of other tenants are counted but not named to `tenantID` (unless `admin`).
-    public static func check(type: InstanceType, count: Int, host: HostResources, policy: PlacementPolicy,
-                             holders: [Holder], tenantID: String, admin: Bool, dedicated: Bool = false) throws(APIError) {
+    public static func check(
+        type: InstanceType, count: Int, host: HostResources, policy: PlacementPolicy,
+        holders: [Holder], tenantID: String, admin: Bool, dedicated: Bool = false
+    ) throws(APIError) {
         let cap = capacity(host: host, policy: policy, holders: holders)
         let needCPU = dedicated ? 0 : type.vcpus * count, needMem = type.memoryMiB * count
         var short: [String] = []
         if needMem > cap.memoryMiBFree {
-            short.append("memory: \(count) × \(type.name) need \(needMem) MiB, \(max(cap.memoryMiBFree, 0)) MiB free, short by \(needMem - max(cap.memoryMiBFree, 0)) MiB "
-                         + "(capacity \(cap.memoryMiBTotal) MiB = (\(host.memoryMiB) MiB RAM − \(policy.reservedHostMemoryMiB) MiB reserved) × ram_allocation_ratio \(policy.ramAllocationRatio); \(cap.memoryMiBUsed) MiB in use)")
+            short.append(
+                "memory: \(count) × \(type.name) need \(needMem) MiB, \(max(cap.memoryMiBFree, 0)) MiB free, short by "
+                    + "\(needMem - max(cap.memoryMiBFree, 0)) MiB "
+                    + "(capacity \(cap.memoryMiBTotal) MiB = (\(host.memoryMiB) MiB RAM − \(policy.reservedHostMemoryMiB) MiB reserved) × "
+                    + "ram_allocation_ratio \(policy.ramAllocationRatio); \(cap.memoryMiBUsed) MiB in use)"
+            )
         }
         if needCPU > cap.vcpusFree {
-            short.append("vCPUs: \(count) × \(type.name) need \(needCPU), \(max(cap.vcpusFree, 0)) free, short by \(needCPU - max(cap.vcpusFree, 0)) "
-                         + "(capacity \(cap.vcpusTotal) = (\(host.logicalCPUs) logical CPUs − \(policy.reservedCPUs) reserved − \(cap.dedicatedCPUs.count) dedicated) × cpu_allocation_ratio \(policy.cpuAllocationRatio); \(cap.vcpusUsed) in use)")
+            short.append(
+                "vCPUs: \(count) × \(type.name) need \(needCPU), \(max(cap.vcpusFree, 0)) free, short by \(needCPU - max(cap.vcpusFree, 0)) "
+                    + "(capacity \(cap.vcpusTotal) = (\(host.logicalCPUs) logical CPUs − \(policy.reservedCPUs) reserved − "
+                    + "\(cap.dedicatedCPUs.count) dedicated) × cpu_allocation_ratio \(policy.cpuAllocationRatio); \(cap.vcpusUsed) in use)"
+            )
         }
         guard !short.isEmpty else { return }
         let mine = holders.filter { admin || $0.tenantID == tenantID }
@@ -115,11 +136,13 @@ public enum Placement {
         var users: [String] = mine.sorted { $0.memoryMiB > $1.memoryMiB }.prefix(10).map { "\($0.id) (\($0.type): \($0.vcpus) vCPU, \($0.memoryMiB) MiB)" }
         if mine.count > 10 { users.append("and \(mine.count - 10) more") }
         if !others.isEmpty {
-            users.append("\(others.count) instance(s) of other tenants (\(others.reduce(0) { $0 + $1.vcpus }) vCPU, \(others.reduce(0) { $0 + $1.memoryMiB }) MiB)")
+            users.append(
+                "\(others.count) instance(s) of other tenants (\(others.reduce(0) { $0 + $1.vcpus }) vCPU, \(others.reduce(0) { $0 + $1.memoryMiB }) MiB)")
         }
         let used = users.isEmpty ? "nothing else runs here" : "in use by " + users.joined(separator: ", ")
-        throw APIError(code: "insufficient_capacity",
-                       message: "not enough capacity on this host — " + short.joined(separator: "; ") + "; \(used). "
-                       + "Stop or delete instances, pick a smaller type, or raise the allocation ratio (admin).")
+        throw APIError(
+            code: "insufficient_capacity",
+            message: "not enough capacity on this host — " + short.joined(separator: "; ") + "; \(used). "
+                + "Stop or delete instances, pick a smaller type, or raise the allocation ratio (admin).")
     }
 }

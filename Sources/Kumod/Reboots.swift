@@ -44,7 +44,8 @@ extension Service {
         let cutoff = Store.timestamp(Date().addingTimeInterval(-rebootLimit.window))
         let (restarts, reboots) = Reboots.recent(rec.instance.history ?? [], since: cutoff)
         if restarts >= rebootLimit.count {
-            let why = "\(Reboots.reasonPrefix) \(reboots + 1) times within \(Self.format(rebootLimit.window)) (the last by \(cause)), "
+            let why =
+                "\(Reboots.reasonPrefix) \(reboots + 1) times within \(Self.format(rebootLimit.window)) (the last by \(cause)), "
                 + "more than the \(rebootLimit.count) restarts allowed: stopped as a crash loop; StartInstances starts it again"
             _ = try? store.transition(id, to: .stopped, reason: why, from: [.running, .starting], pid: .some(nil))
             return
@@ -54,7 +55,8 @@ extension Service {
         let log = work.appendingPathComponent("console.log"), previous = work.appendingPathComponent("console.log.1")
         try? FileManager.default.removeItem(at: previous)
         try? FileManager.default.moveItem(at: log, to: previous)
-        let why = "\(Reboots.reasonPrefix) (\(cause)): kumo-vmm \(pid) ended; starting a new one (restart \(restarts + 1) of \(rebootLimit.count) "
+        let why =
+            "\(Reboots.reasonPrefix) (\(cause)): kumo-vmm \(pid) ended; starting a new one (restart \(restarts + 1) of \(rebootLimit.count) "
             + "allowed within \(Self.format(rebootLimit.window)))"
         guard (try? store.transition(id, to: .starting, reason: why, from: [.running, .starting], pid: .some(nil))) == true else { return }
         startLaunch(id)

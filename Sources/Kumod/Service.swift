@@ -39,8 +39,10 @@ public final class Service: Sendable {
     public let storeLane = WorkPool(name: "kumod-store", threads: 4)
     public let vmmLane = WorkPool(name: "kumod-vmm", threads: 16)
 
-    public init(store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
-                stopTimeout: Duration = .seconds(30), ksm: KSMTuner = KSMTuner(), rebootLimit: RebootLimit = .standard) {
+    public init(
+        store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
+        stopTimeout: Duration = .seconds(30), ksm: KSMTuner = KSMTuner(), rebootLimit: RebootLimit = .standard
+    ) {
         self.store = store; self.launcher = launcher; self.host = host; self.dataDir = dataDir; self.stopTimeout = stopTimeout
         self.ksm = ksm; self.rebootLimit = rebootLimit
     }
@@ -62,8 +64,14 @@ public final class Service: Sendable {
     public func setPolicy(_ p: PlacementPolicy, by who: Store.Principal) throws(APIError) {
         try requireAdmin(who)
         guard p.cpuAllocationRatio > 0, p.cpuAllocationRatio <= 64, p.ramAllocationRatio > 0, p.ramAllocationRatio <= 16,
-              (0..<host.memoryMiB).contains(p.reservedHostMemoryMiB), (0..<host.logicalCPUs).contains(p.reservedCPUs) else {
-            throw APIError(code: "invalid_argument", message: "cpu_allocation_ratio must be in (0, 64], ram_allocation_ratio in (0, 16], reserved_cpus from 0 to \(host.logicalCPUs - 1), reserved_host_memory_mib from 0 to \(host.memoryMiB - 1)")
+            (0..<host.memoryMiB).contains(p.reservedHostMemoryMiB), (0..<host.logicalCPUs).contains(p.reservedCPUs)
+        else {
+            throw APIError(
+                code: "invalid_argument",
+                message:
+                    "cpu_allocation_ratio must be in (0, 64], ram_allocation_ratio in (0, 16], reserved_cpus from 0 to \(host.logicalCPUs - 1), "
+                    + "reserved_host_memory_mib from 0 to \(host.memoryMiB - 1)"
+            )
         }
         let data = try! JSONEncoder().encode(p)
         try wrap { try store.setSetting("placement", String(decoding: data, as: UTF8.self)) }

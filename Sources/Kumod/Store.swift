@@ -20,43 +20,45 @@ public final class Store: Sendable {
     static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()
         m.registerMigration("v1: tenants, tokens, types, images, instances") { db in
-            try db.execute(sql: """
-                CREATE TABLE tenants (
-                    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
-                CREATE TABLE tokens (
-                    id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE,
-                    tenant_id TEXT NOT NULL REFERENCES tenants(id), admin INTEGER NOT NULL,
-                    description TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL);
-                CREATE TABLE instance_types (
-                    name TEXT PRIMARY KEY, vcpus INTEGER NOT NULL CHECK (vcpus > 0),
-                    memory_mib INTEGER NOT NULL CHECK (memory_mib > 0), builtin INTEGER NOT NULL DEFAULT 0);
-                CREATE TABLE images (
-                    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, kernel TEXT NOT NULL, initrd TEXT,
-                    root_disk TEXT, cmdline TEXT NOT NULL, kernel_format TEXT NOT NULL, created_at TEXT NOT NULL);
-                CREATE TABLE reservations (
-                    id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id), client_token TEXT,
-                    request TEXT NOT NULL, created_at TEXT NOT NULL);
-                CREATE UNIQUE INDEX reservations_token ON reservations(tenant_id, client_token)
-                    WHERE client_token IS NOT NULL;
-                CREATE TABLE instances (
-                    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
-                    tenant_id TEXT NOT NULL REFERENCES tenants(id),
-                    reservation_id TEXT NOT NULL REFERENCES reservations(id),
-                    type TEXT NOT NULL, vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL,
-                    image_id TEXT NOT NULL REFERENCES images(id), user_data BLOB,
-                    state TEXT NOT NULL, state_reason TEXT NOT NULL,
-                    created_at TEXT NOT NULL, updated_at TEXT NOT NULL, launched_at TEXT,
-                    pid INTEGER, pid_start_ticks INTEGER, work_dir TEXT NOT NULL);
-                CREATE INDEX instances_tenant_state ON instances(tenant_id, state);
-                CREATE TABLE instance_history (
-                    instance_id TEXT NOT NULL REFERENCES instances(id), state TEXT NOT NULL,
-                    reason TEXT NOT NULL, at TEXT NOT NULL);
-                CREATE INDEX instance_history_id ON instance_history(instance_id);
-                CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                """)
+            try db.execute(
+                sql: """
+                    CREATE TABLE tenants (
+                        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
+                    CREATE TABLE tokens (
+                        id TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE,
+                        tenant_id TEXT NOT NULL REFERENCES tenants(id), admin INTEGER NOT NULL,
+                        description TEXT NOT NULL DEFAULT '', created_at TEXT NOT NULL);
+                    CREATE TABLE instance_types (
+                        name TEXT PRIMARY KEY, vcpus INTEGER NOT NULL CHECK (vcpus > 0),
+                        memory_mib INTEGER NOT NULL CHECK (memory_mib > 0), builtin INTEGER NOT NULL DEFAULT 0);
+                    CREATE TABLE images (
+                        id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, kernel TEXT NOT NULL, initrd TEXT,
+                        root_disk TEXT, cmdline TEXT NOT NULL, kernel_format TEXT NOT NULL, created_at TEXT NOT NULL);
+                    CREATE TABLE reservations (
+                        id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id), client_token TEXT,
+                        request TEXT NOT NULL, created_at TEXT NOT NULL);
+                    CREATE UNIQUE INDEX reservations_token ON reservations(tenant_id, client_token)
+                        WHERE client_token IS NOT NULL;
+                    CREATE TABLE instances (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+                        tenant_id TEXT NOT NULL REFERENCES tenants(id),
+                        reservation_id TEXT NOT NULL REFERENCES reservations(id),
+                        type TEXT NOT NULL, vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL,
+                        image_id TEXT NOT NULL REFERENCES images(id), user_data BLOB,
+                        state TEXT NOT NULL, state_reason TEXT NOT NULL,
+                        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, launched_at TEXT,
+                        pid INTEGER, pid_start_ticks INTEGER, work_dir TEXT NOT NULL);
+                    CREATE INDEX instances_tenant_state ON instances(tenant_id, state);
+                    CREATE TABLE instance_history (
+                        instance_id TEXT NOT NULL REFERENCES instances(id), state TEXT NOT NULL,
+                        reason TEXT NOT NULL, at TEXT NOT NULL);
+                    CREATE INDEX instance_history_id ON instance_history(instance_id);
+                    CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                    """)
             for t in InstanceType.builtins {
-                try db.execute(sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin) VALUES (?, ?, ?, 1)",
-                               arguments: [t.name, t.vcpus, t.memoryMiB])
+                try db.execute(
+                    sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin) VALUES (?, ?, ?, 1)",
+                    arguments: [t.name, t.vcpus, t.memoryMiB])
             }
         }
         m.registerMigration("v2: vCPU pinning") { db in
@@ -64,19 +66,21 @@ public final class Store: Sendable {
             try db.execute(sql: "ALTER TABLE instances ADD COLUMN vcpu_affinity TEXT")
         }
         m.registerMigration("v3: CPU caps and shares per instance type") { db in
-            try db.execute(sql: """
-                ALTER TABLE instance_types ADD COLUMN cpu_cap_percent INTEGER CHECK (cpu_cap_percent BETWEEN 1 AND 100);
-                ALTER TABLE instance_types ADD COLUMN cpu_shares INTEGER CHECK (cpu_shares BETWEEN 2 AND 262144);
-                """)
+            try db.execute(
+                sql: """
+                    ALTER TABLE instance_types ADD COLUMN cpu_cap_percent INTEGER CHECK (cpu_cap_percent BETWEEN 1 AND 100);
+                    ALTER TABLE instance_types ADD COLUMN cpu_shares INTEGER CHECK (cpu_shares BETWEEN 2 AND 262144);
+                    """)
         }
         m.registerMigration("v4: memory dedup per instance") { db in
             try db.execute(sql: "ALTER TABLE instances ADD COLUMN memory_dedup INTEGER NOT NULL DEFAULT 0")
         }
         m.registerMigration("v5: CPU policy (shared or dedicated)") { db in
-            try db.execute(sql: """
-                ALTER TABLE instances ADD COLUMN cpu_policy TEXT NOT NULL DEFAULT 'shared' CHECK (cpu_policy IN ('shared', 'dedicated'));
-                ALTER TABLE instances ADD COLUMN dedicated_cpus TEXT;
-                """)
+            try db.execute(
+                sql: """
+                    ALTER TABLE instances ADD COLUMN cpu_policy TEXT NOT NULL DEFAULT 'shared' CHECK (cpu_policy IN ('shared', 'dedicated'));
+                    ALTER TABLE instances ADD COLUMN dedicated_cpus TEXT;
+                    """)
         }
         m.registerMigration("v6: memory shares per instance type") { db in
             try db.execute(sql: "ALTER TABLE instance_types ADD COLUMN memory_shares INTEGER CHECK (memory_shares BETWEEN 2 AND 262144)")
@@ -138,17 +142,22 @@ public final class Store: Sendable {
         let secret = "kumo_" + (0..<32).map { _ in String(UInt8.random(in: 0..<16, using: &g), radix: 16) }.joined()
         let tenantID = try ensureTenant(tenant)
         try db.write { db in
-            try db.execute(sql: "INSERT INTO tokens (id, hash, tenant_id, admin, description, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                           arguments: [Self.newID("tok"), Self.hash(secret), tenantID, admin, description, Self.now()])
+            try db.execute(
+                sql: "INSERT INTO tokens (id, hash, tenant_id, admin, description, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                arguments: [Self.newID("tok"), Self.hash(secret), tenantID, admin, description, Self.now()])
         }
         return secret
     }
 
     public func principal(token: String) throws -> Principal? {
         try db.read { db in
-            guard let row = try Row.fetchOne(db, sql: """
-                SELECT t.tenant_id, n.name, t.admin FROM tokens t JOIN tenants n ON n.id = t.tenant_id WHERE t.hash = ?
-                """, arguments: [Self.hash(token)]) else { return nil }
+            guard
+                let row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT t.tenant_id, n.name, t.admin FROM tokens t JOIN tenants n ON n.id = t.tenant_id WHERE t.hash = ?
+                        """, arguments: [Self.hash(token)])
+            else { return nil }
             return Principal(tenantID: row[0], tenantName: row[1], admin: row[2])
         }
     }
@@ -166,16 +175,22 @@ public final class Store: Sendable {
     }
 
     public func setSetting(_ key: String, _ value: String) throws {
-        try db.write { try $0.execute(sql: "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                                      arguments: [key, value]) }
+        try db.write {
+            try $0.execute(
+                sql: "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                arguments: [key, value])
+        }
     }
 
     // MARK: instance types
 
     public func types() throws -> [InstanceType] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares FROM instance_types ORDER BY vcpus, memory_mib, name")
-                .map { InstanceType(name: $0[0], vcpus: $0[1], memoryMiB: $0[2], builtin: $0[3], cpuCapPercent: $0[4], cpuShares: $0[5], memoryShares: $0[6]) }
+            try Row.fetchAll(
+                db,
+                sql: "SELECT name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares FROM instance_types ORDER BY vcpus, memory_mib, name"
+            )
+            .map { InstanceType(name: $0[0], vcpus: $0[1], memoryMiB: $0[2], builtin: $0[3], cpuCapPercent: $0[4], cpuShares: $0[5], memoryShares: $0[6]) }
         }
     }
 
@@ -183,8 +198,9 @@ public final class Store: Sendable {
 
     public func addType(_ t: InstanceType) throws {
         try db.write { db in
-            try db.execute(sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares) VALUES (?, ?, ?, 0, ?, ?, ?)",
-                           arguments: [t.name, t.vcpus, t.memoryMiB, t.cpuCapPercent, t.cpuShares, t.memoryShares])
+            try db.execute(
+                sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares) VALUES (?, ?, ?, 0, ?, ?, ?)",
+                arguments: [t.name, t.vcpus, t.memoryMiB, t.cpuCapPercent, t.cpuShares, t.memoryShares])
         }
     }
 
@@ -200,8 +216,9 @@ public final class Store: Sendable {
     // MARK: images
 
     static func image(_ r: Row) -> Image {
-        Image(id: r["id"], name: r["name"], kernel: r["kernel"], initrd: r["initrd"], rootDisk: r["root_disk"],
-              cmdline: r["cmdline"], kernelFormat: r["kernel_format"], createdAt: r["created_at"])
+        Image(
+            id: r["id"], name: r["name"], kernel: r["kernel"], initrd: r["initrd"], rootDisk: r["root_disk"],
+            cmdline: r["cmdline"], kernelFormat: r["kernel_format"], createdAt: r["created_at"])
     }
 
     public func images() throws -> [Image] {
@@ -215,10 +232,11 @@ public final class Store: Sendable {
 
     public func addImage(_ i: Image) throws {
         try db.write { db in
-            try db.execute(sql: """
-                INSERT INTO images (id, name, kernel, initrd, root_disk, cmdline, kernel_format, created_at)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: [i.id, i.name, i.kernel, i.initrd, i.rootDisk, i.cmdline, i.kernelFormat, i.createdAt])
+            try db.execute(
+                sql: """
+                    INSERT INTO images (id, name, kernel, initrd, root_disk, cmdline, kernel_format, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    """, arguments: [i.id, i.name, i.kernel, i.initrd, i.rootDisk, i.cmdline, i.kernelFormat, i.createdAt])
         }
     }
 
@@ -246,18 +264,20 @@ public final class Store: Sendable {
 
     static func record(_ r: Row) -> InstanceRecord {
         let state = InstanceState(rawValue: r["state"]) ?? .error
-        var inst = Instance(id: r["id"], name: r["name"], tenant: r["tenant_name"], type: r["type"], vcpus: r["vcpus"],
-                            memoryMiB: r["memory_mib"], image: r["image_name"], state: state, stateReason: r["state_reason"],
-                            createdAt: r["created_at"], updatedAt: r["updated_at"], launchedAt: r["launched_at"],
-                            reservation: r["reservation_id"], pid: r["pid"])
+        var inst = Instance(
+            id: r["id"], name: r["name"], tenant: r["tenant_name"], type: r["type"], vcpus: r["vcpus"],
+            memoryMiB: r["memory_mib"], image: r["image_name"], state: state, stateReason: r["state_reason"],
+            createdAt: r["created_at"], updatedAt: r["updated_at"], launchedAt: r["launched_at"],
+            reservation: r["reservation_id"], pid: r["pid"])
         inst.memoryDedup = (r["memory_dedup"] as Int?) == 1
         inst.cpuPolicy = r["cpu_policy"]
         let dedicated: String? = r["dedicated_cpus"]
         inst.dedicatedCPUs = state.holdsCapacity ? dedicated : nil
         let ticks: Int64? = r["pid_start_ticks"]
-        return InstanceRecord(instance: inst, tenantID: r["tenant_id"], imageID: r["image_id"], userData: r["user_data"],
-                              pidStartTicks: ticks.map { UInt64($0) }, workDir: r["work_dir"], seq: r["seq"],
-                              affinity: decodeAffinity(r["vcpu_affinity"]))
+        return InstanceRecord(
+            instance: inst, tenantID: r["tenant_id"], imageID: r["image_id"], userData: r["user_data"],
+            pidStartTicks: ticks.map { UInt64($0) }, workDir: r["work_dir"], seq: r["seq"],
+            affinity: decodeAffinity(r["vcpu_affinity"]))
     }
 
     static func decodeAffinity(_ text: String?) -> [String?] {
@@ -273,11 +293,17 @@ public final class Store: Sendable {
 
     public func instance(_ id: String) throws -> InstanceRecord? {
         try db.read { db in
-            guard var rec = try Row.fetchOne(db, sql: "SELECT \(Self.instanceColumns) \(Self.instanceFrom) WHERE i.id = ?",
-                                             arguments: [id]).map(Self.record) else { return nil }
-            rec.instance.history = try Row.fetchAll(db, sql: "SELECT state, reason, at FROM instance_history WHERE instance_id = ? ORDER BY rowid",
-                                                    arguments: [id])
-                .map { StateChange(state: InstanceState(rawValue: $0[0]) ?? .error, reason: $0[1], at: $0[2]) }
+            guard
+                var rec = try Row.fetchOne(
+                    db, sql: "SELECT \(Self.instanceColumns) \(Self.instanceFrom) WHERE i.id = ?",
+                    arguments: [id]
+                ).map(Self.record)
+            else { return nil }
+            rec.instance.history = try Row.fetchAll(
+                db, sql: "SELECT state, reason, at FROM instance_history WHERE instance_id = ? ORDER BY rowid",
+                arguments: [id]
+            )
+            .map { StateChange(state: InstanceState(rawValue: $0[0]) ?? .error, reason: $0[1], at: $0[2]) }
             return rec
         }
     }
@@ -318,8 +344,11 @@ public final class Store: Sendable {
     public static func capacityHolders(_ db: Database) throws -> [Placement.Holder] {
         let states = InstanceState.allCases.filter(\.holdsCapacity).map { "'\($0.rawValue)'" }.joined(separator: ",")
         return try Row.fetchAll(db, sql: "SELECT id, type, vcpus, memory_mib, tenant_id, cpu_policy, dedicated_cpus FROM instances WHERE state IN (\(states))")
-            .map { Placement.Holder(id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4],
-                                    dedicatedCPUs: ($0[5] as String) == "dedicated" ? cpus($0[6]) : []) }
+            .map {
+                Placement.Holder(
+                    id: $0[0], type: $0[1], vcpus: $0[2], memoryMiB: $0[3], tenantID: $0[4],
+                    dedicatedCPUs: ($0[5] as String) == "dedicated" ? cpus($0[6]) : [])
+            }
     }
 
     static func cpuText(_ cpus: [Int]) -> String { cpus.map(String.init).joined(separator: ",") }
@@ -353,12 +382,16 @@ public final class Store: Sendable {
     /// Records a reservation and its instances in `pending`, in one transaction. `check` runs inside the
     /// transaction, after the idempotency lookup, so that placement sees every committed reservation.
     /// `check` returns the host CPUs dedicated to each new instance (empty for shared ones).
-    public func reserve(tenantID: String, clientToken: String?, request: String, instances new: [NewInstance],
-                        check: (Database) throws -> [[Int]]) throws -> Reserved {
+    public func reserve(
+        tenantID: String, clientToken: String?, request: String, instances new: [NewInstance],
+        check: (Database) throws -> [[Int]]
+    ) throws -> Reserved {
         try db.write { db in
             if let token = clientToken,
-               let row = try Row.fetchOne(db, sql: "SELECT id, request FROM reservations WHERE tenant_id = ? AND client_token = ?",
-                                          arguments: [tenantID, token]) {
+                let row = try Row.fetchOne(
+                    db, sql: "SELECT id, request FROM reservations WHERE tenant_id = ? AND client_token = ?",
+                    arguments: [tenantID, token])
+            {
                 let rid: String = row[0]
                 let ids = try String.fetchAll(db, sql: "SELECT id FROM instances WHERE reservation_id = ? ORDER BY seq", arguments: [rid])
                 return .replay(reservation: rid, ids: ids, sameRequest: (row[1] as String) == request)
@@ -366,18 +399,24 @@ public final class Store: Sendable {
             let cpus = try check(db)
             let rid = Self.newID("r")
             let now = Self.now()
-            try db.execute(sql: "INSERT INTO reservations (id, tenant_id, client_token, request, created_at) VALUES (?, ?, ?, ?, ?)",
-                           arguments: [rid, tenantID, clientToken, request, now])
+            try db.execute(
+                sql: "INSERT INTO reservations (id, tenant_id, client_token, request, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [rid, tenantID, clientToken, request, now])
             for (i, n) in new.enumerated() {
-                try db.execute(sql: """
-                    INSERT INTO instances (id, name, tenant_id, reservation_id, type, vcpus, memory_mib, image_id, user_data,
-                                           state, state_reason, created_at, updated_at, work_dir, memory_dedup, cpu_policy, dedicated_cpus)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
-                    """, arguments: [n.id, n.name, tenantID, rid, n.type.name, n.type.vcpus, n.type.memoryMiB, n.imageID,
-                                     n.userData, "RunInstances", now, now, n.workDir, n.memoryDedup ? 1 : 0,
-                                     n.dedicated ? "dedicated" : "shared", i < cpus.count ? Self.cpuText(cpus[i]) : nil])
-                try db.execute(sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, 'pending', 'RunInstances', ?)",
-                               arguments: [n.id, now])
+                try db.execute(
+                    sql: """
+                        INSERT INTO instances (id, name, tenant_id, reservation_id, type, vcpus, memory_mib, image_id, user_data,
+                                               state, state_reason, created_at, updated_at, work_dir, memory_dedup, cpu_policy, dedicated_cpus)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        n.id, n.name, tenantID, rid, n.type.name, n.type.vcpus, n.type.memoryMiB, n.imageID,
+                        n.userData, "RunInstances", now, now, n.workDir, n.memoryDedup ? 1 : 0,
+                        n.dedicated ? "dedicated" : "shared", i < cpus.count ? Self.cpuText(cpus[i]) : nil,
+                    ])
+                try db.execute(
+                    sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, 'pending', 'RunInstances', ?)",
+                    arguments: [n.id, now])
             }
             return .created(reservation: rid, ids: new.map(\.id))
         }
@@ -386,11 +425,14 @@ public final class Store: Sendable {
     /// Moves an instance to `state` with `reason` when its current state is one of `from` (nil: any).
     /// Returns false (and changes nothing) otherwise. `pid` is set when given; `.some(nil)` clears it.
     @discardableResult
-    public func transition(_ id: String, to state: InstanceState, reason: String, from: [InstanceState]? = nil,
-                           pid: (Int, UInt64)?? = nil, check: ((Database) throws -> Void)? = nil) throws -> Bool {
+    public func transition(
+        _ id: String, to state: InstanceState, reason: String, from: [InstanceState]? = nil,
+        pid: (Int, UInt64)?? = nil, check: ((Database) throws -> Void)? = nil
+    ) throws -> Bool {
         try db.write { db in
             guard let cur = try String.fetchOne(db, sql: "SELECT state FROM instances WHERE id = ?", arguments: [id]),
-                  let curState = InstanceState(rawValue: cur) else { return false }
+                let curState = InstanceState(rawValue: cur)
+            else { return false }
             if let from, !from.contains(curState) { return false }
             try check?(db)
             let now = Self.now()
@@ -404,8 +446,9 @@ public final class Store: Sendable {
             sql += " WHERE id = ?"
             args.append(id)
             try db.execute(sql: sql, arguments: StatementArguments(args)!)
-            try db.execute(sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, ?, ?, ?)",
-                           arguments: [id, state.rawValue, reason, now])
+            try db.execute(
+                sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, ?, ?, ?)",
+                arguments: [id, state.rawValue, reason, now])
             return true
         }
     }

@@ -22,8 +22,9 @@ extension Service {
             return
         }
         _ = try? store.transition(id, to: .starting, reason: "launching kumo-vmm", from: [.pending, .starting])
-        var spec = LaunchSpec(instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
-                              memoryMiB: rec.instance.memoryMiB, image: image, affinity: cpuPlan(rec))
+        var spec = LaunchSpec(
+            instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
+            memoryMiB: rec.instance.memoryMiB, image: image, affinity: cpuPlan(rec))
         if let t = try? store.type(rec.instance.type) { spec.cpuCapPercent = t.cpuCapPercent; spec.cpuShares = t.cpuShares }
         var note = ""
         if rec.instance.memoryDedup == true {
@@ -36,8 +37,10 @@ extension Service {
             processes.withLock { $0[id] = p }
             if spec.memoryDedup { ksm.tune() }
             if rec.instance.cpuPolicy == "dedicated" { rebalanceShared() }
-            let moved = (try? store.transition(id, to: .running, reason: "kumo-vmm \(p.pid) started" + note, from: [.starting],
-                                                pid: .some((Int(p.pid), p.startTicks)))) ?? false
+            let moved =
+                (try? store.transition(
+                    id, to: .running, reason: "kumo-vmm \(p.pid) started" + note, from: [.starting],
+                    pid: .some((Int(p.pid), p.startTicks)))) ?? false
             if !moved {
                 // Stopped or deleted while the VMM was being spawned (the request found no process to
                 // signal): this VMM must not outlive the decision.
@@ -53,7 +56,6 @@ extension Service {
             _ = try? store.transition(id, to: .error, reason: "\(error)", from: [.starting])
         }
     }
-
 
     /// Stop: the ACPI power button first; a guest that has not powered off after `stopTimeout` (or a
     /// VMM that did not take the button) is stopped by force: SIGTERM (kumo-vmm tears the VM down),
@@ -122,7 +124,7 @@ extension Service {
             let state = rec?.instance.state
             let tail = Self.vmmLogTail(rec?.workDir)
             let why: String
-            var clean = false   // the guest powered off (or kumo-vmm was stopped): not an error
+            var clean = false  // the guest powered off (or kumo-vmm was stopped): not an error
             var rebooted = false
             switch fate {
             case .exited(0):
@@ -137,10 +139,12 @@ extension Service {
                 // Not kumod's child (adopted after a restart): its log says how it ended, if it does.
                 clean = tail.contains("kumo-vmm: guest powered off")
                 rebooted = Reboots.logSaysRebooted(tail)
-                why = clean
+                why =
+                    clean
                     ? "kumo-vmm \(p.pid) exited: guest powered off (from its log; it outlived a kumod restart)"
-                    : rebooted ? "kumo-vmm \(p.pid) exited: the guest rebooted (from its log; it outlived a kumod restart)"
-                    : "kumo-vmm \(p.pid) is gone (exit status unknown: it outlived a kumod restart)"
+                    : rebooted
+                        ? "kumo-vmm \(p.pid) exited: the guest rebooted (from its log; it outlived a kumod restart)"
+                        : "kumo-vmm \(p.pid) is gone (exit status unknown: it outlived a kumod restart)"
             }
             if rebooted && (state == .running || state == .starting) {
                 guestRebooted(id, vmm: p.pid, logTail: tail)

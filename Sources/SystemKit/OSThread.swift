@@ -18,12 +18,14 @@ public struct OSThread: @unchecked Sendable {
     public static func spawn(name: String, _ body: @escaping () -> Void) throws(SysError) -> OSThread {
         let box = Unmanaged.passRetained(Body(name, body)).toOpaque()
         var tid = pthread_t()
-        let rc = pthread_create(&tid, nil, { arg in
-            let b = Unmanaged<Body>.fromOpaque(arg!).takeRetainedValue()
-            _ = csys_set_thread_name(b.name)
-            b.run()
-            return nil
-        }, box)
+        let rc = pthread_create(
+            &tid, nil,
+            { arg in
+                let b = Unmanaged<Body>.fromOpaque(arg!).takeRetainedValue()
+                _ = csys_set_thread_name(b.name)
+                b.run()
+                return nil
+            }, box)
         guard rc == 0 else {
             Unmanaged<Body>.fromOpaque(box).release()
             throw SysError("pthread_create (\(name))", errno: rc)

@@ -34,7 +34,9 @@ public enum UnixSocket {
         }
         let fd = try stream()
         _ = try sysCall("bind \(path)") {
-            withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
         }
         _ = try sysCall("chmod \(path)") { chmod(path, mode) }
         _ = try sysCall("listen \(path)") { Glibc.listen(fd.raw, backlog) }
@@ -48,7 +50,9 @@ public enum UnixSocket {
         let fd = try stream()
         if timeoutSeconds > 0 { fd.setTimeouts(seconds: timeoutSeconds) }
         _ = try sysCall("connect \(path)") {
-            withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
         }
         return fd
     }

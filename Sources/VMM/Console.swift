@@ -115,7 +115,7 @@ final class Console: @unchecked Sendable {
     func listen(_ path: String, sink s: SocketSink) throws(ConfigError) {
         let listener: OwnedFD
         do { listener = try UnixSocket.listen(path, backlog: 1, mode: 0o600) } catch { throw .file(path, error.description) }
-        listenFD = listener.release()   // closed (and unlinked) by close()
+        listenFD = listener.release()  // closed (and unlinked) by close()
         socketPath = path
         let fd = listenFD
         spawnThread { [self] in
@@ -125,7 +125,9 @@ final class Console: @unchecked Sendable {
                 _ = fcntl(c, F_SETFD, FD_CLOEXEC)
                 let old = s.client.exchange(c, ordering: .acquiringAndReleasing)
                 if old >= 0 { shutdown(old, Int32(SHUT_RDWR)) }
-                startReader(fd: c) { _ = s.client.compareExchange(expected: c, desired: -1, ordering: .acquiringAndReleasing); Glibc.close(c) }
+                startReader(fd: c) {
+                    _ = s.client.compareExchange(expected: c, desired: -1, ordering: .acquiringAndReleasing); Glibc.close(c)
+                }
             }
         }
     }

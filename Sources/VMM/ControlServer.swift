@@ -42,8 +42,10 @@ public final class ControlServer: @unchecked Sendable {
     func loop() {
         var clients: [(fd: OwnedFD, buffer: [UInt8])] = []
         while true {
-            var fds = [pollfd(fd: stop.fd.raw, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: listener.raw, events: Int16(POLLIN), revents: 0)]
+            var fds = [
+                pollfd(fd: stop.fd.raw, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: listener.raw, events: Int16(POLLIN), revents: 0),
+            ]
             for c in clients { fds.append(pollfd(fd: c.fd.raw, events: Int16(POLLIN), revents: 0)) }
             let n = poll(&fds, nfds_t(fds.count), -1)
             if n < 0 { if errno == EINTR { continue }; return }
@@ -59,7 +61,7 @@ public final class ControlServer: @unchecked Sendable {
                     clients[i].buffer.removeSubrange(...nl)
                     do { try clients[i].fd.sendAll(Array((respond(line).serialized + "\n").utf8)) } catch { closed.insert(i); break }
                 }
-                if clients[i].buffer.count > Self.maxLine { closed.insert(i) }   // no newline in 64 KiB: not our protocol
+                if clients[i].buffer.count > Self.maxLine { closed.insert(i) }  // no newline in 64 KiB: not our protocol
             }
             for i in closed.sorted(by: >) { clients.remove(at: i) }
             if fds[1].revents != 0, let c = UnixSocket.accept(listener), clients.count < Self.maxClients {

@@ -106,24 +106,26 @@ public final class ControlState: @unchecked Sendable {
                 for _ in 0..<100 where b.snapshot.statsUpdates == before { usleep(10_000) }
             }
             let s = b.snapshot
-            return ControlEnvelope.reply(BalloonState(
-                driverReady: s.driverReady, targetMiB: Int(s.targetPages / 256), actualMiB: Int(s.actualPages / 256),
-                targetPages: UInt64(s.targetPages), actualPages: UInt64(s.actualPages), inflatedPages: UInt64(s.inflatedPages),
-                deflatedPages: UInt64(s.deflatedPages), reportedPages: UInt64(s.reportedPages), statsUpdates: UInt64(s.statsUpdates),
-                stats: s.stats.mapValues { UInt64($0) }, rssKiB: residentKiB()))
+            return ControlEnvelope.reply(
+                BalloonState(
+                    driverReady: s.driverReady, targetMiB: Int(s.targetPages / 256), actualMiB: Int(s.actualPages / 256),
+                    targetPages: UInt64(s.targetPages), actualPages: UInt64(s.actualPages), inflatedPages: UInt64(s.inflatedPages),
+                    deflatedPages: UInt64(s.deflatedPages), reportedPages: UInt64(s.reportedPages), statsUpdates: UInt64(s.statsUpdates),
+                    stats: s.stats.mapValues { UInt64($0) }, rssKiB: residentKiB()))
         }
     }
 
     func info() -> VMInfo {
         let m = machine
         let (boots, lastReset) = inner.withLock { ($0.boots, $0.lastReset) }
-        return VMInfo(vcpus: vcpus, memoryMiB: Int(memoryBytes >> 20), rssKiB: residentKiB(),
-                      guestResidentKiB: (m?.memory.residentBytes() ?? 0) >> 10,
-                      powerButton: .init(raised: m?.powerButton?.counts.raised ?? 0, taken: m?.powerButton?.counts.taken ?? 0),
-                      devices: (m?.virtio ?? []).enumerated().map { (i, t) in
-                          .init(name: "virtio-\(t.device.type)\(i)", status: t.status, statistics: t.device.currentStatistics)
-                      },
-                      boots: boots, lastReset: lastReset)
+        return VMInfo(
+            vcpus: vcpus, memoryMiB: Int(memoryBytes >> 20), rssKiB: residentKiB(),
+            guestResidentKiB: (m?.memory.residentBytes() ?? 0) >> 10,
+            powerButton: .init(raised: m?.powerButton?.counts.raised ?? 0, taken: m?.powerButton?.counts.taken ?? 0),
+            devices: (m?.virtio ?? []).enumerated().map { (i, t) in
+                .init(name: "virtio-\(t.device.type)\(i)", status: t.status, statistics: t.device.currentStatistics)
+            },
+            boots: boots, lastReset: lastReset)
     }
 
     /// {"op":"vcpu.pin","vcpu":N,"cpus":"0-1"}; "cpus": null unpins (all host CPUs).
@@ -175,17 +177,19 @@ extension ControlState {
     static func translation(_ m: Machine, vcpu: Int, gva: UInt64, mode: PagingMode, rip: UInt64) -> TranslateReply {
         let names = ["none", "32-bit", "32-bit", "PAE", "4-level", "5-level"]
         let host = HostKVM.detect()
-        var out = TranslateReply(vcpu: vcpu, gva: gva, rip: rip,
-                                          paging: .init(mode: names[min(mode.levels, 5)], cr0: mode.cr0, cr3: mode.cr3, cr4: mode.cr4, efer: mode.efer),
-                                          hostKVM: host.summary, hostTwoDimensionalPaging: host.twoDimensionalPaging)
+        var out = TranslateReply(
+            vcpu: vcpu, gva: gva, rip: rip,
+            paging: .init(mode: names[min(mode.levels, 5)], cr0: mode.cr0, cr3: mode.cr3, cr4: mode.cr4, efer: mode.efer),
+            hostKVM: host.summary, hostTwoDimensionalPaging: host.twoDimensionalPaging)
         let t: Translation
         do { t = try m.memory.translate(gva, mode: mode) } catch {
             out.fault = "GVA 0x\(hex(gva)): \(error.description)"
             return out
         }
         out.levels = t.steps.map { st in
-            .init(level: st.level, table: st.name, entryGPA: st.entryAddress, entry: st.entry, present: st.entry & 1 != 0,
-                  writable: st.entry & 2 != 0, user: st.entry & 4 != 0, leaf: st.isLeaf, pageSize: st.pageSize)
+            .init(
+                level: st.level, table: st.name, entryGPA: st.entryAddress, entry: st.entry, present: st.entry & 1 != 0,
+                writable: st.entry & 2 != 0, user: st.entry & 4 != 0, leaf: st.isLeaf, pageSize: st.pageSize)
         }
         out.gpa = t.gpa; out.pageSize = t.pageSize; out.writable = t.writable; out.user = t.user; out.executable = t.executable
         guard let slot = m.memory.regions.firstIndex(where: { t.gpa >= $0.guestPhys && t.gpa < $0.guestPhys + $0.size }) else {
@@ -233,8 +237,9 @@ extension ControlState {
         for r in 0..<ExitReason.count where c.value(r) > 0 { exits[ExitReason.name(r)] = c.value(r) }
         var emulated: [String: UInt64] = [:]
         for (k, name) in fallbackNames.enumerated() { emulated[name] = c.fallback(k) }
-        var v = VMStats.VCPU(vcpu: i, tid: tid, exits: exits, exitsTotal: c.total, ioIn: c.ioIn, ioOut: c.ioOut,
-                             mmioRead: c.mmioRead, mmioWrite: c.mmioWrite, emulated: emulated)
+        var v = VMStats.VCPU(
+            vcpu: i, tid: tid, exits: exits, exitsTotal: c.total, ioIn: c.ioIn, ioOut: c.ioOut,
+            mmioRead: c.mmioRead, mmioWrite: c.mmioWrite, emulated: emulated)
         // /proc/self/task/TID/schedstat: time on a CPU, time waiting on a run queue (ns), timeslices.
         if tid > 0, let text = try? readFile("/proc/self/task/\(tid)/schedstat", limit: 256) {
             let f = String(decoding: text, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { UInt64($0) }

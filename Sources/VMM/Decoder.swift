@@ -11,7 +11,7 @@ public struct DecodedInstruction: Equatable, Sendable {
 
     /// A ModRM memory operand: base + index*scale + displacement (+ RIP for RIP-relative), segment.
     public struct MemoryOperand: Equatable, Sendable {
-        public var base: Int?           // register number 0…15
+        public var base: Int?  // register number 0…15
         public var index: Int?
         public var scale: UInt64 = 1
         public var displacement: Int64 = 0
@@ -66,7 +66,8 @@ public enum Decoder {
 
     /// Decodes ModRM (+SIB, displacement) at `at`; returns the operand and the instruction's end.
     static func memoryOperand(_ b: [UInt8], at: Int, rex: UInt8, addr32: Bool, longMode: Bool)
-        -> (DecodedInstruction.MemoryOperand, Int)? {
+        -> (DecodedInstruction.MemoryOperand, Int)?
+    {
         let modrm = b[at]
         let mod = modrm >> 6
         let rm = Int(modrm & 7)
@@ -114,8 +115,10 @@ public enum Decoder {
     }
 
     /// The effective (linear) address of `op` for an instruction of `length` bytes at `rip`.
-    public static func effectiveAddress(_ op: DecodedInstruction.MemoryOperand, registers r: [UInt64], rip: UInt64,
-                                        length: Int, segmentBase: UInt64) -> UInt64 {
+    public static func effectiveAddress(
+        _ op: DecodedInstruction.MemoryOperand, registers r: [UInt64], rip: UInt64,
+        length: Int, segmentBase: UInt64
+    ) -> UInt64 {
         var a = UInt64(bitPattern: op.displacement)
         if let base = op.base { a &+= r[base] }
         if let index = op.index { a &+= r[index] &* op.scale }

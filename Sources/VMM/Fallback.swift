@@ -41,7 +41,7 @@ public enum EmulationFallback {
                 try vcpu.injectException(vector: 3)
             case .fwait:
                 let fpu = try vcpu.getFPU()
-                if fpu.fsw & 0x80 != 0 {         // ES: an unmasked x87 exception is pending
+                if fpu.fsw & 0x80 != 0 {  // ES: an unmasked x87 exception is pending
                     try vcpu.injectException(vector: 16)
                 } else {
                     regs.rip &+= UInt64(insn.length)
@@ -58,7 +58,8 @@ public enum EmulationFallback {
                 let ea = Decoder.effectiveAddress(op, registers: registers(regs), rip: regs.rip, length: insn.length, segmentBase: segBase)
                 let isStore = insn.kind == .stmxcsr
                 guard (ea & 0xFFF) <= 0xFFC, let t = try? memory.translate(ea, mode: mode),
-                      !isStore || t.writable || sregs.cr0 & (1 << 16) == 0 else {
+                    !isStore || t.writable || sregs.cr0 & (1 << 16) == 0
+                else {
                     // Not mapped (or read-only): the guest takes a page fault at this instruction.
                     sregs.cr2 = ea
                     try vcpu.setSRegs(sregs)
@@ -74,7 +75,7 @@ public enum EmulationFallback {
                     guard let v = try? memory.load(UInt32.self, at: t.gpa) else {
                         return .unhandled(report(vcpu.id, linear, fetched, "ldmxcsr source GPA 0x\(hex(t.gpa)) is not RAM"))
                     }
-                    if v & 0xFFFF_0000 != 0 {      // reserved MXCSR bits: #GP(0)
+                    if v & 0xFFFF_0000 != 0 {  // reserved MXCSR bits: #GP(0)
                         try vcpu.injectException(vector: 13, errorCode: 0)
                         return .handled(insn.kind)
                     }
@@ -111,7 +112,9 @@ public func registerDump(_ vcpu: VCPU, memory: GuestMemory?) -> String {
     out += " r9  \(h(r.r9))  r10 \(h(r.r10))  r11 \(h(r.r11))  r12 \(h(r.r12))\n"
     out += " r13 \(h(r.r13))  r14 \(h(r.r14))  r15 \(h(r.r15))\n"
     out += " cr0 \(h(s.cr0))  cr2 \(h(s.cr2))  cr3 \(h(s.cr3))  cr4 \(h(s.cr4))  efer \(h(s.efer))\n"
-    out += " cs \(hex(s.cs.selector)) (l=\(s.cs.l) db=\(s.cs.db))  ss \(hex(s.ss.selector))  gdt \(h(s.gdt.base))/\(s.gdt.limit)  idt \(h(s.idt.base))/\(s.idt.limit)"
+    out +=
+        " cs \(hex(s.cs.selector)) (l=\(s.cs.l) db=\(s.cs.db))  ss \(hex(s.ss.selector))  gdt \(h(s.gdt.base))/\(s.gdt.limit)  idt "
+        + "\(h(s.idt.base))/\(s.idt.limit)"
     if let mem = memory {
         let mode = PagingMode(cr0: s.cr0, cr3: s.cr3, cr4: s.cr4, efer: s.efer)
         let rip = mode.longMode && s.cs.l == 1 ? r.rip : (s.cs.base &+ r.rip) & 0xFFFF_FFFF

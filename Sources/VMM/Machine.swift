@@ -40,7 +40,7 @@ public func monotonicNanos(_ clock: clockid_t = CLOCK_MONOTONIC) -> UInt64 {
 
 /// Per-vCPU exit counters, written only by that vCPU's thread.
 public final class ExitCounters: @unchecked Sendable {
-    public static let extra = 4   // io_in, io_out, mmio_read, mmio_write
+    public static let extra = 4  // io_in, io_out, mmio_read, mmio_write
     public static let fallbackKinds = 4
     let counts: UnsafeMutablePointer<UInt64>
     public static var size: Int { ExitReason.count + extra + fallbackKinds }
@@ -78,7 +78,7 @@ private let installKickHandler: Void = {
     var sa = sigaction()
     sa.__sigaction_handler.sa_handler = { _ in }
     sigemptyset(&sa.sa_mask)
-    sa.sa_flags = 0   // no SA_RESTART: KVM_RUN must return EINTR
+    sa.sa_flags = 0  // no SA_RESTART: KVM_RUN must return EINTR
     sigaction(kickSignal, &sa, nil)
 }()
 
@@ -147,8 +147,9 @@ public final class Machine: @unchecked Sendable {
         self.options = options
         self.kvm = kvm
         vm = try kvm.createVM()
-        memory = try GuestMemory(layout: Layout.ramRegions(size: options.memorySize),
-                                 hugePages: !options.memoryDedup && !devices.contains { $0 is VirtioBalloon })   // see GuestMemory.init
+        memory = try GuestMemory(
+            layout: Layout.ramRegions(size: options.memorySize),
+            hugePages: !options.memoryDedup && !devices.contains { $0 is VirtioBalloon })  // see GuestMemory.init
         if options.memoryDedup, let e = memory.markMergeable() {
             throw SysError("madvise(MADV_MERGEABLE) on guest RAM (is KSM built into this kernel?)", errno: e)
         }
@@ -179,8 +180,9 @@ public final class Machine: @unchecked Sendable {
         try pio.insert(serial, base: UInt64(Layout.com1Port), length: 8)
         try pio.insert(I8042(), base: 0x60, length: 5)
         try pio.insert(CMOSRTC(), base: 0x70, length: 2)
-        try pio.insert(ACPIPowerDevice(sleepType: Layout.s5SleepType, resetValue: Layout.acpiResetValue),
-                       base: UInt64(Layout.acpiSleepControlPort), length: 3)
+        try pio.insert(
+            ACPIPowerDevice(sleepType: Layout.s5SleepType, resetValue: Layout.acpiResetValue),
+            base: UInt64(Layout.acpiSleepControlPort), length: 3)
         try pio.insert(ResetControlDevice(), base: UInt64(Layout.resetControlPort), length: 1)
         if options.irqchip {
             let ev = try EventFD()
@@ -208,8 +210,9 @@ public final class Machine: @unchecked Sendable {
             }
             let name = "virtio-\(dev.type)\(i)"
             let qe = queueEvents
-            let t = VirtioMMIO(device: dev, memory: memory, interrupt: InterruptLine { irqEvent.signal() },
-                               notify: { q in qe[q].signal() }, log: { eprint("kumo-vmm: \(name): \($0)") })
+            let t = VirtioMMIO(
+                device: dev, memory: memory, interrupt: InterruptLine { irqEvent.signal() },
+                notify: { q in qe[q].signal() }, log: { eprint("kumo-vmm: \(name): \($0)") })
             try mmio.insert(t, base: base, length: MMIOReg.windowSize)
             virtio.append(t)
             virtioEvents.append(irqEvent)
@@ -226,10 +229,12 @@ public final class Machine: @unchecked Sendable {
         for i in 0..<options.vcpus {
             let v = try vm.createVCPU(id: UInt32(i))
             let leaves = CPUTemplate.apply(supported, modifiers: options.cpuid, vcpu: i, of: options.vcpus)
-            try v.setCPUID(leaves.map {
-                CPUIDEntry(function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx,
-                           ecx: $0.ecx, edx: $0.edx, padding: (0, 0, 0))
-            })
+            try v.setCPUID(
+                leaves.map {
+                    CPUIDEntry(
+                        function: $0.function, index: $0.index, flags: $0.flags, eax: $0.eax, ebx: $0.ebx,
+                        ecx: $0.ecx, edx: $0.edx, padding: (0, 0, 0))
+                })
             try Machine.initMSRs(v)
             var fpu = FPU()
             fpu.fcw = 0x37F
@@ -252,12 +257,12 @@ public final class Machine: @unchecked Sendable {
 
     static func initMSRs(_ v: VCPU) throws {
         try v.setMSRs([
-            (0x174, 0), (0x175, 0), (0x176, 0),            // SYSENTER_CS/ESP/EIP
+            (0x174, 0), (0x175, 0), (0x176, 0),  // SYSENTER_CS/ESP/EIP
             (0xC000_0081, 0), (0xC000_0082, 0), (0xC000_0083, 0), (0xC000_0084, 0),  // STAR LSTAR CSTAR SFMASK
-            (0xC000_0102, 0),                              // KERNEL_GS_BASE
-            (0x10, 0),                                     // TSC
-            (0x1A0, 1),                                    // MISC_ENABLE: fast strings
-            (0x2FF, (1 << 11) | 6),                        // MTRRdefType: enabled, write-back
+            (0xC000_0102, 0),  // KERNEL_GS_BASE
+            (0x10, 0),  // TSC
+            (0x1A0, 1),  // MISC_ENABLE: fast strings
+            (0x2FF, (1 << 11) | 6),  // MTRRdefType: enabled, write-back
         ])
     }
 
@@ -271,8 +276,8 @@ public final class Machine: @unchecked Sendable {
                 p.storeBytes(of: x, toByteOffset: off, as: UInt32.self)
             }
         }
-        set(0x350, 7)   // LVT0: ExtINT
-        set(0x360, 4)   // LVT1: NMI
+        set(0x350, 7)  // LVT0: ExtINT
+        set(0x360, 4)  // LVT1: NMI
         try v.setLAPIC(l)
     }
 
@@ -281,8 +286,9 @@ public final class Machine: @unchecked Sendable {
         let v = vcpus[index]
         var s = try v.getSRegs()
         func seg(_ x: SegmentState) -> KVM.Segment {
-            Segment(base: x.base, limit: x.limit, selector: x.selector, type: x.type, present: x.present, dpl: x.dpl,
-                    db: x.db, s: x.s, l: x.l, g: x.g, avl: 0, unusable: 0, padding: 0)
+            Segment(
+                base: x.base, limit: x.limit, selector: x.selector, type: x.type, present: x.present, dpl: x.dpl,
+                db: x.db, s: x.s, l: x.l, g: x.g, avl: 0, unusable: 0, padding: 0)
         }
         s.cs = seg(cpu.code)
         s.ds = seg(cpu.data); s.es = s.ds; s.fs = s.ds; s.gs = s.ds; s.ss = s.ds
@@ -307,10 +313,11 @@ public final class Machine: @unchecked Sendable {
         for i in 0..<vcpus.count {
             vcpusRunning.add(1, ordering: .relaxed)
             do {
-                threads.append(try OSThread.spawn(name: "vcpu\(i)") { [self] in
-                    vcpuLoop(i)
-                    vcpusRunning.subtract(1, ordering: .releasing)
-                })
+                threads.append(
+                    try OSThread.spawn(name: "vcpu\(i)") { [self] in
+                        vcpuLoop(i)
+                        vcpusRunning.subtract(1, ordering: .releasing)
+                    })
             } catch {
                 vcpusRunning.subtract(1, ordering: .relaxed)
                 throw error
@@ -336,7 +343,9 @@ public final class Machine: @unchecked Sendable {
     public func pagingState(vcpu index: Int, timeoutMs: Int = 1000) -> (mode: PagingMode, rip: UInt64)? {
         guard index >= 0, index < vcpus.count, index < threads.count else { return nil }
         let box = mailboxes[index]
-        let ticket = box.state.withLock { s -> Int in s.asked += 1; return s.asked }
+        let ticket = box.state.withLock { s -> Int in
+            s.asked += 1; return s.asked
+        }
         for _ in 0..<timeoutMs {
             threads[index].kill(kickSignal)
             let done = box.state.withLock { s -> (PagingMode, UInt64)?? in
@@ -354,9 +363,11 @@ public final class Machine: @unchecked Sendable {
     public func wait(extraFD: Int32 = -1, sampleFD: Int32 = -1, onBootMarker: (UInt64) -> Void = { _ in }) -> MachineOutcome {
         var halted = 0
         while true {
-            var fds = [pollfd(fd: wake.fd.raw, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: sampleFD, events: Int16(POLLIN), revents: 0)]
+            var fds = [
+                pollfd(fd: wake.fd.raw, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: extraFD, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: sampleFD, events: Int16(POLLIN), revents: 0),
+            ]
             let n = poll(&fds, 3, -1)
             if n < 0 && errno == EINTR { continue }
             if extraFD >= 0 && fds[1].revents != 0 { post(.stop) }
@@ -368,7 +379,9 @@ public final class Machine: @unchecked Sendable {
                 continue
             }
             _ = wake.wait()
-            let pending = events.withLock { e -> [MachineEvent] in let x = e; e.removeAll(); return x }
+            let pending = events.withLock { e -> [MachineEvent] in
+                let x = e; e.removeAll(); return x
+            }
             for e in pending {
                 switch e {
                 case let .bootMarker(t):
@@ -459,7 +472,7 @@ public final class Machine: @unchecked Sendable {
                         while i + 8 <= words.count {
                             var v: UInt64 = 0
                             for k in 0..<8 { v |= UInt64(words[i + k]) << (8 * UInt64(k)) }
-                            if v >> 44 == 0xFFFFF { stack += " 0x" + hex(v) }   // kernel text-looking values only
+                            if v >> 44 == 0xFFFFF { stack += " 0x" + hex(v) }  // kernel text-looking values only
                             i += 8
                         }
                     }
@@ -567,4 +580,3 @@ extension Machine {
         return sr.cr0 & 1 == 0 && ResetVector.contains(linear: sr.cs.base &+ r.rip)
     }
 }
-

@@ -43,10 +43,11 @@ public struct VMPlan: Sendable {
     public init(_ config: VMConfig, host: HostKVM = .detect(), hostMemory: UInt64 = hostMemoryBytes()) throws(ConfigError) {
         try config.validate(hostMemoryBytes: hostMemory)
         self.config = config
-        affinity = VCPUAffinity((0..<config.vcpus).map { i in
-            guard i < config.vcpuAffinity.count, let s = config.vcpuAffinity[i], case let .success(c) = CPUList.parse(s) else { return nil }
-            return c
-        })
+        affinity = VCPUAffinity(
+            (0..<config.vcpus).map { i in
+                guard i < config.vcpuAffinity.count, let s = config.vcpuAffinity[i], case let .success(c) = CPUList.parse(s) else { return nil }
+                return c
+            })
         self.host = host
         kernel = try BootInputs.kernel(config.kernel)
         if let path = config.initrd { initrd = try BootInputs.initrd(path) }
@@ -77,8 +78,9 @@ public struct VMPlan: Sendable {
     }
 
     public var spec: BootSpec {
-        BootSpec(kernel: kernel, initrd: initrd, cmdline: cmdline, memorySize: UInt64(config.memoryMiB) << 20,
-                 vcpus: config.vcpus, bootProtocol: bootProtocol)
+        BootSpec(
+            kernel: kernel, initrd: initrd, cmdline: cmdline, memorySize: UInt64(config.memoryMiB) << 20,
+            vcpus: config.vcpus, bootProtocol: bootProtocol)
     }
 
     /// Fresh device models for one boot (disks are opened here; a guest reset gets new ones).
@@ -151,22 +153,30 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
     for s in [SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2] { sigaddset(&unblock, s) }
     pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
     for s in [SIGTERM, SIGINT, SIGHUP] {
-        signal(s) { _ in var one: UInt64 = 1; _ = write(signalWakeFD, &one, 8) }
+        signal(s) { _ in
+            var one: UInt64 = 1; _ = write(signalWakeFD, &one, 8)
+        }
     }
     signal(SIGPIPE, SIG_IGN)
     // SIGUSR2: every vCPU prints its RIP (a poor man's profiler for slow guests).
     guard let sampleEvent = try? EventFD() else { eprint("kumo-vmm: eventfd failed"); return 1 }
     sampleWakeFD = sampleEvent.fd.raw
-    signal(SIGUSR2) { _ in var one: UInt64 = 1; _ = write(sampleWakeFD, &one, 8) }
+    signal(SIGUSR2) { _ in
+        var one: UInt64 = 1; _ = write(sampleWakeFD, &one, 8)
+    }
 
-    eprint("kumo-vmm: \(plan.config.vcpus) vCPU, \(plan.config.memoryMiB) MiB, \(plan.kernel.format == .elf ? "ELF" : "bzImage") via \(plan.bootProtocol.rawValue), host \(plan.host.summary), CPU template \(plan.template.rawValue)")
+    eprint(
+        "kumo-vmm: \(plan.config.vcpus) vCPU, \(plan.config.memoryMiB) MiB, \(plan.kernel.format == .elf ? "ELF" : "bzImage") via "
+            + "\(plan.bootProtocol.rawValue), host \(plan.host.summary), CPU template \(plan.template.rawValue)"
+    )
     var boots = 0
     var totals = [UInt64](repeating: 0, count: ExitCounters.size)
     var perVCPU: [[UInt64]] = Array(repeating: [UInt64](repeating: 0, count: ExitCounters.size), count: plan.config.vcpus)
     var status: Int32 = 0
     var deviceStats: [String] = []
-    let control = ControlState(memoryBytes: UInt64(plan.config.memoryMiB) << 20, vcpus: plan.config.vcpus, affinity: plan.affinity,
-                               balloonTargetMiB: plan.config.balloon?.targetMiB ?? 0)
+    let control = ControlState(
+        memoryBytes: UInt64(plan.config.memoryMiB) << 20, vcpus: plan.config.vcpus, affinity: plan.affinity,
+        balloonTargetMiB: plan.config.balloon?.targetMiB ?? 0)
     var server: ControlServer? = nil
     if let path = plan.config.apiSocket {
         do {

@@ -17,9 +17,13 @@ public enum SerialMode: Equatable, Sendable {
         case "stdio": self = .stdio
         case "none": self = .none
         default:
-            if s.hasPrefix("file:"), s.count > 5 { self = .file(String(s.dropFirst(5))) }
-            else if s.hasPrefix("socket:"), s.count > 7 { self = .socket(String(s.dropFirst(7))) }
-            else { throw .invalid("serial", "must be stdio, none, file:PATH or socket:PATH, not \"\(s)\"") }
+            if s.hasPrefix("file:"), s.count > 5 {
+                self = .file(String(s.dropFirst(5)))
+            } else if s.hasPrefix("socket:"), s.count > 7 {
+                self = .socket(String(s.dropFirst(7)))
+            } else {
+                throw .invalid("serial", "must be stdio, none, file:PATH or socket:PATH, not \"\(s)\"")
+            }
         }
     }
 }
@@ -97,8 +101,11 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
 }
 
 extension VMConfig {
-    static let keys: Set<String> = ["kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
-                                    "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup", "on_reboot"]
+    static let keys: Set<String> = [
+        "kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
+        "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup",
+        "on_reboot",
+    ]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
     public static func load(jsonFile path: String) throws(ConfigError) -> VMConfig {

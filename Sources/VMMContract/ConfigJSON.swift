@@ -6,8 +6,10 @@ import Boot
 
 extension BucketConfig {
     var json: JSONValue {
-        .object([("size", .integer(Int64(size))), ("refill_ms", .integer(Int64(refillMillis))),
-                 ("one_time_burst", .integer(Int64(oneTimeBurst)))])
+        .object([
+            ("size", .integer(Int64(size))), ("refill_ms", .integer(Int64(refillMillis))),
+            ("one_time_burst", .integer(Int64(oneTimeBurst))),
+        ])
     }
 }
 
@@ -39,8 +41,10 @@ extension NetConfig {
 
 extension BalloonConfig {
     var json: JSONValue {
-        .object([("deflate_on_oom", .bool(deflateOnOOM)), ("target_mib", .integer(Int64(targetMiB))),
-                 ("free_page_reporting", .bool(freePageReporting))])
+        .object([
+            ("deflate_on_oom", .bool(deflateOnOOM)), ("target_mib", .integer(Int64(targetMiB))),
+            ("free_page_reporting", .bool(freePageReporting)),
+        ])
     }
 }
 
@@ -67,10 +71,16 @@ extension VMConfig {
         if bootProtocol != d.bootProtocol { m.append(("boot_protocol", .string(bootProtocol.rawValue))) }
         if cpuTemplate != d.cpuTemplate { m.append(("cpu_template", .string(cpuTemplate.rawValue))) }
         if !cpuid.isEmpty {
-            m.append(("cpuid", .array(cpuid.map { c in
-                .object([("function", .integer(Int64(c.function)))] + (c.index.map { [("index", .integer(Int64($0)))] } ?? [])
-                        + [("register", .string(c.register.rawValue)), ("clear", .integer(Int64(c.clear))), ("set", .integer(Int64(c.set)))])
-            })))
+            m.append(
+                (
+                    "cpuid",
+                    .array(
+                        cpuid.map { c in
+                            .object(
+                                [("function", .integer(Int64(c.function)))] + (c.index.map { [("index", .integer(Int64($0)))] } ?? [])
+                                    + [("register", .string(c.register.rawValue)), ("clear", .integer(Int64(c.clear))), ("set", .integer(Int64(c.set)))])
+                        })
+                ))
         }
         m.append(("serial", .string(serial.flag)))
         if let serialSocket { m.append(("serial_socket", .string(serialSocket))) }

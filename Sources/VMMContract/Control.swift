@@ -25,7 +25,8 @@ public enum ControlRequest: Sendable, Equatable {
         case .info: return .object([("op", .string("vm.info"))])
         case .stats: return .object([("op", .string("vm.stats"))])
         case let .pin(v, cpus): return .object([("op", .string("vcpu.pin")), ("vcpu", .integer(Int64(v))), ("cpus", cpus.map { .string($0) } ?? .null)])
-        case let .translate(v, a): return .object([("op", .string("translate")), ("vcpu", .integer(Int64(v))), ("address", .string("0x" + String(a, radix: 16)))])
+        case let .translate(v, a):
+            return .object([("op", .string("translate")), ("vcpu", .integer(Int64(v))), ("address", .string("0x" + String(a, radix: 16)))])
         case .powerButton: return .object([("op", .string("power_button"))])
         case let .balloonSet(mib): return .object([("op", .string("balloon.set")), ("target_mib", .integer(Int64(mib)))])
         case let .balloonGet(refresh): return .object([("op", .string("balloon.get"))] + (refresh ? [("refresh", .bool(true))] : []))
@@ -141,8 +142,10 @@ public struct VMInfo: Codable, Sendable, Equatable {
         case memoryMiB = "memory_mib", rssKiB = "rss_kib", guestResidentKiB = "guest_resident_kib", powerButton = "power_button"
         case lastReset = "last_reset"
     }
-    public init(contract: Int = vmmContractVersion, vcpus: Int, memoryMiB: Int, rssKiB: UInt64, guestResidentKiB: UInt64,
-                powerButton: PowerButton, devices: [Device], boots: Int, lastReset: String?) {
+    public init(
+        contract: Int = vmmContractVersion, vcpus: Int, memoryMiB: Int, rssKiB: UInt64, guestResidentKiB: UInt64,
+        powerButton: PowerButton, devices: [Device], boots: Int, lastReset: String?
+    ) {
         self.contract = contract; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.rssKiB = rssKiB
         self.guestResidentKiB = guestResidentKiB; self.powerButton = powerButton; self.devices = devices
         self.boots = boots; self.lastReset = lastReset
@@ -171,9 +174,11 @@ public struct VMStats: Codable, Sendable, Equatable {
             case exitsTotal = "exits_total", ioIn = "io_in", ioOut = "io_out", mmioRead = "mmio_read", mmioWrite = "mmio_write"
             case cpuNs = "cpu_ns", waitNs = "wait_ns", cpusAllowed = "cpus_allowed"
         }
-        public init(vcpu: Int, tid: Int32, exits: [String: UInt64], exitsTotal: UInt64, ioIn: UInt64, ioOut: UInt64, mmioRead: UInt64,
-                    mmioWrite: UInt64, emulated: [String: UInt64], cpuNs: UInt64? = nil, waitNs: UInt64? = nil, timeslices: UInt64? = nil,
-                    cpusAllowed: String? = nil, pinned: String? = nil, kvm: [String: UInt64]? = nil) {
+        public init(
+            vcpu: Int, tid: Int32, exits: [String: UInt64], exitsTotal: UInt64, ioIn: UInt64, ioOut: UInt64, mmioRead: UInt64,
+            mmioWrite: UInt64, emulated: [String: UInt64], cpuNs: UInt64? = nil, waitNs: UInt64? = nil, timeslices: UInt64? = nil,
+            cpusAllowed: String? = nil, pinned: String? = nil, kvm: [String: UInt64]? = nil
+        ) {
             self.vcpu = vcpu; self.tid = tid; self.exits = exits; self.exitsTotal = exitsTotal; self.ioIn = ioIn; self.ioOut = ioOut
             self.mmioRead = mmioRead; self.mmioWrite = mmioWrite; self.emulated = emulated; self.cpuNs = cpuNs; self.waitNs = waitNs
             self.timeslices = timeslices; self.cpusAllowed = cpusAllowed; self.pinned = pinned; self.kvm = kvm
@@ -287,8 +292,10 @@ public struct BalloonState: Codable, Sendable, Equatable {
         case actualPages = "actual_pages", inflatedPages = "inflated_pages", deflatedPages = "deflated_pages"
         case reportedPages = "reported_pages", statsUpdates = "stats_updates", rssKiB = "rss_kib"
     }
-    public init(driverReady: Bool, targetMiB: Int, actualMiB: Int, targetPages: UInt64, actualPages: UInt64, inflatedPages: UInt64,
-                deflatedPages: UInt64, reportedPages: UInt64, statsUpdates: UInt64, stats: [String: UInt64], rssKiB: UInt64) {
+    public init(
+        driverReady: Bool, targetMiB: Int, actualMiB: Int, targetPages: UInt64, actualPages: UInt64, inflatedPages: UInt64,
+        deflatedPages: UInt64, reportedPages: UInt64, statsUpdates: UInt64, stats: [String: UInt64], rssKiB: UInt64
+    ) {
         self.driverReady = driverReady; self.targetMiB = targetMiB; self.actualMiB = actualMiB; self.targetPages = targetPages
         self.actualPages = actualPages; self.inflatedPages = inflatedPages; self.deflatedPages = deflatedPages
         self.reportedPages = reportedPages; self.statsUpdates = statsUpdates; self.stats = stats; self.rssKiB = rssKiB

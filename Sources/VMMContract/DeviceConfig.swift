@@ -39,7 +39,9 @@ extension DiskConfig {
     /// `--disk PATH[,readonly][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]`
     static func parse(flag s: String) throws(ConfigError) -> DiskConfig {
         let parts = s.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-        guard let first = parts.first, !first.isEmpty else { throw .invalid("--disk", "needs a path: --disk PATH[,readonly][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]") }
+        guard let first = parts.first, !first.isEmpty else {
+            throw .invalid("--disk", "needs a path: --disk PATH[,readonly][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]")
+        }
         var d = DiskConfig(path: first.hasPrefix("path=") ? String(first.dropFirst(5)) : first)
         var rl = RateLimitConfig()
         for p in parts.dropFirst() {

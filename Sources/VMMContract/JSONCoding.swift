@@ -299,7 +299,8 @@ struct SingleDecoder: SingleValueDecodingContainer {
 extension JSONValue: Codable {
     public init(from decoder: any Decoder) throws {
         guard let d = decoder as? ValueDecoder else {
-            throw DecodingError.typeMismatch(JSONValue.self, .init(codingPath: decoder.codingPath, debugDescription: "JSONValue decodes only with JSONValueDecoder"))
+            throw DecodingError.typeMismatch(
+                JSONValue.self, .init(codingPath: decoder.codingPath, debugDescription: "JSONValue decodes only with JSONValueDecoder"))
         }
         self = d.value
     }

@@ -57,7 +57,9 @@ public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
 
     public override var statistics: String {
         let s = snapshot
-        return "target_pages=\(s.targetPages) actual_pages=\(s.actualPages) inflated=\(s.inflatedPages) deflated=\(s.deflatedPages) reported=\(s.reportedPages) stats_updates=\(s.statsUpdates)"
+        return
+            "target_pages=\(s.targetPages) actual_pages=\(s.actualPages) inflated=\(s.inflatedPages) deflated=\(s.deflatedPages) "
+            + "reported=\(s.reportedPages) stats_updates=\(s.statsUpdates)"
     }
 
     // Config space: num_pages (le32, device → driver), actual (le32, driver → device).
@@ -103,7 +105,9 @@ public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
     public override func didReset() {
         roles = []
         statsHead = nil
-        shared.withLock { s in s.driverReady = false; s.actualPages = 0 }
+        shared.withLock { s in
+            s.driverReady = false; s.actualPages = 0
+        }
     }
 
     /// Asks the driver for fresh statistics (by returning the buffer it left with us).
@@ -114,7 +118,8 @@ public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
 
     func returnStatsBuffer(_ ctx: VirtioContext) {
         guard wantStats.load(ordering: .acquiring), let head = statsHead,
-              let i = roles.firstIndex(where: { $0 == .stats }), let q = ctx.queues[i] else { return }
+            let i = roles.firstIndex(where: { $0 == .stats }), let q = ctx.queues[i]
+        else { return }
         wantStats.store(false, ordering: .releasing)
         statsHead = nil
         q.push(head: head, written: 0)
@@ -155,7 +160,7 @@ public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
                     return
                 }
                 guard let chain else { break }
-                if let old = statsHead { q.push(head: old, written: 0) }   // a driver bug; give the old one back
+                if let old = statsHead { q.push(head: old, written: 0) }  // a driver bug; give the old one back
                 statsHead = chain.head
                 var bytes = [UInt8](repeating: 0, count: Int(min(chain.readableBytes, 10 * 64)))
                 let n = bytes.withUnsafeMutableBytes { chain.read(into: $0) }
@@ -168,7 +173,9 @@ public final class VirtioBalloon: VirtioDevice, @unchecked Sendable {
                     stats[VirtioBalloon.statNames[tag] ?? "tag\(tag)"] = v
                     o += 10
                 }
-                shared.withLock { s in s.stats = stats; s.statsUpdates += 1 }
+                shared.withLock { s in
+                    s.stats = stats; s.statsUpdates += 1
+                }
             }
             _ = q.armNotification()
             returnStatsBuffer(ctx)

@@ -95,7 +95,7 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         // Layout: 16-byte header (type, reserved, sector), data, one status byte (device-writable, last).
         guard let last = chain.segments.last, last.writable, chain.readableBytes >= 16 else {
             completed.errors += 1
-            return 0   // no place for a status: nothing can be reported
+            return 0  // no place for a status: nothing can be reported
         }
         // The header, read once (it may straddle descriptors).
         var hdr: (UInt64, UInt64) = (0, 0)
@@ -109,13 +109,23 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
         switch RequestType(rawValue: type) {
         case .read:
             let data = DataRange(chain, writable: true)
-            if let err = checkRange(sector: sector, bytes: data.total, segments: data.count) { status = err } else {
+            if let err = checkRange(sector: sector, bytes: data.total, segments: data.count) {
+                status = err
+            } else {
                 limiter?.consume(ops: 1, bytes: data.total)
-                if transfer(data, chain, offset: sector * VirtioBlock.sectorSize, write: false) { dataWritten = data.total; completed.reads += 1 } else { status = .ioError }
+                if transfer(data, chain, offset: sector * VirtioBlock.sectorSize, write: false) {
+                    dataWritten = data.total; completed.reads += 1
+                } else {
+                    status = .ioError
+                }
             }
         case .write:
             let data = DataRange(chain, writable: false)
-            if readOnly { status = .ioError } else if let err = checkRange(sector: sector, bytes: data.total, segments: data.count) { status = err } else {
+            if readOnly {
+                status = .ioError
+            } else if let err = checkRange(sector: sector, bytes: data.total, segments: data.count) {
+                status = err
+            } else {
                 limiter?.consume(ops: 1, bytes: data.total)
                 if transfer(data, chain, offset: sector * VirtioBlock.sectorSize, write: true) { completed.writes += 1 } else { status = .ioError }
             }
@@ -201,8 +211,10 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             var done = 0
             while done < length {
                 let p = base.advanced(by: done)
-                let n = write ? pwrite(fd, p, length - done, off_t(offset) + off_t(done))
-                              : pread(fd, p, length - done, off_t(offset) + off_t(done))
+                let n =
+                    write
+                    ? pwrite(fd, p, length - done, off_t(offset) + off_t(done))
+                    : pread(fd, p, length - done, off_t(offset) + off_t(done))
                 if n < 0 { if errno == EINTR { continue }; return false }
                 if n == 0 {
                     if write { return false }
@@ -222,8 +234,10 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             var first = 0
             var off = off_t(offset)
             while first < iov.count {
-                let n = write ? pwritev(fd, iov.baseAddress! + first, Int32(iov.count - first), off)
-                              : preadv(fd, iov.baseAddress! + first, Int32(iov.count - first), off)
+                let n =
+                    write
+                    ? pwritev(fd, iov.baseAddress! + first, Int32(iov.count - first), off)
+                    : preadv(fd, iov.baseAddress! + first, Int32(iov.count - first), off)
                 if n < 0 { if errno == EINTR { continue }; return false }
                 if n == 0 {
                     // Reading past the end of a file that shrank under us: zero the rest.

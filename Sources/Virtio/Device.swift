@@ -20,8 +20,10 @@ public final class VirtioContext: @unchecked Sendable {
     let line: InterruptLine
     let onError: @Sendable (String) -> Void
 
-    init(memory: GuestMemory, queues: [SplitQueue?], features: UInt64, interruptStatus: InterruptStatus,
-         line: InterruptLine, onError: @escaping @Sendable (String) -> Void) {
+    init(
+        memory: GuestMemory, queues: [SplitQueue?], features: UInt64, interruptStatus: InterruptStatus,
+        line: InterruptLine, onError: @escaping @Sendable (String) -> Void
+    ) {
         self.memory = memory
         self.queues = queues
         self.features = features
@@ -105,14 +107,16 @@ open class VirtioDevice: @unchecked Sendable {
     /// The common service loop: takes every available chain (while `limiter` allows), lets `handle` serve
     /// it and return the bytes it wrote, hands it back, interrupts once per batch, and re-arms the
     /// notification before sleeping. A malformed queue stops the device.
-    public func serve(_ q: SplitQueue, _ ctx: VirtioContext, name: String, limiter: RateLimiter?,
-                      _ handle: (DescriptorChain) -> UInt32) {
+    public func serve(
+        _ q: SplitQueue, _ ctx: VirtioContext, name: String, limiter: RateLimiter?,
+        _ handle: (DescriptorChain) -> UInt32
+    ) {
         repeat {
             var done = false
             while true {
                 if let l = limiter, !l.canProceed() {
                     if done { ctx.notifyUsed(q) }
-                    return   // the worker runs us again when tokens are back (retryAfterNanos)
+                    return  // the worker runs us again when tokens are back (retryAfterNanos)
                 }
                 let chain: DescriptorChain?
                 do { chain = try q.pop() } catch {

@@ -38,8 +38,8 @@ public enum MMIOReg {
     public static let queueDeviceHigh: UInt64 = 0x0A4
     public static let configGeneration: UInt64 = 0x0FC
     public static let config: UInt64 = 0x100
-    public static let magicValue: UInt32 = 0x7472_6976   // "virt"
-    public static let vendor: UInt32 = 0x4F4D_554B       // "KUMO"
+    public static let magicValue: UInt32 = 0x7472_6976  // "virt"
+    public static let vendor: UInt32 = 0x4F4D_554B  // "KUMO"
     /// Each device's register window.
     public static let windowSize: UInt64 = 0x1000
 }
@@ -75,8 +75,10 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
     let log: @Sendable (String) -> Void
     public let features: UInt64
 
-    public init(device: VirtioDevice, memory: GuestMemory, interrupt: InterruptLine,
-                notify: @escaping @Sendable (Int) -> Void, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    public init(
+        device: VirtioDevice, memory: GuestMemory, interrupt: InterruptLine,
+        notify: @escaping @Sendable (Int) -> Void, log: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
         self.device = device
         self.memory = memory
         self.line = interrupt
@@ -96,7 +98,7 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
             device.readConfig(offset: offset - MMIOReg.config, data: data)
             return
         }
-        guard data.count == 4, offset % 4 == 0 else { return }   // registers are 32-bit only
+        guard data.count == 4, offset % 4 == 0 else { return }  // registers are 32-bit only
         let v: UInt32 = state.withLock { s in
             switch offset {
             case MMIOReg.magic: return MMIOReg.magicValue
@@ -142,7 +144,8 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
     func writeRegister(_ s: inout State, _ offset: UInt64, _ v: UInt32) {
         let q = Int(s.queueSel)
         // Queue registers may change only between FEATURES_OK and DRIVER_OK, on a queue not yet ready.
-        let queueSetup = s.status & VirtioStatus.featuresOK != 0 && s.status & VirtioStatus.driverOK == 0
+        let queueSetup =
+            s.status & VirtioStatus.featuresOK != 0 && s.status & VirtioStatus.driverOK == 0
             && s.status & VirtioStatus.failed == 0 && q < s.queues.count && !s.queues[q].ready
         func setLow(_ x: inout UInt64) { x = (x & ~0xFFFF_FFFF) | UInt64(v) }
         func setHigh(_ x: inout UInt64) { x = (x & 0xFFFF_FFFF) | (UInt64(v) << 32) }
@@ -192,7 +195,8 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
             var new = v & ~VirtioStatus.needsReset | (old & VirtioStatus.needsReset)
             let added = new & ~old
             if added & VirtioStatus.featuresOK != 0 {
-                let ok = new & VirtioStatus.driver != 0
+                let ok =
+                    new & VirtioStatus.driver != 0
                     && s.driverFeatures & ~features == 0
                     && s.driverFeatures & VirtioFeature.version1 != 0
                 if !ok {
@@ -204,9 +208,12 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
                 if new & VirtioStatus.featuresOK == 0 || old & VirtioStatus.needsReset != 0 {
                     new &= ~VirtioStatus.driverOK
                 } else {
-                    activate = (s.driverFeatures, s.queues.map { q in
-                        q.ready ? QueueConfig(size: q.size, desc: q.desc, avail: q.avail, used: q.used) : nil
-                    })
+                    activate = (
+                        s.driverFeatures,
+                        s.queues.map { q in
+                            q.ready ? QueueConfig(size: q.size, desc: q.desc, avail: q.avail, used: q.used) : nil
+                        }
+                    )
                 }
             }
             s.status = new
@@ -223,8 +230,9 @@ public final class VirtioMMIO: BusDevice, @unchecked Sendable {
                     queues.append(nil)
                 }
             }
-            let ctx = VirtioContext(memory: memory, queues: queues, features: feat, interruptStatus: interruptStatus,
-                                    line: line, onError: { [weak self] why in self?.deviceFailed(why) })
+            let ctx = VirtioContext(
+                memory: memory, queues: queues, features: feat, interruptStatus: interruptStatus,
+                line: line, onError: { [weak self] why in self?.deviceFailed(why) })
             try device.lock.withLock { (_) throws(VirtioDeviceError) in
                 try device.activated(ctx)
                 device.context = ctx

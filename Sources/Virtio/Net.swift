@@ -27,17 +27,19 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         precondition(mac.count == 6)
         self.tap = tap
         self.mac = mac
-        super.init(type: .net, queueMaxSizes: [VirtioNet.queueSize, VirtioNet.queueSize],
-                   features: Feature.mac | Feature.status | Feature.mtu)
+        super.init(
+            type: .net, queueMaxSizes: [VirtioNet.queueSize, VirtioNet.queueSize],
+            features: Feature.mac | Feature.status | Feature.mtu)
     }
 
     public override var statistics: String {
-        "rx_frames=\(counters.rxFrames) rx_bytes=\(counters.rxBytes) tx_frames=\(counters.txFrames) tx_bytes=\(counters.txBytes) rx_dropped=\(counters.rxDropped) tx_dropped=\(counters.txDropped)"
+        "rx_frames=\(counters.rxFrames) rx_bytes=\(counters.rxBytes) tx_frames=\(counters.txFrames) tx_bytes=\(counters.txBytes) "
+            + "rx_dropped=\(counters.rxDropped) tx_dropped=\(counters.txDropped)"
     }
 
     public override func readConfig(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         // struct virtio_net_config: mac[6], status (le16: 1 = link up), max_virtqueue_pairs, mtu.
-        var cfg = mac + [1, 0, 1, 0, 0xDC, 0x05]   // mtu 1500
+        var cfg = mac + [1, 0, 1, 0, 0xDC, 0x05]  // mtu 1500
         cfg += [UInt8](repeating: 0, count: 8)
         VirtioDevice.readWindow(cfg, offset: offset, into: data)
     }
@@ -57,7 +59,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     public override func process(queue index: Int, _ ctx: VirtioContext) {
         if index == 0 {
-            rxStalled = false   // the driver added receive buffers
+            rxStalled = false  // the driver added receive buffers
             receive(ctx)
         } else {
             transmit(ctx)
@@ -88,7 +90,7 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
             var iov = chain.segments.map { iovec(iov_base: $0.host, iov_len: Int($0.length)) }
             let n = iov.withUnsafeMutableBufferPointer { readv(tap.fd, $0.baseAddress, Int32($0.count)) }
             if n <= 0 {
-                q.unpop()   // nothing to receive (EAGAIN): the chain goes back for the next frame
+                q.unpop()  // nothing to receive (EAGAIN): the chain goes back for the next frame
                 break
             }
             // num_buffers = 1 (no mergeable buffers).

@@ -169,7 +169,7 @@ public final class SplitQueue: @unchecked Sendable {
         let idx = availIdx()
         if idx == lastAvail { return nil }
         guard idx &- lastAvail <= size else { throw .availRanAhead(avail: idx, last: lastAvail) }
-        atomicMemoryFence(ordering: .acquiring)   // ring entries after the index that published them
+        atomicMemoryFence(ordering: .acquiring)  // ring entries after the index that published them
         let slot = Int(lastAvail % size)
         let head = UInt16(littleEndian: avail.advanced(by: 4 + 2 * slot).loadUnaligned(as: UInt16.self))
         guard head < size else { throw .headOutOfRange(head) }
@@ -187,7 +187,7 @@ public final class SplitQueue: @unchecked Sendable {
             let len = UInt32(littleEndian: p.advanced(by: 8).loadUnaligned(as: UInt32.self))
             let flags = UInt16(littleEndian: p.advanced(by: 12).loadUnaligned(as: UInt16.self))
             let next = UInt16(littleEndian: p.advanced(by: 14).loadUnaligned(as: UInt16.self))
-            if flags & 4 != 0 {   // INDIRECT
+            if flags & 4 != 0 {  // INDIRECT
                 guard indirect else { throw .indirectNotNegotiated }
                 guard flags & 1 == 0 else { throw .indirectWithNext }
                 try walkIndirect(addr: addr, len: len, into: &chain, count: &count, sawWritable: &sawWritable)
@@ -205,8 +205,10 @@ public final class SplitQueue: @unchecked Sendable {
         return chain
     }
 
-    func walkIndirect(addr: UInt64, len: UInt32, into chain: inout DescriptorChain, count: inout Int,
-                      sawWritable: inout Bool) throws(QueueError) {
+    func walkIndirect(
+        addr: UInt64, len: UInt32, into chain: inout DescriptorChain, count: inout Int,
+        sawWritable: inout Bool
+    ) throws(QueueError) {
         guard len > 0, len % 16 == 0 else { throw .badIndirectLength(len) }
         let entries = Int(len / 16)
         guard entries <= maxChain else { throw .chainTooLong(maxChain) }
@@ -251,14 +253,14 @@ public final class SplitQueue: @unchecked Sendable {
         e.storeBytes(of: UInt32(head).littleEndian, as: UInt32.self)
         e.advanced(by: 4).storeBytes(of: written.littleEndian, as: UInt32.self)
         nextUsed &+= 1
-        atomicMemoryFence(ordering: .releasing)   // the element before the index that publishes it
+        atomicMemoryFence(ordering: .releasing)  // the element before the index that publishes it
         used.advanced(by: 2).storeBytes(of: nextUsed.littleEndian, as: UInt16.self)
     }
 
     /// After a batch of `push`es: should the driver be interrupted? (VIRTQ_AVAIL_F_NO_INTERRUPT, or
     /// the used_event index when VIRTIO_F_EVENT_IDX was negotiated.)
     public func needsInterrupt() -> Bool {
-        atomicMemoryFence(ordering: .sequentiallyConsistent)   // our used index before the driver's flags
+        atomicMemoryFence(ordering: .sequentiallyConsistent)  // our used index before the driver's flags
         if !eventIdx { return availFlags() & 1 == 0 }
         let usedEvent = UInt16(littleEndian: avail.advanced(by: 4 + 2 * Int(size)).loadUnaligned(as: UInt16.self))
         let old = signalledUsed

@@ -17,15 +17,18 @@ public final class VirtioTestDriver: @unchecked Sendable {
 
     /// `inline`: QueueNotify runs the device on the calling thread (deterministic); otherwise the
     /// caller wires notifications (e.g. a `DeviceWorker`) through `onNotify`.
-    public init(device: VirtioDevice, memorySize: UInt64 = 64 << 20,
-                onNotify: (@Sendable (Int) -> Void)? = nil) throws {
+    public init(
+        device: VirtioDevice, memorySize: UInt64 = 64 << 20,
+        onNotify: (@Sendable (Int) -> Void)? = nil
+    ) throws {
         memory = try GuestMemory(layout: [(0, memorySize)])
         self.device = device
         let box = InterruptCounter()
         let errs = ErrorLog()
-        transport = VirtioMMIO(device: device, memory: memory, interrupt: InterruptLine { box.n.add(1, ordering: .relaxed) },
-                               notify: onNotify ?? { [device] q in device.queueNotified(q) },
-                               log: { msg in errs.lines.withLock { $0.append(msg) } })
+        transport = VirtioMMIO(
+            device: device, memory: memory, interrupt: InterruptLine { box.n.add(1, ordering: .relaxed) },
+            notify: onNotify ?? { [device] q in device.queueNotified(q) },
+            log: { msg in errs.lines.withLock { $0.append(msg) } })
         counter = box
         errorLog = errs
     }
@@ -82,8 +85,9 @@ public final class VirtioTestDriver: @unchecked Sendable {
     /// Allocates rings for queue `index` and programs them; `ready` sets QueueReady.
     public func setupQueue(_ index: Int, size: UInt16, ready: Bool = true) -> DriverQueue {
         let n = UInt64(size)
-        let q = DriverQueue(driver: self, index: index, size: size, desc: alloc(16 * n, align: 16),
-                            avail: alloc(6 + 2 * n, align: 2), used: alloc(6 + 8 * n, align: 4096))
+        let q = DriverQueue(
+            driver: self, index: index, size: size, desc: alloc(16 * n, align: 16),
+            avail: alloc(6 + 2 * n, align: 2), used: alloc(6 + 8 * n, align: 4096))
         program(q.config, index: index, ready: ready)
         return q
     }
@@ -175,8 +179,9 @@ public final class DriverQueue: @unchecked Sendable {
         for _ in bufs { ids.append(free.removeLast()) }
         for (k, b) in bufs.enumerated() {
             let last = k == bufs.count - 1
-            setDescriptor(ids[k], addr: b.gpa, len: b.length, flags: (last ? 0 : 1) | (b.writable ? 2 : 0),
-                          next: last ? 0 : ids[k + 1])
+            setDescriptor(
+                ids[k], addr: b.gpa, len: b.length, flags: (last ? 0 : 1) | (b.writable ? 2 : 0),
+                next: last ? 0 : ids[k + 1])
         }
         chains[Int(ids[0])] = ids
         publish(ids[0])

@@ -28,13 +28,17 @@ do {
     var o = Machine.Options(memorySize: 4 << 20, vcpus: 1)
     o.irqchip = false
     let m = try Machine(o, kvm: kvm, serialSink: nil)
-    let code: [UInt8] = [0xB9, UInt8(n & 0xFF), UInt8((n >> 8) & 0xFF), UInt8((n >> 16) & 0xFF), UInt8(n >> 24),
-                         0xE6, 0x80, 0xFF, 0xC9, 0x75, 0xFA, 0xF4]
+    let code: [UInt8] = [
+        0xB9, UInt8(n & 0xFF), UInt8((n >> 8) & 0xFF), UInt8((n >> 16) & 0xFF), UInt8(n >> 24),
+        0xE6, 0x80, 0xFF, 0xC9, 0x75, 0xFA, 0xF4,
+    ]
     try m.memory.write(code, at: 0x100000)
     try BootLoader.writePageTables(m.memory)
     let s = BootLoader.segments(longMode: true)
-    try m.setBootState(BootCPUState(rip: 0x100000, rsp: 0x80000, cr0: 0x8005_0033, cr3: Layout.pml4, cr4: 0x20, efer: 0x500,
-                                    code: s.code, data: s.data, tss: s.tss, gdtLimit: 39), vcpu: 0)
+    try m.setBootState(
+        BootCPUState(
+            rip: 0x100000, rsp: 0x80000, cr0: 0x8005_0033, cr3: Layout.pml4, cr4: 0x20, efer: 0x500,
+            code: s.code, data: s.data, tss: s.tss, gdtLimit: 39), vcpu: 0)
     try m.start()
     let outcome = m.wait()
     let first = m.firstRunNanos.load(ordering: .acquiring)
@@ -68,8 +72,10 @@ func blockBench(_ path: String) {
         var allocated: [Int: ([UInt64], [UInt64], [UInt64])] = [:]
         func buffers(_ block: Int) -> ([UInt64], [UInt64], [UInt64]) {
             if let b = allocated[block] { return b }
-            let b = ((0..<depth).map { _ in d.alloc(16) }, (0..<depth).map { _ in d.alloc(UInt64(block), align: 4096) },
-                     (0..<depth).map { _ in d.alloc(1) })
+            let b = (
+                (0..<depth).map { _ in d.alloc(16) }, (0..<depth).map { _ in d.alloc(UInt64(block), align: 4096) },
+                (0..<depth).map { _ in d.alloc(1) }
+            )
             allocated[block] = b
             return b
         }
@@ -105,11 +111,13 @@ func blockBench(_ path: String) {
                 for k in 0..<batch {
                     try! d.memory.store(UInt32(0), at: hdrs[k])
                     try! d.memory.store(offsets[i + k], at: hdrs[k] + 8)
-                    q.submit([Buffer(hdrs[k], 16, writable: false), Buffer(datas[k], UInt32(block), writable: true),
-                              Buffer(stats[k], 1, writable: true)])
+                    q.submit([
+                        Buffer(hdrs[k], 16, writable: false), Buffer(datas[k], UInt32(block), writable: true),
+                        Buffer(stats[k], 1, writable: true),
+                    ])
                 }
                 let k0 = now()
-                q.kick()   // the test driver's notify runs the device synchronously
+                q.kick()  // the test driver's notify runs the device synchronously
                 deviceNs += now() - k0
                 var got = 0
                 while q.popUsed() != nil { got += 1 }
@@ -130,16 +138,22 @@ func blockBench(_ path: String) {
             }
             return sum
         }
-        _ = run(4096, 20000, random: true)   // warm the page cache and the code
+        _ = run(4096, 20000, random: true)  // warm the page cache and the code
         let r4 = rounds(4096, 200_000, random: true)
-        print("{\"test\": \"randread4k\", \"virtio_iops\": \(Int(200_000 / (r4.device / 1e9))), \"with_driver_iops\": \(Int(200_000 / (r4.withDriver / 1e9))), \"pread_iops\": \(Int(200_000 / (r4.pread / 1e9)))}")
+        print(
+            "{\"test\": \"randread4k\", \"virtio_iops\": \(Int(200_000 / (r4.device / 1e9))), \"with_driver_iops\": "
+                + "\(Int(200_000 / (r4.withDriver / 1e9))), \"pread_iops\": \(Int(200_000 / (r4.pread / 1e9)))}"
+        )
         let n = 2000
         // Warm up the 1 MiB side too: its 64 data buffers are new guest memory, and without this the
         // first round (virtio first) paid their first-touch page faults alone, a bias against virtio that
         // grew when the host had fewer free huge pages (inside a full make bench).
         _ = run(1 << 20, 128, random: false)
         let r1 = rounds(1 << 20, n, random: false)
-        print("{\"test\": \"seqread1m\", \"virtio_mibs\": \(Int(Double(n) / (r1.device / 1e9))), \"with_driver_mibs\": \(Int(Double(n) / (r1.withDriver / 1e9))), \"pread_mibs\": \(Int(Double(n) / (r1.pread / 1e9)))}")
+        print(
+            "{\"test\": \"seqread1m\", \"virtio_mibs\": \(Int(Double(n) / (r1.device / 1e9))), \"with_driver_mibs\": "
+                + "\(Int(Double(n) / (r1.withDriver / 1e9))), \"pread_mibs\": \(Int(Double(n) / (r1.pread / 1e9)))}"
+        )
         close(fd)
     } catch {
         eprint("kumo-bench: \(error)")

@@ -55,39 +55,40 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     while !r.done && ops < 512 {
         ops += 1
         switch r.u8() % 10 {
-        case 0:   // the full, well-formed handshake with all queues at small sizes
+        case 0:  // the full, well-formed handshake with all queues at small sizes
             handshakes += 1
             if handshakes <= 16, d.negotiate(features: r.u8() & 1 == 0 ? nil : UInt64(r.u32()) | VirtioFeature.version1) {
                 queues = dev.queueMaxSizes.indices.map { d.setupQueue($0, size: UInt16(1) << (r.u8() % 5)) }
                 d.driverOK()
             }
-        case 1:   // any register write
+        case 1:  // any register write
             d.write(UInt64(r.u8() & 0xFC), r.u32())
-        case 2:   // any register read
+        case 2:  // any register read
             _ = d.read(UInt64(r.u8() & 0xFC))
-        case 3:   // config space, any width
+        case 3:  // config space, any width
             let off = UInt64(r.u8() & 0x3F), w = Int(r.u8() % 8) + 1
             var v = r.u64()
             withUnsafeBytes(of: &v) { _ = d.transport.write(offset: MMIOReg.config + off, data: UnsafeRawBufferPointer(rebasing: $0.prefix(w))) }
             _ = d.readConfig(off, count: w)
-        case 4:   // a descriptor, anything
+        case 4:  // a descriptor, anything
             if let q = queues.isEmpty ? nil : queues[Int(r.u8()) % queues.count] {
-                q.setDescriptor(r.u16() % q.size &+ (r.u8() & 1 == 0 ? 0 : r.u16()), addr: r.u8() & 1 == 0 ? UInt64(r.u32()) % memorySize : r.u64(),
-                                len: r.u8() & 1 == 0 ? UInt32(r.u16()) : r.u32(), flags: r.u16() & 0x7, next: r.u16())
+                q.setDescriptor(
+                    r.u16() % q.size &+ (r.u8() & 1 == 0 ? 0 : r.u16()), addr: r.u8() & 1 == 0 ? UInt64(r.u32()) % memorySize : r.u64(),
+                    len: r.u8() & 1 == 0 ? UInt32(r.u16()) : r.u32(), flags: r.u16() & 0x7, next: r.u16())
             }
-        case 5:   // publish a head / move the available index
+        case 5:  // publish a head / move the available index
             if let q = queues.isEmpty ? nil : queues[Int(r.u8()) % queues.count] {
                 if r.u8() & 3 == 0 { q.setAvailIndex(r.u16()) } else { q.publish(r.u16() % (q.size &* 2)) }
             }
-        case 6:   // notify a queue
+        case 6:  // notify a queue
             d.write(MMIOReg.queueNotify, UInt32(r.u8() % 5))
-        case 7:   // raw guest memory write
+        case 7:  // raw guest memory write
             let addr = UInt64(r.u32()) % memorySize
             let n = Int(r.u8() % 32)
             var bytes: [UInt8] = []
             for _ in 0..<n { bytes.append(r.u8()) }
             try? d.memory.write(bytes, at: addr)
-        case 8:   // a well-formed request chain on a queue (data buffers written by the input)
+        case 8:  // a well-formed request chain on a queue (data buffers written by the input)
             if let q = queues.isEmpty ? nil : queues[Int(r.u8()) % queues.count] {
                 var bufs: [Buffer] = []
                 for _ in 0..<Int(r.u8() % 4) + 1 {
@@ -135,9 +136,11 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
 #if KUMO_FUZZ
 // SwiftPM links an executable's entry point as `kumo_fuzz_main`; hand control to libFuzzer's driver.
 @_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>,
-                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<Int32>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32
+) -> Int32
 
 @_cdecl("kumo_fuzz_main")
 func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {

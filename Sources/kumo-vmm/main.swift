@@ -8,51 +8,51 @@ let start = monotonicNanos()
 let args = Array(CommandLine.arguments.dropFirst())
 
 let usage = """
-usage: kumo-vmm --kernel PATH [options]        run one VM
-       kumo-vmm --config FILE.json [options]   (flags override the file)
+    usage: kumo-vmm --kernel PATH [options]        run one VM
+           kumo-vmm --config FILE.json [options]   (flags override the file)
 
-  --kernel PATH          ELF vmlinux (PVH or 64-bit Linux boot) or bzImage
-  --initrd PATH          initial ramdisk
-  --cmdline STRING       kernel command line (default: "\(VMConfig.defaultCmdline)")
-  --memory MIB           guest memory in MiB (default 128)
-  --vcpus N              number of vCPUs (default 1)
-  --boot-protocol P      auto (PVH when the kernel has the note), pvh, linux64
-  --cpu-template T       auto (nested when this host's KVM emulates guest kernel code), none, nested
-  --cpuid SPEC           mask CPUID: LEAF[.INDEX]:REG:clear=MASK[,set=MASK] (repeatable)
-  --serial MODE          stdio (default), none, file:PATH, socket:PATH
-  --serial-socket PATH   with file:PATH or none: also serve the console on a Unix socket
-                         (one client at a time sees the output live and types input)
-  --stats                print exit counts by reason per vCPU on exit
-  --disk PATH[,OPTS]     virtio-blk disk from a raw image (repeatable; /dev/vda, vdb, … in order)
-                         OPTS: readonly, serial=ID (≤ 20 bytes), bandwidth=BYTES_PER_S, iops=N
-  --net tap=NAME[,OPTS]  virtio-net on a tap (created, or attached when it exists; repeatable)
-                         OPTS: mac=52:54:00:12:34:56, rx-bandwidth=, tx-bandwidth= (bytes/s), rx-pps=, tx-pps=
-  --rng                  virtio-rng fed from the host's getrandom
-  --balloon              virtio-balloon (statistics, deflate-on-OOM, free page reporting);
-                         guest RAM then goes without transparent huge pages
-  --balloon-target MIB   initial balloon size (implies --balloon); --no-deflate-on-oom,
-                         --no-free-page-reporting
-  --memory-dedup         offer guest RAM to KSM (MADV_MERGEABLE; no THP); off by default (side channels)
-  --pin VCPU=CPUS        pin a vCPU's thread to host CPUs (a list like 0-1,3; repeatable); the
-                         control socket's vcpu.pin changes it at run time
-  --on-reboot P          when the guest asks to restart (ACPI or CF9 reset register, i8042 reset
-                         line, triple fault, a jump to the reset vector): restart (default: the VM is
-                         rebuilt and booted again) or exit (status 3, for a supervisor to decide)
-  --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
-                         {"op":"balloon.set","target_mib":64} or {"op":"power_button"}
-  --contract-version     print the version of the contract kumod and kumo-vmm share, and exit
-  --help                 this text
+      --kernel PATH          ELF vmlinux (PVH or 64-bit Linux boot) or bzImage
+      --initrd PATH          initial ramdisk
+      --cmdline STRING       kernel command line (default: "\(VMConfig.defaultCmdline)")
+      --memory MIB           guest memory in MiB (default 128)
+      --vcpus N              number of vCPUs (default 1)
+      --boot-protocol P      auto (PVH when the kernel has the note), pvh, linux64
+      --cpu-template T       auto (nested when this host's KVM emulates guest kernel code), none, nested
+      --cpuid SPEC           mask CPUID: LEAF[.INDEX]:REG:clear=MASK[,set=MASK] (repeatable)
+      --serial MODE          stdio (default), none, file:PATH, socket:PATH
+      --serial-socket PATH   with file:PATH or none: also serve the console on a Unix socket
+                             (one client at a time sees the output live and types input)
+      --stats                print exit counts by reason per vCPU on exit
+      --disk PATH[,OPTS]     virtio-blk disk from a raw image (repeatable; /dev/vda, vdb, … in order)
+                             OPTS: readonly, serial=ID (≤ 20 bytes), bandwidth=BYTES_PER_S, iops=N
+      --net tap=NAME[,OPTS]  virtio-net on a tap (created, or attached when it exists; repeatable)
+                             OPTS: mac=52:54:00:12:34:56, rx-bandwidth=, tx-bandwidth= (bytes/s), rx-pps=, tx-pps=
+      --rng                  virtio-rng fed from the host's getrandom
+      --balloon              virtio-balloon (statistics, deflate-on-OOM, free page reporting);
+                             guest RAM then goes without transparent huge pages
+      --balloon-target MIB   initial balloon size (implies --balloon); --no-deflate-on-oom,
+                             --no-free-page-reporting
+      --memory-dedup         offer guest RAM to KSM (MADV_MERGEABLE; no THP); off by default (side channels)
+      --pin VCPU=CPUS        pin a vCPU's thread to host CPUs (a list like 0-1,3; repeatable); the
+                             control socket's vcpu.pin changes it at run time
+      --on-reboot P          when the guest asks to restart (ACPI or CF9 reset register, i8042 reset
+                             line, triple fault, a jump to the reset vector): restart (default: the VM is
+                             rebuilt and booted again) or exit (status 3, for a supervisor to decide)
+      --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
+                             {"op":"balloon.set","target_mib":64} or {"op":"power_button"}
+      --contract-version     print the version of the contract kumod and kumo-vmm share, and exit
+      --help                 this text
 
-JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
-cpuid ([{function, index, register, clear, set}]), serial, stats,
-disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
-rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), api_socket,
-serial_socket, memory_dedup, on_reboot, vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
-{"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
-Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.
-Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input,
-3 guest asked to restart (with --on-reboot exit).
-"""
+    JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
+    cpuid ([{function, index, register, clear, set}]), serial, stats,
+    disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
+    rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), api_socket,
+    serial_socket, memory_dedup, on_reboot, vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
+    {"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
+    Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.
+    Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input,
+    3 guest asked to restart (with --on-reboot exit).
+    """
 
 // --dump-acpi DIR [--vcpus N]: write the ACPI tables a VM would get (for iasl -d), then exit.
 if let i = args.firstIndex(of: "--dump-acpi") {

@@ -28,9 +28,12 @@ struct TypeCommand: ParsableCommand {
         @Option(help: "balloon reclaim takes first from the most idle memory per share (2-262144; 1024 is the default)") var memoryShares: Int?
         mutating func run() throws {
             try perform {
-                let t = try global.call("POST", "/v1/instance-types", body: InstanceType(name: name, vcpus: vcpus, memoryMiB: memoryMiB,
-                                                                                          cpuCapPercent: cpuCapPercent, cpuShares: cpuShares,
-                                                                                          memoryShares: memoryShares), as: InstanceType.self)
+                let t = try global.call(
+                    "POST", "/v1/instance-types",
+                    body: InstanceType(
+                        name: name, vcpus: vcpus, memoryMiB: memoryMiB,
+                        cpuCapPercent: cpuCapPercent, cpuShares: cpuShares,
+                        memoryShares: memoryShares), as: InstanceType.self)
                 global.emit(t) { typeRows([t]) }
             }
         }
@@ -46,7 +49,9 @@ struct ImageCommand: ParsableCommand {
             try perform {
                 let r = try global.call("GET", "/v1/images", as: [String: [Image]].self)
                 let images = r["images"] ?? []
-                global.emit(r) { table(["ID", "NAME", "KERNEL", "INITRD", "ROOT_DISK"], images.map { [$0.id, $0.name, $0.kernel, $0.initrd ?? "-", $0.rootDisk ?? "-"] }) }
+                global.emit(r) {
+                    table(["ID", "NAME", "KERNEL", "INITRD", "ROOT_DISK"], images.map { [$0.id, $0.name, $0.kernel, $0.initrd ?? "-", $0.rootDisk ?? "-"] })
+                }
             }
         }
     }

@@ -9,9 +9,13 @@ import Glibc
 #endif
 
 struct ConsoleCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "console",
+    static let configuration = CommandConfiguration(
+        commandName: "console",
         abstract: "Attach to an instance's serial console (Ctrl-] detaches)",
-        discussion: "Shows the tail of what the guest printed so far, then the live console. Keys typed go to the guest's serial port. One client at a time: attaching takes the console over from an earlier client.")
+        discussion:
+            "Shows the tail of what the guest printed so far, then the live console. Keys typed go to the guest's serial port. One client at a time: "
+            + "attaching takes the console over from an earlier client."
+    )
     @OptionGroup var global: Global
     @Argument(help: "instance id") var id: String
 
@@ -42,7 +46,8 @@ final class WebSocketClient: @unchecked Sendable {
         var nonce = [UInt8](repeating: 0, count: 16)
         for i in nonce.indices { nonce[i] = UInt8.random(in: 0...255) }
         let key = Data(nonce).base64EncodedString()
-        var head = "GET \(path) HTTP/1.1\r\nHost: kumod\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        var head =
+            "GET \(path) HTTP/1.1\r\nHost: kumod\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\nUser-Agent: kumo-cli\r\n"
         if let token { head += "Authorization: Bearer \(token)\r\n" }
         head += "\r\n"
@@ -109,9 +114,13 @@ final class WebSocketClient: @unchecked Sendable {
     func send(opcode: UInt8, _ payload: [UInt8]) -> Bool {
         var f: [UInt8] = [0x80 | opcode]
         let n = payload.count
-        if n < 126 { f.append(0x80 | UInt8(n)) }
-        else if n < 65536 { f += [0x80 | 126, UInt8(n >> 8), UInt8(n & 0xFF)] }
-        else { f.append(0x80 | 127); for i in (0..<8).reversed() { f.append(UInt8((UInt64(n) >> (8 * UInt64(i))) & 0xFF)) } }
+        if n < 126 {
+            f.append(0x80 | UInt8(n))
+        } else if n < 65536 {
+            f += [0x80 | 126, UInt8(n >> 8), UInt8(n & 0xFF)]
+        } else {
+            f.append(0x80 | 127); for i in (0..<8).reversed() { f.append(UInt8((UInt64(n) >> (8 * UInt64(i))) & 0xFF)) }
+        }
         let mask = (0..<4).map { _ in UInt8.random(in: 0...255) }
         f += mask
         for (i, b) in payload.enumerated() { f.append(b ^ mask[i & 3]) }
@@ -140,8 +149,11 @@ final class WebSocketClient: @unchecked Sendable {
         let h = take(2)
         let opcode = h[0] & 0x0F
         var len = UInt64(h[1] & 0x7F)
-        if len == 126 { guard fill(2) else { return nil }; let b = take(2); len = UInt64(b[0]) << 8 | UInt64(b[1]) }
-        else if len == 127 { guard fill(8) else { return nil }; len = take(8).reduce(0) { $0 << 8 | UInt64($1) } }
+        if len == 126 {
+            guard fill(2) else { return nil }; let b = take(2); len = UInt64(b[0]) << 8 | UInt64(b[1])
+        } else if len == 127 {
+            guard fill(8) else { return nil }; len = take(8).reduce(0) { $0 << 8 | UInt64($1) }
+        }
         guard len <= 1 << 24 else { return nil }
         var mask: [UInt8]? = nil
         if h[1] & 0x80 != 0 { guard fill(4) else { return nil }; mask = take(4) }
@@ -175,9 +187,9 @@ final class WebSocketClient: @unchecked Sendable {
             while true {
                 let n = read(0, &buf, buf.count)
                 if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return }   // stdin ended: keep showing the console until kumod closes or Ctrl-C
+                if n <= 0 { return }  // stdin ended: keep showing the console until kumod closes or Ctrl-C
                 var chunk = Array(buf[0..<n])
-                if let i = chunk.firstIndex(of: 0x1D) {   // Ctrl-]
+                if let i = chunk.firstIndex(of: 0x1D) {  // Ctrl-]
                     chunk = Array(chunk[..<i])
                     if !chunk.isEmpty { _ = send(opcode: 2, chunk) }
                     detached.set(true)

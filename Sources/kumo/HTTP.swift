@@ -73,7 +73,11 @@ enum HTTPClient {
         defer { close(fd) }
         var head = "\(method) \(path) HTTP/1.1\r\nHost: kumod\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: kumo-cli\r\n"
         if let token { head += "Authorization: Bearer \(token)\r\n" }
-        if let body { head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n" } else if method != "GET" { head += "Content-Length: 0\r\n" }
+        if let body {
+            head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n"
+        } else if method != "GET" {
+            head += "Content-Length: 0\r\n"
+        }
         head += "\r\n"
         var out = Data(head.utf8)
         if let body { out.append(body) }

@@ -4,7 +4,8 @@ import Foundation
 import KumoAPI
 
 struct InstanceCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "instance", abstract: "Run and manage instances",
+    static let configuration = CommandConfiguration(
+        commandName: "instance", abstract: "Run and manage instances",
         subcommands: [Run.self, List.self, Show.self, Stats.self, CPUs.self, Translate.self, Start.self, Stop.self, Reboot.self, Delete.self])
 
     struct Run: ParsableCommand {
@@ -25,8 +26,9 @@ struct InstanceCommand: ParsableCommand {
                     guard let d = FileManager.default.contents(atPath: f) else { throw Failure.usage("cannot read \(f)") }
                     userData = d.base64EncodedString()
                 }
-                let req = RunInstancesRequest(type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken,
-                                              memoryDedup: memoryDedup ? true : nil, cpuPolicy: cpuPolicy)
+                let req = RunInstancesRequest(
+                    type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken,
+                    memoryDedup: memoryDedup ? true : nil, cpuPolicy: cpuPolicy)
                 let r = try global.call("POST", "/v1/instances", body: req, as: RunInstancesResponse.self)
                 global.emit(r) { instanceRows(r.instances) }
             }
@@ -45,7 +47,8 @@ struct InstanceCommand: ParsableCommand {
                 var next: String? = nil
                 repeat {
                     var q = URLComponents()
-                    q.queryItems = state.map { URLQueryItem(name: "state", value: $0) } + name.map { URLQueryItem(name: "name", value: $0) }
+                    q.queryItems =
+                        state.map { URLQueryItem(name: "state", value: $0) } + name.map { URLQueryItem(name: "name", value: $0) }
                         + type.map { URLQueryItem(name: "type", value: $0) } + [URLQueryItem(name: "limit", value: "1000")]
                         + (next.map { [URLQueryItem(name: "next_token", value: $0)] } ?? [])
                     let page = try global.call("GET", "/v1/instances?" + (q.percentEncodedQuery ?? ""), as: InstanceList.self)
@@ -65,11 +68,15 @@ struct InstanceCommand: ParsableCommand {
             try perform {
                 let i = try global.call("GET", "/v1/instances/\(try pathComponent(id))", as: Instance.self)
                 global.emit(i) {
-                    var s = table(["FIELD", "VALUE"], [["id", i.id], ["name", i.name], ["tenant", i.tenant], ["type", "\(i.type) (\(i.vcpus) vCPU, \(i.memoryMiB) MiB)"],
-                                                        ["image", i.image], ["state", i.state.rawValue], ["reason", i.stateReason],
-                                                        ["created", i.createdAt], ["launched", i.launchedAt ?? "-"], ["pid", i.pid.map(String.init) ?? "-"],
-                                                        ["cpu policy", (i.cpuPolicy ?? "shared") + (i.dedicatedCPUs.map { " (host CPUs \($0))" } ?? "")],
-                                                        ["memory dedup", i.memoryDedup == true ? "asked for" : "off"]])
+                    var s = table(
+                        ["FIELD", "VALUE"],
+                        [
+                            ["id", i.id], ["name", i.name], ["tenant", i.tenant], ["type", "\(i.type) (\(i.vcpus) vCPU, \(i.memoryMiB) MiB)"],
+                            ["image", i.image], ["state", i.state.rawValue], ["reason", i.stateReason],
+                            ["created", i.createdAt], ["launched", i.launchedAt ?? "-"], ["pid", i.pid.map(String.init) ?? "-"],
+                            ["cpu policy", (i.cpuPolicy ?? "shared") + (i.dedicatedCPUs.map { " (host CPUs \($0))" } ?? "")],
+                            ["memory dedup", i.memoryDedup == true ? "asked for" : "off"],
+                        ])
                     s += "\n" + table(["AT", "STATE", "REASON"], (i.history ?? []).map { [$0.at, $0.state.rawValue, $0.reason] })
                     return s
                 }
@@ -86,21 +93,29 @@ struct InstanceCommand: ParsableCommand {
                 let st = try global.call("GET", "/v1/instances/\(try pathComponent(id))/stats", as: InstanceStats.self)
                 global.emit(st) {
                     func secs(_ ns: UInt64?) -> String { ns.map { String(format: "%.3f", Double($0) / 1e9) } ?? "-" }
-                    var s = table(["VCPU", "TID", "CPUS", "CPU_S", "WAIT_S", "EXITS", "TOP EXIT REASONS"], st.vcpus.map { v in
-                        let top = v.exits.sorted { $0.value > $1.value }.prefix(4).map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-                        return ["\(v.vcpu)", "\(v.tid)", v.cpusAllowed ?? "-", secs(v.cpuNs), secs(v.waitNs), "\(v.exitsTotal)", top]
-                    })
+                    var s = table(
+                        ["VCPU", "TID", "CPUS", "CPU_S", "WAIT_S", "EXITS", "TOP EXIT REASONS"],
+                        st.vcpus.map { v in
+                            let top = v.exits.sorted { $0.value > $1.value }.prefix(4).map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+                            return ["\(v.vcpu)", "\(v.tid)", v.cpusAllowed ?? "-", secs(v.cpuNs), secs(v.waitNs), "\(v.exitsTotal)", top]
+                        })
                     let kvmRows = st.vcpus.compactMap { v -> [String]? in
                         guard let k = v.kvm else { return nil }
-                        return ["\(v.vcpu)", "\(k["exits"] ?? 0)", "\(k["insn_emulation"] ?? 0)", "\(k["pf_taken"] ?? 0)", "\(k["halt_exits"] ?? 0)", "\(k["irq_injections"] ?? 0)"]
+                        return [
+                            "\(v.vcpu)", "\(k["exits"] ?? 0)", "\(k["insn_emulation"] ?? 0)", "\(k["pf_taken"] ?? 0)", "\(k["halt_exits"] ?? 0)",
+                            "\(k["irq_injections"] ?? 0)",
+                        ]
                     }
                     if let m = st.memory {
-                        s += "\nmemory: RSS \(m.rssKiB >> 10) MiB, guest RAM resident \(m.guestResidentKiB >> 10) MiB, dedup " + (m.dedup ? "on" : "off")
+                        s +=
+                            "\nmemory: RSS \(m.rssKiB >> 10) MiB, guest RAM resident \(m.guestResidentKiB >> 10) MiB, dedup " + (m.dedup ? "on" : "off")
                             + (m.ksmMergingPages.map { ", KSM merged \($0) pages (\($0 * 4 / 1024) MiB)" } ?? "")
                             + (m.ksmProcessProfit.map { ", profit \($0 >> 20) MiB" } ?? "") + "\n"
                     }
                     if !kvmRows.isEmpty {
-                        s += "\nKVM's own counters (all of them: --output json)\n" + table(["VCPU", "EXITS", "EMULATED_INSNS", "PAGE_FAULTS", "HALT_EXITS", "IRQ_INJECTIONS"], kvmRows)
+                        s +=
+                            "\nKVM's own counters (all of them: --output json)\n"
+                            + table(["VCPU", "EXITS", "EMULATED_INSNS", "PAGE_FAULTS", "HALT_EXITS", "IRQ_INJECTIONS"], kvmRows)
                     }
                     return s
                 }
@@ -130,15 +145,19 @@ struct InstanceCommand: ParsableCommand {
         }
 
         static func render(_ t: AddressTranslation) -> String {
-            var out = "vCPU \(t.vcpu): \(t.paging.mode) paging, CR3 \(t.paging.cr3) (CR0 \(t.paging.cr0), CR4 \(t.paging.cr4), EFER \(t.paging.efer)), RIP \(t.rip)\n"
+            var out =
+                "vCPU \(t.vcpu): \(t.paging.mode) paging, CR3 \(t.paging.cr3) (CR0 \(t.paging.cr0), CR4 \(t.paging.cr4), EFER \(t.paging.efer)), RIP \(t.rip)\n"
             out += "GVA \(t.gva)\n"
             for l in t.levels {
                 let bits = [l.present ? "present" : "not present", l.writable ? "writable" : "read-only", l.user ? "user" : "supervisor"]
-                out += "  \(l.table.padding(toLength: 5, withPad: " ", startingAt: 0)) entry at GPA \(l.entryGPA) = \(l.entry)  " + bits.joined(separator: ", ")
+                out +=
+                    "  \(l.table.padding(toLength: 5, withPad: " ", startingAt: 0)) entry at GPA \(l.entryGPA) = \(l.entry)  " + bits.joined(separator: ", ")
                     + (l.leaf ? "; maps a \(size(l.pageSize)) page" : "") + "\n"
             }
             if let gpa = t.gpa {
-                let perms = [t.writable == true ? "writable" : "read-only", t.user == true ? "user" : "supervisor", t.executable == true ? "executable" : "no-execute"]
+                let perms = [
+                    t.writable == true ? "writable" : "read-only", t.user == true ? "user" : "supervisor", t.executable == true ? "executable" : "no-execute",
+                ]
                 out += "→ GPA \(gpa) (\(size(t.pageSize ?? 4096)) page; \(perms.joined(separator: ", ")))\n"
             }
             if let hva = t.hva {
@@ -148,15 +167,18 @@ struct InstanceCommand: ParsableCommand {
                 out += "→ \(n)\n"
             }
             if let f = t.fault { out += "✗ \(f)\n" }
-            out += "host: \(t.hostKVM); " + (t.hostTwoDimensionalPaging
-                ? "two-dimensional paging (EPT/NPT): the CPU walks GVA → GPA in the guest's tables and GPA → HPA in KVM's\n"
-                : "shadow paging: KVM keeps shadow page tables that map GVA → HPA directly, rebuilt from the guest's tables\n")
+            out +=
+                "host: \(t.hostKVM); "
+                + (t.hostTwoDimensionalPaging
+                    ? "two-dimensional paging (EPT/NPT): the CPU walks GVA → GPA in the guest's tables and GPA → HPA in KVM's\n"
+                    : "shadow paging: KVM keeps shadow page tables that map GVA → HPA directly, rebuilt from the guest's tables\n")
             return out
         }
     }
 
     struct CPUs: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "cpus",
+        static let configuration = CommandConfiguration(
+            commandName: "cpus",
             abstract: "Show or change vCPU pinning (applied at once to a running instance, kept for later starts)")
         @OptionGroup var global: Global
         @Argument(help: "instance id") var id: String
@@ -173,10 +195,14 @@ struct InstanceCommand: ParsableCommand {
                 }
                 changes += unpin.map { VCPUPin(vcpu: $0, cpus: nil) }
                 let path = "/v1/instances/\(try pathComponent(id))/cpus"
-                let c = changes.isEmpty ? try global.call("GET", path, as: InstanceCPUs.self)
+                let c =
+                    changes.isEmpty
+                    ? try global.call("GET", path, as: InstanceCPUs.self)
                     : try global.call("PUT", path, body: PinRequest(vcpus: changes), as: InstanceCPUs.self)
                 global.emit(c) {
-                    table(["VCPU", "PINNED", "TID", "CPUS_ALLOWED"], c.vcpus.map { ["\($0.vcpu)", $0.pinned ?? "-", $0.tid.map(String.init) ?? "-", $0.cpusAllowed ?? "-"] })
+                    table(
+                        ["VCPU", "PINNED", "TID", "CPUS_ALLOWED"],
+                        c.vcpus.map { ["\($0.vcpu)", $0.pinned ?? "-", $0.tid.map(String.init) ?? "-", $0.cpusAllowed ?? "-"] })
                 }
             }
         }

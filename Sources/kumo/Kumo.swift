@@ -9,7 +9,11 @@ import KumoAPI
 enum Output: String, ExpressibleByArgument, CaseIterable { case table, json }
 
 struct Global: ParsableArguments {
-    @Option(help: "kumod's API: http://HOST:PORT or unix:PATH (default: $KUMO_ENDPOINT, else unix:/var/lib/kumo/kumod.sock when it exists, else http://127.0.0.1:8780)")
+    @Option(
+        help: ArgumentHelp(
+            "kumod's API: http://HOST:PORT or unix:PATH (default: $KUMO_ENDPOINT, else unix:/var/lib/kumo/kumod.sock when it exists, else "
+                + "http://127.0.0.1:8780)")
+    )
     var endpoint: String?
     @Option(help: "API token (default: $KUMO_TOKEN, ~/.config/kumo/token, or /var/lib/kumo/admin.token when readable)")
     var token: String?
@@ -18,7 +22,8 @@ struct Global: ParsableArguments {
 
     func resolvedEndpoint() throws -> Endpoint {
         let env = ProcessInfo.processInfo.environment
-        let s = endpoint ?? env["KUMO_ENDPOINT"]
+        let s =
+            endpoint ?? env["KUMO_ENDPOINT"]
             ?? (FileManager.default.fileExists(atPath: "/var/lib/kumo/kumod.sock") ? "unix:/var/lib/kumo/kumod.sock" : "http://127.0.0.1:8780")
         guard let e = Endpoint(s) else { throw Failure.usage("endpoint \"\(s)\": use http://HOST:PORT or unix:PATH") }
         return e
@@ -50,7 +55,8 @@ struct Global: ParsableArguments {
 
     /// The Failure (and so the exit code) for a non-2xx answer.
     static func failure(_ r: HTTPResponse) -> Failure {
-        let err = (try? JSONDecoder().decode(ErrorBody.self, from: r.body))?.error
+        let err =
+            (try? JSONDecoder().decode(ErrorBody.self, from: r.body))?.error
             ?? APIError(code: "http_\(r.status)", message: String(decoding: r.body.prefix(500), as: UTF8.self))
         switch r.status {
         case 401: return .auth(err.message + " (--token, $KUMO_TOKEN or ~/.config/kumo/token)")
@@ -109,15 +115,21 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
 }
 
 func typeRows(_ types: [InstanceType]) -> String {
-    table(["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN", "CPU_CAP", "CPU_SHARES", "MEMORY_SHARES"], types.map {
-        [$0.name, "\($0.vcpus)", "\($0.memoryMiB)", $0.builtin ? "yes" : "no", $0.cpuCapPercent.map { "\($0)%" } ?? "-", $0.cpuShares.map(String.init) ?? "-",
-         $0.memoryShares.map(String.init) ?? "-"]
-    })
+    table(
+        ["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN", "CPU_CAP", "CPU_SHARES", "MEMORY_SHARES"],
+        types.map {
+            [
+                $0.name, "\($0.vcpus)", "\($0.memoryMiB)", $0.builtin ? "yes" : "no", $0.cpuCapPercent.map { "\($0)%" } ?? "-",
+                $0.cpuShares.map(String.init) ?? "-",
+                $0.memoryShares.map(String.init) ?? "-",
+            ]
+        })
 }
 
 func instanceRows(_ list: [Instance]) -> String {
-    table(["ID", "NAME", "TYPE", "STATE", "IMAGE", "TENANT", "REASON"],
-          list.map { [$0.id, $0.name, $0.type, $0.state.rawValue, $0.image, $0.tenant, $0.stateReason] })
+    table(
+        ["ID", "NAME", "TYPE", "STATE", "IMAGE", "TENANT", "REASON"],
+        list.map { [$0.id, $0.name, $0.type, $0.state.rawValue, $0.image, $0.tenant, $0.stateReason] })
 }
 
 func pathComponent(_ s: String) throws -> String {

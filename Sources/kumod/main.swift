@@ -59,7 +59,9 @@ struct KumodCommand: AsyncParsableCommand {
         do {
             let theirs = try ProcessLauncher.contractVersion(of: vmm)
             guard theirs == vmmContractVersion else {
-                fail("the kumo-vmm at \(vmm) speaks contract version \(theirs), this kumod \(vmmContractVersion): use the kumo-vmm built with this kumod", code: 1)
+                fail(
+                    "the kumo-vmm at \(vmm) speaks contract version \(theirs), this kumod \(vmmContractVersion): use the kumo-vmm built with this kumod",
+                    code: 1)
             }
         } catch {
             fail("\(error)", code: 1)
@@ -77,20 +79,26 @@ struct KumodCommand: AsyncParsableCommand {
                 let token = try store.issueToken(tenant: "admin", admin: true, description: "created at first start")
                 FileManager.default.createFile(atPath: tokenFile.path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
             }
-            let service = Service(store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
-                                  stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
-                                  ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit)
+            let service = Service(
+                store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
+                stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
+                ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit)
             let adopted = try service.recover()
             service.startMonitor()
             let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path
             try? FileManager.default.removeItem(atPath: sock)
             // HTTP/1.1, with the console's WebSocket upgrade on the same router.
             let router = API.router(service)
-            let tcp = Application(router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
-                                  configuration: .init(address: .hostname(hostName, port: port), serverName: "kumod"))
-            let unix = Application(router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
-                                   configuration: .init(address: .unixDomainSocket(path: sock), serverName: "kumod"))
-            FileHandle.standardOutput.write(Data("kumod: API on http://\(hostName):\(port)/v1 and unix:\(sock); admin token in \(tokenFile.path); \(adopted.count) running instance(s) re-attached\n".utf8))
+            let tcp = Application(
+                router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
+                configuration: .init(address: .hostname(hostName, port: port), serverName: "kumod"))
+            let unix = Application(
+                router: router, server: .http1WebSocketUpgrade(webSocketRouter: router),
+                configuration: .init(address: .unixDomainSocket(path: sock), serverName: "kumod"))
+            FileHandle.standardOutput.write(
+                Data(
+                    ("kumod: API on http://\(hostName):\(port)/v1 and unix:\(sock); admin token in \(tokenFile.path); \(adopted.count) running "
+                        + "instance(s) re-attached\n").utf8))
             try await withThrowingTaskGroup(of: Void.self) { g in
                 g.addTask { try await tcp.runService() }
                 g.addTask { try await unix.runService() }

@@ -7,7 +7,8 @@ import TestSupport
 /// the serial console. Slow on hosts whose KVM emulates guest kernel code (minutes per boot).
 enum E2E {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    static let cache = ProcessInfo.processInfo.environment["KUMO_CACHE"].map { URL(fileURLWithPath: $0) }
+    static let cache =
+        ProcessInfo.processInfo.environment["KUMO_CACHE"].map { URL(fileURLWithPath: $0) }
         ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/kumo")
     static let guest = cache.appendingPathComponent("guest")
     static let host = HostKVM.detect()
@@ -93,8 +94,10 @@ struct LinuxBootTests {
     func otherBootPaths(kernel: String, proto: String) throws {
         let k = E2E.guest.appendingPathComponent(kernel).path
         try #require(FileManager.default.fileExists(atPath: k), "missing \(k): run `make guest`")
-        let vm = try E2E.VMMProcess(["--kernel", k, "--boot-protocol", proto, "--vcpus", "1", "--memory", "256",
-                                     "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"])
+        let vm = try E2E.VMMProcess([
+            "--kernel", k, "--boot-protocol", proto, "--vcpus", "1", "--memory", "256",
+            "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
+        ])
         let reached = vm.waitFor("Kernel command line:", timeout: kernel.hasSuffix("bzImage") ? 900 : 480)
         let console = vm.console
         let status = vm.terminate()
@@ -117,8 +120,10 @@ struct LinuxBootTests {
         let initrd = E2E.guest.appendingPathComponent("initramfs/initramfs.cpio").path
         try #require(FileManager.default.fileExists(atPath: k) && FileManager.default.fileExists(atPath: initrd), "run `make guest`")
         let lstar = try E2E.testKernelLSTAR()
-        let vm = try E2E.VMMProcess(["--kernel", k, "--initrd", initrd, "--vcpus", "2", "--memory", "256",
-                                     "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=report,syscalls kumo.lstar=\(lstar)"])
+        let vm = try E2E.VMMProcess([
+            "--kernel", k, "--initrd", initrd, "--vcpus", "2", "--memory", "256",
+            "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=report,syscalls kumo.lstar=\(lstar)",
+        ])
         let done = vm.waitFor("kumo-result: sysprobe=", timeout: 1080)
         let exited = vm.waitForExit(timeout: 120)
         let console = vm.console
@@ -166,8 +171,10 @@ struct LinuxBootTests {
         let k = E2E.guest.appendingPathComponent("stock/vmlinux").path
         let initrd = E2E.guest.appendingPathComponent("initramfs/initramfs.cpio").path
         try #require(FileManager.default.fileExists(atPath: k) && FileManager.default.fileExists(atPath: initrd), "run `make guest`")
-        let vm = try E2E.VMMProcess(["--kernel", k, "--initrd", initrd, "--vcpus", "2", "--memory", "512",
-                                     "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1"])
+        let vm = try E2E.VMMProcess([
+            "--kernel", k, "--initrd", initrd, "--vcpus", "2", "--memory", "512",
+            "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
+        ])
         let reached = vm.waitFor("Run /init as init process", timeout: 2100)
         var again = false
         if reached && E2E.host.emulatesGuestKernel {
@@ -177,7 +184,7 @@ struct LinuxBootTests {
                 Thread.sleep(forTimeInterval: 1)
             }
         } else if reached {
-            again = vm.waitForExit(timeout: 300)   // hardware-assisted KVM: busybox runs and powers off
+            again = vm.waitForExit(timeout: 300)  // hardware-assisted KVM: busybox runs and powers off
         }
         let console = vm.console
         let status = vm.terminate()

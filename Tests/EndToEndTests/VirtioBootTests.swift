@@ -7,8 +7,8 @@ import VMMContract
 
 /// End-to-end virtio with the Kumo test kernel (drivers built in, found through the ACPI DSDT with no
 /// kernel parameters): an ext4 root on virtio-blk mounted read-write, persistence across a guest reboot
-/// and a VMM restart, a DHCP lease over virtio-net from a server on a host bridge, and the virtio-rng hwrng. Checked from the host: the console, kumo-vmm's device
-/// log and counters, and the disk image itself.
+/// and a VMM restart, a DHCP lease over virtio-net from a server on a host bridge, and the virtio-rng
+/// hwrng. Checked from the host: the console, kumo-vmm's device log and counters, and the disk image.
 @Suite(.serialized, .ownThreads, .enabled(if: E2E.kvm, "needs /dev/kvm"))
 struct VirtioBootTests {
     static func run(_ cmd: String, _ args: [String]) throws -> String {
@@ -41,9 +41,11 @@ struct VirtioBootTests {
             let tag = String(UInt16.random(in: 0...0xFFFF), radix: 16)
             bridge = "kumobr\(tag)"; tap = "kumotap\(tag)"
             self.dir = dir
-            for cmd in [["link", "add", bridge, "type", "bridge"], ["addr", "add", "\(subnet).1/24", "dev", bridge],
-                        ["link", "set", bridge, "up"], ["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"],
-                        ["link", "set", tap, "master", bridge], ["link", "set", tap, "up"]] {
+            for cmd in [
+                ["link", "add", bridge, "type", "bridge"], ["addr", "add", "\(subnet).1/24", "dev", bridge],
+                ["link", "set", bridge, "up"], ["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"],
+                ["link", "set", tap, "master", bridge], ["link", "set", tap, "up"],
+            ] {
                 _ = try VirtioBootTests.run("/usr/sbin/ip", cmd)
             }
             let conf = dir.appendingPathComponent("udhcpd.conf")
@@ -77,7 +79,7 @@ struct VirtioBootTests {
         }
         func close() {
             if dhcpd > 0 {
-                kill(dhcpd, SIGKILL)   // spawned from a test thread, it inherited a mask that blocks SIGTERM
+                kill(dhcpd, SIGKILL)  // spawned from a test thread, it inherited a mask that blocks SIGTERM
                 var st: Int32 = 0
                 waitpid(dhcpd, &st, 0)
             }
@@ -103,9 +105,11 @@ struct VirtioBootTests {
 
         let net = try HostNetwork(dir: dir, subnet: "10.77.2")
         defer { net.close() }
-        let args = ["--kernel", kernel, "--vcpus", "1", "--memory", "256", "--disk", image + ",serial=kumo-root",
-                    "--net", "tap=\(net.tap),mac=52:54:00:77:02:10", "--rng",
-                    "--cmdline", "console=ttyS0 root=/dev/vda rw ip=dhcp reboot=k panic=-1"]
+        let args = [
+            "--kernel", kernel, "--vcpus", "1", "--memory", "256", "--disk", image + ",serial=kumo-root",
+            "--net", "tap=\(net.tap),mac=52:54:00:77:02:10", "--rng",
+            "--cmdline", "console=ttyS0 root=/dev/vda rw ip=dhcp reboot=k panic=-1",
+        ]
         // Boot 1, then the guest's own reboot (init is missing here, so the kernel panics and resets)
         // and boot 2 in the same VMM: each mounts the root read-write and writes its superblock.
         let vm = try E2E.VMMProcess(args)
@@ -180,12 +184,14 @@ struct VirtioBootTests {
         let filler = dir.appendingPathComponent("filler")
         var bytes = [UInt8](repeating: 0, count: 64 << 20)
         for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i &* 2654435761 >> 13) | 1 }
-        bytes.replaceSubrange(0..<8, with: Array("KUMOFILL".utf8))   // not a cpio or compressed archive
+        bytes.replaceSubrange(0..<8, with: Array("KUMOFILL".utf8))  // not a cpio or compressed archive
         try Data(bytes).write(to: filler)
         let api = dir.appendingPathComponent("api.sock").path
-        let vm = try E2E.VMMProcess(["--kernel", kernel, "--initrd", filler.path, "--vcpus", "1", "--memory", "192",
-                                     "--disk", image, "--balloon", "--no-free-page-reporting", "--api-socket", api,
-                                     "--cmdline", "console=ttyS0 root=/dev/vda rw reboot=k panic=-1"])
+        let vm = try E2E.VMMProcess([
+            "--kernel", kernel, "--initrd", filler.path, "--vcpus", "1", "--memory", "192",
+            "--disk", image, "--balloon", "--no-free-page-reporting", "--api-socket", api,
+            "--cmdline", "console=ttyS0 root=/dev/vda rw reboot=k panic=-1",
+        ])
         defer { _ = vm.terminate() }
         let booted = vm.waitFor("Run /sbin/init as init process", timeout: 900)
         try #require(booted, "console tail: \(vm.console.suffix(3000))")
@@ -217,11 +223,15 @@ struct VirtioBootTests {
         let info1 = try control.info()
         // Pages the guest had touched went back to the host: at least 48 of the 96 MiB.
         #expect(Int(info0.rssKiB) - Int(info1.rssKiB) >= 48 << 10, "RSS \(info0.rssKiB) -> \(info1.rssKiB) KiB")
-        #expect(Int(info0.guestResidentKiB) - Int(info1.guestResidentKiB) >= 48 << 10,
-                "resident guest RAM \(info0.guestResidentKiB) -> \(info1.guestResidentKiB) KiB")
+        #expect(
+            Int(info0.guestResidentKiB) - Int(info1.guestResidentKiB) >= 48 << 10,
+            "resident guest RAM \(info0.guestResidentKiB) -> \(info1.guestResidentKiB) KiB")
         let freeAfter = Int(try control.balloon(refresh: true).stats["free_memory"] ?? 0)
         #expect(freeAfter > 0 && freeBefore - freeAfter >= 90 << 20, "guest free memory \(freeBefore) -> \(freeAfter)")
-        print("balloon: inflated 96 MiB in \(Int(inflateSeconds)) s; RSS \(info0.rssKiB >> 10) -> \(info1.rssKiB >> 10) MiB, resident guest RAM \(info0.guestResidentKiB >> 10) -> \(info1.guestResidentKiB >> 10) MiB, guest free \(freeBefore >> 20) -> \(freeAfter >> 20) MiB")
+        print(
+            "balloon: inflated 96 MiB in \(Int(inflateSeconds)) s; RSS \(info0.rssKiB >> 10) -> \(info1.rssKiB >> 10) MiB, resident guest RAM "
+                + "\(info0.guestResidentKiB >> 10) -> \(info1.guestResidentKiB >> 10) MiB, guest free \(freeBefore >> 20) -> \(freeAfter >> 20) MiB"
+        )
 
         // Deflate: the target back to 0.
         _ = try control.setBalloon(targetMiB: 0)
@@ -279,7 +289,9 @@ struct VirtioBootTests {
         sin.sin_family = sa_family_t(AF_INET)
         sin.sin_port = UInt16(7777).bigEndian
         sin.sin_addr.s_addr = inet_addr("10.77.3.1")
-        let bound = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let bound = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
         try #require(bound == 0 && listen(listener, 1) == 0, "bind/listen: \(errno)")
         let received = Mutex<String>("")
         let acceptor = Thread {
@@ -292,9 +304,11 @@ struct VirtioBootTests {
             close(c)
         }
         acceptor.start()
-        let vm = try E2E.VMMProcess(["--kernel", kernel, "--initrd", initrd, "--vcpus", "1", "--memory", "256",
-                                     "--disk", image, "--net", "tap=\(net.tap),mac=52:54:00:77:03:10", "--rng",
-                                     "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=virtio kumo.host=10.77.3.1"])
+        let vm = try E2E.VMMProcess([
+            "--kernel", kernel, "--initrd", initrd, "--vcpus", "1", "--memory", "256",
+            "--disk", image, "--net", "tap=\(net.tap),mac=52:54:00:77:03:10", "--rng",
+            "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=virtio kumo.host=10.77.3.1",
+        ])
         let done = vm.waitFor("kumo-result: virtio=done", timeout: 600)
         vm.process.waitUntilExit()
         let console = vm.console

@@ -173,7 +173,10 @@ final class DataBox: @unchecked Sendable { var data = Data() }
     @Test func helpDescribesEveryFlag() throws {
         let r = try CLI.run(["--help"])
         #expect(r.status == 0)
-        for flag in ["--kernel", "--initrd", "--cmdline", "--memory", "--vcpus", "--boot-protocol", "--cpu-template", "--cpuid", "--serial", "--serial-socket", "--stats", "--config", "--api-socket"] {
+        for flag in [
+            "--kernel", "--initrd", "--cmdline", "--memory", "--vcpus", "--boot-protocol", "--cpu-template", "--cpuid", "--serial", "--serial-socket",
+            "--stats", "--config", "--api-socket",
+        ] {
             #expect(r.stdout.contains(flag))
         }
     }
@@ -226,7 +229,7 @@ struct CLIRunTests {
         }
         #expect(r.status == 0, "\(r.stderr)")
         #expect(received.hasSuffix("y"))
-        #expect(!FileManager.default.fileExists(atPath: sock))   // cleaned up on exit
+        #expect(!FileManager.default.fileExists(atPath: sock))  // cleaned up on exit
     }
 
     /// The console log in a file and, live, on a second socket; the ACPI power button from the control
@@ -239,8 +242,10 @@ struct CLIRunTests {
         var typed = ""
         var pressed: PowerButtonReply? = nil
         var stats: VMStats? = nil
-        let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:\(dir)/console.log",
-                             "--serial-socket", "\(dir)/console.sock", "--api-socket", "\(dir)/control.sock"]) { _ in
+        let r = try CLI.run([
+            "--kernel", k, "--memory", "32", "--serial", "file:\(dir)/console.log",
+            "--serial-socket", "\(dir)/console.sock", "--api-socket", "\(dir)/control.sock",
+        ]) { _ in
             let c = try CLI.connectUnix("\(dir)/console.sock")
             try c.sendAll(Array("hi there".utf8))
             typed = CLI.readUntil(c, "HI THERE")
@@ -330,7 +335,8 @@ struct CLIRunTests {
     /// A triple fault resets the guest (a PC does), after a register dump; with --on-reboot exit the
     /// VMM ends with status 3 instead of booting again.
     @Test func tripleFaultResetsWithRegisterDump() throws {
-        let k = try CLI.tinyKernel("""
+        let k = try CLI.tinyKernel(
+            """
             lidt zero
             int $3
             zero: .word 0

@@ -26,8 +26,12 @@ enum Harness {
         let src = dir.appendingPathComponent("g.S"), obj = dir.appendingPathComponent("g.o"), bin = dir.appendingPathComponent("g.bin")
         try ((bits == 64 ? ".code64\n" : ".code32\n") + source + "\n").write(to: src, atomically: true, encoding: .utf8)
         try run("/usr/bin/as", [bits == 64 ? "--64" : "--32", "-o", obj.path, src.path])
-        try run("/usr/bin/ld", ["-m", bits == 64 ? "elf_x86_64" : "elf_i386", "-Ttext=0x" + String(origin, radix: 16),
-                                "--oformat", "binary", "-e", "0", "-o", bin.path, obj.path])
+        try run(
+            "/usr/bin/ld",
+            [
+                "-m", bits == 64 ? "elf_x86_64" : "elf_i386", "-Ttext=0x" + String(origin, radix: 16),
+                "--oformat", "binary", "-e", "0", "-o", bin.path, obj.path,
+            ])
         return Array(try Data(contentsOf: bin))
     }
 
@@ -48,8 +52,10 @@ enum Harness {
     struct HarnessError: Error, CustomStringConvertible { let description: String }
 
     /// A machine with no in-kernel irqchip (so HLT exits), `code` at 1 MiB, long mode, identity-mapped.
-    static func longModeMachine(_ code: [UInt8], vcpus: Int = 1, entries: [UInt64]? = nil, memory: UInt64 = 16 << 20,
-                                fallback: Bool = true) throws -> (Machine, CaptureSink) {
+    static func longModeMachine(
+        _ code: [UInt8], vcpus: Int = 1, entries: [UInt64]? = nil, memory: UInt64 = 16 << 20,
+        fallback: Bool = true
+    ) throws -> (Machine, CaptureSink) {
         let kvm = try KVMSystem()
         var o = Machine.Options(memorySize: memory, vcpus: vcpus)
         o.irqchip = false
@@ -62,9 +68,10 @@ enum Harness {
         for (i, d) in BootLoader.gdt(longMode: true).enumerated() { try m.memory.store(d, at: Layout.gdt + UInt64(i) * 8) }
         let s = BootLoader.segments(longMode: true)
         for i in 0..<vcpus {
-            let cpu = BootCPUState(rip: entries?[i] ?? 0x100000, rsp: 0x80000 - UInt64(i) * 0x1000, cr0: 0x8005_0033,
-                                   cr3: Layout.pml4, cr4: 0x20 | 0x200 | 0x400, efer: 0x500,
-                                   code: s.code, data: s.data, tss: s.tss, gdtLimit: 39, idtBase: 0x3000, idtLimit: 0x0FFF)
+            let cpu = BootCPUState(
+                rip: entries?[i] ?? 0x100000, rsp: 0x80000 - UInt64(i) * 0x1000, cr0: 0x8005_0033,
+                cr3: Layout.pml4, cr4: 0x20 | 0x200 | 0x400, efer: 0x500,
+                code: s.code, data: s.data, tss: s.tss, gdtLimit: 39, idtBase: 0x3000, idtLimit: 0x0FFF)
             try m.setBootState(cpu, vcpu: i)
         }
         return (m, sink)
@@ -73,8 +80,8 @@ enum Harness {
     /// Writes a 64-bit interrupt gate for `vector` → `handler` into the IDT at 0x3000.
     static func setGate(_ m: Machine, vector: Int, handler: UInt64) throws {
         var lo: UInt64 = handler & 0xFFFF
-        lo |= UInt64(0x10) << 16                  // code selector
-        lo |= UInt64(0x8E) << 40                  // present, DPL0, 64-bit interrupt gate
+        lo |= UInt64(0x10) << 16  // code selector
+        lo |= UInt64(0x8E) << 40  // present, DPL0, 64-bit interrupt gate
         lo |= ((handler >> 16) & 0xFFFF) << 48
         try m.memory.store(lo, at: 0x3000 + UInt64(vector) * 16)
         try m.memory.store(handler >> 32, at: 0x3000 + UInt64(vector) * 16 + 8)

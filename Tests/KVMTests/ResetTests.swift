@@ -26,7 +26,8 @@ struct ResetTests {
     /// The asking vCPU at 0x100000 (waiting first, with 2 vCPUs, until the other has counted to 1000),
     /// the busy one at 0x101000.
     static func program(_ cause: ResetCause, waitForOther: Bool) throws -> [UInt8] {
-        try Harness.assemble("""
+        try Harness.assemble(
+            """
             \(waitForOther ? "2: cmpq $1000, 0x2000\n jb 2b" : "")
             \(request(cause))
             movl $1, 0x3000          # must never run
@@ -43,7 +44,7 @@ struct ResetTests {
     }
 
     static let cases: [(ResetCause, Int, Int)] = [ResetCause.acpi, .i8042, .cf9, .tripleFault].flatMap { c in
-        [(c, 1, 0), (c, 2, 0), (c, 2, 1)]   // (cause, vCPUs, the one that asks)
+        [(c, 1, 0), (c, 2, 0), (c, 2, 1)]  // (cause, vCPUs, the one that asks)
     }
 
     @Test(arguments: cases)
@@ -62,10 +63,11 @@ struct ResetTests {
     func realModeJumpToTheResetVectorResets(vcpus: Int) throws {
         let code = try Self.program(.i8042, waitForOther: false)
         let (m, _) = try Harness.longModeMachine(code, vcpus: vcpus, entries: vcpus == 1 ? [0x100000] : [0x100000, 0x101000])
-        try m.memory.write([0xEA, 0xF0, 0xFF, 0x00, 0xF0], at: 0x7000)   // ljmp $0xf000, $0xfff0
+        try m.memory.write([0xEA, 0xF0, 0xFF, 0x00, 0xF0], at: 0x7000)  // ljmp $0xf000, $0xfff0
         let seg = { (type: UInt8) in SegmentState(base: 0, limit: 0xFFFF, selector: 0, type: type, db: 0, l: 0, g: 0) }
-        let real = BootCPUState(rip: 0x7000, rsp: 0x6000, cr0: 0x10, code: seg(0xB), data: seg(0x3), tss: seg(0xB),
-                                gdtLimit: 0xFFFF, idtBase: 0, idtLimit: 0x3FF)
+        let real = BootCPUState(
+            rip: 0x7000, rsp: 0x6000, cr0: 0x10, code: seg(0xB), data: seg(0x3), tss: seg(0xB),
+            gdtLimit: 0xFFFF, idtBase: 0, idtLimit: 0x3FF)
         try m.setBootState(real, vcpu: 0)
         #expect(try Harness.run(m) == .reset(.resetVector, vcpu: 0))
     }

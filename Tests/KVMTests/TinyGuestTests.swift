@@ -10,7 +10,8 @@ import GuestMemory
 @Suite(.ownThreads, .enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
 struct TinyGuestTests {
     @Test func portIOReachesTheUART() throws {
-        let code = try Harness.assemble("""
+        let code = try Harness.assemble(
+            """
             mov $0x3f8, %dx
             lea msg(%rip), %rsi
             mov $5, %rcx
@@ -26,11 +27,12 @@ struct TinyGuestTests {
         #expect(try Harness.run(m) == .halted(vcpu: 0))
         #expect(sink.text == "hello`")
         #expect(m.counters[0].ioOut >= 2 && m.counters[0].ioIn == 1)
-        #expect(m.counters[0].value(5) == 1)   // one HLT exit
+        #expect(m.counters[0].value(5) == 1)  // one HLT exit
     }
 
     @Test func mmioWriteIsTheBootMarker() throws {
-        let code = try Harness.assemble("""
+        let code = try Harness.assemble(
+            """
             movl $0xc0000000, %edi
             movb $7, (%rdi)        # wrong value: ignored
             movb (%rdi), %al       # MMIO read
@@ -47,7 +49,8 @@ struct TinyGuestTests {
     }
 
     @Test func twoVCPUsRunOnTheirOwnThreads() throws {
-        let code = try Harness.assemble("""
+        let code = try Harness.assemble(
+            """
             cpu0:
               mov $0x3f8, %dx
               mov $'A', %al
@@ -67,7 +70,8 @@ struct TinyGuestTests {
     }
 
     @Test func exceptionIsDeliveredToTheGuestIDT() throws {
-        let code = try Harness.assemble("""
+        let code = try Harness.assemble(
+            """
             ud2
             hlt                      # not reached
             .org 0x100
@@ -84,7 +88,8 @@ struct TinyGuestTests {
     }
 
     @Test func int3FwaitAndMXCSRRunEvenWhereKVMCannotEmulateThem() throws {
-        let code = try Harness.assemble("""
+        let code = try Harness.assemble(
+            """
             int3                     # → #BP handler, which returns after the int3
             fwait
             ldmxcsr newcsr(%rip)
@@ -118,7 +123,8 @@ struct TinyGuestTests {
 
     @Test(.enabled(if: Harness.host.emulatesGuestKernel, "only hosts whose KVM emulates guest kernel code fail on popcnt"))
     func unhandledEmulationFailureIsReported() throws {
-        let code = try Harness.assemble("""
+        let code = try Harness.assemble(
+            """
             popcnt %rdi, %rax
             hlt
             """)
@@ -131,7 +137,8 @@ struct TinyGuestTests {
     }
 
     @Test func acpiPowerOffAndI8042Reset() throws {
-        let off = try Harness.assemble("""
+        let off = try Harness.assemble(
+            """
             mov $0x600, %dx
             mov $0x34, %al       # SLP_TYP 5 | SLP_EN
             out %al, %dx
@@ -139,7 +146,8 @@ struct TinyGuestTests {
             """)
         let (m1, _) = try Harness.longModeMachine(off)
         #expect(try Harness.run(m1) == .powerOff)
-        let reset = try Harness.assemble("""
+        let reset = try Harness.assemble(
+            """
             mov $0xfe, %al
             out %al, $0x64
             hlt
@@ -160,14 +168,17 @@ struct BootProtocolTests {
         o.irqchip = false
         let sink = CaptureSink()
         let m = try Machine(o, kvm: kvm, serialSink: sink)
-        let r = try BootLoader.load(BootSpec(kernel: try KernelImage(bytes: elf), initrd: nil, cmdline: "console=ttyS0",
-                                             memorySize: 64 << 20, vcpus: 1, bootProtocol: proto), into: m.memory, acpi: ACPIConfig(vcpus: 1))
+        let r = try BootLoader.load(
+            BootSpec(
+                kernel: try KernelImage(bytes: elf), initrd: nil, cmdline: "console=ttyS0",
+                memorySize: 64 << 20, vcpus: 1, bootProtocol: proto), into: m.memory, acpi: ACPIConfig(vcpus: 1))
         try m.setBootState(r.cpu, vcpu: 0)
         return (try Harness.run(m), sink.text)
     }
 
     @Test func pvhEntryGetsStartInfoIn32BitMode() throws {
-        let code = try Harness.assemble("""
+        let code = try Harness.assemble(
+            """
             cmpl $0x336ec578, (%ebx)     # hvm_start_info magic
             jne 1f
             mov 24(%ebx), %esi           # cmdline_paddr
@@ -182,7 +193,8 @@ struct BootProtocolTests {
     }
 
     @Test func linux64EntryGetsBootParamsInLongMode() throws {
-        let code = try Harness.assemble("""
+        let code = try Harness.assemble(
+            """
             cmpl $0x53726448, 0x202(%rsi)  # "HdrS" in boot_params
             jne 1f
             movl 0x228(%rsi), %esi         # cmd_line_ptr

@@ -16,13 +16,17 @@ final class Fixture: @unchecked Sendable {
     let admin: String, alice: String, bob: String
     let kernel: URL
 
-    init(stopTimeout: Duration = .seconds(2), host: HostResources = HostResources(logicalCPUs: 2, memoryMiB: 24 * 1024),
-         wrap: ((ProcessLauncher) -> any VMMLauncher)? = nil) throws {
+    init(
+        stopTimeout: Duration = .seconds(2), host: HostResources = HostResources(logicalCPUs: 2, memoryMiB: 24 * 1024),
+        wrap: ((ProcessLauncher) -> any VMMLauncher)? = nil
+    ) throws {
         dir = try tempDir("api")
         let fakeVMM = dir.appendingPathComponent("fake-vmm")
         // Stands in for kumo-vmm: records its arguments, exits 0 on SIGTERM like kumo-vmm does.
-        try "#!/bin/sh\necho \"$@\" > \"$(dirname \"$2\")/args\"\nls -l /proc/$$/fd > \"$(dirname \"$2\")/fds\"\ntrap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n"
-            .write(to: fakeVMM, atomically: true, encoding: .utf8)
+        let script =
+            "#!/bin/sh\necho \"$@\" > \"$(dirname \"$2\")/args\"\nls -l /proc/$$/fd > \"$(dirname \"$2\")/fds\"\n"
+            + "trap 'exit 0' TERM\nwhile :; do sleep 0.05; done\n"
+        try script.write(to: fakeVMM, atomically: true, encoding: .utf8)
         chmod(fakeVMM.path, 0o755)
         store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
         let real = ProcessLauncher(vmmPath: fakeVMM.path)
@@ -101,12 +105,13 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     /// the shared pool's (CI once saw it, async then, resume after its deadline while boots held the pool).
     func requestWhileTheVMMIsBeingSpawned(_ verb: String) throws {
         var hooked: HookLauncher? = nil
-        let f = try Fixture(wrap: { real in let h = HookLauncher(real); hooked = h; return h })
+        let f = try Fixture(wrap: { real in
+            let h = HookLauncher(real); hooked = h; return h
+        })
         let h = try #require(hooked)
         let admin = try #require(try f.store.principal(token: f.admin))
         h.hook = { spec, _ in
-            if verb == "delete" { _ = try? f.service.delete(spec.instanceID, by: admin) }
-            else { _ = try? f.service.stop(spec.instanceID, by: admin) }
+            if verb == "delete" { _ = try? f.service.delete(spec.instanceID, by: admin) } else { _ = try? f.service.stop(spec.instanceID, by: admin) }
         }
         try f.service.addType(InstanceType(name: "t1", vcpus: 1, memoryMiB: 64), by: admin)
         _ = try f.service.registerImage(RegisterImageRequest(name: "img", kernel: f.kernel.path), by: admin)
@@ -131,14 +136,18 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     @Test func lifecycleThroughTheAPI() async throws {
         let f = try Fixture()
         try await f.app.test(.router) { c in
-            let img = try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin),
-                                          body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { r in
+            let img = try await c.execute(
+                uri: "/v1/images", method: .post, headers: auth(f.admin),
+                body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)
+            ) { r in
                 #expect(r.status == .created)
                 return try decode(Image.self, r.body)
             }
             #expect(img.kernelFormat == "elf")
-            let res = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
-                                          body: body(#"{"type": "kumo.small", "image": "tiny", "name": "web", "user_data": "aGk=", "client_token": "t-1"}"#)) { r in
+            let res = try await c.execute(
+                uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                body: body(#"{"type": "kumo.small", "image": "tiny", "name": "web", "user_data": "aGk=", "client_token": "t-1"}"#)
+            ) { r in
                 #expect(r.status == .accepted)
                 return try decode(RunInstancesResponse.self, r.body)
             }
@@ -159,13 +168,17 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
             let config = try JSONSerialization.jsonObject(with: Data(contentsOf: f.dir.appendingPathComponent("instances/\(id)/config.json"))) as? [String: Any]
             #expect(config?["memory_mib"] as? Int == 2048 && config?["vcpus"] as? Int == 1)
             // Idempotency: the same token and request give the same instance; a different request is refused.
-            let again = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
-                                            body: body(#"{"type": "kumo.small", "image": "tiny", "name": "web", "user_data": "aGk=", "client_token": "t-1"}"#)) {
+            let again = try await c.execute(
+                uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                body: body(#"{"type": "kumo.small", "image": "tiny", "name": "web", "user_data": "aGk=", "client_token": "t-1"}"#)
+            ) {
                 try decode(RunInstancesResponse.self, $0.body)
             }
             #expect(again.instances.map(\.id) == [id] && again.reservation == res.reservation)
-            try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
-                                body: body(#"{"type": "kumo.medium", "image": "tiny", "client_token": "t-1"}"#)) { r in
+            try await c.execute(
+                uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                body: body(#"{"type": "kumo.medium", "image": "tiny", "client_token": "t-1"}"#)
+            ) { r in
                 #expect(r.status == .conflict)
                 #expect(parse(ErrorBody.self, r.body)?.error.code == "idempotent_parameter_mismatch")
             }
@@ -195,34 +208,53 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     @Test func authorizationMatrix() async throws {
         let f = try Fixture()
         try await f.app.test(.router) { c in
-            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin),
-                                body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .created) }
-            let a = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
-                                        body: body(#"{"type": "kumo.small", "image": "tiny"}"#)) { try decode(RunInstancesResponse.self, $0.body).instances[0].id }
+            try await c.execute(
+                uri: "/v1/images", method: .post, headers: auth(f.admin),
+                body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)
+            ) { #expect($0.status == .created) }
+            let a = try await c.execute(
+                uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                body: body(#"{"type": "kumo.small", "image": "tiny"}"#)
+            ) { try decode(RunInstancesResponse.self, $0.body).instances[0].id }
             // No token, a bad token.
             for token in [nil, "kumo_nope"] as [String?] {
-                for (m, u) in [(HTTPRequest.Method.get, "/v1/instances"), (.get, "/v1/instances/\(a)"), (.post, "/v1/instances/\(a)/stop"),
-                               (.delete, "/v1/instances/\(a)"), (.get, "/v1/instance-types"), (.get, "/v1/host/capacity")] {
+                for (m, u) in [
+                    (HTTPRequest.Method.get, "/v1/instances"), (.get, "/v1/instances/\(a)"), (.post, "/v1/instances/\(a)/stop"),
+                    (.delete, "/v1/instances/\(a)"), (.get, "/v1/instance-types"), (.get, "/v1/host/capacity"),
+                ] {
                     try await c.execute(uri: u, method: m, headers: auth(token)) { #expect($0.status == .unauthorized, "\(m) \(u)") }
                 }
             }
             // Bob sees nothing of Alice's: not listed, and not found rather than forbidden.
-            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.bob)) { #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true) }
-            for (m, u) in [(HTTPRequest.Method.get, "/v1/instances/\(a)"), (.post, "/v1/instances/\(a)/stop"), (.post, "/v1/instances/\(a)/start"),
-                           (.post, "/v1/instances/\(a)/reboot"), (.delete, "/v1/instances/\(a)")] {
+            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.bob)) {
+                #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true)
+            }
+            for (m, u) in [
+                (HTTPRequest.Method.get, "/v1/instances/\(a)"), (.post, "/v1/instances/\(a)/stop"), (.post, "/v1/instances/\(a)/start"),
+                (.post, "/v1/instances/\(a)/reboot"), (.delete, "/v1/instances/\(a)"),
+            ] {
                 try await c.execute(uri: u, method: m, headers: auth(f.bob)) { #expect($0.status == .notFound, "\(m) \(u)") }
             }
             // Alice sees hers; the admin sees everyone's.
-            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.alice)) { #expect(parse(InstanceList.self, $0.body)?.instances.map(\.id) == [a]) }
+            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.alice)) {
+                #expect(parse(InstanceList.self, $0.body)?.instances.map(\.id) == [a])
+            }
             try await c.execute(uri: "/v1/instances/\(a)", method: .get, headers: auth(f.admin)) { #expect($0.status == .ok) }
             // Types, images and host settings are the admin's.
             for t in [f.alice, f.bob] {
-                try await c.execute(uri: "/v1/instance-types", method: .post, headers: auth(t), body: body(#"{"name": "x.1", "vcpus": 1, "memory_mib": 128}"#)) { #expect($0.status == .forbidden) }
-                try await c.execute(uri: "/v1/images", method: .post, headers: auth(t), body: body(#"{"name": "x", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .forbidden) }
-                try await c.execute(uri: "/v1/host/placement", method: .put, headers: auth(t),
-                                    body: body(#"{"cpu_allocation_ratio": 8, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#)) { #expect($0.status == .forbidden) }
+                try await c.execute(uri: "/v1/instance-types", method: .post, headers: auth(t), body: body(#"{"name": "x.1", "vcpus": 1, "memory_mib": 128}"#))
+                { #expect($0.status == .forbidden) }
+                try await c.execute(uri: "/v1/images", method: .post, headers: auth(t), body: body(#"{"name": "x", "kernel": "\#(f.kernel.path)"}"#)) {
+                    #expect($0.status == .forbidden)
+                }
+                try await c.execute(
+                    uri: "/v1/host/placement", method: .put, headers: auth(t),
+                    body: body(#"{"cpu_allocation_ratio": 8, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#)
+                ) { #expect($0.status == .forbidden) }
             }
-            try await c.execute(uri: "/v1/instance-types", method: .post, headers: auth(f.admin), body: body(#"{"name": "x.1", "vcpus": 1, "memory_mib": 128}"#)) { #expect($0.status == .created) }
+            try await c.execute(
+                uri: "/v1/instance-types", method: .post, headers: auth(f.admin), body: body(#"{"name": "x.1", "vcpus": 1, "memory_mib": 128}"#)
+            ) { #expect($0.status == .created) }
             try await c.execute(uri: "/v1/instance-types", method: .get, headers: auth(f.bob)) { r in
                 #expect(parse([String: [InstanceType]].self, r.body)?["instance_types"]?.map(\.name).contains("x.1") == true)
             }
@@ -240,16 +272,16 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
                 try Data(bytes).write(to: u)
                 return u.path
             }
-            var headerOnly = [UInt8](repeating: 0, count: 64)          // what this test once passed off as a kernel
+            var headerOnly = [UInt8](repeating: 0, count: 64)  // what this test once passed off as a kernel
             headerOnly.replaceSubrange(0..<5, with: [0x7F, 0x45, 0x4C, 0x46, 2]); headerOnly[5] = 1; headerOnly[16] = 2; headerOnly[18] = 0x3E
             var elf32 = TinyKernel.idle; elf32[4] = 1
             var arm64 = TinyKernel.idle; arm64[18] = 0xB7
             var truncated = TinyKernel.idle; truncated.removeLast(8)
             var lowLoad = TinyKernel.idle
-            lowLoad.replaceSubrange(24..<32, with: [0, 0x10, 0, 0, 0, 0, 0, 0])   // e_entry, and the segment below 1 MiB:
+            lowLoad.replaceSubrange(24..<32, with: [0, 0x10, 0, 0, 0, 0, 0, 0])  // e_entry, and the segment below 1 MiB:
             for off in [64 + 16, 64 + 24] { lowLoad.replaceSubrange(off..<off + 8, with: [0, 0x10, 0, 0, 0, 0, 0, 0]) }
             var oldBz = [UInt8](repeating: 0, count: 0x400)
-            oldBz.replaceSubrange(0x202..<0x206, with: Array("HdrS".utf8)); oldBz[0x206] = 0x0A; oldBz[0x207] = 0x02   // protocol 2.10
+            oldBz.replaceSubrange(0x202..<0x206, with: Array("HdrS".utf8)); oldBz[0x206] = 0x0A; oldBz[0x207] = 0x02  // protocol 2.10
             let cases: [(String, String, String)] = [
                 (#"{"name": "a", "kernel": "/nonexistent"}"#, "invalid_argument", "No such file"),
                 (#"{"name": "a", "kernel": "\#(notKernel.path)"}"#, "invalid_argument", "neither an ELF vmlinux nor a bzImage"),
@@ -274,8 +306,12 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
                     #expect(e.code == code && e.message.contains(text), "\(b): \(e)")
                 }
             }
-            try await c.execute(uri: "/v1/images", method: .get, headers: auth(f.admin)) { #expect(parse([String: [Image]].self, $0.body)?["images"]?.isEmpty == true) }
-            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin), body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .created) }
+            try await c.execute(uri: "/v1/images", method: .get, headers: auth(f.admin)) {
+                #expect(parse([String: [Image]].self, $0.body)?["images"]?.isEmpty == true)
+            }
+            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin), body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) {
+                #expect($0.status == .created)
+            }
             let runs: [(String, HTTPResponse.Status, String)] = [
                 (#"{"type": "kumo.huge", "image": "tiny"}"#, .notFound, "no instance type \"kumo.huge\" (known: kumo.small"),
                 (#"{"type": "kumo.small", "image": "nope"}"#, .notFound, "no image \"nope\""),
@@ -289,18 +325,26 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
                     #expect(parse(ErrorBody.self, r.body)?.error.message.contains(text) == true, "\(b)")
                 }
             }
-            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.admin)) { #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true) }
+            try await c.execute(uri: "/v1/instances", method: .get, headers: auth(f.admin)) {
+                #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true)
+            }
             try await c.execute(uri: "/v1/instances?state=sleeping", method: .get, headers: auth(f.alice)) { #expect($0.status == .badRequest) }
             try await c.execute(uri: "/v1/instances?next_token=garbage", method: .get, headers: auth(f.alice)) { #expect($0.status == .badRequest) }
             // Host placement policy: out-of-range values refused, a sane one applied.
-            for bad in [#"{"cpu_allocation_ratio": 1e308, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#,
-                        #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 0, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#,
-                        #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 1, "reserved_host_memory_mib": -1, "reserved_cpus": 0}"#,
-                        #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 2}"#] {
-                try await c.execute(uri: "/v1/host/placement", method: .put, headers: auth(f.admin), body: body(bad)) { #expect($0.status == .badRequest, "\(bad)") }
+            for bad in [
+                #"{"cpu_allocation_ratio": 1e308, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#,
+                #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 0, "reserved_host_memory_mib": 512, "reserved_cpus": 0}"#,
+                #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 1, "reserved_host_memory_mib": -1, "reserved_cpus": 0}"#,
+                #"{"cpu_allocation_ratio": 4, "ram_allocation_ratio": 1, "reserved_host_memory_mib": 512, "reserved_cpus": 2}"#,
+            ] {
+                try await c.execute(uri: "/v1/host/placement", method: .put, headers: auth(f.admin), body: body(bad)) {
+                    #expect($0.status == .badRequest, "\(bad)")
+                }
             }
-            try await c.execute(uri: "/v1/host/placement", method: .put, headers: auth(f.admin),
-                                body: body(#"{"cpu_allocation_ratio": 8, "ram_allocation_ratio": 1.5, "reserved_host_memory_mib": 1024, "reserved_cpus": 1}"#)) { r in
+            try await c.execute(
+                uri: "/v1/host/placement", method: .put, headers: auth(f.admin),
+                body: body(#"{"cpu_allocation_ratio": 8, "ram_allocation_ratio": 1.5, "reserved_host_memory_mib": 1024, "reserved_cpus": 1}"#)
+            ) { r in
                 #expect(r.status == .ok)
                 let cap = parse(Capacity.self, r.body)
                 #expect(cap?.vcpusTotal == 8 && cap?.memoryMiBTotal == Int(Double(24 * 1024 - 1024) * 1.5))
@@ -311,9 +355,13 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     @Test func paginationAndFilters() async throws {
         let f = try Fixture(host: HostResources(logicalCPUs: 64, memoryMiB: 1 << 20))
         try await f.app.test(.router) { c in
-            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin), body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .created) }
-            let ids = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
-                                          body: body(#"{"type": "kumo.small", "image": "tiny", "count": 7, "name": "batch"}"#)) {
+            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin), body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) {
+                #expect($0.status == .created)
+            }
+            let ids = try await c.execute(
+                uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                body: body(#"{"type": "kumo.small", "image": "tiny", "count": 7, "name": "batch"}"#)
+            ) {
                 try decode(RunInstancesResponse.self, $0.body).instances.map(\.id)
             }
             #expect(ids.count == 7)
@@ -330,7 +378,9 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
             try await c.execute(uri: "/v1/instances?name=batch-2&name=batch-5", method: .get, headers: auth(f.alice)) { r in
                 #expect(parse(InstanceList.self, r.body)?.instances.map(\.name) == ["batch-2", "batch-5"])
             }
-            try await c.execute(uri: "/v1/instances?type=kumo.large", method: .get, headers: auth(f.alice)) { #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true) }
+            try await c.execute(uri: "/v1/instances?type=kumo.large", method: .get, headers: auth(f.alice)) {
+                #expect(parse(InstanceList.self, $0.body)?.instances.isEmpty == true)
+            }
         }
     }
 
@@ -345,10 +395,11 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
             if line == "paths:" { inPaths = true; continue }
             if inPaths, !line.hasPrefix(" ") { inPaths = false }
             guard inPaths else { continue }
-            if line.hasPrefix("  /") && !line.hasPrefix("   ") { path = String(line.dropFirst(2).dropLast()) ; continue }
+            if line.hasPrefix("  /") && !line.hasPrefix("   ") { path = String(line.dropFirst(2).dropLast()); continue }
             let t = line.trimmingCharacters(in: .whitespaces)
             if line.hasPrefix("    ") && !line.hasPrefix("     "), let p = path,
-               let m = ["get:", "post:", "put:", "delete:", "patch:"].first(where: { t == $0 }) {
+                let m = ["get:", "post:", "put:", "delete:", "patch:"].first(where: { t == $0 })
+            {
                 documented.insert("\(m.dropLast().uppercased()) \(p)")
             }
         }

@@ -21,7 +21,7 @@ import KumoAPI
     }
 
     @Test func pressureInflatesTheIdlestInBoundedStepsAboveTheFloor() {
-        let d = Balloons.decide(policy: on, hostAvailableMiB: 1000, hostTotalMiB: 24576, instances: recorded)   // 4 %
+        let d = Balloons.decide(policy: on, hostAvailableMiB: 1000, hostTotalMiB: 24576, instances: recorded)  // 4 %
         // Most idle first; a step each; the busy guest (40 MiB free, less than its reserve) and the one
         // without statistics are left alone.
         #expect(d.map(\.id) == ["i-idle", "i-test"])
@@ -43,10 +43,12 @@ import KumoAPI
         var p = on
         p.lowFreePercent = 10; p.highFreePercent = 11
         // 2450 of 24576 MiB free (9.97 %): the middle (10.5 %) is 2581 MiB, so 131 MiB are needed.
-        let three = [Balloons.Observed(id: "a", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 1000),
-                     Balloons.Observed(id: "b", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 900),
-                     Balloons.Observed(id: "c", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 800),
-                     Balloons.Observed(id: "d", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 700)]
+        let three = [
+            Balloons.Observed(id: "a", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 1000),
+            Balloons.Observed(id: "b", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 900),
+            Balloons.Observed(id: "c", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 800),
+            Balloons.Observed(id: "d", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 700),
+        ]
         var d = Balloons.decide(policy: p, hostAvailableMiB: 2450, hostTotalMiB: 24576, instances: three)
         #expect(d.map(\.id) == ["a", "b", "c"] && d.map(\.targetMiB) == [64, 64, 3], "\(d)")
         // a holds four times the default shares: its 936 idle MiB weigh like 234, so b, c and d go first.
@@ -62,9 +64,11 @@ import KumoAPI
     }
 
     @Test func reliefDeflatesStepByStep() {
-        let inflated = [Balloons.Observed(id: "a", memoryMiB: 2048, targetMiB: 100, actualMiB: 100, guestFreeMiB: 900),
-                        Balloons.Observed(id: "b", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 900)]
-        let d = Balloons.decide(policy: on, hostAvailableMiB: 10000, hostTotalMiB: 24576, instances: inflated)   // 41 %
+        let inflated = [
+            Balloons.Observed(id: "a", memoryMiB: 2048, targetMiB: 100, actualMiB: 100, guestFreeMiB: 900),
+            Balloons.Observed(id: "b", memoryMiB: 2048, targetMiB: 0, actualMiB: 0, guestFreeMiB: 900),
+        ]
+        let d = Balloons.decide(policy: on, hostAvailableMiB: 10000, hostTotalMiB: 24576, instances: inflated)  // 41 %
         #expect(d.map(\.id) == ["a"] && d.map(\.targetMiB) == [36])
         #expect(d[0].why.contains("deflate a by 64 MiB"))
     }

@@ -12,7 +12,8 @@ import KumoAPI
 /// API with the real `kumo`. One Linux boot (minutes on hosts whose KVM emulates guest kernel code).
 @Suite(.ownThreads, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs /dev/kvm"))
 struct BalloonReclaimTests {
-    static let guest = (ProcessInfo.processInfo.environment["KUMO_CACHE"].map { URL(fileURLWithPath: $0) }
+    static let guest =
+        (ProcessInfo.processInfo.environment["KUMO_CACHE"].map { URL(fileURLWithPath: $0) }
         ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/kumo")).appendingPathComponent("guest")
 
     /// An init that spins without a system call (guest userspace cannot make one on kvm_pvm hosts), so
@@ -38,16 +39,20 @@ struct BalloonReclaimTests {
         try FileManager.default.copyItem(atPath: initELF, toPath: root.appendingPathComponent("init").path)
         let disk = k.dir.appendingPathComponent("root.ext4").path
         try RealVMMTests.run("/usr/sbin/mkfs.ext4", ["-q", "-F", "-d", k.dir.appendingPathComponent("rootfs").path, disk, "16M"])
-        for args in [["type", "create", "b192", "--vcpus", "1", "--memory-mib", "192"],
-                     ["image", "register", "linux", "--kernel", kernel, "--root-disk", disk, "--cmdline", "console=ttyS0 root=/dev/vda rw panic=-1"]] {
+        for args in [
+            ["type", "create", "b192", "--vcpus", "1", "--memory-mib", "192"],
+            ["image", "register", "linux", "--kernel", kernel, "--root-disk", disk, "--cmdline", "console=ttyS0 root=/dev/vda rw panic=-1"],
+        ] {
             let r = try kumo(args)
             try #require(r.0 == 0, "\(r)")
         }
 
         // Reclaim on, with host memory "short": inflate while under 99.5 % free (a host is never that
         // free), steps of 48 MiB, a floor of 50 % (so at most 96 of the 192 MiB), 32 MiB left in the guest.
-        var r = try kumo(["host", "balloon", "--enabled", "true", "--low-free-percent", "99.5", "--high-free-percent", "99.9",
-                          "--step-mib", "48", "--floor-percent", "50", "--guest-reserve-mib", "32"])
+        var r = try kumo([
+            "host", "balloon", "--enabled", "true", "--low-free-percent", "99.5", "--high-free-percent", "99.9",
+            "--step-mib", "48", "--floor-percent", "50", "--guest-reserve-mib", "32",
+        ])
         try #require(r.0 == 0, "\(r)")
         r = try kumo(["instance", "run", "--type", "b192", "--image", "linux", "--output", "json"])
         let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id, "\(r)")
@@ -76,7 +81,10 @@ struct BalloonReclaimTests {
         // The guest's own statistics show the memory gone into the balloon.
         if let f0 = firstFree, let f1 = lastFree { #expect(f0 - f1 >= 80, "guest free \(f0) -> \(f1) MiB") } else { Issue.record("no guest statistics: \(b)") }
         let stats = try JSONDecoder().decode(InstanceStats.self, from: Data(try kumo(["instance", "stats", id, "--output", "json"]).1.utf8))
-        print("balloon reclaim under kumod: targets \(targets) MiB; guest free \(firstFree ?? -1) -> \(lastFree ?? -1) MiB; VMM RSS \((stats.memory?.rssKiB ?? 0) >> 10) MiB")
+        print(
+            "balloon reclaim under kumod: targets \(targets) MiB; guest free \(firstFree ?? -1) -> \(lastFree ?? -1) MiB; VMM RSS "
+                + "\((stats.memory?.rssKiB ?? 0) >> 10) MiB"
+        )
 
         // The same boot: GVA → GPA → HPA through the Linux guest's own page tables (nokaslr: the kernel
         // image's virtual base 0xffffffff81000000 holds its physical load address 0x1000000; the direct
@@ -89,10 +97,14 @@ struct BalloonReclaimTests {
             #expect(r.0 == 0 && t?.gpa == "0x1000000" && t?.pageSize == 2 << 20 && t?.hpa != nil, "\(r)")
             #expect(t?.executable == executable && t?.writable == false, "\(r)")
             hpas.append(t?.hpa)
-            print("translate \(gva): " + (t.map { t in
-                "\(t.paging.mode), " + (t.levels ?? []).map { "L\($0.level) \($0.entry)\($0.leaf ? " leaf \($0.pageSize >> 10) KiB" : "")" }.joined(separator: ", ")
-                    + " → GPA \(t.gpa ?? "-") → HVA \(t.hva ?? "-") → HPA \(t.hpa ?? "-"); writable \(t.writable.map(String.init) ?? "-"), executable \(t.executable.map(String.init) ?? "-")"
-            } ?? r.2))
+            print(
+                "translate \(gva): "
+                    + (t.map { t in
+                        "\(t.paging.mode), "
+                            + (t.levels ?? []).map { "L\($0.level) \($0.entry)\($0.leaf ? " leaf \($0.pageSize >> 10) KiB" : "")" }.joined(separator: ", ")
+                            + " → GPA \(t.gpa ?? "-") → HVA \(t.hva ?? "-") → HPA \(t.hpa ?? "-"); writable \(t.writable.map(String.init) ?? "-"), "
+                            + "executable \(t.executable.map(String.init) ?? "-")"
+                    } ?? r.2))
         }
         #expect(hpas.count == 2 && hpas[0] == hpas[1], "\(hpas)")
 
@@ -112,7 +124,9 @@ struct BalloonReclaimTests {
         }
         let deflated = b.instances.first { $0.instance == id }
         #expect(deflated?.targetMiB == 0 && deflated?.actualMiB == 0, "\(b)")
-        #expect(b.decisions.contains { $0.contains("deflate \(id) by 48 MiB to 48 MiB") } && b.decisions.contains { $0.contains("deflate \(id) by 48 MiB to 0 MiB") }, "\(b.decisions)")
+        #expect(
+            b.decisions.contains { $0.contains("deflate \(id) by 48 MiB to 48 MiB") }
+                && b.decisions.contains { $0.contains("deflate \(id) by 48 MiB to 0 MiB") }, "\(b.decisions)")
         r = try kumo(["host", "balloon"])
         #expect(r.0 == 0 && r.1.contains("policy: on; inflate under 1 % host memory free, deflate over 2 %"), "\(r)")
 

@@ -45,7 +45,9 @@ import KumoAPI
             try #require(FileManager.default.fileExists(atPath: socket), "kumod did not come up")
         }
 
-        var token: String { (try? String(contentsOf: dir.appendingPathComponent("admin.token"), encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "" }
+        var token: String {
+            (try? String(contentsOf: dir.appendingPathComponent("admin.token"), encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        }
 
         func close() {
             if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
@@ -53,7 +55,10 @@ import KumoAPI
             if let list = try? FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("instances").path) {
                 for id in list {
                     if let pidText = try? String(contentsOf: dir.appendingPathComponent("instances/\(id)/vmm.pid"), encoding: .utf8),
-                       let pid = Int32(pidText.split(separator: " ")[0]) { kill(pid, SIGKILL) }
+                        let pid = Int32(pidText.split(separator: " ")[0])
+                    {
+                        kill(pid, SIGKILL)
+                    }
                 }
             }
             try? FileManager.default.removeItem(at: dir)
@@ -102,7 +107,8 @@ import KumoAPI
         #expect(r.0 == 0 && r.1.contains("kumo.small   1      2048        yes"), "\(r)")
         r = try Self.kumo(["image", "register", "tiny", "--kernel", kernel.path], endpoint: tcp, token: k.token)
         #expect(r.0 == 0 && r.1.contains("tiny"), "\(r)")
-        r = try Self.kumo(["instance", "run", "--type", "kumo.small", "--image", "tiny", "--count", "2", "--name", "web", "--output", "json"], endpoint: unix, token: k.token)
+        r = try Self.kumo(
+            ["instance", "run", "--type", "kumo.small", "--image", "tiny", "--count", "2", "--name", "web", "--output", "json"], endpoint: unix, token: k.token)
         #expect(r.0 == 0, "\(r)")
         let ids = try JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.map(\.id)
         #expect(ids.count == 2)
@@ -113,7 +119,7 @@ import KumoAPI
         }
         func waitAll(_ state: InstanceState) throws -> [Instance] {
             var l: [Instance] = []
-            let deadline = Date().addingTimeInterval(60)   // the machine may be busy booting guests
+            let deadline = Date().addingTimeInterval(60)  // the machine may be busy booting guests
             repeat {
                 l = try list()
                 if !l.isEmpty && l.allSatisfy({ $0.state == state }) { return l }
@@ -176,16 +182,19 @@ import KumoAPI
         }
         var r = try kumod(["--help"])
         #expect(r.0 == 0 && r.1.contains("--reboot-window") && r.1.contains("--stop-timeout"), "\(r)")
-        for (args, why) in [(["--bogus"], "Unknown option '--bogus'"), (["--listen", "nope"], "--listen wants HOST:PORT"),
-                            (["--stop-timeout", "9999"], "--stop-timeout wants seconds from 0 to 3600"),
-                            (["--reboot-limit", "x"], "--reboot-limit")] {
+        for (args, why) in [
+            (["--bogus"], "Unknown option '--bogus'"), (["--listen", "nope"], "--listen wants HOST:PORT"),
+            (["--stop-timeout", "9999"], "--stop-timeout wants seconds from 0 to 3600"),
+            (["--reboot-limit", "x"], "--reboot-limit"),
+        ] {
             r = try kumod(args)
             #expect(r.0 == 2 && r.1.contains(why), "\(args): \(r)")
         }
         let dir = try tempDir("contract")
         defer { try? FileManager.default.removeItem(at: dir) }
         let other = dir.appendingPathComponent("old-vmm")
-        try "#!/bin/sh\n[ \"$1\" = --contract-version ] && { echo \(vmmContractVersion - 1); exit 0; }\nexit 1\n".write(to: other, atomically: true, encoding: .utf8)
+        try "#!/bin/sh\n[ \"$1\" = --contract-version ] && { echo \(vmmContractVersion - 1); exit 0; }\nexit 1\n".write(
+            to: other, atomically: true, encoding: .utf8)
         chmod(other.path, 0o755)
         r = try kumod(["--data-dir", dir.path, "--listen", "127.0.0.1:\(Int.random(in: 20000..<60000))", "--vmm", other.path])
         #expect(r.0 == 1 && r.1.contains("speaks contract version \(vmmContractVersion - 1), this kumod \(vmmContractVersion)"), "\(r)")

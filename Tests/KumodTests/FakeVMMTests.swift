@@ -19,12 +19,16 @@ final class FakeVMM: VMMHandle, @unchecked Sendable {
         return v
     }
     func info() throws(ControlFailure) -> VMInfo {
-        try answer(.info, VMInfo(vcpus: 1, memoryMiB: 2048, rssKiB: 1, guestResidentKiB: 1, powerButton: .init(raised: 0, taken: 0),
-                                 devices: [], boots: 1, lastReset: nil))
+        try answer(
+            .info,
+            VMInfo(
+                vcpus: 1, memoryMiB: 2048, rssKiB: 1, guestResidentKiB: 1, powerButton: .init(raised: 0, taken: 0),
+                devices: [], boots: 1, lastReset: nil))
     }
     func stats() throws(ControlFailure) -> VMStats {
-        var v = VMStats.VCPU(vcpu: 0, tid: 4242, exits: ["io": 7, "hlt": 2], exitsTotal: 9, ioIn: 3, ioOut: 4, mmioRead: 0, mmioWrite: 1,
-                             emulated: ["int3": 1], cpuNs: 1_000_000_000_000_000_001, waitNs: 5, timeslices: 6, cpusAllowed: "0-1")
+        var v = VMStats.VCPU(
+            vcpu: 0, tid: 4242, exits: ["io": 7, "hlt": 2], exitsTotal: 9, ioIn: 3, ioOut: 4, mmioRead: 0, mmioWrite: 1,
+            emulated: ["int3": 1], cpuNs: 1_000_000_000_000_000_001, waitNs: 5, timeslices: 6, cpusAllowed: "0-1")
         v.kvm = ["exits": 11]
         var m = VMStats.Memory(dedup: true, rssKiB: 100, guestResidentKiB: 90)
         m.ksmMergingPages = 12; m.ksmProcessProfit = -3
@@ -34,19 +38,28 @@ final class FakeVMM: VMMHandle, @unchecked Sendable {
         try answer(.pin(vcpu: vcpu, cpus: cpus), PinReply(vcpu: vcpu, cpus: cpus, cpusAllowed: cpus ?? "0-1"))
     }
     func translate(vcpu: Int, address: UInt64) throws(ControlFailure) -> TranslateReply {
-        var t = TranslateReply(vcpu: vcpu, gva: address, rip: 0xffffffff81000000,
-                               paging: .init(mode: "4-level", cr0: 0x80050033, cr3: 0x9000, cr4: 0x20, efer: 0x500),
-                               hostKVM: "fake", hostTwoDimensionalPaging: false,
-                               levels: [.init(level: 4, table: "PML4", entryGPA: 0x9000, entry: 0xa003, present: true, writable: true,
-                                              user: false, leaf: false, pageSize: 0)])
+        var t = TranslateReply(
+            vcpu: vcpu, gva: address, rip: 0xffffffff81000000,
+            paging: .init(mode: "4-level", cr0: 0x80050033, cr3: 0x9000, cr4: 0x20, efer: 0x500),
+            hostKVM: "fake", hostTwoDimensionalPaging: false,
+            levels: [
+                .init(
+                    level: 4, table: "PML4", entryGPA: 0x9000, entry: 0xa003, present: true, writable: true,
+                    user: false, leaf: false, pageSize: 0)
+            ])
         if address == 0xdead { t.fault = "GVA 0xdead: not present at level 3" } else { t.gpa = address; t.hpa = 0x1234_5000 }
         return try answer(.translate(vcpu: vcpu, address: address), t)
     }
     func pressPowerButton() throws(ControlFailure) -> PowerButtonReply { try answer(.powerButton, PowerButtonReply(raised: 1, taken: 0)) }
-    func setBalloon(targetMiB: Int) throws(ControlFailure) -> BalloonSetReply { try answer(.balloonSet(targetMiB: targetMiB), BalloonSetReply(targetMiB: targetMiB)) }
+    func setBalloon(targetMiB: Int) throws(ControlFailure) -> BalloonSetReply {
+        try answer(.balloonSet(targetMiB: targetMiB), BalloonSetReply(targetMiB: targetMiB))
+    }
     func balloon(refresh: Bool) throws(ControlFailure) -> BalloonState {
-        try answer(.balloonGet(refresh: refresh), BalloonState(driverReady: false, targetMiB: 0, actualMiB: 0, targetPages: 0, actualPages: 0,
-                                                              inflatedPages: 0, deflatedPages: 0, reportedPages: 0, statsUpdates: 0, stats: [:], rssKiB: 0))
+        try answer(
+            .balloonGet(refresh: refresh),
+            BalloonState(
+                driverReady: false, targetMiB: 0, actualMiB: 0, targetPages: 0, actualPages: 0,
+                inflatedPages: 0, deflatedPages: 0, reportedPages: 0, statsUpdates: 0, stats: [:], rssKiB: 0))
     }
 }
 
@@ -65,12 +78,18 @@ final class FakeHandleLauncher: VMMLauncher, @unchecked Sendable {
 @Suite(.ownThreads) struct FakeVMMTests {
     @Test func statsTranslateAndPinningThroughAVMMHandle() async throws {
         nonisolated(unsafe) var fake: FakeHandleLauncher! = nil
-        let f = try Fixture(wrap: { real in let l = FakeHandleLauncher(real); fake = l; return l })
+        let f = try Fixture(wrap: { real in
+            let l = FakeHandleLauncher(real); fake = l; return l
+        })
         try await f.app.test(.router) { c in
-            try await c.execute(uri: "/v1/images", method: .post, headers: auth(f.admin),
-                                body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)) { #expect($0.status == .created) }
-            let id = try await c.execute(uri: "/v1/instances", method: .post, headers: auth(f.alice),
-                                         body: body(#"{"type": "kumo.small", "image": "tiny"}"#)) { try decode(RunInstancesResponse.self, $0.body).instances[0].id }
+            try await c.execute(
+                uri: "/v1/images", method: .post, headers: auth(f.admin),
+                body: body(#"{"name": "tiny", "kernel": "\#(f.kernel.path)"}"#)
+            ) { #expect($0.status == .created) }
+            let id = try await c.execute(
+                uri: "/v1/instances", method: .post, headers: auth(f.alice),
+                body: body(#"{"type": "kumo.small", "image": "tiny"}"#)
+            ) { try decode(RunInstancesResponse.self, $0.body).instances[0].id }
             _ = try await waitState(c, id, f.alice, .running)
             // Statistics: the contract's reply as the REST type, a 64-bit counter exact.
             try await c.execute(uri: "/v1/instances/\(id)/stats", method: .get, headers: auth(f.alice)) { r in
@@ -94,8 +113,10 @@ final class FakeHandleLauncher: VMMLauncher, @unchecked Sendable {
                 #expect(t.fault == "GVA 0xdead: not present at level 3")
             }
             // Pinning a running instance: stored, then sent to its VMM as a typed request.
-            try await c.execute(uri: "/v1/instances/\(id)/cpus", method: .put, headers: auth(f.alice),
-                                body: body(#"{"vcpus": [{"vcpu": 0, "cpus": "1"}]}"#)) { #expect($0.status == .ok) }
+            try await c.execute(
+                uri: "/v1/instances/\(id)/cpus", method: .put, headers: auth(f.alice),
+                body: body(#"{"vcpus": [{"vcpu": 0, "cpus": "1"}]}"#)
+            ) { #expect($0.status == .ok) }
             #expect(fake.vmm.asked.withLock { $0 }.contains(.pin(vcpu: 0, cpus: "1")))
             // A VMM that refuses: 503 with its reason.
             fake.vmm.refuse = "no guest is running (between boots)"

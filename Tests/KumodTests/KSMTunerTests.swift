@@ -21,9 +21,9 @@ import Testing
         #expect(t.admit("i-a1", tenant: "alice"))
         #expect(t.admit("i-a2", tenant: "alice"))
         #expect(!t.admit("i-b1", tenant: "bob"))
-        #expect(t.admit("i-a1", tenant: "alice"))          // a restart of the same instance
+        #expect(t.admit("i-a1", tenant: "alice"))  // a restart of the same instance
         t.remove("i-a1"); t.remove("i-a2")
-        #expect(t.admit("i-b1", tenant: "bob"))            // the domain freed itself
+        #expect(t.admit("i-b1", tenant: "bob"))  // the domain freed itself
         #expect(t.report { $0 == "bob" ? "Bob" : nil }.domainTenant == "Bob")
     }
 
@@ -32,11 +32,11 @@ import Testing
         defer { try? FileManager.default.removeItem(at: d) }
         let t = KSMTuner(dir: d.path, basePagesToScan: 200, lowMemoryFraction: 0.2)
         t.tune(freeFraction: 0.9)
-        #expect(read(d, "run") == "0")                     // nothing to merge: ksmd left alone
+        #expect(read(d, "run") == "0")  // nothing to merge: ksmd left alone
         _ = t.admit("i-1", tenant: "alice")
         t.tune(freeFraction: 0.9)
         #expect(read(d, "run") == "1" && read(d, "pages_to_scan") == "200" && read(d, "sleep_millisecs") == "20")
-        t.tune(freeFraction: 0.1)                          // memory short: scan harder
+        t.tune(freeFraction: 0.1)  // memory short: scan harder
         #expect(read(d, "pages_to_scan") == "2000" && read(d, "sleep_millisecs") == "10")
         t.remove("i-1")
         t.tune(freeFraction: 0.1)

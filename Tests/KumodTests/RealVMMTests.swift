@@ -77,8 +77,12 @@ struct RealVMMTests {
             process.standardInput = input
             process.standardOutput = out
             process.standardError = err
-            out.fileHandleForReading.readabilityHandler = { [self] h in let d = h.availableData; lock.lock(); output += d; lock.unlock() }
-            err.fileHandleForReading.readabilityHandler = { [self] h in let d = h.availableData; lock.lock(); errors += d; lock.unlock() }
+            out.fileHandleForReading.readabilityHandler = { [self] h in
+                let d = h.availableData; lock.lock(); output += d; lock.unlock()
+            }
+            err.fileHandleForReading.readabilityHandler = { [self] h in
+                let d = h.availableData; lock.lock(); errors += d; lock.unlock()
+            }
             try process.run()
         }
 
@@ -203,8 +207,9 @@ struct RealVMMTests {
         #expect(r.0 == 0, "\(r)")
         let stopped = try Self.wait(id, k, for: .stopped)
         #expect(stopped.state == .stopped)
-        #expect(stopped.stateReason.contains("ACPI power button pressed") && stopped.stateReason.contains("exited: guest powered off"),
-                "\(stopped.stateReason)")
+        #expect(
+            stopped.stateReason.contains("ACPI power button pressed") && stopped.stateReason.contains("exited: guest powered off"),
+            "\(stopped.stateReason)")
         #expect(c3.wait(for: "power button: powering off"), "\(c3.text)")
         #expect(c3.exit() == 0, "\(c3.errText)")
         #expect(c3.errText.contains("console closed"), "\(c3.errText)")
@@ -249,8 +254,10 @@ struct RealVMMTests {
         // Address translation through kumod and the CLI: every level of the walk, then HVA and HPA.
         r = try kumo(["instance", "translate", deafID, "0x1000123"])
         #expect(r.0 == 0, "\(r)")
-        for line in ["4-level paging, CR3 0x9000", "PML4  entry at GPA 0x9000", "PDPT  entry at GPA 0xa000",
-                     "PD    entry at GPA 0xb040", "maps a 2 MiB page", "→ GPA 0x1000123", "→ HVA 0x", "→ HPA 0x", "host: "] {
+        for line in [
+            "4-level paging, CR3 0x9000", "PML4  entry at GPA 0x9000", "PDPT  entry at GPA 0xa000",
+            "PD    entry at GPA 0xb040", "maps a 2 MiB page", "→ GPA 0x1000123", "→ HVA 0x", "→ HPA 0x", "host: ",
+        ] {
             #expect(r.1.contains(line), "\(line) in \(r.1)")
         }
         r = try kumo(["instance", "translate", deafID, "--output", "json", "0xffff800000000000"])
@@ -303,7 +310,7 @@ struct RealVMMTests {
             #expect(try String(contentsOfFile: cg.path(capped) + "/cpu.weight", encoding: .utf8) == "\(CPUCgroups.weight(shares: 512))\n")
         }
         print("cpu cap: cgroup \(cg.version.rawValue) at \(cg.root)")
-        #expect(!FileManager.default.fileExists(atPath: cg.path(ids["free"]!)))   // no limits: no group
+        #expect(!FileManager.default.fileExists(atPath: cg.path(ids["free"]!)))  // no limits: no group
         func cpuNs(_ id: String) throws -> UInt64 {
             let r = try kumo(["instance", "stats", id, "--output", "json"])
             return try JSONDecoder().decode(InstanceStats.self, from: Data(r.1.utf8)).vcpus.reduce(0) { $0 + ($1.cpuNs ?? 0) }
@@ -340,10 +347,14 @@ struct RealVMMTests {
         let unix = "unix:" + k.socket
         let store = try Store(path: k.dir.appendingPathComponent("kumod.sqlite").path)
         let alice = try store.issueToken(tenant: "alice", admin: false), bob = try store.issueToken(tenant: "bob", admin: false)
-        func kumo(_ args: [String], _ token: String? = nil) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: token ?? k.token) }
+        func kumo(_ args: [String], _ token: String? = nil) throws -> (Int32, String, String) {
+            try CLITests.kumo(args, endpoint: unix, token: token ?? k.token)
+        }
         let echo = try Self.guest(k.dir, name: "echo")
         var fill = [UInt8](repeating: 0, count: 16 << 20)
-        for i in stride(from: 0, to: fill.count, by: 8) { var x = UInt64(i) &* 0x9E37_79B9_7F4A_7C15; x ^= x >> 29; for b in 0..<8 { fill[i + b] = UInt8(truncatingIfNeeded: x >> (8 * UInt64(b))) } }
+        for i in stride(from: 0, to: fill.count, by: 8) {
+            var x = UInt64(i) &* 0x9E37_79B9_7F4A_7C15; x ^= x >> 29; for b in 0..<8 { fill[i + b] = UInt8(truncatingIfNeeded: x >> (8 * UInt64(b))) }
+        }
         let initrd = k.dir.appendingPathComponent("fill.bin")
         try Data(fill).write(to: initrd)
         _ = try kumo(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
@@ -482,21 +493,23 @@ struct RealVMMTests {
         defer { k.close() }
         let unix = "unix:" + k.socket
         func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
-        let rebooter = try Self.guest(k.dir, name: "rebooter", source: """
-            .text
-            .code64
-            .globl _start
-            _start:
-            mov $0x3f8, %dx
-            lea msg(%rip), %rsi
-            mov $12, %ecx
-            rep outsb
-            mov $0xfe, %al
-            out %al, $0x64
-            1: hlt
-            jmp 1b
-            msg: .ascii "booted once\n"
-            """)
+        let rebooter = try Self.guest(
+            k.dir, name: "rebooter",
+            source: """
+                .text
+                .code64
+                .globl _start
+                _start:
+                mov $0x3f8, %dx
+                lea msg(%rip), %rsi
+                mov $12, %ecx
+                rep outsb
+                mov $0xfe, %al
+                out %al, $0x64
+                1: hlt
+                jmp 1b
+                msg: .ascii "booted once\n"
+                """)
         for args in [["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"], ["image", "register", "rebooter", "--kernel", rebooter]] {
             let r = try kumo(args)
             try #require(r.0 == 0, "\(r)")

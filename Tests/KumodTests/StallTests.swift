@@ -23,7 +23,9 @@ struct StallTests {
         sin.sin_family = sa_family_t(AF_INET)
         sin.sin_port = UInt16(port).bigEndian
         sin.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let ok = withUnsafePointer(to: &sin) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let ok = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
         guard ok == 0 else { return (0, 0) }
         let req = "\(method) \(path) HTTP/1.1\r\nHost: kumod\r\nAuthorization: Bearer \(token)\r\nConnection: close\r\n\r\n"
         _ = req.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
@@ -82,7 +84,7 @@ struct StallTests {
                 all.leave()
             }
         }
-        Thread.sleep(forTimeInterval: 0.5)   // all of them in flight
+        Thread.sleep(forTimeInterval: 0.5)  // all of them in flight
         // Measured only while the stalled requests are still waiting (a loaded machine slows both).
         var during: [(status: Int, ms: Double)] = []
         while during.count < 100 && answers.withLock({ $0.count }) == 0 { during.append(types()) }
@@ -95,9 +97,10 @@ struct StallTests {
 
         let (b50, b99) = (Self.percentile(baseline.map(\.ms), 0.5), Self.percentile(baseline.map(\.ms), 0.99))
         let (d50, d99) = (Self.percentile(during.map(\.ms), 0.5), Self.percentile(during.map(\.ms), 0.99))
-        print("stall: GET /v1/instance-types p50/p99 \(String(format: "%.1f/%.1f", b50, b99)) ms alone, "
-              + "\(String(format: "%.1f/%.1f", d50, d99)) ms with 50 stats requests waiting on a silent VMM "
-              + "(those took \(Int(Self.percentile(stalled.map(\.ms), 0.5))) ms each, 503)")
+        print(
+            "stall: GET /v1/instance-types p50/p99 \(String(format: "%.1f/%.1f", b50, b99)) ms alone, "
+                + "\(String(format: "%.1f/%.1f", d50, d99)) ms with 50 stats requests waiting on a silent VMM "
+                + "(those took \(Int(Self.percentile(stalled.map(\.ms), 0.5))) ms each, 503)")
         // The same order as alone: a stall on the pool would put whole seconds here.
         #expect(d99 <= max(5 * b99, 100), "p99 \(d99) ms during, \(b99) ms alone")
     }

@@ -17,7 +17,11 @@ func tempDir(_ tag: String) throws -> URL {
         let path = dir.appendingPathComponent("k.sqlite").path
         let s = try Store(path: path)
         #expect(try s.journalMode() == "wal")
-        #expect(try s.appliedMigrations() == ["v1: tenants, tokens, types, images, instances", "v2: vCPU pinning", "v3: CPU caps and shares per instance type", "v4: memory dedup per instance", "v5: CPU policy (shared or dedicated)", "v6: memory shares per instance type"])
+        #expect(
+            try s.appliedMigrations() == [
+                "v1: tenants, tokens, types, images, instances", "v2: vCPU pinning", "v3: CPU caps and shares per instance type",
+                "v4: memory dedup per instance", "v5: CPU policy (shared or dedicated)", "v6: memory shares per instance type",
+            ])
         #expect(try s.types().map(\.name) == ["kumo.small", "kumo.medium", "kumo.large"])
         #expect(try s.type("kumo.medium") == InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true))
         // Reopening runs no migration twice and keeps the data.
@@ -79,11 +83,11 @@ func tempDir(_ tag: String) throws -> URL {
     @Test func capacityFollowsNovasFormula() {
         var p = PlacementPolicy()
         let c = Placement.capacity(host: host, policy: p, holders: [])
-        #expect(c.vcpusTotal == 8)                       // 2 × 4.0
-        #expect(c.memoryMiBTotal == 24 * 1024 - 512)      // (24576 − 512) × 1.0
+        #expect(c.vcpusTotal == 8)  // 2 × 4.0
+        #expect(c.memoryMiBTotal == 24 * 1024 - 512)  // (24576 − 512) × 1.0
         p.reservedCPUs = 1; p.cpuAllocationRatio = 2.5; p.ramAllocationRatio = 1.5; p.reservedHostMemoryMiB = 1024
         let d = Placement.capacity(host: host, policy: p, holders: [])
-        #expect(d.vcpusTotal == 2)                        // (2 − 1) × 2.5, rounded down
+        #expect(d.vcpusTotal == 2)  // (2 − 1) × 2.5, rounded down
         #expect(d.memoryMiBTotal == Int(Double(24 * 1024 - 1024) * 1.5))
     }
 
@@ -120,16 +124,18 @@ func tempDir(_ tag: String) throws -> URL {
         let h = [Placement.Holder(id: "a", type: "kumo.medium", vcpus: 2, memoryMiB: 4096, tenantID: "t")]
         var p = PlacementPolicy()
         p.reservedHostMemoryMiB = 512
-        let c = Placement.withFits(Placement.capacity(host: host, policy: p, holders: h), types: InstanceType.builtins,
-                                   ksmSavedMiB: 3000, balloonReclaimedMiB: 1100)
+        let c = Placement.withFits(
+            Placement.capacity(host: host, policy: p, holders: h), types: InstanceType.builtins,
+            ksmSavedMiB: 3000, balloonReclaimedMiB: 1100)
         // 8 shared vCPUs, 2 used → 6 free; 24064 MiB, 4096 used → 19968 free (+4100 with savings).
         #expect(c.vcpuOvercommit == 1.0)
         #expect(c.fits == ["kumo.small": 6, "kumo.medium": 3, "kumo.large": 1])
-        #expect(c.fitsWithSavings == ["kumo.small": 6, "kumo.medium": 3, "kumo.large": 1])   // vCPUs bind first
+        #expect(c.fitsWithSavings == ["kumo.small": 6, "kumo.medium": 3, "kumo.large": 1])  // vCPUs bind first
         var roomy = PlacementPolicy(); roomy.cpuAllocationRatio = 16
-        let r = Placement.withFits(Placement.capacity(host: host, policy: roomy, holders: h), types: InstanceType.builtins,
-                                   ksmSavedMiB: 3000, balloonReclaimedMiB: 1100)
-        #expect(r.fits["kumo.small"] == 9 && r.fitsWithSavings["kumo.small"] == 11)   // 19968 / 2048, (19968 + 4100) / 2048
+        let r = Placement.withFits(
+            Placement.capacity(host: host, policy: roomy, holders: h), types: InstanceType.builtins,
+            ksmSavedMiB: 3000, balloonReclaimedMiB: 1100)
+        #expect(r.fits["kumo.small"] == 9 && r.fitsWithSavings["kumo.small"] == 11)  // 19968 / 2048, (19968 + 4100) / 2048
         #expect(r.fits["kumo.large"] == 2 && r.fitsWithSavings["kumo.large"] == 2)
     }
 
@@ -156,8 +162,8 @@ func tempDir(_ tag: String) throws -> URL {
             #expect(error.code == "insufficient_capacity")
             #expect(error.message.contains("vCPUs: 1 × kumo.small need 1, 0 free, short by 1"))
             #expect(!error.message.contains("memory:"))
-            #expect(error.message.contains("i-a (kumo.large"))            // the tenant's own instance, named
-            #expect(!error.message.contains("i-b"))                       // another tenant's, only counted
+            #expect(error.message.contains("i-a (kumo.large"))  // the tenant's own instance, named
+            #expect(!error.message.contains("i-b"))  // another tenant's, only counted
             #expect(error.message.contains("1 instance(s) of other tenants (4 vCPU, 8192 MiB)"))
         }
     }

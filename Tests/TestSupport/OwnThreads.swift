@@ -25,8 +25,10 @@ final class ThreadPerJobExecutor: TaskExecutor {
 public struct OwnThreadsTrait: SuiteTrait, TestTrait, TestScoping {
     public var isRecursive: Bool { true }
 
-    public func provideScope(for test: Test, testCase: Test.Case?,
-                             performing function: @Sendable () async throws -> Void) async throws {
+    public func provideScope(
+        for test: Test, testCase: Test.Case?,
+        performing function: @Sendable () async throws -> Void
+    ) async throws {
         guard testCase != nil else { return try await function() }
         try await withTaskExecutorPreference(ThreadPerJobExecutor.shared) { try await function() }
     }

@@ -11,8 +11,14 @@ import Testing
         return out
     }
 
-    static let dsdtGolden = bytes("44534454df00000002294b554d4f20204b554d4f564d4d20010000004b554d4f01000000085f53355f1205020a0500104f0a5c5f53425f5b822b434f4d31085f4849440c41d00501085f55494401085f43525311100a0d4701f803f803010822100079005b821550575242085f4849440c41d00c0c085f554944005b82420647454430085f4849440d414350493030313300085f55494400085f435253110e0a0b89060003011700000079005b8047445354010b04060a045b810b4744535403474441542014195f45565409704744415460a00c7b60010086505752420a80")
-    static let madtGolden = bytes("415049434800000006d04b554d4f20204b554d4f564d4d20010000004b554d4f010000000000e0fe0000000000080000010000000008010101000000010c02000000c0fe00000000")
+    static let dsdtGolden = bytes(
+        "44534454df00000002294b554d4f20204b554d4f564d4d20010000004b554d4f01000000085f53355f1205020a0500104f0a5c5f53425f5b822b434f4d31085f"
+            + "4849440c41d00501085f55494401085f43525311100a0d4701f803f803010822100079005b821550575242085f4849440c41d00c0c085f554944005b82420647"
+            + "454430085f4849440d414350493030313300085f55494400085f435253110e0a0b89060003011700000079005b8047445354010b04060a045b810b4744535403"
+            + "474441542014195f45565409704744415460a00c7b60010086505752420a80"
+    )
+    static let madtGolden = bytes(
+        "415049434800000006d04b554d4f20204b554d4f564d4d20010000004b554d4f010000000000e0fe0000000000080000010000000008010101000000010c02000000c0fe00000000")
     static let rsdpGolden = bytes("5253442050545220634b554d4f202002000000002400000080020e00000000004c000000")
 
     static func sumsToZero(_ b: [UInt8]) -> Bool { b.reduce(UInt8(0)) { $0 &+ $1 } == 0 }
@@ -43,9 +49,11 @@ import Testing
         p.waitUntilExit()
         #expect(p.terminationStatus == 0)
         let dsl = try String(contentsOf: dir.appendingPathComponent("dsdt.dsl"), encoding: .utf8)
-        for line in ["Device (PWRB)", "EisaId (\"PNP0C0C\")", "Name (_HID, \"ACPI0013\"", "0x00000017,",
-                     "OperationRegion (GDST, SystemIO, 0x0604, 0x04)", "GDAT,   32", "Method (_EVT, 1, Serialized)",
-                     "Local0 = GDAT", "If ((Local0 & One))", "Notify (PWRB, 0x80)"] {
+        for line in [
+            "Device (PWRB)", "EisaId (\"PNP0C0C\")", "Name (_HID, \"ACPI0013\"", "0x00000017,",
+            "OperationRegion (GDST, SystemIO, 0x0604, 0x04)", "GDAT,   32", "Method (_EVT, 1, Serialized)",
+            "Local0 = GDAT", "If ((Local0 & One))", "Notify (PWRB, 0x80)",
+        ] {
             #expect(dsl.contains(line), "\(line)")
         }
     }
@@ -85,17 +93,17 @@ import Testing
         #expect(Array(f[0..<4]) == Array("FACP".utf8))
         let flags = UInt32(f[112]) | UInt32(f[113]) << 8 | UInt32(f[114]) << 16 | UInt32(f[115]) << 24
         #expect(flags & (1 << 20) != 0)
-        #expect(f[116] == 1 && f[120] == 0x02 && f[121] == 0x06)    // reset register: I/O port 0x602
+        #expect(f[116] == 1 && f[120] == 0x02 && f[121] == 0x06)  // reset register: I/O port 0x602
         #expect(f[128] == Layout.acpiResetValue)
-        #expect(f[244] == 1 && f[248] == 0x00 && f[249] == 0x06)    // sleep control: port 0x600
-        #expect(f[256] == 1 && f[260] == 0x01 && f[261] == 0x06)    // sleep status: port 0x601
+        #expect(f[244] == 1 && f[248] == 0x00 && f[249] == 0x06)  // sleep control: port 0x600
+        #expect(f[256] == 1 && f[260] == 0x01 && f[261] == 0x06)  // sleep status: port 0x601
         #expect(Self.sumsToZero(f))
     }
 
     @Test func amlEncodings() {
         #expect(AML.pkgLength(0x3E) == [0x3F])
-        #expect(AML.pkgLength(0x3F) == [0x41, 0x04])             // 0x41 total: 2 bytes
-        #expect(AML.pkgLength(0x1000) == [0x83, 0x00, 0x01])     // 0x1003 total needs 3 bytes
+        #expect(AML.pkgLength(0x3F) == [0x41, 0x04])  // 0x41 total: 2 bytes
+        #expect(AML.pkgLength(0x1000) == [0x83, 0x00, 0x01])  // 0x1003 total needs 3 bytes
         #expect(AML.integer(0) == [0x00] && AML.integer(1) == [0x01])
         #expect(AML.integer(0x12) == [0x0A, 0x12])
         #expect(AML.integer(0x1234) == [0x0B, 0x34, 0x12])

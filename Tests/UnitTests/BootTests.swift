@@ -8,8 +8,11 @@ import GuestMemory
         #expect(ResetVector.stub == [0xB0, 0xFE, 0xE6, 0x64, 0xF4, 0xEB, 0xFD])
         #expect(Layout.resetVector + UInt64(ResetVector.stub.count) <= Layout.acpiTablesEnd)
         #expect(ResetVector.contains(linear: 0xFFFF4) && !ResetVector.contains(linear: 0xFFFEF))
-        #expect(E820.map(memorySize: 128 << 20).contains { $0.kind == .reserved && $0.address <= Layout.resetVector
-            && $0.address + $0.size >= Layout.resetVector + 16 })
+        #expect(
+            E820.map(memorySize: 128 << 20).contains {
+                $0.kind == .reserved && $0.address <= Layout.resetVector
+                    && $0.address + $0.size >= Layout.resetVector + 16
+            })
     }
 
     /// The largest ACPI tables (254 vCPUs, 16 virtio devices) end below the reset vector.
@@ -44,8 +47,8 @@ import GuestMemory
 @Suite struct SegmentTests {
     @Test func descriptorsMatchTheKnownEncodings() {
         let s = BootLoader.segments(longMode: true)
-        #expect(s.code.descriptor == 0x00AF_9B00_0000_FFFF)   // 64-bit code, present, DPL0, accessed
-        #expect(s.data.descriptor == 0x00CF_9300_0000_FFFF)   // flat 4 GiB data
+        #expect(s.code.descriptor == 0x00AF_9B00_0000_FFFF)  // 64-bit code, present, DPL0, accessed
+        #expect(s.data.descriptor == 0x00CF_9300_0000_FFFF)  // flat 4 GiB data
         #expect(BootLoader.segments(longMode: false).code.descriptor == 0x00CF_9B00_0000_FFFF)
         #expect(s.tss.descriptor == 0x0000_8B00_0000_0067)
         #expect(BootLoader.gdt(longMode: true).count == 5)
@@ -125,15 +128,15 @@ import GuestMemory
 
     static func bzImage(version: UInt16 = 0x020F, xload: UInt16 = 1) -> [UInt8] {
         var w = ByteWriter(size: 0x800)
-        w.put(UInt8(3), at: 0x1F1)                 // setup_sects
-        w.put(UInt8(0x66), at: 0x201)              // jump offset: header ends at 0x268
+        w.put(UInt8(3), at: 0x1F1)  // setup_sects
+        w.put(UInt8(0x66), at: 0x201)  // jump offset: header ends at 0x268
         w.put(UInt32(0x5372_6448), at: 0x202)
         w.put(version, at: 0x206)
-        w.put(UInt8(1), at: 0x211)                 // LOADED_HIGH
+        w.put(UInt8(1), at: 0x211)  // LOADED_HIGH
         w.put(UInt32(0x7FFF_FFFF), at: 0x22C)
         w.put(UInt32(2047), at: 0x238)
         w.put(xload, at: 0x236)
-        w.put(UInt32(0x40_0000), at: 0x260)        // init_size 4 MiB
+        w.put(UInt32(0x40_0000), at: 0x260)  // init_size 4 MiB
         return w.bytes + [UInt8](repeating: 0x90, count: 0x2000)
     }
 
@@ -153,8 +156,9 @@ import GuestMemory
         let mem = try GuestMemory(layout: [(0, 64 << 20)])
         let k = try KernelImage(bytes: Self.bzImage())
         let initrd = [UInt8](repeating: 0xAB, count: 10000)
-        let r = try BootLoader.load(BootSpec(kernel: k, initrd: initrd, cmdline: "console=ttyS0", memorySize: 64 << 20, vcpus: 1),
-                                    into: mem, acpi: ACPIConfig(vcpus: 1))
+        let r = try BootLoader.load(
+            BootSpec(kernel: k, initrd: initrd, cmdline: "console=ttyS0", memorySize: 64 << 20, vcpus: 1),
+            into: mem, acpi: ACPIConfig(vcpus: 1))
         #expect(r.protocolUsed == .linux64)
         #expect(r.cpu.rip == 0x100200)
         #expect(r.cpu.rsi == Layout.zeroPage)
@@ -177,14 +181,15 @@ import GuestMemory
     @Test func loadsPVHStartInfo() throws {
         let mem = try GuestMemory(layout: [(0, 64 << 20)])
         let k = try KernelImage(bytes: Self.elf(code: [0xF4, 0x90], pvh: 0x100_0001))
-        let r = try BootLoader.load(BootSpec(kernel: k, initrd: [1, 2, 3], cmdline: "x", memorySize: 64 << 20, vcpus: 2),
-                                    into: mem, acpi: ACPIConfig(vcpus: 2))
+        let r = try BootLoader.load(
+            BootSpec(kernel: k, initrd: [1, 2, 3], cmdline: "x", memorySize: 64 << 20, vcpus: 2),
+            into: mem, acpi: ACPIConfig(vcpus: 2))
         #expect(r.protocolUsed == .pvh)
         #expect(r.cpu.rip == 0x100_0001 && r.cpu.rbx == Layout.pvhStartInfo)
         #expect(r.cpu.cr0 & 1 == 1 && r.cpu.cr0 & (1 << 31) == 0)
         let si = Layout.pvhStartInfo
         #expect(try mem.load(UInt32.self, at: si) == 0x336E_C578)
-        #expect(try mem.load(UInt32.self, at: si + 12) == 1)                 // nr_modules
+        #expect(try mem.load(UInt32.self, at: si + 12) == 1)  // nr_modules
         #expect(try mem.load(UInt64.self, at: si + 24) == Layout.cmdline)
         #expect(try mem.load(UInt64.self, at: si + 32) == r.rsdp)
         #expect(try mem.load(UInt64.self, at: Layout.pvhModlist) == r.initrdAddress)
@@ -211,17 +216,19 @@ import GuestMemory
 
 @Suite struct CPUIDTests {
     @Test func topologyAndNestedTemplate() {
-        let leaves = [CPUIDLeaf(function: 1, ebx: 0xFFFF_0800, ecx: 0xFFFF_FFFF & ~(1 << 31), edx: 0),
-                      CPUIDLeaf(function: 7, index: 0, ebx: 0xFFFF_FFFF, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
-                      CPUIDLeaf(function: 0xB, index: 1, edx: 0)]
+        let leaves = [
+            CPUIDLeaf(function: 1, ebx: 0xFFFF_0800, ecx: 0xFFFF_FFFF & ~(1 << 31), edx: 0),
+            CPUIDLeaf(function: 7, index: 0, ebx: 0xFFFF_FFFF, ecx: 0xFFFF_FFFF, edx: 0xFFFF_FFFF),
+            CPUIDLeaf(function: 0xB, index: 1, edx: 0),
+        ]
         let out = CPUTemplate.apply(leaves, modifiers: CPUTemplate.nested.modifiers, vcpu: 3, of: 4)
         #expect(out[0].ebx >> 24 == 3)
         #expect((out[0].ebx >> 16) & 0xFF == 4)
         #expect(out[0].ebx & 0xFFFF == 0x0800)
-        #expect(out[0].ecx & (1 << 31) != 0)            // hypervisor bit
-        #expect(out[0].ecx & (1 << 13) == 0)            // CX16 hidden
-        #expect(out[0].ecx & (1 << 26) == 0)            // XSAVE hidden
-        #expect(out[0].edx & (1 << 28) != 0)            // HTT
+        #expect(out[0].ecx & (1 << 31) != 0)  // hypervisor bit
+        #expect(out[0].ecx & (1 << 13) == 0)  // CX16 hidden
+        #expect(out[0].ecx & (1 << 26) == 0)  // XSAVE hidden
+        #expect(out[0].edx & (1 << 28) != 0)  // HTT
         #expect(out[1].ebx & (1 << 20) == 0 && out[1].ebx & (1 << 7) == 0)  // SMAP, SMEP
         #expect(out[2].edx == 3)
         let custom = CPUTemplate.apply(leaves, modifiers: [CPUIDModifier(function: 7, index: 0, register: .edx, clear: 0xFF, set: 0x1)], vcpu: 0, of: 1)

@@ -13,8 +13,10 @@ import Boot
     }
 
     @Test func rejectsMalformedInput() {
-        for bad in ["", "{", "{\"a\" 1}", "[1,]", "{\"a\":1,\"a\":2}", "tru", "\"\\x\"", "1 2", "\"a\u{01}\"",
-                    String(repeating: "[", count: 100) + String(repeating: "]", count: 100)] {
+        for bad in [
+            "", "{", "{\"a\" 1}", "[1,]", "{\"a\":1,\"a\":2}", "tru", "\"\\x\"", "1 2", "\"a\u{01}\"",
+            String(repeating: "[", count: 100) + String(repeating: "]", count: 100),
+        ] {
             #expect(throws: JSONError.self, "\(bad)") { try JSONParser.parse(bad) }
         }
         do { _ = try JSONParser.parse("{\n  \"a\": ?\n}") } catch { #expect(error.line == 2 && error.column == 8) }
@@ -49,18 +51,24 @@ import Boot
 
 @Suite struct ConfigTests {
     @Test func flagsOverrideDefaults() throws {
-        let c = try VMConfig.parse(arguments: ["--kernel", "/k", "--memory", "256", "--vcpus", "2", "--cpu-template", "nested",
-                                               "--boot-protocol", "linux64", "--serial", "socket:/tmp/s", "--stats",
-                                               "--cpuid", "1:ecx:clear=0x2000", "--cpuid", "7.0:ebx:clear=0x1,set=0x2"])
+        let c = try VMConfig.parse(arguments: [
+            "--kernel", "/k", "--memory", "256", "--vcpus", "2", "--cpu-template", "nested",
+            "--boot-protocol", "linux64", "--serial", "socket:/tmp/s", "--stats",
+            "--cpuid", "1:ecx:clear=0x2000", "--cpuid", "7.0:ebx:clear=0x1,set=0x2",
+        ])
         #expect(c.kernel == "/k" && c.memoryMiB == 256 && c.vcpus == 2 && c.stats)
         #expect(c.cpuTemplate == .nested && c.bootProtocol == .linux64 && c.serial == .socket("/tmp/s"))
-        #expect(c.cpuid == [CPUIDModifier(function: 1, register: .ecx, clear: 0x2000),
-                            CPUIDModifier(function: 7, index: 0, register: .ebx, clear: 1, set: 2)])
+        #expect(
+            c.cpuid == [
+                CPUIDModifier(function: 1, register: .ecx, clear: 0x2000),
+                CPUIDModifier(function: 7, index: 0, register: .ebx, clear: 1, set: 2),
+            ])
     }
 
     @Test func jsonConfigAndItsErrors() throws {
         var c = VMConfig()
-        try c.apply(json: JSONParser.parse(#"{"kernel": "/k", "vcpus": 4, "memory_mib": 512, "cpuid": [{"function": 1, "register": "ecx", "clear": "0x2000"}]}"#))
+        try c.apply(
+            json: JSONParser.parse(#"{"kernel": "/k", "vcpus": 4, "memory_mib": 512, "cpuid": [{"function": 1, "register": "ecx", "clear": "0x2000"}]}"#))
         #expect(c.vcpus == 4 && c.memoryMiB == 512 && c.cpuid.count == 1)
         var d = VMConfig()
         #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"kernel": "/k", "memroy_mib": 1}"#)) }
@@ -73,23 +81,35 @@ import Boot
 
     @Test func virtioDevicesFromJSONAndFlags() throws {
         var c = VMConfig()
-        try c.apply(json: JSONParser.parse(#"""
-            {"kernel": "/k", "rng": {"rate_limit": {"ops": {"size": 10, "refill_ms": 100}}},
-             "disks": [{"path": "/a.img", "read_only": true, "serial": "s1",
-                        "rate_limit": {"bandwidth": {"size": 1048576, "refill_ms": 1000, "one_time_burst": 4096}}},
-                       {"path": "/b.img"}],
-             "nets": [{"tap": "kt0", "mac": "52:54:00:00:00:01", "tx_rate_limit": {"ops": {"size": 100}}}]}
-            """#))
-        #expect(c.disks == [DiskConfig(path: "/a.img", readOnly: true, serial: "s1",
-                                       rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1 << 20, refillMillis: 1000, oneTimeBurst: 4096))),
-                            DiskConfig(path: "/b.img")])
+        try c.apply(
+            json: JSONParser.parse(
+                #"""
+                {"kernel": "/k", "rng": {"rate_limit": {"ops": {"size": 10, "refill_ms": 100}}},
+                 "disks": [{"path": "/a.img", "read_only": true, "serial": "s1",
+                            "rate_limit": {"bandwidth": {"size": 1048576, "refill_ms": 1000, "one_time_burst": 4096}}},
+                           {"path": "/b.img"}],
+                 "nets": [{"tap": "kt0", "mac": "52:54:00:00:00:01", "tx_rate_limit": {"ops": {"size": 100}}}]}
+                """#))
+        #expect(
+            c.disks == [
+                DiskConfig(
+                    path: "/a.img", readOnly: true, serial: "s1",
+                    rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1 << 20, refillMillis: 1000, oneTimeBurst: 4096))),
+                DiskConfig(path: "/b.img"),
+            ])
         #expect(c.rng == RngConfig(rateLimit: RateLimitConfig(ops: BucketConfig(size: 10, refillMillis: 100))))
         #expect(c.nets.count == 1 && c.nets[0].tap == "kt0" && c.nets[0].mac == [0x52, 0x54, 0, 0, 0, 1])
         #expect(c.nets[0].txRateLimit == RateLimitConfig(ops: BucketConfig(size: 100)))
-        let f = try VMConfig.parse(arguments: ["--kernel", "/k", "--disk", "/x.img,readonly,serial=abc,bandwidth=1000,iops=50",
-                                                "--net", "tap=kt1,rx-pps=5", "--rng"])
-        #expect(f.disks == [DiskConfig(path: "/x.img", readOnly: true, serial: "abc",
-                                       rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1000), ops: BucketConfig(size: 50)))])
+        let f = try VMConfig.parse(arguments: [
+            "--kernel", "/k", "--disk", "/x.img,readonly,serial=abc,bandwidth=1000,iops=50",
+            "--net", "tap=kt1,rx-pps=5", "--rng",
+        ])
+        #expect(
+            f.disks == [
+                DiskConfig(
+                    path: "/x.img", readOnly: true, serial: "abc",
+                    rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1000), ops: BucketConfig(size: 50)))
+            ])
         #expect(f.nets[0].rxRateLimit == RateLimitConfig(ops: BucketConfig(size: 5)))
         #expect(f.rng == RngConfig())
         var b = VMConfig()
@@ -100,19 +120,21 @@ import Boot
         let nb = try VMConfig.parse(arguments: ["--kernel", "/k", "--balloon", "--no-free-page-reporting"])
         #expect(nb.balloon == BalloonConfig(freePageReporting: false))
         var d = VMConfig()
-        for bad in [#"{"disks": [{"path": "/a", "cache": "none"}]}"#, #"{"disks": [{}]}"#, #"{"disks": "/a"}"#,
-                    #"{"nets": [{"tap": "t", "mac": "ff:ff:ff:ff:ff:ff"}]}"#, #"{"nets": [{"mac": "52:54:00:00:00:01"}]}"#,
-                    #"{"rng": {"rate": 1}}"#, #"{"rng": 3}"#,
-                    #"{"disks": [{"path": "/a", "rate_limit": {"bandwidth": {"size": 0}}}]}"#,
-                    #"{"disks": [{"path": "/a", "rate_limit": {"iops": {"size": 1}}}]}"#,
-                    #"{"balloon": {"target": 1}}"#, #"{"balloon": {"free_page_reporting": 1}}"#, #"{"balloon": 1}"#, #"{"api_socket": 3}"#] {
+        for bad in [
+            #"{"disks": [{"path": "/a", "cache": "none"}]}"#, #"{"disks": [{}]}"#, #"{"disks": "/a"}"#,
+            #"{"nets": [{"tap": "t", "mac": "ff:ff:ff:ff:ff:ff"}]}"#, #"{"nets": [{"mac": "52:54:00:00:00:01"}]}"#,
+            #"{"rng": {"rate": 1}}"#, #"{"rng": 3}"#,
+            #"{"disks": [{"path": "/a", "rate_limit": {"bandwidth": {"size": 0}}}]}"#,
+            #"{"disks": [{"path": "/a", "rate_limit": {"iops": {"size": 1}}}]}"#,
+            #"{"balloon": {"target": 1}}"#, #"{"balloon": {"free_page_reporting": 1}}"#, #"{"balloon": 1}"#, #"{"api_socket": 3}"#,
+        ] {
             #expect(throws: ConfigError.self, "\(bad)") { try d.apply(json: JSONParser.parse(bad)) }
         }
     }
 
     @Test func validationBeforeAnyVM() throws {
         var c = VMConfig()
-        #expect(throws: ConfigError.self) { try c.validate(hostMemoryBytes: 1 << 34) }   // no kernel
+        #expect(throws: ConfigError.self) { try c.validate(hostMemoryBytes: 1 << 34) }  // no kernel
         c.kernel = "/k"
         try c.validate(hostMemoryBytes: 1 << 34)
         c.vcpus = 0
@@ -130,7 +152,9 @@ import Boot
     @Test func planRejectsFilesThatAreNotKernels() throws {
         var c = VMConfig()
         c.kernel = "/proc/self/status"
-        #expect(throws: ConfigError.self) { try VMPlan(c, host: HostKVM(kind: .vmx, twoDimensionalPaging: true, emulatesGuestKernel: false), hostMemory: 1 << 34) }
+        #expect(throws: ConfigError.self) {
+            try VMPlan(c, host: HostKVM(kind: .vmx, twoDimensionalPaging: true, emulatesGuestKernel: false), hostMemory: 1 << 34)
+        }
         c.kernel = "/nonexistent/vmlinux"
         #expect(throws: ConfigError.self) { try VMPlan(c, hostMemory: 1 << 34) }
     }

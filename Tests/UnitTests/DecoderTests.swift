@@ -7,9 +7,9 @@ import Testing
         #expect(Decoder.decode([0x9B], longMode: true).kind == .fwait)
         #expect(Decoder.decode([0xF3, 0x48, 0x0F, 0xB8, 0xC7], longMode: true).kind == .unknown)  // popcnt
         #expect(Decoder.decode([], longMode: true).kind == .unknown)
-        #expect(Decoder.decode([0x0F, 0xAE], longMode: true).kind == .unknown)                    // truncated
-        #expect(Decoder.decode([0x0F, 0xAE, 0xD0], longMode: true).kind == .unknown)              // mod = 3
-        #expect(Decoder.decode([0x0F, 0xAE, 0x27], longMode: true).kind == .unknown)              // xsave /4
+        #expect(Decoder.decode([0x0F, 0xAE], longMode: true).kind == .unknown)  // truncated
+        #expect(Decoder.decode([0x0F, 0xAE, 0xD0], longMode: true).kind == .unknown)  // mod = 3
+        #expect(Decoder.decode([0x0F, 0xAE, 0x27], longMode: true).kind == .unknown)  // xsave /4
     }
 
     @Test func ldmxcsrAddressingForms() {
@@ -22,8 +22,10 @@ import Testing
         // ldmxcsr [rip+0x1000]
         let c = Decoder.decode([0x0F, 0xAE, 0x15, 0x00, 0x10, 0x00, 0x00], longMode: true)
         #expect(c.kind == .ldmxcsr && c.length == 7 && c.memory?.ripRelative == true)
-        #expect(Decoder.effectiveAddress(c.memory!, registers: [UInt64](repeating: 0, count: 16), rip: 0xFFFF_FFFF_8100_0000,
-                                         length: c.length, segmentBase: 0) == 0xFFFF_FFFF_8100_1007)
+        #expect(
+            Decoder.effectiveAddress(
+                c.memory!, registers: [UInt64](repeating: 0, count: 16), rip: 0xFFFF_FFFF_8100_0000,
+                length: c.length, segmentBase: 0) == 0xFFFF_FFFF_8100_1007)
         // ldmxcsr gs:[r12 + r13*8 - 8] (REX.B and REX.X, disp8 negative)
         let d = Decoder.decode([0x65, 0x43, 0x0F, 0xAE, 0x54, 0xEC, 0xF8], longMode: true)
         #expect(d.kind == .ldmxcsr && d.length == 7)

@@ -28,11 +28,11 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
         let u = Serial8250(sink: sink, irq: InterruptLine { irqs.n.add(1, ordering: .relaxed) })
         for c in "hi".utf8 { _ = out(u, 0, c) }
         #expect(sink.text == "hi")
-        #expect(inb(u, 5) & 0x60 == 0x60)          // THR empty, transmitter empty
+        #expect(inb(u, 5) & 0x60 == 0x60)  // THR empty, transmitter empty
         #expect(irqs.n.load(ordering: .relaxed) == 0)
-        _ = out(u, 1, 0x02)                         // enable THRE interrupt
+        _ = out(u, 1, 0x02)  // enable THRE interrupt
         #expect(irqs.n.load(ordering: .relaxed) == 1)
-        #expect(inb(u, 2) & 0x0F == 0x02)           // IIR: THR empty; reading clears it
+        #expect(inb(u, 2) & 0x0F == 0x02)  // IIR: THR empty; reading clears it
         #expect(inb(u, 2) & 0x0F == 0x01)
         _ = out(u, 0, 0x41)
         #expect(irqs.n.load(ordering: .relaxed) == 2)
@@ -41,7 +41,7 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
     @Test func receiveAndLoopbackAndDivisor() {
         let irqs = Counter()
         let u = Serial8250(sink: nil, irq: InterruptLine { irqs.n.add(1, ordering: .relaxed) })
-        _ = out(u, 1, 0x01)                                   // RX interrupt on
+        _ = out(u, 1, 0x01)  // RX interrupt on
         let typed: [UInt8] = [0x6C, 0x73, 0x0A]
         typed.withUnsafeBytes { _ = u.enqueueInput($0) }
         #expect(irqs.n.load(ordering: .relaxed) == 1)
@@ -102,14 +102,14 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
         _ = out(k, 4, 0x20); #expect(inb(k, 0) == 0x47)
         #expect(out(k, 4, 0xFE) == .reset(.i8042))
         _ = out(k, 4, 0xD1)
-        #expect(out(k, 0, 0xFE) == .reset(.i8042))       // output port with bit 0 clear
+        #expect(out(k, 0, 0xFE) == .reset(.i8042))  // output port with bit 0 clear
     }
 
     @Test func acpiSleepAndReset() {
         let p = ACPIPowerDevice(sleepType: 5, resetValue: 1)
         #expect(out(p, 0, (5 << 2) | 0x20) == .powerOff)
-        #expect(out(p, 0, (5 << 2)) == .none)           // no SLP_EN
-        #expect(out(p, 0, (3 << 2) | 0x20) == .none)    // S3 is not power-off
+        #expect(out(p, 0, (5 << 2)) == .none)  // no SLP_EN
+        #expect(out(p, 0, (3 << 2) | 0x20) == .none)  // S3 is not power-off
         #expect(out(p, 2, 1) == .reset(.acpi))
         #expect(out(p, 2, 7) == .none)
     }
@@ -149,8 +149,8 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
         func reg(_ r: UInt8) -> UInt8 { _ = out(rtc, 0, r); return inb(rtc, 1) }
         #expect(reg(0x00) == 0x30 && reg(0x02) == 0x20 && reg(0x04) == 0x10)
         #expect(reg(0x07) == 0x27 && reg(0x08) == 0x11 && reg(0x09) == 0x26 && reg(0x32) == 0x20)
-        #expect(reg(0x06) == 0x06)            // Friday (Sunday = 1)
-        #expect(reg(0x0A) & 0x80 == 0)        // never "update in progress"
+        #expect(reg(0x06) == 0x06)  // Friday (Sunday = 1)
+        #expect(reg(0x0A) & 0x80 == 0)  // never "update in progress"
         #expect(reg(0x0B) == 0x02 && reg(0x0D) == 0x80)
         // NMI-mask bit in the index is ignored; CMOS RAM keeps what the guest writes, time does not change.
         _ = out(rtc, 0, 0x80 | 0x40); _ = out(rtc, 1, 0x5A)

@@ -9,7 +9,7 @@ import Testing
     /// A header, three descriptors (two counters and a 4-bucket histogram), the data block.
     static func file(nameSize: Int = 48) -> (header: [UInt8], data: [UInt8]) {
         let descs: [(String, Int, Int)] = [("exits", 1, 0), ("halt_wait_hist", 4, 8), ("insn_emulation", 1, 40)]
-        let descOffset = 24 + 16   // an id string after the header
+        let descOffset = 24 + 16  // an id string after the header
         let descSize = 16 + nameSize
         let dataOffset = descOffset + descs.count * descSize
         var b = le32(0) + le32(nameSize) + le32(descs.count) + le32(24) + le32(descOffset) + le32(dataOffset)
@@ -37,8 +37,8 @@ import Testing
 
     @Test func malformedLayoutsAreRefused() {
         let f = Self.file()
-        #expect(KVMStats(header: Array(f.header.prefix(20))) == nil)            // short header
-        #expect(KVMStats(header: Array(f.header.prefix(f.header.count - 10))) == nil)   // a descriptor cut short
+        #expect(KVMStats(header: Array(f.header.prefix(20))) == nil)  // short header
+        #expect(KVMStats(header: Array(f.header.prefix(f.header.count - 10))) == nil)  // a descriptor cut short
         var zeroName = f.header
         zeroName.replaceSubrange(4..<8, with: Self.le32(0))
         #expect(KVMStats(header: zeroName) == nil)

@@ -7,9 +7,9 @@ import Foundation
         let mem = try GuestMemory(layout: [(0, 1 << 20), (0x1_0000_0000, 1 << 20)])
         try mem.store(UInt32(0xDEADBEEF), at: 0xFFFFC)
         #expect(try mem.load(UInt32.self, at: 0xFFFFC) == 0xDEADBEEF)
-        #expect(throws: MemoryError.self) { try mem.load(UInt32.self, at: 0xFFFFE) }      // straddles the end
-        #expect(throws: MemoryError.self) { try mem.store(UInt8(1), at: 0x10_0000) }     // the hole
-        #expect(throws: MemoryError.self) { try mem.read(UInt64.max - 2, count: 8) }      // wraps around
+        #expect(throws: MemoryError.self) { try mem.load(UInt32.self, at: 0xFFFFE) }  // straddles the end
+        #expect(throws: MemoryError.self) { try mem.store(UInt8(1), at: 0x10_0000) }  // the hole
+        #expect(throws: MemoryError.self) { try mem.read(UInt64.max - 2, count: 8) }  // wraps around
         #expect(throws: MemoryError.self) { try mem.read(0, count: -1) }
         #expect(mem.hostPointer(0x1_0000_0000, length: 1 << 20) != nil)
         #expect(mem.hostPointer(0x1_0000_0001, length: 1 << 20) == nil)
@@ -26,11 +26,11 @@ import Foundation
         let pml4: UInt64 = 0x1000, pdpt: UInt64 = 0x2000, pd: UInt64 = 0x3000, pt: UInt64 = 0x4000
         // GVA 0xFFFF_8000_0000_0000 region: PML4 index 256
         try mem.store(pdpt | 0x7, at: pml4 + 256 * 8)
-        try mem.store(pd | 0x3, at: pdpt + 0 * 8)                        // kernel-only below
-        try mem.store(pt | 0x7, at: pd + 1 * 8)                          // 4 KiB pages for 0x20_0000…
-        try mem.store(0x0012_3000 | 0x3 | (1 << 63), at: pt + 5 * 8)     // NX, read-write
-        try mem.store(0x0040_0000 | 0x83, at: pd + 2 * 8)                // 2 MiB page
-        try mem.store(0x8000_0000 | 0x81, at: pdpt + 3 * 8)              // 1 GiB page, read-only
+        try mem.store(pd | 0x3, at: pdpt + 0 * 8)  // kernel-only below
+        try mem.store(pt | 0x7, at: pd + 1 * 8)  // 4 KiB pages for 0x20_0000…
+        try mem.store(0x0012_3000 | 0x3 | (1 << 63), at: pt + 5 * 8)  // NX, read-write
+        try mem.store(0x0040_0000 | 0x83, at: pd + 2 * 8)  // 2 MiB page
+        try mem.store(0x8000_0000 | 0x81, at: pdpt + 3 * 8)  // 1 GiB page, read-only
         return (mem, PagingMode(cr0: 0x8000_0001, cr3: pml4, cr4: 0x20, efer: 0x500))
     }
 
@@ -44,11 +44,12 @@ import Foundation
             let smaps = String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
             let lines = smaps.split(separator: "\n")
             // The mapping holding guest RAM (it may have merged with a neighbour).
-            let i = try #require(lines.firstIndex { line in
-                let range = line.split(separator: " ", maxSplits: 1)[0].split(separator: "-")
-                guard range.count == 2, let lo = UInt(range[0], radix: 16), let hi = UInt(range[1], radix: 16) else { return false }
-                return lo <= addr && addr < hi
-            })
+            let i = try #require(
+                lines.firstIndex { line in
+                    let range = line.split(separator: " ", maxSplits: 1)[0].split(separator: "-")
+                    guard range.count == 2, let lo = UInt(range[0], radix: 16), let hi = UInt(range[1], radix: 16) else { return false }
+                    return lo <= addr && addr < hi
+                })
             let flags = try #require(lines[i...].first { $0.hasPrefix("VmFlags:") })
             return flags.split(separator: " ").dropFirst().map { $0 }
         }

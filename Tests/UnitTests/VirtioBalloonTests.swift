@@ -47,7 +47,7 @@ func residentPages(_ m: GuestMemory, _ gpa: UInt64, _ length: UInt64) -> Int {
         #expect(used == 4)
         #expect(residentPages(d.memory, base, 4 << 20) == 0)
         #expect(residentBefore - d.memory.residentBytes() == 4 << 20)
-        #expect(try d.memory.load(UInt8.self, at: base) == 0)   // a deflated page comes back zeroed
+        #expect(try d.memory.load(UInt8.self, at: base) == 0)  // a deflated page comes back zeroed
         // The driver reports its size through `actual`.
         var actual = UInt32(1024).littleEndian
         _ = withUnsafeBytes(of: &actual) { d.transport.write(offset: MMIOReg.config + 4, data: $0) }
@@ -92,7 +92,7 @@ func residentPages(_ m: GuestMemory, _ gpa: UInt64, _ length: UInt64) -> Int {
         #expect(d.negotiate())
         let qs = (0..<4).map { d.setupQueue($0, size: 64) }
         let buf = d.alloc(10)
-        try d.memory.store(UInt16(4).littleEndian, at: buf)        // free memory
+        try d.memory.store(UInt16(4).littleEndian, at: buf)  // free memory
         try d.memory.store(UInt64(123 << 20).littleEndian, at: buf + 2)
         qs[2].submit([Buffer(buf, 10, writable: false)])
         qs[2].kick()
@@ -106,7 +106,7 @@ func residentPages(_ m: GuestMemory, _ gpa: UInt64, _ length: UInt64) -> Int {
         let d = try VirtioTestDriver(device: VirtioBalloon(freePageReporting: false))
         #expect(d.negotiate())
         #expect(d.negotiated & (1 << 5) == 0)
-        #expect(d.negotiated & (1 << 1) != 0)   // statistics stay
+        #expect(d.negotiated & (1 << 1) != 0)  // statistics stay
     }
 
     @Test func hostilePageNumbersAreIgnored() throws {
@@ -114,9 +114,9 @@ func residentPages(_ m: GuestMemory, _ gpa: UInt64, _ length: UInt64) -> Int {
         let (d, qs) = try start(b)
         try d.memory.fill(0xCD, at: 0x20_0000, count: 4096)
         let arr = d.alloc(12, align: 4)
-        try d.memory.store(UInt32.max, at: arr)                       // far outside guest RAM
-        try d.memory.store(UInt32(d.memory.totalSize >> 12), at: arr + 4)   // one past the end
-        try d.memory.store(UInt32(0x200), at: arr + 8)                // a real page
+        try d.memory.store(UInt32.max, at: arr)  // far outside guest RAM
+        try d.memory.store(UInt32(d.memory.totalSize >> 12), at: arr + 4)  // one past the end
+        try d.memory.store(UInt32(0x200), at: arr + 8)  // a real page
         qs[0].submit([Buffer(arr, 12, writable: false)])
         qs[0].kick()
         #expect(qs[0].popUsed() != nil)
@@ -138,7 +138,7 @@ func residentPages(_ m: GuestMemory, _ gpa: UInt64, _ length: UInt64) -> Int {
         put([(4, 100 << 20), (5, 256 << 20), (6, 120 << 20)])
         qs[2].submit([Buffer(buf, 30, writable: false)])
         qs[2].kick()
-        #expect(qs[2].popUsed() == nil)                 // the device keeps the buffer
+        #expect(qs[2].popUsed() == nil)  // the device keeps the buffer
         #expect(b.snapshot.stats == ["free_memory": 100 << 20, "total_memory": 256 << 20, "available_memory": 120 << 20])
         // The host asks for fresh numbers: the buffer comes back to the driver, which refills it.
         b.requestStats()

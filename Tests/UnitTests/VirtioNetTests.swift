@@ -24,7 +24,7 @@ struct VirtioNetTests {
     static let guestMAC: [UInt8] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
 
     static func arpRequest(from mac: [UInt8], ip: [UInt8], for target: [UInt8]) -> [UInt8] {
-        var f = [UInt8](repeating: 0, count: Tap.headerSize)     // virtio_net_hdr_v1, no offloads
+        var f = [UInt8](repeating: 0, count: Tap.headerSize)  // virtio_net_hdr_v1, no offloads
         f += [UInt8](repeating: 0xFF, count: 6) + mac + [0x08, 0x06]
         f += [0, 1, 0x08, 0x00, 6, 4, 0, 1] + mac + ip + [UInt8](repeating: 0, count: 6) + target
         return f
@@ -43,7 +43,7 @@ struct VirtioNetTests {
             let net = VirtioNet(tap: tap, mac: Self.guestMAC)
             let d = try VirtioTestDriver(device: net)
             #expect(d.read(MMIOReg.deviceID) == 1)
-            #expect(d.readConfig(0, count: 8) == Self.guestMAC + [1, 0])   // MAC, link up
+            #expect(d.readConfig(0, count: 8) == Self.guestMAC + [1, 0])  // MAC, link up
             #expect(d.negotiate())
             let rx = d.setupQueue(0, size: 16)
             let tx = d.setupQueue(1, size: 16)
@@ -61,8 +61,10 @@ struct VirtioNetTests {
             let hdr = d.alloc(UInt64(Tap.headerSize)), body = d.alloc(UInt64(frame.count))
             try d.memory.write(Array(frame.prefix(Tap.headerSize)), at: hdr)
             try d.memory.write(Array(frame.dropFirst(Tap.headerSize)), at: body)
-            tx.submit([Buffer(hdr, UInt32(Tap.headerSize), writable: false),
-                       Buffer(body, UInt32(frame.count - Tap.headerSize), writable: false)])
+            tx.submit([
+                Buffer(hdr, UInt32(Tap.headerSize), writable: false),
+                Buffer(body, UInt32(frame.count - Tap.headerSize), writable: false),
+            ])
             tx.kick()
             #expect(tx.popUsed() != nil)
             #expect(net.counters.txFrames == 1)
@@ -80,10 +82,10 @@ struct VirtioNetTests {
             }
             let r = try #require(reply, "no ARP reply from the host")
             let eth = Array(r.dropFirst(Tap.headerSize))
-            #expect(Array(eth[0..<6]) == Self.guestMAC)         // to us
-            #expect(eth[20] == 0 && eth[21] == 2)               // ARP reply
-            #expect(Array(eth[28..<32]) == [10, 77, 1, 1])      // "10.77.1.1 is at …"
-            #expect(r[10] == 1 && r[11] == 0)                   // num_buffers = 1
+            #expect(Array(eth[0..<6]) == Self.guestMAC)  // to us
+            #expect(eth[20] == 0 && eth[21] == 2)  // ARP reply
+            #expect(Array(eth[28..<32]) == [10, 77, 1, 1])  // "10.77.1.1 is at …"
+            #expect(r[10] == 1 && r[11] == 0)  // num_buffers = 1
             #expect(net.counters.rxFrames >= 1)
             #expect(d.interruptCount >= 2)
         }
@@ -115,10 +117,10 @@ struct VirtioNetTests {
         #expect(throws: Tap.TapError.self) { try Tap(name: "") }
         #expect(throws: Tap.TapError.self) { try Tap(name: "a-name-that-is-far-too-long") }
         #expect(MAC.parse("52:54:00:12:34:56") == Self.guestMAC)
-        #expect(MAC.parse("53:54:00:12:34:56") == nil)   // multicast
+        #expect(MAC.parse("53:54:00:12:34:56") == nil)  // multicast
         #expect(MAC.parse("52:54:00:12:34") == nil)
         #expect(MAC.parse("zz:54:00:12:34:56") == nil)
         let m = MAC.random()
-        #expect(m[0] & 3 == 2)   // locally administered unicast
+        #expect(m[0] & 3 == 2)  // locally administered unicast
     }
 }

@@ -42,7 +42,7 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         d.write(MMIOReg.queueSel, 0)
         #expect(d.read(MMIOReg.queueNumMax) == 256)
         d.write(MMIOReg.queueSel, 1)
-        #expect(d.read(MMIOReg.queueNumMax) == 0)     // no second queue
+        #expect(d.read(MMIOReg.queueNumMax) == 0)  // no second queue
         // Capacity in the config space, little-endian, in 512-byte sectors.
         #expect(d.readConfig(0, count: 8) == [8, 0, 0, 0, 0, 0, 0, 0])
         // A legacy driver (no VERSION_1) is refused: FEATURES_OK does not stick.
@@ -77,13 +77,13 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
     }
 
     @Test(arguments: [
-        QueueConfig(size: 3, desc: 0x10_0000, avail: 0x11_0000, used: 0x12_0000),         // not a power of two
-        QueueConfig(size: 512, desc: 0x10_0000, avail: 0x11_0000, used: 0x12_0000),       // above the maximum
-        QueueConfig(size: 16, desc: 0x10_0008, avail: 0x11_0000, used: 0x12_0000),        // misaligned table
-        QueueConfig(size: 16, desc: 0x10_0000, avail: 0x11_0000, used: 0x12_0002),        // misaligned used ring
-        QueueConfig(size: 16, desc: 0xFFFF_FFF0, avail: 0x11_0000, used: 0x12_0000),      // outside RAM
-        QueueConfig(size: 16, desc: 0x10_0000, avail: 0x3FF_FFFE, used: 0x12_0000),       // crosses the end of RAM
-        QueueConfig(size: 16, desc: 0x10_0000, avail: 0x11_0000, used: UInt64.max - 3),   // wraps
+        QueueConfig(size: 3, desc: 0x10_0000, avail: 0x11_0000, used: 0x12_0000),  // not a power of two
+        QueueConfig(size: 512, desc: 0x10_0000, avail: 0x11_0000, used: 0x12_0000),  // above the maximum
+        QueueConfig(size: 16, desc: 0x10_0008, avail: 0x11_0000, used: 0x12_0000),  // misaligned table
+        QueueConfig(size: 16, desc: 0x10_0000, avail: 0x11_0000, used: 0x12_0002),  // misaligned used ring
+        QueueConfig(size: 16, desc: 0xFFFF_FFF0, avail: 0x11_0000, used: 0x12_0000),  // outside RAM
+        QueueConfig(size: 16, desc: 0x10_0000, avail: 0x3FF_FFFE, used: 0x12_0000),  // crosses the end of RAM
+        QueueConfig(size: 16, desc: 0x10_0000, avail: 0x11_0000, used: UInt64.max - 3),  // wraps
     ])
     func badQueueNeedsReset(_ c: QueueConfig) throws {
         let path = try makeImage(sectors: 8); defer { unlink(path) }
@@ -106,9 +106,11 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         func submit(_ bufs: [Buffer]) { if indirect { q.submitIndirect(bufs) } else { q.submit(bufs) }; q.kick() }
         // Read sectors 3..4 into two buffers (1 KiB): each sector holds its own number.
         let data = d.alloc(1024), status = d.alloc(1)
-        submit([Buffer(blkHeader(d, type: 0, sector: 3), 16, writable: false),
-                Buffer(data, 512, writable: true), Buffer(data + 512, 512, writable: true),
-                Buffer(status, 1, writable: true)])
+        submit([
+            Buffer(blkHeader(d, type: 0, sector: 3), 16, writable: false),
+            Buffer(data, 512, writable: true), Buffer(data + 512, 512, writable: true),
+            Buffer(status, 1, writable: true),
+        ])
         let u = try #require(q.popUsed())
         #expect(u.length == 1025)
         #expect(try d.memory.load(UInt8.self, at: status) == 0)
@@ -118,8 +120,10 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         // Write sector 10 from guest memory, then flush; the file has it.
         let src = d.alloc(512)
         try d.memory.fill(0xEE, at: src, count: 512)
-        submit([Buffer(blkHeader(d, type: 1, sector: 10), 16, writable: false), Buffer(src, 512, writable: false),
-                Buffer(status, 1, writable: true)])
+        submit([
+            Buffer(blkHeader(d, type: 1, sector: 10), 16, writable: false), Buffer(src, 512, writable: false),
+            Buffer(status, 1, writable: true),
+        ])
         #expect(q.popUsed()?.length == 1)
         #expect(try d.memory.load(UInt8.self, at: status) == 0)
         submit([Buffer(blkHeader(d, type: 4, sector: 0), 16, writable: false), Buffer(status, 1, writable: true)])
@@ -130,8 +134,10 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         #expect(file[5632] == 11)
         // GET_ID: 20 bytes of serial.
         let id = d.alloc(20)
-        submit([Buffer(blkHeader(d, type: 8, sector: 0), 16, writable: false), Buffer(id, 20, writable: true),
-                Buffer(status, 1, writable: true)])
+        submit([
+            Buffer(blkHeader(d, type: 8, sector: 0), 16, writable: false), Buffer(id, 20, writable: true),
+            Buffer(status, 1, writable: true),
+        ])
         #expect(q.popUsed()?.length == 21)
         #expect(String(decoding: try d.memory.read(id, count: 13), as: UTF8.self) == "disk-serial-1")
         #expect(blk.completed.reads == 1 && blk.completed.writes == 1 && blk.completed.flushes == 1)
@@ -158,20 +164,22 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         let (d, q, blk) = try startBlock(path)
         let data = d.alloc(4096), status = d.alloc(1)
         func request(_ type: UInt32, sector: UInt64, _ len: UInt32) -> UInt8 {
-            q.submit([Buffer(blkHeader(d, type: type, sector: sector), 16, writable: false),
-                      Buffer(data, len, writable: type != 1), Buffer(status, 1, writable: true)])
+            q.submit([
+                Buffer(blkHeader(d, type: type, sector: sector), 16, writable: false),
+                Buffer(data, len, writable: type != 1), Buffer(status, 1, writable: true),
+            ])
             q.kick()
             _ = q.popUsed()
             return try! d.memory.load(UInt8.self, at: status)
         }
-        #expect(request(0, sector: 15, 1024) == 1)          // runs past the end
-        #expect(request(0, sector: UInt64.max, 512) == 1)   // sector overflow
-        #expect(request(0, sector: 0, 100) == 1)            // not a multiple of 512
-        #expect(request(1, sector: 16, 512) == 1)           // write past the end
-        #expect(request(77, sector: 0, 512) == 2)           // unknown request type: unsupported
-        #expect(request(0, sector: 15, 512) == 0)           // the last sector is fine
+        #expect(request(0, sector: 15, 1024) == 1)  // runs past the end
+        #expect(request(0, sector: UInt64.max, 512) == 1)  // sector overflow
+        #expect(request(0, sector: 0, 100) == 1)  // not a multiple of 512
+        #expect(request(1, sector: 16, 512) == 1)  // write past the end
+        #expect(request(77, sector: 0, 512) == 2)  // unknown request type: unsupported
+        #expect(request(0, sector: 15, 512) == 0)  // the last sector is fine
         #expect(blk.completed.errors == 5)
-        #expect(d.status & VirtioStatus.needsReset == 0)    // bad requests are not queue errors
+        #expect(d.status & VirtioStatus.needsReset == 0)  // bad requests are not queue errors
     }
 
     @Test func readOnlyDiskRefusesWrites() throws {
@@ -180,8 +188,10 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         #expect(d.negotiated & VirtioBlock.Feature.readOnly != 0)
         let src = d.alloc(512), status = d.alloc(1)
         try d.memory.fill(0xEE, at: src, count: 512)
-        q.submit([Buffer(blkHeader(d, type: 1, sector: 0), 16, writable: false), Buffer(src, 512, writable: false),
-                  Buffer(status, 1, writable: true)])
+        q.submit([
+            Buffer(blkHeader(d, type: 1, sector: 0), 16, writable: false), Buffer(src, 512, writable: false),
+            Buffer(status, 1, writable: true),
+        ])
         q.kick()
         #expect(q.popUsed() != nil)
         #expect(try d.memory.load(UInt8.self, at: status) == 1)
@@ -206,8 +216,10 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         // The driver asks to be interrupted only when used passes index 2 (the third completion).
         q.setUsedEvent(2)
         for i in 0..<3 {
-            q.submit([Buffer(blkHeader(d, type: 0, sector: 1), 16, writable: false), Buffer(data, 512, writable: true),
-                      Buffer(status, 1, writable: true)])
+            q.submit([
+                Buffer(blkHeader(d, type: 0, sector: 1), 16, writable: false), Buffer(data, 512, writable: true),
+                Buffer(status, 1, writable: true),
+            ])
             q.kick()
             _ = q.popUsed()
             // The device tells the driver which available index to notify on next.
@@ -227,7 +239,7 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         attack(d, q)
         q.kick()
         #expect(d.status & VirtioStatus.needsReset != 0)
-        #expect(d.ackInterrupt() & 2 == 2)            // the driver is told (configuration change)
+        #expect(d.ackInterrupt() & 2 == 2)  // the driver is told (configuration change)
         #expect(d.device.context == nil)
         #expect(!d.log.isEmpty)
         // A reset brings the device back to life.
@@ -237,8 +249,10 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         let q2 = d.setupQueue(0, size: 16)
         d.driverOK()
         let data = d.alloc(512), status = d.alloc(1)
-        q2.submit([Buffer(blkHeader(d, type: 0, sector: 1), 16, writable: false), Buffer(data, 512, writable: true),
-                   Buffer(status, 1, writable: true)])
+        q2.submit([
+            Buffer(blkHeader(d, type: 0, sector: 1), 16, writable: false), Buffer(data, 512, writable: true),
+            Buffer(status, 1, writable: true),
+        ])
         q2.kick()
         #expect(q2.popUsed()?.length == 513)
     }
@@ -369,21 +383,21 @@ func startBlock(_ path: String, readOnly: Bool = false, features: UInt64? = nil)
         // 1000 tokens per 100 ms.
         var b = TokenBucket(size: 1000, refillMillis: 100, now: 0)
         #expect(b.available)
-        b.consume(1500)                    // a request bigger than the bucket passes, into debt
+        b.consume(1500)  // a request bigger than the bucket passes, into debt
         #expect(!b.available)
-        #expect(b.wait() == 50_100_000)    // 501 tokens at 10 per ms
+        #expect(b.wait() == 50_100_000)  // 501 tokens at 10 per ms
         b.refill(50_000_000)
-        #expect(!b.available)              // 500 back: still at -0
+        #expect(!b.available)  // 500 back: still at -0
         b.refill(50_100_000)
         #expect(b.available)
         b.refill(10_000_000_000)
-        #expect(b.budget == 1000)          // never above the size
+        #expect(b.budget == 1000)  // never above the size
     }
 
     @Test func oneTimeBurst() {
         var b = TokenBucket(size: 100, refillMillis: 1000, oneTimeBurst: 1000, now: 0)
         b.consume(1000)
-        #expect(b.budget == 100)           // the burst paid for it
+        #expect(b.budget == 100)  // the burst paid for it
         b.consume(150)
         #expect(!b.available)
     }
