@@ -12,7 +12,7 @@ SWIFT_TEST := SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(TEST_WIDTH) swift
 
 .PHONY: all build guest run test check lint unit kvm-tests e2e bench fuzz clean
 # The suites that boot Linux guests (minutes each on an emulating host): make test runs them, make check not.
-BOOT_SUITES := LinuxBootTests|VirtioBootTests|BalloonReclaimTests
+BOOT_SUITES := LinuxBootTests|VirtioBootTests|BalloonReclaimTests|NetworkGuestTests
 
 all: build
 

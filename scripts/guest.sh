@@ -21,7 +21,7 @@ log() { echo "guest: $*" >&2; }
 # fetch PKG -> prints the path of the .deb for the candidate version (downloaded once)
 fetch() {
   local pkg=$1 ver
-  ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
+  ver=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}' || true)
   if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
     apt_update
     ver=$(apt-cache policy "$pkg" | awk '/Candidate:/ {print $2}')
@@ -42,7 +42,9 @@ stamp_ok() { [ -f "$1.stamp" ] && [ "$(cat "$1.stamp")" = "$2" ] && [ -e "$1" ];
 stock() {
   need_tools lz4:lz4 dpkg-deb:dpkg
   local meta image deb key out=$cache/stock
-  meta=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+  # `|| true`: under pipefail, apt-cache's failure with no package lists yet (a fresh machine) or its
+  # SIGPIPE when awk exits early would end the script instead of reaching apt_update.
+  meta=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}' || true)
   [ -n "$meta" ] || { apt_update; meta=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/ {print $2; exit}'); }
   deb=$(fetch "$meta")
   key="$(basename "$deb") $(sha256sum "$0" | cut -c1-16)"

@@ -11,7 +11,11 @@ data=${KUMO_DATA_DIR:-/var/lib/kumo}
 listen=${KUMO_LISTEN:-127.0.0.1:8780}
 export KUMO_ENDPOINT="unix:$data/kumod.sock"
 say() { echo "kumo: $*" >&2; }
+log() { say "$@"; }
 kumo() { "$bin/kumo" "$@"; }
+# Tenant networks need ip, nft and dnsmasq (kumod turns networking off without them).
+. "$(dirname "$0")/apt.sh"
+need_tools ip:iproute2 nft:nftables dnsmasq:dnsmasq-base
 
 # kumod: reuse the one serving this data directory, else start it (it outlives this script; its VMs
 # outlive it too).
@@ -37,7 +41,11 @@ fi
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); $1"; }
 image_id=$(kumo image list --output json | json "print(next((i['id'] for i in d['images'] if i['name'] == '$image'), ''))")
 if [ -z "$image_id" ]; then
-  image_id=$(kumo image register "$image" --kernel "$kernel" --initrd "$guest/initramfs/initramfs.cpio" \
+  # kumod registers image files from its images directory only (never from anywhere root can read).
+  install -d -m 700 "$data/images"
+  install -m 600 "$kernel" "$data/images/$image.vmlinux"
+  install -m 600 "$guest/initramfs/initramfs.cpio" "$data/images/$image.initramfs.cpio"
+  image_id=$(kumo image register "$image" --kernel "$image.vmlinux" --initrd "$image.initramfs.cpio" \
     --cmdline "console=ttyS0 reboot=k panic=0 kumo.scenario=report kumo.shell" --output json | json "print(d['id'])")
   say "registered image $image ($what)"
 fi
@@ -54,6 +62,14 @@ for _ in $(seq 1 100); do
   kumo instance show "$id" --output json | grep -q '"state" : "running"' && break
   sleep 0.1
 done
+# Its NIC: the admin tenant's default network (made at the first run), its address from kumod's IPAM.
+nic=$(kumo instance show "$id" --output json | json "n=(d.get('nics') or [None])[0]; print(f\"{n['address']} in network {n['network_name']} ({n['network']})\" if n else '')")
+if [ -n "$nic" ]; then
+  gw=$(kumo network list --output json | json "print(next((n['gateway'] + ' (' + n['cidr'] + ')' for n in d['networks'] if n['default'] and n['tenant'] == 'admin'), ''))")
+  say "eth0 of $id: $nic; gateway and DNS $gw. In the guest: ip addr, ping ${gw%% *}"
+else
+  say "networking is off in this kumod (see $data/kumod.log): the instance has no NIC"
+fi
 
 cat >&2 <<MSG
 kumo: kumod's API: http://$listen/v1 and unix:$data/kumod.sock (OpenAPI document at /v1/openapi.yaml)

@@ -15,12 +15,22 @@ port=$(( 20000 + RANDOM % 30000 ))
 contract=$("$here/.build/release/kumo-vmm" --contract-version 2>/dev/null || "$here/.build/debug/kumo-vmm" --contract-version)
 printf '#!/bin/sh\n[ "$1" = --contract-version ] && { echo %s; exit 0; }\ntrap "exit 0" TERM\nwhile :; do sleep 0.5; done\n' "$contract" > "$work/fake-vmm"
 chmod +x "$work/fake-vmm"
-"$kumod" --data-dir "$work" --listen "127.0.0.1:$port" --vmm "$work/fake-vmm" > "$work/kumod.log" 2>&1 &
+# Networks on (the generated requests create real ones) in an nftables table of its own.
+table=kumo_st_$port
+"$kumod" --data-dir "$work" --listen "127.0.0.1:$port" --vmm "$work/fake-vmm" --nft-table "$table" > "$work/kumod.log" 2>&1 &
 pid=$!
 cleanup() {
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   pkill -f "$work/fake-vmm" 2>/dev/null || true
+  # kumod leaves networks up when it dies (as it leaves VMs): their dnsmasqs name the work directory.
+  # Their bridges go, with the instances' taps in them.
+  pgrep -af -- "$work/networks/" 2>/dev/null | sed -n 's/.*--interface=\([^ ]*\).*/\1/p' | while read -r br; do
+    for tap in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$tap" 2>/dev/null || true; done
+    ip link del "$br" 2>/dev/null || true
+  done
+  pkill -9 -f -- "$work/networks/" 2>/dev/null || true
+  for family in inet bridge; do nft delete table "$family" "$table" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -44,3 +44,5 @@ int csys_set_affinity(int tid, const int *cpus, int n) {
     }
     return sched_setaffinity(tid, sizeof(set), &set);
 }
+
+int csys_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }

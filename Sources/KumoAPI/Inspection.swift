@@ -7,7 +7,8 @@ import Foundation
 /// (KVM_GET_STATS_FD, where the host offers it).
 public struct VCPUStats: Codable, Sendable, Equatable {
     public var vcpu: Int
-    public var tid: Int
+    /// The host thread (admins only: host pids and thread ids are host details).
+    public var tid: Int?
     public var cpusAllowed: String?
     public var cpuNs: UInt64?
     public var waitNs: UInt64?
@@ -19,7 +20,7 @@ public struct VCPUStats: Codable, Sendable, Equatable {
     public var emulated: [String: UInt64]
     public var kvm: [String: UInt64]?
     public init(
-        vcpu: Int, tid: Int, cpusAllowed: String?, cpuNs: UInt64?, waitNs: UInt64?, timeslices: UInt64?, exitsTotal: UInt64,
+        vcpu: Int, tid: Int?, cpusAllowed: String?, cpuNs: UInt64?, waitNs: UInt64?, timeslices: UInt64?, exitsTotal: UInt64,
         exits: [String: UInt64], ioIn: UInt64, ioOut: UInt64, mmioRead: UInt64, mmioWrite: UInt64, emulated: [String: UInt64],
         kvm: [String: UInt64]?
     ) {

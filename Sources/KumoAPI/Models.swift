@@ -30,16 +30,21 @@ public struct InstanceType: Codable, Sendable, Equatable {
     /// Memory shares: under host memory pressure, the balloon policy reclaims first from instances whose
     /// idle memory is largest per share (1024 the default); nil: the default.
     public var memoryShares: Int?
+    /// Each NIC's bandwidth, each way (Mbit/s; ECS sells bandwidth per type); nil: not limited.
+    public var bandwidthMbps: Int?
+    /// Each NIC's packets per second, each way; nil: not limited.
+    public var packetsPerSecond: Int?
     public init(
         name: String, vcpus: Int, memoryMiB: Int, builtin: Bool = false, cpuCapPercent: Int? = nil, cpuShares: Int? = nil,
-        memoryShares: Int? = nil
+        memoryShares: Int? = nil, bandwidthMbps: Int? = nil, packetsPerSecond: Int? = nil
     ) {
         self.name = name; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.builtin = builtin
         self.cpuCapPercent = cpuCapPercent; self.cpuShares = cpuShares; self.memoryShares = memoryShares
+        self.bandwidthMbps = bandwidthMbps; self.packetsPerSecond = packetsPerSecond
     }
     enum CodingKeys: String, CodingKey {
         case name, vcpus, memoryMiB = "memory_mib", builtin, cpuCapPercent = "cpu_cap_percent", cpuShares = "cpu_shares"
-        case memoryShares = "memory_shares"
+        case memoryShares = "memory_shares", bandwidthMbps = "bandwidth_mbps", packetsPerSecond = "packets_per_second"
     }
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -50,6 +55,8 @@ public struct InstanceType: Codable, Sendable, Equatable {
         cpuCapPercent = try c.decodeIfPresent(Int.self, forKey: .cpuCapPercent)
         cpuShares = try c.decodeIfPresent(Int.self, forKey: .cpuShares)
         memoryShares = try c.decodeIfPresent(Int.self, forKey: .memoryShares)
+        bandwidthMbps = try c.decodeIfPresent(Int.self, forKey: .bandwidthMbps)
+        packetsPerSecond = try c.decodeIfPresent(Int.self, forKey: .packetsPerSecond)
     }
 
     public static let builtins = [
@@ -114,8 +121,10 @@ public struct Instance: Codable, Sendable, Equatable {
     public var cpuPolicy: String?
     /// The host CPUs of a dedicated instance while it holds them ("3,2").
     public var dedicatedCPUs: String?
+    /// Its network interfaces (eth0 first); released when the instance is deleted.
+    public var nics: [NIC]?
     enum CodingKeys: String, CodingKey {
-        case id, name, tenant, type, vcpus, image, state, reservation, pid, history
+        case id, name, tenant, type, vcpus, image, state, reservation, pid, history, nics
         case memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy", dedicatedCPUs = "dedicated_cpus"
         case memoryMiB = "memory_mib", stateReason = "state_reason", createdAt = "created_at"
         case updatedAt = "updated_at", launchedAt = "launched_at"
@@ -147,16 +156,24 @@ public struct RunInstancesRequest: Codable, Sendable, Equatable {
     public var memoryDedup: Bool?
     /// "shared" (the default) or "dedicated".
     public var cpuPolicy: String?
+    /// The networks (ids or names, the caller's own) of its NICs, eth0 first; absent: the tenant's
+    /// default network (made when the tenant has none); empty: no NIC.
+    public var networks: [String]?
+    /// The security groups (ids or names, the caller's own) of every NIC; absent: the tenant's default
+    /// group (made when the tenant has none).
+    public var securityGroups: [String]?
     enum CodingKeys: String, CodingKey {
-        case type, image, count, name
+        case type, image, count, name, networks
         case userData = "user_data", clientToken = "client_token", memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy"
+        case securityGroups = "security_groups"
     }
     public init(
         type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil,
-        memoryDedup: Bool? = nil, cpuPolicy: String? = nil
+        memoryDedup: Bool? = nil, cpuPolicy: String? = nil, networks: [String]? = nil, securityGroups: [String]? = nil
     ) {
         self.type = type; self.image = image; self.count = count; self.name = name; self.userData = userData
-        self.clientToken = clientToken; self.memoryDedup = memoryDedup; self.cpuPolicy = cpuPolicy
+        self.clientToken = clientToken; self.memoryDedup = memoryDedup; self.cpuPolicy = cpuPolicy; self.networks = networks
+        self.securityGroups = securityGroups
     }
 }
 

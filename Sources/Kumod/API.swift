@@ -27,6 +27,14 @@ public enum API {
         ("GET", "/v1/instances/{id}/translate"), ("GET", "/v1/instances/{id}/cpus"), ("PUT", "/v1/instances/{id}/cpus"),
         ("GET", "/v1/host/capacity"), ("PUT", "/v1/host/placement"), ("GET", "/v1/host/ksm"),
         ("GET", "/v1/host/balloon"), ("PUT", "/v1/host/balloon-policy"),
+        ("DELETE", "/v1/instance-types/{name}"), ("DELETE", "/v1/images/{id}"),
+        ("GET", "/v1/tenants"), ("POST", "/v1/tenants"), ("DELETE", "/v1/tenants/{tenant}"),
+        ("GET", "/v1/tenants/{tenant}/tokens"), ("POST", "/v1/tenants/{tenant}/tokens"), ("DELETE", "/v1/tenants/{tenant}/tokens/{token}"),
+        ("GET", "/v1/networks"), ("POST", "/v1/networks"), ("GET", "/v1/networks/{id}"), ("DELETE", "/v1/networks/{id}"),
+        ("GET", "/v1/security-groups"), ("POST", "/v1/security-groups"), ("GET", "/v1/security-groups/{id}"),
+        ("DELETE", "/v1/security-groups/{id}"), ("POST", "/v1/security-groups/{id}/rules"), ("DELETE", "/v1/security-groups/{id}/rules/{rule}"),
+        ("PUT", "/v1/instances/{id}/nics/{index}/security-groups"),
+        ("POST", "/v1/instances/{id}/nics/{index}/port-forwards"), ("DELETE", "/v1/instances/{id}/nics/{index}/port-forwards/{forward}"),
     ]
 
     /// The OpenAPI document shipped with kumod.
@@ -64,7 +72,7 @@ public enum API {
     static func error(_ e: APIError) -> Response { json(ErrorBody(error: e), status: status(for: e.code)) }
 
     /// Reads a JSON body into `T`, with a message that names the field at fault.
-    static func decode<T: Decodable>(_ type: T.Type, _ request: Request, _ context: KumoContext) async throws(APIError) -> T {
+    static func decode<T: Codable>(_ type: T.Type, _ request: Request, _ context: KumoContext) async throws(APIError) -> T {
         try decode(T.self, from: try await body(request, context))
     }
 
@@ -75,7 +83,14 @@ public enum API {
         }
     }
 
-    static func decode<T: Decodable>(_ type: T.Type, from body: Data, userInfo: [CodingUserInfoKey: any Sendable] = [:]) throws(APIError) -> T {
+    /// Strictly (StrictJSON.swift): a duplicate key or an unknown field is refused, naming it.
+    static func decode<T: Codable>(_ type: T.Type, from body: Data, userInfo: [CodingUserInfoKey: any Sendable] = [:]) throws(APIError) -> T {
+        let value = try decodeLeniently(T.self, from: body, userInfo: userInfo)
+        try StrictJSON.check(body, decoded: value)
+        return value
+    }
+
+    static func decodeLeniently<T: Decodable>(_ type: T.Type, from body: Data, userInfo: [CodingUserInfoKey: any Sendable]) throws(APIError) -> T {
         let decoder = JSONDecoder()
         decoder.userInfo = userInfo
         do { return try decoder.decode(T.self, from: body) } catch let DecodingError.keyNotFound(k, _) {
@@ -126,10 +141,14 @@ public enum API {
         try await s.vmmLane.run(body)
     }
 
-    static func id(_ context: KumoContext) throws(APIError) -> String {
-        guard let id = context.parameters.get("id") else { throw APIError(code: "invalid_argument", message: "missing instance id") }
-        return id
+    static func id(_ context: KumoContext) throws(APIError) -> String { try parameter(context, "id") }
+
+    static func parameter(_ context: KumoContext, _ name: String) throws(APIError) -> String {
+        guard let v = context.parameters.get(name) else { throw APIError(code: "invalid_argument", message: "missing \(name) in the path") }
+        return v
     }
+
+    static let noContent = Response(status: .noContent)
 
     public static func router(_ service: Service) -> Router<KumoContext> {
         let router = Router(context: KumoContext.self)
@@ -143,15 +162,17 @@ public enum API {
         }
         router.post("/v1/instance-types") { r, c in
             await handle(c) { p throws(APIError) in
+                try service.requireAdmin(p)
                 let t = try await decode(InstanceType.self, r, c)
                 return json(try await store(service) { () throws(APIError) in try service.addType(t, by: p) }, status: .created)
             }
         }
         router.get("/v1/images") { _, c in
-            await handle(c) { _ throws(APIError) in json(["images": try await store(service) { () throws(APIError) in try service.images() }]) }
+            await handle(c) { p throws(APIError) in json(["images": try await store(service) { () throws(APIError) in try service.images(by: p) }]) }
         }
         router.post("/v1/images") { r, c in
             await handle(c) { p throws(APIError) in
+                try service.requireAdmin(p)
                 let req = try await decode(RegisterImageRequest.self, r, c)
                 return json(try await store(service) { () throws(APIError) in try service.registerImage(req, by: p) }, status: .created)
             }
@@ -204,7 +225,7 @@ public enum API {
         }
         router.post("/v1/instances/{id}/stop") { r, c in
             await handle(c) { p throws(APIError) in
-                let force = r.uri.queryParameters.get("force").map { $0 == "true" || $0 == "1" } ?? false
+                let force = try Validate.flag(r.uri.queryParameters.get("force").map { String($0) }, name: "force") ?? false
                 let i = try id(c)
                 return json(try await store(service) { () throws(APIError) in try service.stop(i, by: p, force: force) }, status: .accepted)
             }
@@ -264,7 +285,9 @@ public enum API {
                 return json(try await vmm(service) { () throws(APIError) in try service.pin(i, req, by: p) })
             }
         }
-        router.get("/v1/host/balloon") { _, c in await handle(c) { _ throws(APIError) in json(service.hostBalloons()) } }
+        router.get("/v1/host/balloon") { _, c in
+            await handle(c) { p throws(APIError) in json(try await store(service) { () throws(APIError) in try service.hostBalloons(by: p) }) }
+        }
         router.put("/v1/host/balloon-policy") { r, c in
             await handle(c) { p throws(APIError) in
                 // Fields left out keep the values in force (read, merged and written under one lock).
@@ -278,13 +301,14 @@ public enum API {
             }
         }
         router.get("/v1/host/ksm") { _, c in
-            await handle(c) { _ throws(APIError) in json(try await store(service) { () throws(APIError) in service.hostKSM() }) }
+            await handle(c) { p throws(APIError) in json(try await store(service) { () throws(APIError) in try service.hostKSM(by: p) }) }
         }
         router.get("/v1/host/capacity") { _, c in
             await handle(c) { _ throws(APIError) in json(try await store(service) { () throws(APIError) in try service.capacityReport() }) }
         }
         router.put("/v1/host/placement") { r, c in
             await handle(c) { p throws(APIError) in
+                try service.requireAdmin(p)
                 let policy = try await decode(PlacementPolicy.self, r, c)
                 return json(
                     try await store(service) { () throws(APIError) in
@@ -293,6 +317,161 @@ public enum API {
                     })
             }
         }
+        router.delete("/v1/instance-types/{name}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let n = try parameter(c, "name")
+                try await store(service) { () throws(APIError) in try service.deleteType(n, by: p) }
+                return noContent
+            }
+        }
+        router.delete("/v1/images/{id}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let i = try id(c)
+                try await store(service) { () throws(APIError) in try service.deleteImage(i, by: p) }
+                return noContent
+            }
+        }
+        tenancyRoutes(router, service)
+        networkRoutes(router, service)
+        securityGroupRoutes(router, service)
         return router
+    }
+
+    /// Tenants and their tokens (admin).
+    static func tenancyRoutes(_ router: Router<KumoContext>, _ service: Service) {
+        router.get("/v1/tenants") { _, c in
+            await handle(c) { p throws(APIError) in json(["tenants": try await store(service) { () throws(APIError) in try service.tenants(by: p) }]) }
+        }
+        router.post("/v1/tenants") { r, c in
+            await handle(c) { p throws(APIError) in
+                try service.requireAdmin(p)
+                let req = try await decode(CreateTenantRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.createTenant(req, by: p) }, status: .created)
+            }
+        }
+        router.delete("/v1/tenants/{tenant}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let t = try parameter(c, "tenant")
+                try await store(service) { () throws(APIError) in try service.deleteTenant(t, by: p) }
+                return noContent
+            }
+        }
+        router.get("/v1/tenants/{tenant}/tokens") { _, c in
+            await handle(c) { p throws(APIError) in
+                let t = try parameter(c, "tenant")
+                return json(["tokens": try await store(service) { () throws(APIError) in try service.tokens(of: t, by: p) }])
+            }
+        }
+        router.post("/v1/tenants/{tenant}/tokens") { r, c in
+            await handle(c) { p throws(APIError) in
+                try service.requireAdmin(p)
+                let t = try parameter(c, "tenant"), req = try await decode(CreateTokenRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.issueToken(for: t, req, by: p) }, status: .created)
+            }
+        }
+        router.delete("/v1/tenants/{tenant}/tokens/{token}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let t = try parameter(c, "tenant"), k = try parameter(c, "token")
+                try await store(service) { () throws(APIError) in try service.revokeToken(k, of: t, by: p) }
+                return noContent
+            }
+        }
+    }
+
+    static func networkRoutes(_ router: Router<KumoContext>, _ service: Service) {
+        router.get("/v1/networks") { _, c in
+            await handle(c) { p throws(APIError) in
+                json(NetworkList(networks: try await store(service) { () throws(APIError) in try service.listNetworks(by: p) }))
+            }
+        }
+        router.post("/v1/networks") { r, c in
+            await handle(c) { p throws(APIError) in
+                let req = try await decode(CreateNetworkRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.createNetwork(req, by: p) }, status: .created)
+            }
+        }
+        router.get("/v1/networks/{id}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c)
+                return json(try await store(service) { () throws(APIError) in try service.describeNetwork(id, by: p) })
+            }
+        }
+        router.delete("/v1/networks/{id}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c)
+                try await store(service) { () throws(APIError) in try service.deleteNetwork(id, by: p) }
+                return noContent
+            }
+        }
+    }
+
+    static func securityGroupRoutes(_ router: Router<KumoContext>, _ service: Service) {
+        router.get("/v1/security-groups") { _, c in
+            await handle(c) { p throws(APIError) in
+                json(SecurityGroupList(securityGroups: try await store(service) { () throws(APIError) in try service.listSecurityGroups(by: p) }))
+            }
+        }
+        router.post("/v1/security-groups") { r, c in
+            await handle(c) { p throws(APIError) in
+                let req = try await decode(CreateSecurityGroupRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.createSecurityGroup(req, by: p) }, status: .created)
+            }
+        }
+        router.get("/v1/security-groups/{id}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c)
+                return json(try await store(service) { () throws(APIError) in try service.describeSecurityGroup(id, by: p) })
+            }
+        }
+        router.delete("/v1/security-groups/{id}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c)
+                try await store(service) { () throws(APIError) in try service.deleteSecurityGroup(id, by: p) }
+                return noContent
+            }
+        }
+        router.post("/v1/security-groups/{id}/rules") { r, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c), req = try await decode(AddSecurityGroupRuleRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.addSecurityGroupRule(id, req, by: p) }, status: .created)
+            }
+        }
+        router.delete("/v1/security-groups/{id}/rules/{rule}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c), rule = try parameter(c, "rule")
+                try await store(service) { () throws(APIError) in try service.deleteSecurityGroupRule(id, rule: rule, by: p) }
+                return noContent
+            }
+        }
+        router.put("/v1/instances/{id}/nics/{index}/security-groups") { r, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c), index = try nicIndex(c)
+                let req = try await decode(SetSecurityGroupsRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.setSecurityGroups(id, nic: index, req, by: p) })
+            }
+        }
+        router.post("/v1/instances/{id}/nics/{index}/port-forwards") { r, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c), index = try nicIndex(c)
+                let req = try await decode(CreatePortForwardRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.createPortForward(id, nic: index, req, by: p) }, status: .created)
+            }
+        }
+        router.delete("/v1/instances/{id}/nics/{index}/port-forwards/{forward}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c), index = try nicIndex(c), forward = try parameter(c, "forward")
+                try await store(service) { () throws(APIError) in try service.deletePortForward(id, nic: index, forward: forward, by: p) }
+                return noContent
+            }
+        }
+    }
+
+    /// A NIC's index in the path: 0 to 3, digits only.
+    static func nicIndex(_ c: KumoContext) throws(APIError) -> Int {
+        let text = try parameter(c, "index")
+        guard let index = Int(text), (0..<Service.maxNICs).contains(index), text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+            throw APIError(code: "invalid_argument", message: "NIC index must be 0 to \(Service.maxNICs - 1)")
+        }
+        return index
     }
 }

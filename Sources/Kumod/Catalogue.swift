@@ -13,9 +13,7 @@ extension Service {
 
     public func addType(_ t: InstanceType, by who: Store.Principal) throws(APIError) -> InstanceType {
         try requireAdmin(who)
-        guard t.name.range(of: #"^[a-z0-9][a-z0-9.\-]{0,62}$"#, options: .regularExpression) != nil else {
-            throw APIError(code: "invalid_argument", message: "type name \"\(t.name)\": 1–63 of a-z, 0-9, '.', '-', starting with a letter or digit")
-        }
+        try Validate.identifier(t.name, field: "type name", punctuation: ".-", lowercase: true)
         guard (1...64).contains(t.vcpus), (64...1 << 20).contains(t.memoryMiB) else {
             throw APIError(code: "invalid_argument", message: "vcpus must be 1–64 and memory_mib 64–1048576")
         }
@@ -28,44 +26,114 @@ extension Service {
         if let sh = t.memoryShares, !(2...262144).contains(sh) {
             throw APIError(code: "invalid_argument", message: "memory_shares must be 2–262144 (1024 is the default)")
         }
+        if let b = t.bandwidthMbps, !(1...100_000).contains(b) {
+            throw APIError(code: "invalid_argument", message: "bandwidth_mbps must be 1–100000 (Mbit/s per NIC, each way)")
+        }
+        if let p = t.packetsPerSecond, !(1...10_000_000).contains(p) {
+            throw APIError(code: "invalid_argument", message: "packets_per_second must be 1–10000000 (per NIC, each way)")
+        }
         if try wrap({ try store.type(t.name) }) != nil {
             throw APIError(code: "conflict", message: "instance type \(t.name) exists")
         }
         let made = InstanceType(
             name: t.name, vcpus: t.vcpus, memoryMiB: t.memoryMiB, cpuCapPercent: t.cpuCapPercent, cpuShares: t.cpuShares,
-            memoryShares: t.memoryShares)
+            memoryShares: t.memoryShares, bandwidthMbps: t.bandwidthMbps, packetsPerSecond: t.packetsPerSecond)
         try wrap { try store.addType(made) }
         return made
     }
 
     // MARK: images
 
+    public func deleteType(_ name: String, by who: Store.Principal) throws(APIError) {
+        try requireAdmin(who)
+        guard let t = try wrap({ try store.type(name) }) else {
+            throw APIError(code: "not_found", message: "no instance type \(Validate.escaped(name)) (`kumo type list`)")
+        }
+        guard !t.builtin else { throw APIError(code: "conflict", message: "\(t.name) is built in: it cannot be deleted") }
+        var f = Store.Filter()
+        f.types = [t.name]
+        f.states = InstanceState.allCases.filter { $0 != .deleted }
+        let users = try wrap { try store.instances(f, limit: 1).0 }
+        if let u = users.first {
+            throw APIError(
+                code: "conflict", message: "instance type \(t.name) is in use (by \(u.instance.id), among others maybe): terminate its instances first")
+        }
+        guard try wrap({ try store.deleteType(t.name) }) else { throw APIError(code: "not_found", message: "no instance type \(t.name)") }
+    }
+
+    /// Every image; a tenant sees its files by their names in the images directory, not as host paths.
+    public func images(by who: Store.Principal) throws(APIError) -> [Image] {
+        try wrap { try store.images() }.map { visible($0, to: who) }
+    }
+
     public func images() throws(APIError) -> [Image] { try wrap { try store.images() } }
+
+    public func deleteImage(_ ref: String, by who: Store.Principal) throws(APIError) {
+        try requireAdmin(who)
+        switch try wrap({ try store.deleteImage(ref) }) {
+        case .deleted: return
+        case .missing: throw APIError(code: "not_found", message: "no image \(Validate.escaped(ref)) (`kumo image list`)")
+        case let .inUse(n):
+            throw APIError(code: "conflict", message: "image \(ref) is used by \(n) instance(s) that are not deleted: terminate them first")
+        }
+    }
+
+    /// `path` (absolute, or relative to the images directory) resolved through every symbolic link, if
+    /// it is a file under the images directory; refused otherwise, saying where image files go.
+    func imageFile(_ path: String, field: String) throws(APIError) -> String {
+        let given = path.hasPrefix("/") ? path : imagesDir.appendingPathComponent(path).path
+        guard let root = Self.realPath(imagesDir.path) else {
+            throw APIError(code: "invalid_argument", message: "kumod's images directory \(imagesDir.path) does not exist")
+        }
+        guard let real = Self.realPath(given) else {
+            throw APIError(code: "invalid_argument", message: "\(field) \(path): no such file under kumod's images directory \(root)")
+        }
+        guard real.hasPrefix(root + "/") else {
+            throw APIError(
+                code: "invalid_argument",
+                message: "\(field) \(path) is not in kumod's images directory \(root): image files are registered from there only "
+                    + "(install -m 600 FILE \(root)/ and give its name)")
+        }
+        return real
+    }
+
+    public static func realPath(_ p: String) -> String? {
+        guard let r = realpath(p, nil) else { return nil }
+        defer { free(r) }
+        return String(cString: r)
+    }
 
     /// Registers an image from files on the host, validating each before anything is recorded.
     public func registerImage(_ r: RegisterImageRequest, by who: Store.Principal) throws(APIError) -> Image {
         try requireAdmin(who)
-        guard r.name.range(of: #"^[A-Za-z0-9][A-Za-z0-9._\-]{0,62}$"#, options: .regularExpression) != nil else {
-            throw APIError(code: "invalid_argument", message: "image name \"\(r.name)\": 1–63 of A-Z, a-z, 0-9, '.', '_', '-'")
+        try Validate.identifier(r.name, field: "image name", punctuation: "._-")
+        if let c = r.cmdline { try Validate.text(c, field: "cmdline", maxBytes: Self.maxCmdlineBytes) }
+        for (field, path) in [("kernel", r.kernel), ("initrd", r.initrd), ("root_disk", r.rootDisk)] {
+            if let path { try Validate.text(path, field: field, maxBytes: 4096) }
         }
         if try wrap({ try store.image(r.name) }) != nil { throw APIError(code: "conflict", message: "image \(r.name) exists") }
+        let kernel = try imageFile(r.kernel, field: "kernel")
+        let initrd = try r.initrd.map { p throws(APIError) in try imageFile(p, field: "initrd") }
+        let rootDisk = try r.rootDisk.map { p throws(APIError) in try imageFile(p, field: "root_disk") }
         // kumo-vmm's own checks (VMMContract.BootInputs): an image kumod records is one kumo-vmm boots.
         let format: String
         do {
-            format = try BootInputs.kernel(r.kernel).format == .elf ? "elf" : "bzimage"
-            if let i = r.initrd { _ = try BootInputs.initrd(i) }
-            if let d = r.rootDisk { try BootInputs.disk(d, readOnly: true) }
+            format = try BootInputs.kernel(kernel).format == .elf ? "elf" : "bzimage"
+            if let i = initrd { _ = try BootInputs.initrd(i) }
+            if let d = rootDisk { try BootInputs.disk(d, readOnly: true) }
         } catch {
             throw APIError(code: "invalid_argument", message: "\(error)")
         }
         var cmdline = r.cmdline ?? "console=ttyS0 reboot=k panic=-1"
         if r.rootDisk != nil && !cmdline.contains("root=") { cmdline += " root=/dev/vda rw" }
         let img = Image(
-            id: Store.newID("img"), name: r.name, kernel: Self.absolute(r.kernel), initrd: r.initrd.map(Self.absolute),
-            rootDisk: r.rootDisk.map(Self.absolute), cmdline: cmdline, kernelFormat: format, createdAt: Store.now())
+            id: Store.newID("img"), name: r.name, kernel: kernel, initrd: initrd,
+            rootDisk: rootDisk, cmdline: cmdline, kernelFormat: format, createdAt: Store.now())
         try wrap { try store.addImage(img) }
         return img
     }
 
-    static func absolute(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.path }
+    /// Linux takes 2048 bytes of command line on x86; kumod appends console and root options to the image's.
+    static let maxCmdlineBytes = 1536
+
 }

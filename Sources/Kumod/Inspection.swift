@@ -17,7 +17,7 @@ extension Service {
         do { s = try launcher.handle(workDir: URL(fileURLWithPath: rec.workDir)).stats() } catch {
             throw APIError(code: "unavailable", message: "the instance's VMM: \(error.description)")
         }
-        return InstanceStats(id, s)
+        return visible(InstanceStats(id, s), to: who)
     }
 
     /// Walks vCPU `vcpu`'s page tables for `address` in a running instance (kumo-vmm's `translate`).
@@ -34,7 +34,10 @@ extension Service {
         guard !digits.isEmpty, digits.count <= 16, let gva = UInt64(digits, radix: 16) else {
             throw APIError(code: "invalid_argument", message: "address \"\(address)\": a guest-virtual address in hexadecimal, e.g. 0xffffffff81000000")
         }
-        do { return AddressTranslation(try launcher.handle(workDir: URL(fileURLWithPath: rec.workDir)).translate(vcpu: vcpu, address: gva)) } catch {
+        do {
+            let t = try launcher.handle(workDir: URL(fileURLWithPath: rec.workDir)).translate(vcpu: vcpu, address: gva)
+            return visible(AddressTranslation(t), to: who)
+        } catch {
             throw APIError(code: "unavailable", message: "the instance's VMM: \(error.description)")
         }
     }
@@ -43,7 +46,7 @@ extension Service {
     public func cpus(_ id: String, by who: Store.Principal) throws(APIError) -> InstanceCPUs {
         let rec = try record(id, by: who)
         let live = rec.instance.state == .running ? (try? stats(id, by: who))?.vcpus : nil
-        return InstanceCPUs(
+        let all = InstanceCPUs(
             instance: id,
             vcpus: (0..<rec.instance.vcpus).map { i in
                 let v = live?.first { $0.vcpu == i }
@@ -51,6 +54,7 @@ extension Service {
                 let pinned = own.map { i < $0.count ? $0[i] : nil } ?? (i < rec.affinity.count ? rec.affinity[i] : nil)
                 return .init(vcpu: i, pinned: pinned, tid: v?.tid, cpusAllowed: v?.cpusAllowed)
             })
+        return visible(all, to: who)
     }
 
     /// Pins (or unpins) vCPUs: stored for every later start, and applied at once to a running VMM.
@@ -66,13 +70,28 @@ extension Service {
             throw APIError(code: "invalid_argument", message: "give 1 to \(rec.instance.vcpus) vCPU pinnings")
         }
         var a = rec.affinity + Array(repeating: nil, count: max(0, rec.instance.vcpus - rec.affinity.count))
+        // A shared instance runs on the shared set: never on the host's reserved CPUs, never on another
+        // instance's dedicated ones.
+        let cap = try capacity()
+        let shared = Set(cap.sharedCPUs)
         for p in req.vcpus {
             guard (0..<rec.instance.vcpus).contains(p.vcpu) else {
                 throw APIError(code: "invalid_argument", message: "vcpu \(p.vcpu): instance \(id) has vCPUs 0-\(rec.instance.vcpus - 1)")
             }
             if let c = p.cpus {
                 switch CPUList.parse(c, limit: host.logicalCPUs) {
-                case let .success(list): a[p.vcpu] = CPUList.format(list)
+                case let .success(list):
+                    let outside = list.filter { !shared.contains($0) }
+                    guard outside.isEmpty else {
+                        let why =
+                            outside.contains(where: cap.dedicatedCPUs.contains)
+                            ? "dedicated to another instance" : "not placeable (reserved for the host, reserved_cpus \(cap.policy.reservedCPUs))"
+                        throw APIError(
+                            code: "invalid_argument",
+                            message: "vcpu \(p.vcpu): host CPU(s) \(CPUList.format(outside)) \(why); a shared instance may be pinned within the "
+                                + "shared set \(Placement.CPUListText(cap.sharedCPUs))")
+                    }
+                    a[p.vcpu] = CPUList.format(list)
                 case let .failure(e): throw APIError(code: "invalid_argument", message: "vcpu \(p.vcpu): \(e.reason)")
                 }
             } else {
@@ -102,20 +121,30 @@ extension Service {
             if cpus.count == rec.instance.vcpus { return cpus.map { Optional($0) } }
         }
         guard let cap = try? capacity(), !cap.dedicatedCPUs.isEmpty, !cap.sharedCPUs.isEmpty else { return rec.affinity }
-        let shared = cap.sharedCPUs.map(String.init).joined(separator: ",")
-        return (0..<rec.instance.vcpus).map { i in i < rec.affinity.count && rec.affinity[i] != nil ? rec.affinity[i] : shared }
+        return (0..<rec.instance.vcpus).map { i in Self.within(i < rec.affinity.count ? rec.affinity[i] : nil, shared: cap.sharedCPUs) }
+    }
+
+    /// A shared vCPU's CPUs: what the user pinned, less any CPU dedicated since (a dedicated instance that
+    /// started after the pinning takes CPUs from the shared set); the whole shared set if nothing is left.
+    static func within(_ pinned: String?, shared: [Int]) -> String {
+        let all = CPUList.format(shared)
+        guard let pinned, case let .success(list) = CPUList.parse(pinned, limit: Int.max) else { return all }
+        let kept = list.filter(shared.contains)
+        return kept.isEmpty ? all : CPUList.format(kept)
     }
 
     /// The shared set changed (a dedicated instance started or stopped): running shared instances' vCPUs
     /// that the user did not pin move onto the new shared set.
     func rebalanceShared() {
         guard let cap = try? capacity() else { return }
-        let target: String? = cap.dedicatedCPUs.isEmpty ? nil : cap.sharedCPUs.map(String.init).joined(separator: ",")
         var f = Store.Filter()
         f.states = [.running]
         for rec in ((try? store.instances(f, limit: 1_000_000).0) ?? []) where rec.instance.cpuPolicy != "dedicated" {
             let vmm = launcher.handle(workDir: URL(fileURLWithPath: rec.workDir))
-            for i in 0..<rec.instance.vcpus where !(i < rec.affinity.count && rec.affinity[i] != nil) {
+            for i in 0..<rec.instance.vcpus {
+                let pinned = i < rec.affinity.count ? rec.affinity[i] : nil
+                // No dedicated instance: unpinned vCPUs float over every CPU again.
+                let target = cap.dedicatedCPUs.isEmpty ? pinned : Self.within(pinned, shared: cap.sharedCPUs)
                 _ = try? vmm.pin(vcpu: i, cpus: target)
             }
         }

@@ -11,6 +11,8 @@ extension Service {
     // MARK: instances
 
     static let maxCount = 100
+    /// An instance name's limit in UTF-8 bytes (a count > 1 adds "-N" to it).
+    static let maxNameBytes = 128
 
     public func runInstances(_ r: RunInstancesRequest, by who: Store.Principal) throws(APIError) -> RunInstancesResponse {
         let count = r.count ?? 1
@@ -18,8 +20,13 @@ extension Service {
             throw APIError(code: "invalid_argument", message: "count must be 1–\(Self.maxCount), not \(count)")
         }
         guard r.cpuPolicy == nil || r.cpuPolicy == "shared" || r.cpuPolicy == "dedicated" else {
-            throw APIError(code: "invalid_argument", message: "cpu_policy must be shared or dedicated, not \"\(r.cpuPolicy!)\"")
+            throw APIError(code: "invalid_argument", message: "cpu_policy must be shared or dedicated, not \"\(Validate.escaped(r.cpuPolicy!))\"")
         }
+        // Names and tokens are checked before anything is looked up (their text is echoed in messages).
+        if let n = r.name { try Validate.text(n, field: "name", maxBytes: Self.maxNameBytes) }
+        if let t = r.clientToken { try Validate.token(t, field: "client_token") }
+        try Validate.text(r.type, field: "type", maxBytes: 255)
+        try Validate.text(r.image, field: "image", maxBytes: 255)
         let dedicated = r.cpuPolicy == "dedicated"
         guard let type = try wrap({ try store.type(r.type) }) else {
             let known = (try? store.types().map(\.name).joined(separator: ", ")) ?? ""
@@ -28,31 +35,28 @@ extension Service {
         guard let image = try wrap({ try store.image(r.image) }) else {
             throw APIError(code: "not_found", message: "no image \"\(r.image)\" (`kumo image list`)")
         }
-        if let n = r.name, n.count > 128 || n.contains(where: { $0.isNewline }) {
-            throw APIError(code: "invalid_argument", message: "name: at most 128 characters on one line")
-        }
+        let networkIDs = try networksForLaunch(r.networks, by: who)
+        let groupIDs = try groupsForLaunch(r.securityGroups, nics: networkIDs.count, by: who)
         var userData: Data? = nil
         if let u = r.userData {
             guard let d = Data(base64Encoded: u) else { throw APIError(code: "invalid_argument", message: "user_data must be base64") }
             guard d.count <= 16 << 10 else { throw APIError(code: "invalid_argument", message: "user_data is \(d.count) bytes; at most 16384") }
             userData = d
         }
-        if let t = r.clientToken, t.isEmpty || t.count > 64 {
-            throw APIError(code: "invalid_argument", message: "client_token: 1–64 characters")
-        }
         // The request as recorded for idempotency: the same token with a different request is refused.
         let canonical = String(
             decoding: try! Self.canonicalEncoder.encode(
                 RunInstancesRequest(
                     type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken, memoryDedup: r.memoryDedup,
-                    cpuPolicy: r.cpuPolicy)), as: UTF8.self)
+                    cpuPolicy: r.cpuPolicy, networks: r.networks == nil ? nil : networkIDs,
+                    securityGroups: r.securityGroups == nil ? nil : groupIDs)), as: UTF8.self)
         let new = (0..<count).map { i -> Store.NewInstance in
             let id = Store.newID("i")
             let name = r.name.map { count > 1 ? "\($0)-\(i + 1)" : $0 } ?? id
             return Store.NewInstance(
                 id: id, name: name, type: type, imageID: image.id, userData: userData,
                 workDir: dataDir.appendingPathComponent("instances/\(id)").path, memoryDedup: r.memoryDedup ?? false,
-                dedicated: dedicated)
+                dedicated: dedicated, networks: networkIDs, securityGroups: groupIDs)
         }
         let host = self.host, policy = self.policy()
         let outcome: Store.Reserved
@@ -68,6 +72,7 @@ extension Service {
         } catch let e as APIError { throw e } catch { throw APIError(code: "internal", message: "state store: \(error)") }
         switch outcome {
         case let .created(rid, ids):
+            syncLeases(Set(networkIDs))
             for id in ids { startLaunch(id) }
             return RunInstancesResponse(reservation: rid, instances: try ids.map { id throws(APIError) in try show(id, by: who) })
         case let .replay(rid, ids, same):
@@ -96,7 +101,7 @@ extension Service {
     }
 
     public func show(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
-        try record(id, by: who).instance
+        visible(try record(id, by: who).instance, to: who)
     }
 
     public struct ListQuery: Sendable {
@@ -122,13 +127,13 @@ extension Service {
         f.states = q.states; f.names = q.names; f.ids = q.ids; f.types = q.types
         let (recs, more) = try wrap { try store.instances(f, afterSeq: after, limit: q.limit) }
         let next = more ? recs.last.map { Data("seq:\($0.seq)".utf8).base64EncodedString() } : nil
-        return InstanceList(instances: recs.map(\.instance), nextToken: next)
+        return InstanceList(instances: recs.map { visible($0.instance, to: who) }, nextToken: next)
     }
 
     public func start(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
         let rec = try record(id, by: who)
         switch rec.instance.state {
-        case .running, .starting, .pending: return rec.instance
+        case .running, .starting, .pending: return visible(rec.instance, to: who)
         case .stopped, .error:
             let host = self.host, policy = self.policy()
             let type = InstanceType(name: rec.instance.type, vcpus: rec.instance.vcpus, memoryMiB: rec.instance.memoryMiB)
@@ -157,8 +162,8 @@ extension Service {
     public func stop(_ id: String, by who: Store.Principal, force: Bool = false) throws(APIError) -> Instance {
         let rec = try record(id, by: who)
         switch rec.instance.state {
-        case .stopped, .error: return rec.instance
-        case .stopping where !force: return rec.instance
+        case .stopped, .error: return visible(rec.instance, to: who)
+        case .stopping where !force: return visible(rec.instance, to: who)
         case .deleted: throw APIError(code: "not_found", message: "no instance \(id)")
         default: break
         }
@@ -194,11 +199,13 @@ extension Service {
 
     public func delete(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
         let rec = try record(id, by: who)
-        if rec.instance.state == .deleted { return rec.instance }
-        if let p = processes.withLock({ $0[id] }) { endVMM(id, p) }
+        if rec.instance.state == .deleted { return visible(rec.instance, to: who) }
+        // Released either way: a VMM that died while kumod was down left its cgroup behind.
+        if let p = processes.withLock({ $0[id] }) { endVMM(id, p) } else { released(id) }
         try wrap { try store.transition(id, to: .deleted, reason: "TerminateInstances", pid: .some(nil)) }
+        releaseNICs(id)
         try? FileManager.default.removeItem(atPath: rec.workDir)
         guard let gone = try wrap({ try store.instance(id) }) else { throw APIError(code: "internal", message: "instance \(id) vanished") }
-        return gone.instance
+        return visible(gone.instance, to: who)
     }
 }

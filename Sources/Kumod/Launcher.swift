@@ -20,6 +20,21 @@ public struct LaunchSpec: Sendable {
     public var cpuShares: Int? = nil
     /// Guest RAM offered to KSM (kumo-vmm's memory_dedup).
     public var memoryDedup = false
+    /// Its NICs, eth0 first: each a virtio-net device on its tap.
+    public var nics: [NICSpec] = []
+    /// The instance type's NIC limits (Mbit/s and packets/s, each way), nil: none.
+    public var bandwidthMbps: Int? = nil
+    public var packetsPerSecond: Int? = nil
+    public struct NICSpec: Sendable, Equatable {
+        public var tap: String
+        public var mac: String
+        public var address: IPv4Address
+        public var gateway: IPv4Address
+        public var prefix: Int
+        public init(tap: String, mac: String, address: IPv4Address, gateway: IPv4Address, prefix: Int) {
+            self.tap = tap; self.mac = mac; self.address = address; self.gateway = gateway; self.prefix = prefix
+        }
+    }
     public init(instanceID: String, workDir: URL, vcpus: Int, memoryMiB: Int, image: Image, affinity: [String?] = []) {
         self.instanceID = instanceID; self.workDir = workDir; self.vcpus = vcpus; self.memoryMiB = memoryMiB; self.image = image
         self.affinity = affinity
@@ -41,11 +56,27 @@ public struct VMMProcess: Sendable, Equatable {
     public var pid: Int32
     public var startTicks: UInt64
     public init(pid: Int32, startTicks: UInt64) { self.pid = pid; self.startTicks = startTicks }
+
+    /// SIGKILL, then up to 2 s for the process to be gone: reaped when it is kumod's child, watched in
+    /// /proc when it is not (an orphaned VMM, a dnsmasq a previous kumod left). Never another process
+    /// that took the pid since.
+    public func end() {
+        guard ProcessLauncher.startTicks(pid) == startTicks else { return }
+        kill(pid, SIGKILL)
+        var st: Int32 = 0
+        for _ in 0..<200 {
+            _ = waitpid(pid, &st, WNOHANG)
+            if ProcessLauncher.startTicks(pid) != startTicks || ProcessLauncher.state(pid) == "Z" { return }
+            usleep(10_000)
+        }
+    }
 }
 
 /// The protocol in front of the VMM: placement and API logic drive it; the real implementation
 /// spawns kumo-vmm.
 public protocol VMMLauncher: Sendable {
+    /// What may take long before a launch (the root disk's copy): kumod runs it off the supervisor queue.
+    func prepare(_ spec: LaunchSpec) throws
     func launch(_ spec: LaunchSpec) throws -> VMMProcess
     /// nil while the process runs; its fate once it is gone.
     func exitStatus(_ p: VMMProcess) -> ExitFate?
@@ -58,6 +89,7 @@ public protocol VMMLauncher: Sendable {
 
 extension VMMLauncher {
     public func release(instanceID: String) {}
+    public func prepare(_ spec: LaunchSpec) throws {}
 }
 
 /// kumo-vmm's exit status when its guest asked to restart (`on_reboot: exit`; kumo-vmm --help).
@@ -94,70 +126,75 @@ public struct ProcessLauncher: VMMLauncher {
         c.memoryDedup = spec.memoryDedup
         if spec.affinity.contains(where: { $0 != nil }) { c.vcpuAffinity = Array(spec.affinity.prefix(spec.vcpus)) }
         if spec.image.rootDisk != nil { c.disks = [DiskConfig(path: spec.workDir.appendingPathComponent("root.img").path)] }
+        c.nets = spec.nics.map { NetConfig(tap: $0.tap, mac: MAC.parse($0.mac)) }
+        if let limit = nicRateLimit(mbps: spec.bandwidthMbps, pps: spec.packetsPerSecond) {
+            for i in c.nets.indices { c.nets[i].rxRateLimit = limit; c.nets[i].txRateLimit = limit }
+        }
+        // eth0's address without DHCP, for guests with no network configuration of their own (the kernel's
+        // IP autoconfiguration; a guest that runs DHCP gets the same address from dnsmasq).
+        if let n = spec.nics.first {
+            let mask = IPv4Address(IPv4Network.maskValue(n.prefix))
+            c.cmdline = [c.cmdline, "ip=\(n.address)::\(n.gateway):\(mask)::eth0:off"].filter { !$0.isEmpty }.joined(separator: " ")
+        }
         // A guest that asks to restart ends its VMM (status 3): kumod counts reboots and starts it again.
         c.onReboot = .exit
         return c
     }
 
+    /// kumo-vmm's token buckets for a type's NIC limits: a second's worth of bytes (or packets) refilled
+    /// over a second. A second's worth, not less: a bucket smaller than a frame would never pass it (a
+    /// GSO frame is up to 64 KiB, and the smallest limit, 1 Mbit/s, is 125,000 bytes a second).
+    public static func nicRateLimit(mbps: Int?, pps: Int?) -> RateLimitConfig? {
+        guard mbps != nil || pps != nil else { return nil }
+        var r = RateLimitConfig()
+        if let mbps { r.bandwidth = BucketConfig(size: UInt64(mbps) * 1_000_000 / 8) }
+        if let pps { r.ops = BucketConfig(size: UInt64(pps)) }
+        return r
+    }
+
     /// The contract version the kumo-vmm at `path` speaks (`kumo-vmm --contract-version`).
     public static func contractVersion(of path: String) throws -> Int {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = ["--contract-version"]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        guard p.terminationStatus == 0, let v = Int(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-            throw APIError(
-                code: "internal", message: "\(path) does not answer --contract-version (status \(p.terminationStatus)): not a kumo-vmm of this release")
+        let answer: String
+        do { answer = try HostCommand.run(path, ["--contract-version"]) } catch {
+            throw APIError(code: "internal", message: "\(path) does not answer --contract-version (\(error)): not a kumo-vmm of this release")
+        }
+        guard let v = Int(answer.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw APIError(code: "internal", message: "\(path) does not answer --contract-version with a number: not a kumo-vmm of this release")
         }
         return v
     }
 
-    public func launch(_ spec: LaunchSpec) throws -> VMMProcess {
+    public func prepare(_ spec: LaunchSpec) throws {
         let fm = FileManager.default
         try fm.createDirectory(at: spec.workDir, withIntermediateDirectories: true)
         if let disk = spec.image.rootDisk {
-            // Each instance boots from its own copy of the image's root disk.
+            // Each instance boots from its own copy of the image's root disk, made under another name and
+            // renamed: a copy cut short (kumod killed) is never taken for a whole one.
             let dst = spec.workDir.appendingPathComponent("root.img")
-            if !fm.fileExists(atPath: dst.path) { try fm.copyItem(atPath: disk, toPath: dst.path) }
+            if !fm.fileExists(atPath: dst.path) {
+                let part = spec.workDir.appendingPathComponent("root.img.part")
+                try? fm.removeItem(at: part)
+                try fm.copyItem(atPath: disk, toPath: part.path)
+                guard rename(part.path, dst.path) == 0 else {
+                    throw APIError(code: "launch_failed", message: "cannot rename the root disk's copy: \(String(cString: strerror(errno)))")
+                }
+            }
         }
+    }
+
+    public func launch(_ spec: LaunchSpec) throws -> VMMProcess {
+        let fm = FileManager.default
+        try prepare(spec)
         try Data(Self.config(spec).jsonText.utf8).write(to: spec.configPath)
         try? fm.removeItem(at: spec.controlSocket)
         try? fm.removeItem(at: spec.consoleSocket)
 
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        // Its own session: a signal to kumod's process group (Ctrl-C, kill -9 of a service) leaves VMs up.
-        // Default signal mask and dispositions: kumod's threads may block signals kumo-vmm relies on.
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attr, &none)
-        var defaults = sigset_t()
-        sigfillset(&defaults)
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(SpawnExtensions.setsidFlag | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, spec.vmmLog.path, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Nothing else of kumod's crosses over: its listening sockets, event loops and database would
-        // otherwise live on in every VMM (and keep kumod's port taken after kumod dies).
-        guard SpawnExtensions.closeFrom(&actions, 3) == 0 else {
-            throw APIError(code: "launch_failed", message: "posix_spawn_file_actions_addclosefrom_np failed")
+        let pid: pid_t
+        do {
+            pid = try Spawn.detached(vmmPath, ["--config", spec.configPath.path], log: spec.vmmLog.path)
+        } catch {
+            throw APIError(code: "launch_failed", message: "cannot start \(vmmPath): \(error)")
         }
-        let words = [vmmPath, "--config", spec.configPath.path]
-        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-        defer { for a in argv { free(a) } }
-        var pid: pid_t = 0
-        let rc = posix_spawn(&pid, vmmPath, &actions, &attr, argv, environ)
-        guard rc == 0 else { throw APIError(code: "launch_failed", message: "cannot start \(vmmPath): \(String(cString: strerror(rc)))") }
         let ticks = Self.startTicks(pid) ?? 0
         if spec.cpuCapPercent != nil || spec.cpuShares != nil {
             // Into its cgroup before the guest gets going; a limit that cannot be applied is a failed launch.
@@ -194,7 +231,10 @@ public struct ProcessLauncher: VMMLauncher {
         return text[text.index(after: close)...].split(separator: " ").first?.first
     }
 
-    public func exitStatus(_ p: VMMProcess) -> ExitFate? {
+    public func exitStatus(_ p: VMMProcess) -> ExitFate? { Self.fate(of: p) }
+
+    /// nil while `p` runs (reaping it when it is kumod's child and gone); its fate once it is gone.
+    public static func fate(of p: VMMProcess) -> ExitFate? {
         var st: Int32 = 0
         let r = waitpid(p.pid, &st, WNOHANG)
         if r == p.pid {

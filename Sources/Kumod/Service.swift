@@ -13,12 +13,17 @@ public final class Service: Sendable {
     public let launcher: any VMMLauncher
     public let host: HostResources
     public let dataDir: URL
+    /// Where image files live (kumod's data dir's images/ unless set): an image is registered only from
+    /// files under it, never from anywhere a root process can read.
+    public let imagesDir: URL
     /// How long a guest gets to power off after the ACPI power button before its VMM is stopped by force.
     public let stopTimeout: Duration
     /// KSM for instances with memory dedup: the trust domain and the tuner.
     public let ksm: KSMTuner
     /// How often a guest may reboot before kumod stops it (Reboots.swift).
     public let rebootLimit: RebootLimit
+    /// Tenant networks on this host (Networks.swift); nil: networking is off.
+    public let networks: NetworkHost?
     /// The balloon pass: its own queue (it waits on guests' statistics), what it saw, what it decided.
     let balloonQueue = DispatchQueue(label: "kumod.balloons")
     let balloonState = Mutex<(seen: [HostBalloons.Seen], free: Double?, decisions: [String])>(([], nil, []))
@@ -33,6 +38,10 @@ public final class Service: Sendable {
     /// concurrency's cooperative pool: it makes blocking system calls (posix_spawn, waitpid, /proc reads),
     /// and it must keep running when the pool's few threads are busy or blocked.
     let supervisor = DispatchQueue(label: "kumod.supervisor")
+    /// Launch preparation (copying a root disk can take seconds): concurrent, beside the supervisor.
+    let preparation = DispatchQueue(label: "kumod.prepare", attributes: .concurrent)
+    /// Set by `shutdown`: no launch starts after it.
+    let closing = Atomic<Bool>(false)
     /// The monitor's generation: a new start (or a stop) ends the loop of the previous one.
     let monitorGeneration = Atomic<Int>(0)
     /// Request handlers' blocking work (WorkPool.swift): the store lane, and the lane for waiting on VMMs.
@@ -41,10 +50,26 @@ public final class Service: Sendable {
 
     public init(
         store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
-        stopTimeout: Duration = .seconds(30), ksm: KSMTuner = KSMTuner(), rebootLimit: RebootLimit = .standard
+        stopTimeout: Duration = .seconds(30), ksm: KSMTuner = KSMTuner(), rebootLimit: RebootLimit = .standard, imagesDir: URL? = nil,
+        networks: NetworkHost? = nil
     ) {
+        self.networks = networks
         self.store = store; self.launcher = launcher; self.host = host; self.dataDir = dataDir; self.stopTimeout = stopTimeout
+        self.imagesDir = imagesDir ?? dataDir.appendingPathComponent("images")
         self.ksm = ksm; self.rebootLimit = rebootLimit
+    }
+
+    /// Ends supervision: no launch starts from now on, the queued work drains, and with `endingVMMs`
+    /// every VMM this kumod runs is ended (tests end what they start; kumod itself leaves VMs running).
+    public func shutdown(endingVMMs: Bool) {
+        closing.store(true, ordering: .sequentiallyConsistent)
+        stopMonitor()
+        // A launch already past its check hands work to the preparation queue, which hands it back.
+        supervisor.sync {}
+        preparation.sync(flags: .barrier) {}
+        supervisor.sync {}
+        guard endingVMMs else { return }
+        for (id, p) in processes.withLock({ $0 }) { endVMM(id, p) }
     }
 
     deinit {

@@ -65,17 +65,21 @@ public final class Store: Sendable {
         }
     }
 
-    /// A new API token for `tenant`: returned once in the clear, kept only as its SHA-256.
+    /// A new API token for `tenant` (by name, created if needed): returned once in the clear, kept only as its SHA-256.
     public func issueToken(tenant: String, admin: Bool, description: String = "") throws -> String {
+        try issueToken(tenantID: try ensureTenant(tenant), admin: admin, description: description).secret!
+    }
+
+    public func issueToken(tenantID: String, admin: Bool, description: String) throws -> Token {
         var g = SystemRandomNumberGenerator()
         let secret = "kumo_" + (0..<32).map { _ in String(UInt8.random(in: 0..<16, using: &g), radix: 16) }.joined()
-        let tenantID = try ensureTenant(tenant)
+        let id = Self.newID("tok"), now = Self.now()
         try db.write { db in
             try db.execute(
                 sql: "INSERT INTO tokens (id, hash, tenant_id, admin, description, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                arguments: [Self.newID("tok"), Self.hash(secret), tenantID, admin, description, Self.now()])
+                arguments: [id, Self.hash(secret), tenantID, admin, description, now])
         }
-        return secret
+        return Token(id: id, tenant: try tenantName(tenantID) ?? tenantID, admin: admin, description: description, createdAt: now, secret: secret)
     }
 
     public func principal(token: String) throws -> Principal? {
@@ -93,6 +97,81 @@ public final class Store: Sendable {
 
     public func tenantName(_ id: String) throws -> String? {
         try db.read { try String.fetchOne($0, sql: "SELECT name FROM tenants WHERE id = ?", arguments: [id]) }
+    }
+
+    public func tenants() throws -> [Tenant] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, name, created_at FROM tenants WHERE name NOT LIKE 'deleted:%' ORDER BY created_at, name").map {
+                Tenant(id: $0[0], name: $0[1], createdAt: $0[2])
+            }
+        }
+    }
+
+    /// By id or by name.
+    public func tenant(_ ref: String) throws -> Tenant? { try tenants().first { $0.id == ref || $0.name == ref } }
+
+    /// A new tenant; nil if the name is taken.
+    public func createTenant(_ name: String) throws -> Tenant? {
+        try db.write { db in
+            if try String.fetchOne(db, sql: "SELECT id FROM tenants WHERE name = ?", arguments: [name]) != nil { return nil }
+            let t = Tenant(id: Self.newID("t"), name: name, createdAt: Self.now())
+            try db.execute(sql: "INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)", arguments: [t.id, t.name, t.createdAt])
+            return t
+        }
+    }
+
+    public enum TenantDeletion: Sendable { case deleted, inUse(Int), hasNetworks(Int), missing }
+
+    /// Deletes a tenant, its tokens and security groups, in one transaction, unless it has instances that are not deleted.
+    /// Its deleted instances' rows (and reservations) stay for their history, under the tenant id.
+    public func deleteTenant(_ id: String) throws -> TenantDeletion {
+        try db.write { db in
+            guard try String.fetchOne(db, sql: "SELECT id FROM tenants WHERE id = ?", arguments: [id]) != nil else { return .missing }
+            let live = try Int.fetchOne(db, sql: "SELECT count(*) FROM instances WHERE tenant_id = ? AND state != 'deleted'", arguments: [id]) ?? 0
+            if live > 0 { return .inUse(live) }
+            let networks = try Int.fetchOne(db, sql: "SELECT count(*) FROM networks WHERE tenant_id = ?", arguments: [id]) ?? 0
+            if networks > 0 { return .hasNetworks(networks) }
+            try db.execute(sql: "DELETE FROM tokens WHERE tenant_id = ?", arguments: [id])
+            // Its security groups (on no NIC now: its instances are gone) and their rules.
+            try db.execute(
+                sql: "DELETE FROM security_group_rules WHERE group_id IN (SELECT id FROM security_groups WHERE tenant_id = ?)", arguments: [id])
+            try db.execute(sql: "DELETE FROM security_groups WHERE tenant_id = ?", arguments: [id])
+            let kept = try Int.fetchOne(db, sql: "SELECT count(*) FROM reservations WHERE tenant_id = ?", arguments: [id]) ?? 0
+            // Rows that name it (its deleted instances' reservations) keep it, renamed out of the way.
+            if kept == 0 {
+                try db.execute(sql: "DELETE FROM tenants WHERE id = ?", arguments: [id])
+            } else {
+                try db.execute(sql: "UPDATE tenants SET name = ? WHERE id = ?", arguments: ["deleted:" + id, id])
+            }
+            return .deleted
+        }
+    }
+
+    public func tokens(tenant: String) throws -> [Token] {
+        try db.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT t.id, n.name, t.admin, t.description, t.created_at FROM tokens t JOIN tenants n ON n.id = t.tenant_id
+                    WHERE t.tenant_id = ? ORDER BY t.created_at
+                    """,
+                arguments: [tenant]
+            ).map { Token(id: $0[0], tenant: $0[1], admin: $0[2], description: $0[3], createdAt: $0[4]) }
+        }
+    }
+
+    public enum Revocation: Sendable { case revoked, lastAdmin, missing }
+
+    /// Revokes a token of `tenant`; the last admin token is kept (nobody could manage kumod after it).
+    public func revokeToken(_ id: String, tenant: String) throws -> Revocation {
+        try db.write { db in
+            guard let admin = try Bool.fetchOne(db, sql: "SELECT admin FROM tokens WHERE id = ? AND tenant_id = ?", arguments: [id, tenant]) else {
+                return .missing
+            }
+            if admin, (try Int.fetchOne(db, sql: "SELECT count(*) FROM tokens WHERE admin = 1") ?? 0) <= 1 { return .lastAdmin }
+            try db.execute(sql: "DELETE FROM tokens WHERE id = ?", arguments: [id])
+            return .revoked
+        }
     }
 
     public func tokenCount() throws -> Int { try db.read { try Int.fetchOne($0, sql: "SELECT count(*) FROM tokens") ?? 0 } }
@@ -117,9 +196,16 @@ public final class Store: Sendable {
         try db.read { db in
             try Row.fetchAll(
                 db,
-                sql: "SELECT name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares FROM instance_types ORDER BY vcpus, memory_mib, name"
+                sql: """
+                    SELECT name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares, bandwidth_mbps, packets_per_second
+                    FROM instance_types ORDER BY vcpus, memory_mib, name
+                    """
             )
-            .map { InstanceType(name: $0[0], vcpus: $0[1], memoryMiB: $0[2], builtin: $0[3], cpuCapPercent: $0[4], cpuShares: $0[5], memoryShares: $0[6]) }
+            .map {
+                InstanceType(
+                    name: $0[0], vcpus: $0[1], memoryMiB: $0[2], builtin: $0[3], cpuCapPercent: $0[4], cpuShares: $0[5], memoryShares: $0[6],
+                    bandwidthMbps: $0[7], packetsPerSecond: $0[8])
+            }
         }
     }
 
@@ -128,8 +214,11 @@ public final class Store: Sendable {
     public func addType(_ t: InstanceType) throws {
         try db.write { db in
             try db.execute(
-                sql: "INSERT INTO instance_types (name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares) VALUES (?, ?, ?, 0, ?, ?, ?)",
-                arguments: [t.name, t.vcpus, t.memoryMiB, t.cpuCapPercent, t.cpuShares, t.memoryShares])
+                sql: """
+                    INSERT INTO instance_types (name, vcpus, memory_mib, builtin, cpu_cap_percent, cpu_shares, memory_shares, bandwidth_mbps,
+                        packets_per_second) VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [t.name, t.vcpus, t.memoryMiB, t.cpuCapPercent, t.cpuShares, t.memoryShares, t.bandwidthMbps, t.packetsPerSecond])
         }
     }
 
@@ -151,12 +240,36 @@ public final class Store: Sendable {
     }
 
     public func images() throws -> [Image] {
-        try db.read { try Row.fetchAll($0, sql: "SELECT * FROM images ORDER BY created_at, name").map(Self.image) }
+        try db.read { try Row.fetchAll($0, sql: "SELECT * FROM images WHERE name NOT LIKE 'deleted:%' ORDER BY created_at, name").map(Self.image) }
     }
 
     /// By id or by name.
     public func image(_ ref: String) throws -> Image? {
-        try db.read { try Row.fetchOne($0, sql: "SELECT * FROM images WHERE id = ? OR name = ?", arguments: [ref, ref]).map(Self.image) }
+        try db.read {
+            try Row.fetchOne($0, sql: "SELECT * FROM images WHERE (id = ? OR name = ?) AND name NOT LIKE 'deleted:%'", arguments: [ref, ref]).map(Self.image)
+        }
+    }
+
+    public enum ImageDeletion: Sendable { case deleted, inUse(Int), missing }
+
+    /// Deletes an image's record (its files are the admin's), unless instances that are not deleted use it.
+    public func deleteImage(_ ref: String) throws -> ImageDeletion {
+        try db.write { db in
+            guard
+                let id = try String.fetchOne(
+                    db, sql: "SELECT id FROM images WHERE (id = ? OR name = ?) AND name NOT LIKE 'deleted:%'", arguments: [ref, ref])
+            else { return .missing }
+            let users = try Int.fetchOne(db, sql: "SELECT count(*) FROM instances WHERE image_id = ?", arguments: [id]) ?? 0
+            let live = try Int.fetchOne(db, sql: "SELECT count(*) FROM instances WHERE image_id = ? AND state != 'deleted'", arguments: [id]) ?? 0
+            if live > 0 { return .inUse(live) }
+            // Deleted instances keep their row (their history) and its reference: the image row stays, renamed out of the way.
+            if users > 0 {
+                try db.execute(sql: "UPDATE images SET name = ? WHERE id = ?", arguments: ["deleted:" + id, id])
+            } else {
+                try db.execute(sql: "DELETE FROM images WHERE id = ?", arguments: [id])
+            }
+            return .deleted
+        }
     }
 
     public func addImage(_ i: Image) throws {

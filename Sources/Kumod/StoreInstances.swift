@@ -69,6 +69,7 @@ extension Store {
                 arguments: [id]
             )
             .map { StateChange(state: InstanceState(rawValue: $0[0]) ?? .error, reason: $0[1], at: $0[2]) }
+            if let nics = try Self.nics(db, instances: [id])[id] { rec.instance.nics = nics.map(\.resource) }
             return rec
         }
     }
@@ -100,9 +101,13 @@ extension Store {
         if !f.includeDeleted && !f.states.contains(.deleted) { sql += " AND i.state != 'deleted'" }
         sql += " ORDER BY i.seq LIMIT ?"
         args.append(limit + 1)
-        let rows = try db.read { try Row.fetchAll($0, sql: sql, arguments: StatementArguments(args)!) }
-        let recs = rows.prefix(limit).map(Self.record)
-        return (Array(recs), rows.count > limit)
+        return try db.read { db in
+            let rows = try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)!)
+            var recs = rows.prefix(limit).map(Self.record)
+            let nics = try Self.nics(db, instances: recs.map(\.instance.id))
+            for i in recs.indices { recs[i].instance.nics = nics[recs[i].instance.id]?.map(\.resource) }
+            return (recs, rows.count > limit)
+        }
     }
 
     /// Instances holding host capacity (for placement), read inside the caller's transaction.
@@ -135,6 +140,10 @@ extension Store {
         public var workDir: String
         public var memoryDedup: Bool = false
         public var dedicated = false
+        /// Network ids of its NICs, eth0 first.
+        public var networks: [String] = []
+        /// Security group ids every NIC gets.
+        public var securityGroups: [String] = []
     }
 
     /// Outcome of a RunInstances write.
@@ -182,6 +191,9 @@ extension Store {
                 try db.execute(
                     sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, 'pending', 'RunInstances', ?)",
                     arguments: [n.id, now])
+                for (idx, network) in n.networks.enumerated() {
+                    try Self.allocateNIC(db, instance: n.id, index: idx, network: network, groups: n.securityGroups)
+                }
             }
             return .created(reservation: rid, ids: new.map(\.id))
         }
@@ -215,6 +227,14 @@ extension Store {
                 sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, ?, ?, ?)",
                 arguments: [id, state.rawValue, reason, now])
             return true
+        }
+    }
+
+    /// Records the VMM just spawned for an instance, whatever its state: a kumod that dies from here on
+    /// finds it at restart (recover) instead of launching a second one.
+    public func recordVMM(_ id: String, pid: Int, startTicks: UInt64) throws {
+        try db.write { db in
+            try db.execute(sql: "UPDATE instances SET pid = ?, pid_start_ticks = ? WHERE id = ?", arguments: [pid, Int64(startTicks), id])
         }
     }
 

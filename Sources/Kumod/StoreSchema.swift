@@ -72,6 +72,65 @@ extension Store {
         m.registerMigration("v6: memory shares per instance type") { db in
             try db.execute(sql: "ALTER TABLE instance_types ADD COLUMN memory_shares INTEGER CHECK (memory_shares BETWEEN 2 AND 262144)")
         }
+        m.registerMigration("v7: networks and NICs") { db in
+            // Addresses are unique per network (IPAM: never handed out twice); bridges, taps and MACs host-wide.
+            try db.execute(
+                sql: """
+                    CREATE TABLE networks (
+                        id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id), name TEXT NOT NULL,
+                        cidr TEXT NOT NULL, gateway TEXT NOT NULL, bridge TEXT NOT NULL UNIQUE,
+                        is_default INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, UNIQUE (tenant_id, name));
+                    CREATE UNIQUE INDEX networks_one_default ON networks(tenant_id) WHERE is_default = 1;
+                    CREATE TABLE nics (
+                        id TEXT PRIMARY KEY, instance_id TEXT NOT NULL REFERENCES instances(id), idx INTEGER NOT NULL,
+                        network_id TEXT NOT NULL REFERENCES networks(id), mac TEXT NOT NULL UNIQUE, address TEXT NOT NULL,
+                        tap TEXT NOT NULL UNIQUE, UNIQUE (instance_id, idx), UNIQUE (network_id, address));
+                    CREATE INDEX nics_network ON nics(network_id);
+                    """)
+        }
+        m.registerMigration("v8: NIC bandwidth per instance type") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE instance_types ADD COLUMN bandwidth_mbps INTEGER CHECK (bandwidth_mbps BETWEEN 1 AND 100000);
+                    ALTER TABLE instance_types ADD COLUMN packets_per_second INTEGER CHECK (packets_per_second BETWEEN 1 AND 10000000);
+                    """)
+        }
+        m.registerMigration("v9: security groups") { db in
+            // A rule's other end is a range or a group (never both); a group another rule names, or one on
+            // a NIC, cannot be deleted (the service says which), and a NIC's attachments go with it.
+            try db.execute(
+                sql: """
+                    CREATE TABLE security_groups (
+                        id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id), name TEXT NOT NULL,
+                        description TEXT, is_default INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, UNIQUE (tenant_id, name));
+                    CREATE UNIQUE INDEX security_groups_one_default ON security_groups(tenant_id) WHERE is_default = 1;
+                    CREATE TABLE security_group_rules (
+                        id TEXT PRIMARY KEY, group_id TEXT NOT NULL REFERENCES security_groups(id) ON DELETE CASCADE,
+                        direction TEXT NOT NULL CHECK (direction IN ('ingress', 'egress')),
+                        protocol TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp', 'icmp', 'all')),
+                        port_from INTEGER CHECK (port_from BETWEEN 1 AND 65535), port_to INTEGER CHECK (port_to BETWEEN 1 AND 65535),
+                        cidr TEXT, remote_group_id TEXT REFERENCES security_groups(id), description TEXT, created_at TEXT NOT NULL,
+                        CHECK ((cidr IS NULL) <> (remote_group_id IS NULL)), CHECK ((port_from IS NULL) = (port_to IS NULL)));
+                    CREATE INDEX security_group_rules_group ON security_group_rules(group_id);
+                    CREATE TABLE nic_security_groups (
+                        nic_id TEXT NOT NULL REFERENCES nics(id) ON DELETE CASCADE,
+                        group_id TEXT NOT NULL REFERENCES security_groups(id), position INTEGER NOT NULL,
+                        PRIMARY KEY (nic_id, group_id));
+                    CREATE INDEX nic_security_groups_group ON nic_security_groups(group_id);
+                    """)
+        }
+        m.registerMigration("v10: port forwards") { db in
+            // One forward per protocol and host port, host-wide (every host address included); it goes with its NIC.
+            try db.execute(
+                sql: """
+                    CREATE TABLE port_forwards (
+                        id TEXT PRIMARY KEY, nic_id TEXT NOT NULL REFERENCES nics(id) ON DELETE CASCADE,
+                        protocol TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')), host_address TEXT,
+                        host_port INTEGER NOT NULL CHECK (host_port BETWEEN 1024 AND 65535), port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+                        created_at TEXT NOT NULL, UNIQUE (protocol, host_port));
+                    CREATE INDEX port_forwards_nic ON port_forwards(nic_id);
+                    """)
+        }
         return m
     }
 

@@ -14,18 +14,41 @@ extension Service {
         supervisor.async { [self] in self.launch(id) }
     }
 
-    /// pending/starting → starting → (VMM spawned) → running, or error with the reason.
-    func launch(_ id: String) {
+    /// pending/starting → starting → (VMM spawned) → running, or error with the reason. What takes long
+    /// (the root disk's copy) runs first on the preparation queue, so that one instance's launch never
+    /// holds up the others' or the monitor's noticing a dead VMM.
+    func launch(_ id: String, prepared: Bool = false) {
+        guard !closing.load(ordering: .sequentiallyConsistent) else { return }
         guard let rec = try? store.instance(id), [.pending, .starting].contains(rec.instance.state) else { return }
         guard let image = try? store.image(rec.imageID) else {
             _ = try? store.transition(id, to: .error, reason: "image \(rec.imageID) is gone")
             return
         }
-        _ = try? store.transition(id, to: .starting, reason: "launching kumo-vmm", from: [.pending, .starting])
+        if !prepared { _ = try? store.transition(id, to: .starting, reason: "launching kumo-vmm", from: [.pending, .starting]) }
         var spec = LaunchSpec(
             instanceID: id, workDir: URL(fileURLWithPath: rec.workDir), vcpus: rec.instance.vcpus,
             memoryMiB: rec.instance.memoryMiB, image: image, affinity: cpuPlan(rec))
-        if let t = try? store.type(rec.instance.type) { spec.cpuCapPercent = t.cpuCapPercent; spec.cpuShares = t.cpuShares }
+        if let t = try? store.type(rec.instance.type) {
+            spec.cpuCapPercent = t.cpuCapPercent; spec.cpuShares = t.cpuShares
+            spec.bandwidthMbps = t.bandwidthMbps; spec.packetsPerSecond = t.packetsPerSecond
+        }
+        let nics = (try? store.nics(instance: id)) ?? []
+        spec.nics = nics.map { .init(tap: $0.tap, mac: $0.mac, address: $0.address, gateway: $0.gateway, prefix: $0.cidr.prefix) }
+        if !prepared {
+            let prepSpec = spec
+            preparation.async { [self] in
+                guard !closing.load(ordering: .sequentiallyConsistent) else { return }
+                do {
+                    try ensureTaps(nics)
+                    try launcher.prepare(prepSpec)
+                } catch {
+                    _ = try? store.transition(id, to: .error, reason: "preparing the instance: \(error)", from: [.starting])
+                    return
+                }
+                supervisor.async { [self] in launch(id, prepared: true) }
+            }
+            return
+        }
         var note = ""
         if rec.instance.memoryDedup == true {
             spec.memoryDedup = ksm.admit(id, tenant: rec.tenantID)
@@ -33,8 +56,12 @@ extension Service {
         }
         do {
             let p: VMMProcess
+            // Checked again on the supervisor queue, which `shutdown` drains after setting it.
+            guard !closing.load(ordering: .sequentiallyConsistent) else { return }
             do { p = try launcher.launch(spec) } catch { ksm.remove(id); throw error }
             processes.withLock { $0[id] = p }
+            // Recorded at once (not at running): a kumod killed from here on re-attaches this VMM.
+            try? store.recordVMM(id, pid: Int(p.pid), startTicks: p.startTicks)
             if spec.memoryDedup { ksm.tune() }
             if rec.instance.cpuPolicy == "dedicated" { rebalanceShared() }
             let moved =
@@ -185,7 +212,7 @@ extension Service {
         var f = Store.Filter()
         f.states = [.pending, .starting, .running, .stopping]
         let recs = try wrap { try store.instances(f, limit: 1_000_000).0 }
-        var adopted: [String] = []
+        var adopted: [String] = [], toLaunch: [String] = []
         for rec in recs {
             let id = rec.instance.id
             if let pid = rec.instance.pid, let ticks = rec.pidStartTicks {
@@ -198,16 +225,31 @@ extension Service {
                         _ = ksm.admit(id, tenant: rec.tenantID)
                     }
                     if rec.instance.state == .stopping { requestStop(id, force: false) }
+                    // Spawned, but kumod died before it saw the VMM up: it is up.
+                    if rec.instance.state == .starting {
+                        _ = try? store.transition(id, to: .running, reason: "kumo-vmm \(pid) re-attached after a kumod restart", from: [.starting])
+                    }
                     continue
                 }
                 let to: InstanceState = rec.instance.state == .stopping ? .stopped : .error
                 _ = try? store.transition(id, to: to, reason: "kumo-vmm \(pid) exited while kumod was down", pid: .some(nil))
+                released(id)
             } else if rec.instance.state == .stopping {
                 _ = try? store.transition(id, to: .stopped, reason: "stopped while kumod was down", pid: .some(nil))
+                released(id)
             } else {
-                startLaunch(id)
+                toLaunch.append(id)
             }
         }
+        // Before anything is launched again: VMMs under this data directory that no instance records (a
+        // kumod killed mid-launch left them, or their instance was deleted meanwhile) are ended.
+        let known = processes.withLock { $0 }
+        for (id, p) in Orphans.vmms(under: dataDir.appendingPathComponent("instances").path) where known[id] != p {
+            FileHandle.standardError.write(
+                Data("kumod: ending kumo-vmm \(p.pid) of instance \(id): not the VMM kumod recorded for it (left by a kumod that died)\n".utf8))
+            p.end()
+        }
+        for id in toLaunch { startLaunch(id) }
         return adopted
     }
 
@@ -217,11 +259,15 @@ extension Service {
         let seconds = max(Double(s) + Double(atto) / 1e18, 0.001)
         let generation = monitorGeneration.add(1, ordering: .sequentiallyConsistent).newValue
         let tuneEvery = max(1, Int(5 / seconds))
+        let dnsmasqEvery = max(1, Int(1 / seconds))
         let ticks = Atomic<Int>(0)
         @Sendable func tick(_ service: Service?) {
             guard let service, service.monitorGeneration.load(ordering: .sequentiallyConsistent) == generation else { return }
             service.reap()
-            if ticks.add(1, ordering: .relaxed).newValue % tuneEvery == 0 { service.ksm.tune() }
+            let n = ticks.add(1, ordering: .relaxed).newValue
+            if n % tuneEvery == 0 { service.ksm.tune() }
+            // Beside the supervisor, not on it: restarting a dnsmasq waits for any network change in progress.
+            if n % dnsmasqEvery == 0 { service.preparation.async { [weak service] in service?.superviseDnsmasq() } }
             service.supervisor.asyncAfter(deadline: .now() + seconds) { [weak service] in tick(service) }
         }
         supervisor.async { [weak self] in tick(self) }

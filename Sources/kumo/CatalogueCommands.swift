@@ -4,7 +4,16 @@ import Foundation
 import KumoAPI
 
 struct TypeCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "type", abstract: "Instance types", subcommands: [List.self, Create.self])
+    static let configuration = CommandConfiguration(commandName: "type", abstract: "Instance types", subcommands: [List.self, Create.self, Delete.self])
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete an instance type no instance uses (admin; built-in types stay)")
+        @OptionGroup var global: Global
+        @Argument var name: String
+        mutating func run() throws {
+            try global.delete("/v1/instance-types/" + Global.segment(name), saying: "deleted instance type \(name)")
+        }
+    }
 
     struct List: ParsableCommand {
         @OptionGroup var global: Global
@@ -26,6 +35,8 @@ struct TypeCommand: ParsableCommand {
         @Option(help: "cap: each vCPU may use at most this percent of one host CPU (1-100)") var cpuCapPercent: Int?
         @Option(help: "weight under contention (2-262144; 1024 is the default)") var cpuShares: Int?
         @Option(help: "balloon reclaim takes first from the most idle memory per share (2-262144; 1024 is the default)") var memoryShares: Int?
+        @Option(help: "each NIC's bandwidth, each way, in Mbit/s (1-100000)") var bandwidthMbps: Int?
+        @Option(help: "each NIC's packets per second, each way (1-10000000)") var packetsPerSecond: Int?
         mutating func run() throws {
             try perform {
                 let t = try global.call(
@@ -33,7 +44,7 @@ struct TypeCommand: ParsableCommand {
                     body: InstanceType(
                         name: name, vcpus: vcpus, memoryMiB: memoryMiB,
                         cpuCapPercent: cpuCapPercent, cpuShares: cpuShares,
-                        memoryShares: memoryShares), as: InstanceType.self)
+                        memoryShares: memoryShares, bandwidthMbps: bandwidthMbps, packetsPerSecond: packetsPerSecond), as: InstanceType.self)
                 global.emit(t) { typeRows([t]) }
             }
         }
@@ -41,7 +52,16 @@ struct TypeCommand: ParsableCommand {
 }
 
 struct ImageCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "image", abstract: "Images", subcommands: [List.self, Register.self])
+    static let configuration = CommandConfiguration(commandName: "image", abstract: "Images", subcommands: [List.self, Register.self, Delete.self])
+
+    struct Delete: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete an image no instance uses (admin; its files stay in the images directory)")
+        @OptionGroup var global: Global
+        @Argument(help: "id or name") var image: String
+        mutating func run() throws {
+            try global.delete("/v1/images/" + Global.segment(image), saying: "deleted image \(image)")
+        }
+    }
 
     struct List: ParsableCommand {
         @OptionGroup var global: Global
@@ -57,7 +77,10 @@ struct ImageCommand: ParsableCommand {
     }
 
     struct Register: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Register an image from files on kumod's host (admin)")
+        static let configuration = CommandConfiguration(
+            abstract: "Register an image from files in kumod's images directory (admin)",
+            discussion: "Files are given by their names in kumod's images directory (kumod --images-dir; DATA_DIR/images by default), or by paths "
+                + "into it; kumod refuses a file anywhere else.")
         @OptionGroup var global: Global
         @Argument var name: String
         @Option var kernel: String
@@ -66,7 +89,8 @@ struct ImageCommand: ParsableCommand {
         @Option var cmdline: String?
         mutating func run() throws {
             try perform {
-                func abs(_ p: String) -> String { URL(fileURLWithPath: p).standardizedFileURL.path }
+                // A bare name is kumod's to resolve in its images directory; a path is made absolute here.
+                func abs(_ p: String) -> String { p.contains("/") ? URL(fileURLWithPath: p).standardizedFileURL.path : p }
                 let req = RegisterImageRequest(name: name, kernel: abs(kernel), initrd: initrd.map(abs), rootDisk: rootDisk.map(abs), cmdline: cmdline)
                 let i = try global.call("POST", "/v1/images", body: req, as: Image.self)
                 global.emit(i) { table(["ID", "NAME", "KERNEL", "FORMAT"], [[i.id, i.name, i.kernel, i.kernelFormat]]) }

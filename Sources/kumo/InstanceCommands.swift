@@ -6,7 +6,45 @@ import KumoAPI
 struct InstanceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "instance", abstract: "Run and manage instances",
-        subcommands: [Run.self, List.self, Show.self, Stats.self, CPUs.self, Translate.self, Start.self, Stop.self, Reboot.self, Delete.self])
+        subcommands: [
+            Run.self, List.self, Show.self, Stats.self, CPUs.self, Translate.self, Start.self, Stop.self, Reboot.self, Delete.self, Forward.self,
+            Unforward.self,
+        ])
+
+    struct Forward: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Forward a host port to a port of the instance's NIC (its security groups still decide who gets in)")
+        @OptionGroup var global: Global
+        @Argument(help: "instance id") var id: String
+        @Option(help: "the host's port, 1024-65535") var hostPort: Int
+        @Option(help: "the instance's port") var port: Int
+        @Option(help: "tcp or udp") var `protocol` = "tcp"
+        @Option(help: "one of the host's addresses (default: every one)") var hostAddress: String?
+        @Option(help: "the NIC (0 for eth0)") var nic = 0
+        mutating func run() throws {
+            try perform {
+                let req = CreatePortForwardRequest(protocol: `protocol`, hostPort: hostPort, port: port, hostAddress: hostAddress)
+                let f = try global.call("POST", "/v1/instances/\(try pathComponent(id))/nics/\(nic)/port-forwards", body: req, as: PortForward.self)
+                global.emit(f) { forwardRows([f]) }
+            }
+        }
+    }
+
+    struct Unforward: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a port forward")
+        @OptionGroup var global: Global
+        @Argument(help: "instance id") var id: String
+        @Argument(help: "the forward's id (kumo instance show)") var forward: String
+        @Option(help: "the NIC (0 for eth0)") var nic = 0
+        mutating func run() throws {
+            try global.delete(
+                "/v1/instances/\(try pathComponent(id))/nics/\(nic)/port-forwards/" + Global.segment(forward), saying: "removed port forward \(forward)")
+        }
+    }
+
+    static func forwardRows(_ fs: [PortForward]) -> String {
+        table(["FORWARD", "PROTOCOL", "HOST", "TO PORT"], fs.map { [$0.id, $0.protocol, "\($0.hostAddress ?? "*"):\($0.hostPort)", "\($0.port)"] })
+    }
 
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "RunInstances: start COUNT instances of TYPE from IMAGE")
@@ -19,6 +57,9 @@ struct InstanceCommand: ParsableCommand {
         @Option(help: "idempotency token: repeating the command with it returns the same instances") var clientToken: String?
         @Option(help: "shared (vCPUs float over the shared host CPUs) or dedicated (a host CPU of its own per vCPU)") var cpuPolicy: String?
         @Flag(help: "offer guest RAM to KSM (off by default: merged pages are a side channel; merging stays within your tenant)") var memoryDedup = false
+        @Option(help: "a network (id or name) for a NIC, eth0 first; repeatable (default: your default network)") var network: [String] = []
+        @Flag(help: "no NIC at all") var noNetwork = false
+        @Option(help: "a security group (id or name) of every NIC; repeatable, up to 5 (default: your default group)") var securityGroup: [String] = []
         mutating func run() throws {
             try perform {
                 var userData: String? = nil
@@ -26,9 +67,11 @@ struct InstanceCommand: ParsableCommand {
                     guard let d = FileManager.default.contents(atPath: f) else { throw Failure.usage("cannot read \(f)") }
                     userData = d.base64EncodedString()
                 }
+                guard !(noNetwork && !network.isEmpty) else { throw Failure.usage("--no-network and --network together") }
                 let req = RunInstancesRequest(
                     type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken,
-                    memoryDedup: memoryDedup ? true : nil, cpuPolicy: cpuPolicy)
+                    memoryDedup: memoryDedup ? true : nil, cpuPolicy: cpuPolicy, networks: noNetwork ? [] : network.isEmpty ? nil : network,
+                    securityGroups: securityGroup.isEmpty ? nil : securityGroup)
                 let r = try global.call("POST", "/v1/instances", body: req, as: RunInstancesResponse.self)
                 global.emit(r) { instanceRows(r.instances) }
             }
@@ -77,6 +120,19 @@ struct InstanceCommand: ParsableCommand {
                             ["cpu policy", (i.cpuPolicy ?? "shared") + (i.dedicatedCPUs.map { " (host CPUs \($0))" } ?? "")],
                             ["memory dedup", i.memoryDedup == true ? "asked for" : "off"],
                         ])
+                    if let nics = i.nics, !nics.isEmpty {
+                        let tap = nics.contains { $0.tap != nil }
+                        s +=
+                            "\n"
+                            + table(
+                                ["NIC", "NETWORK", "ADDRESS", "MAC", "SECURITY GROUPS"] + (tap ? ["TAP"] : []),
+                                nics.map {
+                                    ["eth\($0.index)", "\($0.networkName) (\($0.network))", $0.address, $0.mac, $0.securityGroups.joined(separator: ", ")]
+                                        + (tap ? [$0.tap ?? ""] : [])
+                                })
+                    }
+                    let forwards = (i.nics ?? []).flatMap(\.portForwards)
+                    if !forwards.isEmpty { s += "\n" + InstanceCommand.forwardRows(forwards) }
                     s += "\n" + table(["AT", "STATE", "REASON"], (i.history ?? []).map { [$0.at, $0.state.rawValue, $0.reason] })
                     return s
                 }
@@ -97,7 +153,7 @@ struct InstanceCommand: ParsableCommand {
                         ["VCPU", "TID", "CPUS", "CPU_S", "WAIT_S", "EXITS", "TOP EXIT REASONS"],
                         st.vcpus.map { v in
                             let top = v.exits.sorted { $0.value > $1.value }.prefix(4).map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-                            return ["\(v.vcpu)", "\(v.tid)", v.cpusAllowed ?? "-", secs(v.cpuNs), secs(v.waitNs), "\(v.exitsTotal)", top]
+                            return ["\(v.vcpu)", v.tid.map(String.init) ?? "-", v.cpusAllowed ?? "-", secs(v.cpuNs), secs(v.waitNs), "\(v.exitsTotal)", top]
                         })
                     let kvmRows = st.vcpus.compactMap { v -> [String]? in
                         guard let k = v.kvm else { return nil }

@@ -48,10 +48,25 @@ struct Global: ParsableArguments {
             throw Failure.unreachable("\(error); is kumod running? (--endpoint, $KUMO_ENDPOINT)")
         }
         guard (200..<300).contains(r.status) else { throw Self.failure(r) }
+        if r.status == 204, let none = Empty() as? T { return none }
         do { return try JSONDecoder().decode(T.self, from: r.body) } catch {
             throw Failure.refused("kumod answered something this kumo does not understand: \(error)")
         }
     }
+
+    /// A call answered 204 No Content (a delete).
+    func callNoContent(_ method: String, _ path: String) throws { _ = try call(method, path, as: Empty.self) }
+
+    /// DELETE `path`, then says what went ("deleted image tiny").
+    func delete(_ path: String, saying what: String) throws {
+        try perform {
+            try callNoContent("DELETE", path)
+            print(Validate.escaped(what))
+        }
+    }
+
+    /// A path segment from user input (a name or an id), percent-encoded.
+    static func segment(_ s: String) -> String { s.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(.init(charactersIn: "-._~"))) ?? s }
 
     /// The Failure (and so the exit code) for a non-2xx answer.
     static func failure(_ r: HTTPResponse) -> Failure {
@@ -99,14 +114,15 @@ enum Failure: Error, CustomStringConvertible {
 /// Runs a command body, turning a Failure into its message on stderr and its exit code.
 func perform(_ body: () throws -> Void) throws {
     do { try body() } catch let f as Failure {
-        FileHandle.standardError.write(Data("kumo: \(f.description)\n".utf8))
+        FileHandle.standardError.write(Data("kumo: \(Validate.escaped(f.description))\n".utf8))
         throw ExitCode(f.code)
     }
 }
 
-/// Columns padded to their widest cell.
+/// Columns padded to their widest cell. Cells are shown with control and bidi characters escaped: a
+/// name stored before kumod refused them must not reach the terminal raw.
 func table(_ header: [String], _ rows: [[String]]) -> String {
-    let all = [header] + rows
+    let all = [header] + rows.map { $0.map(Validate.escaped) }
     var widths = Array(repeating: 0, count: header.count)
     for r in all { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
     return all.map { r in
@@ -116,12 +132,14 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
 
 func typeRows(_ types: [InstanceType]) -> String {
     table(
-        ["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN", "CPU_CAP", "CPU_SHARES", "MEMORY_SHARES"],
+        ["NAME", "VCPUS", "MEMORY_MIB", "BUILTIN", "CPU_CAP", "CPU_SHARES", "MEMORY_SHARES", "NIC_MBPS", "NIC_PPS"],
         types.map {
             [
                 $0.name, "\($0.vcpus)", "\($0.memoryMiB)", $0.builtin ? "yes" : "no", $0.cpuCapPercent.map { "\($0)%" } ?? "-",
                 $0.cpuShares.map(String.init) ?? "-",
                 $0.memoryShares.map(String.init) ?? "-",
+                $0.bandwidthMbps.map(String.init) ?? "-",
+                $0.packetsPerSecond.map(String.init) ?? "-",
             ]
         })
 }
@@ -144,7 +162,11 @@ struct Kumo: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kumo", abstract: "Kumo compute service CLI (talks to kumod)",
         discussion: "Exit codes: 0 done, 1 refused by kumod, 2 bad usage, 3 kumod unreachable, 4 not authenticated/allowed, 5 not found.",
-        subcommands: [InstanceCommand.self, ConsoleCommand.self, TypeCommand.self, ImageCommand.self, HostCommand.self])
+        subcommands: [
+            InstanceCommand.self, ConsoleCommand.self, TypeCommand.self, ImageCommand.self, HostCommand.self, NetworkCommand.self, SecurityGroupCommand.self,
+            TenantCommand.self,
+            TokenCommand.self,
+        ])
 
     /// ArgumentParser's own usage errors exit 64; kumo's documented code for bad usage is 2.
     static func main() {
@@ -160,3 +182,6 @@ struct Kumo: ParsableCommand {
         }
     }
 }
+
+/// The body of a 204 answer.
+struct Empty: Codable {}

@@ -22,6 +22,9 @@ struct KumodCommand: AsyncParsableCommand {
 
     @Option(help: "state (kumod.sqlite), instance work directories, admin.token")
     var dataDir = "/var/lib/kumo"
+
+    @Option(help: "image files (kernels, initrds, root disks): images are registered only from files here (default: DATA_DIR/images)")
+    var imagesDir: String?
     @Option(help: ArgumentHelp("REST API over TCP", valueName: "host:port"))
     var listen = "127.0.0.1:8780"
     @Option(help: ArgumentHelp("REST API over a Unix socket (default: DATA_DIR/kumod.sock)", valueName: "path"))
@@ -39,7 +42,17 @@ struct KumodCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("seconds; 1 to 604800", valueName: "seconds"))
     var rebootWindow = RebootLimit.standard.window
 
+    @Option(help: "tenant networks (bridges, dnsmasq, nftables): auto (on when root with ip, nft and dnsmasq), on, or off")
+    var networking = "auto"
+    @Option(help: "the nftables table (inet family) kumod owns")
+    var nftTable = "kumo"
+
     func validate() throws {
+        guard ["auto", "on", "off"].contains(networking) else { throw ValidationError("--networking wants auto, on or off, not \"\(networking)\"") }
+        guard (1...32).contains(nftTable.utf8.count), nftTable.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7a) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5f })
+        else {
+            throw ValidationError("--nft-table wants 1 to 32 of a-z, 0-9 and _, not \"\(nftTable)\"")
+        }
         guard (1...5000).contains(ksmPagesToScan) else { throw ValidationError("--ksm-pages-to-scan wants 1 to 5000, not \(ksmPagesToScan)") }
         guard stopTimeout >= 0, stopTimeout <= 3600 else { throw ValidationError("--stop-timeout wants seconds from 0 to 3600, not \(stopTimeout)") }
         guard (0...1000).contains(rebootLimit) else { throw ValidationError("--reboot-limit wants 0 to 1000, not \(rebootLimit)") }
@@ -66,12 +79,28 @@ struct KumodCommand: AsyncParsableCommand {
         } catch {
             fail("\(error)", code: 1)
         }
-        let dataDir = self.dataDir, socketPath = self.socket, stopTimeout = self.stopTimeout
-        let ksmPages = ksmPagesToScan, ksmTuner = !noKsmTuner
+        let dataDir = self.dataDir, imagesDir = self.imagesDir, socketPath = self.socket, stopTimeout = self.stopTimeout
+        let ksmPages = ksmPagesToScan, ksmTuner = !noKsmTuner, networking = self.networking, nftTable = self.nftTable
         let rebootLimit = RebootLimit(count: self.rebootLimit, window: rebootWindow)
         do {
             let dir = URL(fileURLWithPath: dataDir)
+            // Root's alone (DataDirectory.swift): new files 0600, and looser modes left behind tightened.
+            DataDirectory.restrictNewFiles()
+            try FileManager.default.createDirectory(at: dir.deletingLastPathComponent(), withIntermediateDirectories: true)
+            do {
+                for change in try DataDirectory.secure(dir) {
+                    FileHandle.standardError.write(Data("kumod: tightened \(change) (the data directory is for root alone)\n".utf8))
+                }
+            } catch let e as DataDirectory.Unsafe {
+                fail(e.description, code: 1)
+            }
             try FileManager.default.createDirectory(at: dir.appendingPathComponent("instances"), withIntermediateDirectories: true)
+            let images = URL(fileURLWithPath: imagesDir ?? dir.appendingPathComponent("images").path)
+            try FileManager.default.createDirectory(at: images, withIntermediateDirectories: true)
+            // The images directory must not hold kumod's own state: the database is no root disk.
+            if let i = Service.realPath(images.path), let d = Service.realPath(dir.path), d == i || d.hasPrefix(i + "/") {
+                fail("--images-dir \(images.path) holds the data directory \(dir.path): give a directory of its own", code: 2)
+            }
             let store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
             // First start: an admin token, readable by root only.
             let tokenFile = dir.appendingPathComponent("admin.token")
@@ -79,11 +108,26 @@ struct KumodCommand: AsyncParsableCommand {
                 let token = try store.issueToken(tenant: "admin", admin: true, description: "created at first start")
                 FileManager.default.createFile(atPath: tokenFile.path, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
             }
+            var networks: NetworkHost? = nil
+            if networking != "off" {
+                let n = NetworkHost(kumodID: try store.kumodID(), table: nftTable, dir: dir.appendingPathComponent("networks"))
+                if n.available {
+                    networks = n
+                } else if networking == "on" {
+                    fail(
+                        "--networking on needs root, /usr/sbin/ip, /usr/sbin/nft and /usr/sbin/dnsmasq (apt-get install iproute2 nftables dnsmasq-base)",
+                        code: 1)
+                } else {
+                    FileHandle.standardError.write(Data("kumod: networking off (needs root, ip, nft and dnsmasq)\n".utf8))
+                }
+            }
             let service = Service(
                 store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
                 stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
-                ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit)
+                ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit, imagesDir: images,
+                networks: networks)
             let adopted = try service.recover()
+            for note in try service.recoverNetworks() { FileHandle.standardError.write(Data("kumod: networks: \(note)\n".utf8)) }
             service.startMonitor()
             let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path
             try? FileManager.default.removeItem(atPath: sock)

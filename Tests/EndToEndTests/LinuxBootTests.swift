@@ -120,14 +120,23 @@ struct LinuxBootTests {
         let initrd = E2E.guest.appendingPathComponent("initramfs/initramfs.cpio").path
         try #require(FileManager.default.fileExists(atPath: k) && FileManager.default.fileExists(atPath: initrd), "run `make guest`")
         let lstar = try E2E.testKernelLSTAR()
-        let vm = try E2E.VMMProcess([
-            "--kernel", k, "--initrd", initrd, "--vcpus", "2", "--memory", "256",
-            "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=report,syscalls kumo.lstar=\(lstar)",
-        ])
-        let done = vm.waitFor("kumo-result: sysprobe=", timeout: 1080)
-        let exited = vm.waitForExit(timeout: 120)
-        let console = vm.console
-        let status = vm.terminate()
+        func boot() throws -> (E2E.VMMProcess, done: Bool, exited: Bool, console: String, status: Int32) {
+            let vm = try E2E.VMMProcess([
+                "--kernel", k, "--initrd", initrd, "--vcpus", "2", "--memory", "256",
+                "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=report,syscalls kumo.lstar=\(lstar)",
+            ])
+            let done = vm.waitFor("kumo-result: sysprobe=", timeout: 1080)
+            let exited = vm.waitForExit(timeout: 120)
+            let console = vm.console
+            return (vm, done, exited, console, vm.terminate())
+        }
+        var (vm, done, exited, console, status) = try boot()
+        if KnownGuestDefect.struck(console) {
+            // Issue 12's defect killed one of the scenario's programs: once more, held to everything.
+            let crash = KnownGuestDefect.crashes(console)
+            print("kumoTestKernelRunsBusyboxOnTwoCPUs: issue 12's segfault struck; booting once more: \(crash)")
+            (vm, done, exited, console, status) = try boot()
+        }
         #expect(done && exited, "console tail:\n\(console.suffix(3000))\nstderr:\n\(vm.stderrText)")
         // The kernel
         #expect(console.contains("Linux version 6.1"))

@@ -11,81 +11,13 @@ import VMMContract
 /// hwrng. Checked from the host: the console, kumo-vmm's device log and counters, and the disk image.
 @Suite(.serialized, .ownThreads, .enabled(if: E2E.kvm, "needs /dev/kvm"))
 struct VirtioBootTests {
-    static func run(_ cmd: String, _ args: [String]) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: cmd)
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
-    }
+    static func run(_ cmd: String, _ args: [String]) throws -> String { try hostTool(cmd, args).output }
 
     /// The superblock's mount count: the kernel writes it at every read-write mount.
     static func mountCount(_ image: String) throws -> Int? {
         let text = try run("/usr/sbin/dumpe2fs", ["-h", image])
         let line = text.split(separator: "\n").first { $0.hasPrefix("Mount count:") }
         return line.flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) }
-    }
-
-    /// A host bridge with an address, a persistent tap on it for kumo-vmm to attach to, and busybox
-    /// udhcpd serving leases on the bridge. Torn down by `close`.
-    final class HostNetwork {
-        let bridge: String, tap: String
-        let dir: URL
-        var dhcpd: pid_t = 0
-        init(dir: URL, subnet: String) throws {
-            let tag = String(UInt16.random(in: 0...0xFFFF), radix: 16)
-            bridge = "kumobr\(tag)"; tap = "kumotap\(tag)"
-            self.dir = dir
-            for cmd in [
-                ["link", "add", bridge, "type", "bridge"], ["addr", "add", "\(subnet).1/24", "dev", bridge],
-                ["link", "set", bridge, "up"], ["tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr"],
-                ["link", "set", tap, "master", bridge], ["link", "set", tap, "up"],
-            ] {
-                _ = try VirtioBootTests.run("/usr/sbin/ip", cmd)
-            }
-            let conf = dir.appendingPathComponent("udhcpd.conf")
-            try """
-            start \(subnet).100
-            end \(subnet).150
-            interface \(bridge)
-            lease_file \(dir.appendingPathComponent("leases").path)
-            pidfile \(dir.appendingPathComponent("udhcpd.pid").path)
-            option subnet 255.255.255.0
-            option router \(subnet).1
-            option lease 600
-            """.write(to: conf, atomically: true, encoding: .utf8)
-            // udhcpd daemonizes itself (its pid in the pidfile), so no child of ours outlives the test.
-            // Spawned with posix_spawn rather than Foundation's Process (whose child monitoring stalled
-            // here with a long-lived child), stdio on /dev/null, killed and reaped in `close`.
-            let busybox = E2E.guest.appendingPathComponent("initramfs/root/bin/busybox").path
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            for fd: Int32 in 0...2 { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
-            let confPath: String = conf.path
-            let words: [String] = [busybox, "udhcpd", "-f", confPath]
-            let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-            defer { for a in argv { free(a) } }
-            var pid: pid_t = 0
-            let rc = posix_spawn(&pid, busybox, &actions, nil, argv, environ)
-            guard rc == 0 else { throw VirtioDeviceErrorE2E("posix_spawn udhcpd: \(rc)") }
-            dhcpd = pid
-            Thread.sleep(forTimeInterval: 0.5)
-        }
-        func close() {
-            if dhcpd > 0 {
-                kill(dhcpd, SIGKILL)  // spawned from a test thread, it inherited a mask that blocks SIGTERM
-                var st: Int32 = 0
-                waitpid(dhcpd, &st, 0)
-            }
-            _ = try? VirtioBootTests.run("/usr/sbin/ip", ["link", "del", tap])
-            _ = try? VirtioBootTests.run("/usr/sbin/ip", ["link", "del", bridge])
-        }
     }
 
     struct VirtioDeviceErrorE2E: Error { let what: String; init(_ w: String) { what = w } }
@@ -103,7 +35,7 @@ struct VirtioBootTests {
         _ = try Self.run("/usr/sbin/mkfs.ext4", ["-q", "-F", "-L", "kumoroot", "-d", dir.appendingPathComponent("root").path, image, "32M"])
         #expect(try Self.mountCount(image) == 0)
 
-        let net = try HostNetwork(dir: dir, subnet: "10.77.2")
+        let net = try HostNetwork(dir: dir)
         defer { net.close() }
         let args = [
             "--kernel", kernel, "--vcpus", "1", "--memory", "256", "--disk", image + ",serial=kumo-root",
@@ -126,7 +58,7 @@ struct VirtioBootTests {
         #expect(console.contains("EXT4-fs (vda): mounted filesystem"))
         #expect(!console.contains("I/O error"))
         // virtio-net: the kernel's own DHCP client (ip=dhcp) gets a lease from udhcpd on the host bridge.
-        #expect(console.contains("IP-Config: Got DHCP answer from 10.77.2.1, my address is 10.77.2.1"), "\(console.suffix(4000))")
+        #expect(console.contains("IP-Config: Got DHCP answer from \(net.host), my address is \(net.subnet)."), "\(console.suffix(4000))")
         #expect(console.contains("IP-Config: Complete:"))
         #expect(vm.stderrText.contains("virtio-net1: driver ready"))
         let nic = vm.stderrText.firstMatch(of: /virtio-net1: rx_frames=(\d+) rx_bytes=\d+ tx_frames=(\d+)/)
@@ -278,7 +210,7 @@ struct VirtioBootTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let image = dir.appendingPathComponent("data.ext4").path
         _ = try Self.run("/usr/sbin/mkfs.ext4", ["-q", "-F", "-L", "kumodata", image, "16M"])
-        let net = try HostNetwork(dir: dir, subnet: "10.77.3")
+        let net = try HostNetwork(dir: dir)
         defer { net.close() }
         // A TCP listener on the host bridge: accepts one connection and keeps the first line.
         let listener = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
@@ -288,7 +220,7 @@ struct VirtioBootTests {
         var sin = sockaddr_in()
         sin.sin_family = sa_family_t(AF_INET)
         sin.sin_port = UInt16(7777).bigEndian
-        sin.sin_addr.s_addr = inet_addr("10.77.3.1")
+        sin.sin_addr.s_addr = inet_addr(net.host)
         let bound = withUnsafePointer(to: &sin) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -307,7 +239,7 @@ struct VirtioBootTests {
         let vm = try E2E.VMMProcess([
             "--kernel", kernel, "--initrd", initrd, "--vcpus", "1", "--memory", "256",
             "--disk", image, "--net", "tap=\(net.tap),mac=52:54:00:77:03:10", "--rng",
-            "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=virtio kumo.host=10.77.3.1",
+            "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=virtio kumo.host=\(net.host)",
         ])
         let done = vm.waitFor("kumo-result: virtio=done", timeout: 600)
         vm.process.waitUntilExit()
@@ -315,7 +247,7 @@ struct VirtioBootTests {
         let status = vm.terminate()
         #expect(done, "console tail: \(console.suffix(3000))")
         #expect(status == 0)
-        #expect(console.contains("kumo-result: dhcp=10.77.3."))
+        #expect(console.contains("kumo-result: dhcp=\(net.subnet)."))
         #expect(console.contains("kumo-result: ping=ok"))
         #expect(console.contains("kumo-result: tcp=kumo-host-ack"), "console tail: \(console.suffix(1500)) stderr: \(vm.stderrText)")
         #expect(received.withLock { $0 }.hasPrefix("hello from kumo guest"))

@@ -18,9 +18,10 @@ final class Fixture: @unchecked Sendable {
 
     init(
         stopTimeout: Duration = .seconds(2), host: HostResources = HostResources(logicalCPUs: 2, memoryMiB: 24 * 1024),
-        wrap: ((ProcessLauncher) -> any VMMLauncher)? = nil
+        wrap: ((ProcessLauncher) -> any VMMLauncher)? = nil, networks: Bool = false, dnsmasqPath: String = "/usr/sbin/dnsmasq"
     ) throws {
         dir = try tempDir("api")
+        try FileManager.default.createDirectory(at: dir.appendingPathComponent("images"), withIntermediateDirectories: true)
         let fakeVMM = dir.appendingPathComponent("fake-vmm")
         // Stands in for kumo-vmm: records its arguments, exits 0 on SIGTERM like kumo-vmm does.
         let script =
@@ -30,20 +31,28 @@ final class Fixture: @unchecked Sendable {
         chmod(fakeVMM.path, 0o755)
         store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
         let real = ProcessLauncher(vmmPath: fakeVMM.path)
-        service = Service(store: store, launcher: wrap?(real) ?? real, host: host, dataDir: dir, stopTimeout: stopTimeout)
+        // KSM off and away from the host's sysfs: a fixture's dedup instances must not start the host's ksmd
+        // under the real-VMM tests that check who started it.
+        // Networks with a kumod id and nftables table of the fixture's own (kumods side by side).
+        let tag = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        let net = NetworkHost(kumodID: "t\(tag)", table: "kumot_\(tag)", dir: dir.appendingPathComponent("networks"), dnsmasqPath: dnsmasqPath)
+        service = Service(
+            store: store, launcher: wrap?(real) ?? real, host: host, dataDir: dir, stopTimeout: stopTimeout,
+            ksm: KSMTuner(dir: dir.appendingPathComponent("ksm").path, enabled: false),
+            networks: networks ? net : nil)
         admin = try store.issueToken(tenant: "admin", admin: true)
         alice = try store.issueToken(tenant: "alice", admin: false)
         bob = try store.issueToken(tenant: "bob", admin: false)
         // The image check is kumo-vmm's own (VMMContract.BootInputs): a real, if tiny, kernel.
-        kernel = dir.appendingPathComponent("vmlinux")
+        kernel = dir.appendingPathComponent("images/vmlinux")
         try Data(TinyKernel.idle).write(to: kernel)
         service.startMonitor(interval: .milliseconds(50))
     }
 
     deinit {
-        service.stopMonitor()
-        // Kill whatever fake VMMs are left.
-        for (_, p) in service.processes.withLock({ $0 }) { kill(p.pid, SIGKILL); var st: Int32 = 0; waitpid(p.pid, &st, 0) }
+        // No launch after this, and every fake VMM ended (a launch still queued once outlived the test).
+        service.shutdown(endingVMMs: true)
+        service.networks?.endAll(removingFrom: store)
         try? FileManager.default.removeItem(at: dir)
     }
 
@@ -91,6 +100,7 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
         hook(spec, p)
         return p
     }
+    func prepare(_ spec: LaunchSpec) throws { try real.prepare(spec) }
     func exitStatus(_ p: VMMProcess) -> ExitFate? { real.exitStatus(p) }
     func signal(_ p: VMMProcess, _ sig: Int32) { real.signal(p, sig) }
     func handle(workDir: URL) -> any VMMHandle { real.handle(workDir: workDir) }
@@ -98,6 +108,25 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
 }
 
 @Suite(.ownThreads) struct RaceTests {
+    /// A service shut down with launches still queued leaves no VMM behind (one once outlived its test).
+    @Test func shutdownWithLaunchesInFlightLeavesNoVMM() throws {
+        nonisolated(unsafe) var watched: TenantIsolationTests.WatchedLauncher! = nil
+        var f: Fixture? = try Fixture(wrap: { real in
+            let l = TenantIsolationTests.WatchedLauncher(real); watched = l; return l
+        })
+        watched.slowPrepares = 4  // these four are still being prepared when the service goes
+        watched.slowSeconds = 0.3
+        let instances = f!.dir.appendingPathComponent("instances").path
+        let admin = try #require(try f!.store.principal(token: f!.admin))
+        _ = try f!.service.registerImage(RegisterImageRequest(name: "img", kernel: f!.kernel.path), by: admin)
+        _ = try f!.service.runInstances(RunInstancesRequest(type: "kumo.small", image: "img", count: 8), by: admin)
+        f = nil
+        let gone = Date()
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(watched.lock.withLock { watched.launches.filter { $0 > gone } }.isEmpty, "a VMM was launched after the service shut down")
+        #expect(Orphans.vmms(under: instances).isEmpty, "\(Orphans.vmms(under: instances))")
+    }
+
     /// Delete, or stop, while kumod is spawning the VMM (the request finds no process to signal yet):
     /// the VMM spawned must not be left running (found by the kumod benchmark: orphaned kumo-vmms).
     @Test(arguments: ["delete", "stop"])
@@ -129,6 +158,7 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
         let pids = h.spawned.withLock { h.pids }
         #expect(pids.count == 1)
         for pid in pids { #expect(!CLITests.alive(pid), "VMM \(pid) outlived the \(verb)") }
+        h.hook = { _, _ in }  // the hook holds the fixture: without this its deinit (and clean-up) never runs
     }
 }
 
@@ -154,8 +184,8 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
             #expect(res.instances.count == 1)
             let id = res.instances[0].id
             #expect(id.hasPrefix("i-") && res.instances[0].name == "web" && res.instances[0].tenant == "alice")
-            let running = try await waitState(c, id, f.alice, .running)
-            #expect(running.pid != nil && running.launchedAt != nil)
+            let running = try await waitState(c, id, f.admin, .running)
+            #expect(running.pid != nil && running.launchedAt != nil, "the admin sees the VMM's pid")
             // The VMM got its config file in the instance's work directory. ("running" means spawned: the
             // stand-in writes its two files moments later.)
             let fdsFile = f.dir.appendingPathComponent("instances/\(id)/fds").path
@@ -189,7 +219,7 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
             #expect(stopped.pid == nil)
             // Start again, then a VMM that dies on its own moves the instance to error, with the reason.
             try await c.execute(uri: "/v1/instances/\(id)/start", method: .post, headers: auth(f.alice)) { #expect($0.status == .accepted) }
-            let again2 = try await waitState(c, id, f.alice, .running)
+            let again2 = try await waitState(c, id, f.admin, .running)
             kill(Int32(again2.pid!), SIGKILL)
             let failed = try await waitState(c, id, f.alice, .error)
             #expect(failed.stateReason.contains("killed by signal 9"))
@@ -264,11 +294,14 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
     @Test func badInputGetsAClearErrorAndLeavesNothing() async throws {
         let f = try Fixture()
         try await f.app.test(.router) { c in
-            let notKernel = f.dir.appendingPathComponent("notes.txt")
+            let notKernel = f.dir.appendingPathComponent("images/notes.txt")
+            try FileManager.default.createDirectory(at: f.dir.appendingPathComponent("images/sub"), withIntermediateDirectories: true)
+            // A link in the images directory to kumod's own database: resolved, and refused.
+            symlink(f.dir.appendingPathComponent("kumod.sqlite").path, f.dir.appendingPathComponent("images/db").path)
             try "hello".write(to: notKernel, atomically: true, encoding: .utf8)
             // Each kind of kernel kumo-vmm refuses is refused here too, with kumo-vmm's reason.
             func file(_ name: String, _ bytes: [UInt8]) throws -> String {
-                let u = f.dir.appendingPathComponent(name)
+                let u = f.dir.appendingPathComponent("images/\(name)")
                 try Data(bytes).write(to: u)
                 return u.path
             }
@@ -283,9 +316,12 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
             var oldBz = [UInt8](repeating: 0, count: 0x400)
             oldBz.replaceSubrange(0x202..<0x206, with: Array("HdrS".utf8)); oldBz[0x206] = 0x0A; oldBz[0x207] = 0x02  // protocol 2.10
             let cases: [(String, String, String)] = [
-                (#"{"name": "a", "kernel": "/nonexistent"}"#, "invalid_argument", "No such file"),
+                (#"{"name": "a", "kernel": "/nonexistent"}"#, "invalid_argument", "no such file under kumod's images directory"),
+                (#"{"name": "a", "kernel": "/etc/hostname"}"#, "invalid_argument", "is not in kumod's images directory"),
+                (#"{"name": "a", "kernel": "\#(f.kernel.path)", "initrd": "db"}"#, "invalid_argument", "is not in kumod's images directory"),
+                (#"{"name": "a", "kernel": "\#(f.kernel.path)", "root_disk": "../kumod.sqlite"}"#, "invalid_argument", "is not in kumod's images directory"),
                 (#"{"name": "a", "kernel": "\#(notKernel.path)"}"#, "invalid_argument", "neither an ELF vmlinux nor a bzImage"),
-                (#"{"name": "a", "kernel": "\#(f.dir.path)"}"#, "invalid_argument", "not a regular file"),
+                (#"{"name": "a", "kernel": "sub"}"#, "invalid_argument", "not a regular file"),
                 (#"{"name": "a", "kernel": "\#(try file("header", headerOnly))"}"#, "invalid_argument", "bad ELF program headers"),
                 (#"{"name": "a", "kernel": "\#(try file("elf32", elf32))"}"#, "invalid_argument", "32-bit ELF"),
                 (#"{"name": "a", "kernel": "\#(try file("arm64", arm64))"}"#, "invalid_argument", "is not x86_64"),

@@ -22,8 +22,8 @@ struct BalloonReclaimTests {
 
     @Test(.timeLimit(.minutes(30)))
     func policyInflatesToTheFloorUnderPressureAndDeflatesAfter() throws {
-        let kernel = Self.guest.appendingPathComponent("test-kernel/vmlinux").path
-        try #require(FileManager.default.fileExists(atPath: kernel), "missing \(kernel): run `make guest`")
+        let built = Self.guest.appendingPathComponent("test-kernel/vmlinux").path
+        try #require(FileManager.default.fileExists(atPath: built), "missing \(built): run `make guest`")
         let k = try CLITests.Kumod(vmm: RealVMMTests.vmm, extra: ["--stop-timeout", "2"])
         defer { k.close() }
         func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: k.token) }
@@ -33,11 +33,14 @@ struct BalloonReclaimTests {
         }
 
         // A root disk whose /sbin/init spins; the image boots it from virtio-blk.
+        // Image files are registered from kumod's images directory only.
+        let kernel = k.images.appendingPathComponent("vmlinux").path
+        try FileManager.default.copyItem(atPath: built, toPath: kernel)
         let root = k.dir.appendingPathComponent("rootfs/sbin")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
-        let initELF = try RealVMMTests.guest(k.dir, name: "spin", source: Self.spinningInit)
+        let initELF = try RealVMMTests.guest(k.images, name: "spin", source: Self.spinningInit)
         try FileManager.default.copyItem(atPath: initELF, toPath: root.appendingPathComponent("init").path)
-        let disk = k.dir.appendingPathComponent("root.ext4").path
+        let disk = k.images.appendingPathComponent("root.ext4").path
         try RealVMMTests.run("/usr/sbin/mkfs.ext4", ["-q", "-F", "-d", k.dir.appendingPathComponent("rootfs").path, disk, "16M"])
         for args in [
             ["type", "create", "b192", "--vcpus", "1", "--memory-mib", "192"],

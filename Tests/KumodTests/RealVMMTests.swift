@@ -55,7 +55,7 @@ struct RealVMMTests {
     /// A kumod with the real VMM, a 64 MiB one-vCPU type "tiny" and the image "idle" (the deaf guest).
     static func kumodWithIdleImage() throws -> CLITests.Kumod {
         let k = try CLITests.Kumod(vmm: vmm, extra: ["--stop-timeout", "2"])
-        let deaf = try guest(k.dir, name: "deaf", source: deafGuest)
+        let deaf = try guest(k.images, name: "deaf", source: deafGuest)
         for args in [["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"], ["image", "register", "idle", "--kernel", deaf]] {
             let r = try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: k.token)
             try #require(r.0 == 0, "\(r)")
@@ -125,7 +125,7 @@ struct RealVMMTests {
         let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2"])
         defer { k.close() }
         let unix = "unix:" + k.socket, tcp = "http://127.0.0.1:\(k.port)"
-        let echo = try Self.guest(k.dir, name: "echo"), deaf = try Self.guest(k.dir, name: "deaf", source: Self.deafGuest)
+        let echo = try Self.guest(k.images, name: "echo"), deaf = try Self.guest(k.images, name: "deaf", source: Self.deafGuest)
         func kumo(_ args: [String], _ endpoint: String? = nil) throws -> (Int32, String, String) {
             try CLITests.kumo(args, endpoint: endpoint ?? unix, token: k.token)
         }
@@ -159,7 +159,7 @@ struct RealVMMTests {
         r = try kumo(["instance", "stats", id, "--output", "json"])
         #expect(r.0 == 0, "\(r)")
         let st = try JSONDecoder().decode(InstanceStats.self, from: Data(r.1.utf8))
-        #expect(st.vcpus.count == 1 && st.vcpus[0].tid > 0 && (st.vcpus[0].cpuNs ?? 0) > 0, "\(st)")
+        #expect(st.vcpus.count == 1 && (st.vcpus[0].tid ?? 0) > 0 && (st.vcpus[0].cpuNs ?? 0) > 0, "\(st)")
         #expect((st.vcpus[0].exits["io"] ?? 0) > 0 && st.vcpus[0].ioIn > 0, "\(st)")
         r = try kumo(["instance", "stats", id])
         #expect(r.0 == 0 && r.1.contains("TOP EXIT REASONS") && r.1.contains("io="), "\(r)")
@@ -280,7 +280,7 @@ struct RealVMMTests {
         defer { k.close() }
         let unix = "unix:" + k.socket
         func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
-        let echo = try Self.guest(k.dir, name: "echo")
+        let echo = try Self.guest(k.images, name: "echo")
         var r = try kumo(["type", "create", "capped", "--vcpus", "1", "--memory-mib", "64", "--cpu-cap-percent", "20", "--cpu-shares", "512"])
         #expect(r.0 == 0 && r.1.contains("20%") && r.1.contains("512"), "\(r)")
         r = try kumo(["type", "create", "free", "--vcpus", "1", "--memory-mib", "64"])
@@ -350,12 +350,12 @@ struct RealVMMTests {
         func kumo(_ args: [String], _ token: String? = nil) throws -> (Int32, String, String) {
             try CLITests.kumo(args, endpoint: unix, token: token ?? k.token)
         }
-        let echo = try Self.guest(k.dir, name: "echo")
+        let echo = try Self.guest(k.images, name: "echo")
         var fill = [UInt8](repeating: 0, count: 16 << 20)
         for i in stride(from: 0, to: fill.count, by: 8) {
             var x = UInt64(i) &* 0x9E37_79B9_7F4A_7C15; x ^= x >> 29; for b in 0..<8 { fill[i + b] = UInt8(truncatingIfNeeded: x >> (8 * UInt64(b))) }
         }
-        let initrd = k.dir.appendingPathComponent("fill.bin")
+        let initrd = k.images.appendingPathComponent("fill.bin")
         try Data(fill).write(to: initrd)
         _ = try kumo(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
         var r = try kumo(["image", "register", "echo", "--kernel", echo, "--initrd", initrd.path])
@@ -494,7 +494,7 @@ struct RealVMMTests {
         let unix = "unix:" + k.socket
         func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: unix, token: k.token) }
         let rebooter = try Self.guest(
-            k.dir, name: "rebooter",
+            k.images, name: "rebooter",
             source: """
                 .text
                 .code64

@@ -51,7 +51,7 @@ struct StallTests {
         let k = try CLITests.Kumod()
         defer { k.close() }
         let unix = "unix:" + k.socket
-        let kernel = k.dir.appendingPathComponent("vmlinux")
+        let kernel = k.images.appendingPathComponent("vmlinux")
         try Data(TinyKernel.idle).write(to: kernel)
         var r = try CLITests.kumo(["image", "register", "tiny", "--kernel", kernel.path], endpoint: unix, token: k.token)
         try #require(r.0 == 0, "\(r)")
@@ -86,8 +86,11 @@ struct StallTests {
         }
         Thread.sleep(forTimeInterval: 0.5)  // all of them in flight
         // Measured only while the stalled requests are still waiting (a loaded machine slows both).
-        var during: [(status: Int, ms: Double)] = []
-        while during.count < 100 && answers.withLock({ $0.count }) == 0 { during.append(types()) }
+        var during: [(status: Int, ms: Double)] = [], health: [(status: Int, ms: Double)] = []
+        while during.count < 100 && answers.withLock({ $0.count }) == 0 {
+            during.append(types())
+            health.append(Self.request(port: k.port, "GET", "/v1/health", token: k.token))
+        }
         all.wait()
         #expect(during.count >= 20, "only \(during.count) requests while the stall lasted: the test measured too little")
         #expect(during.allSatisfy { $0.status == 200 })
@@ -103,5 +106,8 @@ struct StallTests {
                 + "(those took \(Int(Self.percentile(stalled.map(\.ms), 0.5))) ms each, 503)")
         // The same order as alone: a stall on the pool would put whole seconds here.
         #expect(d99 <= max(5 * b99, 100), "p99 \(d99) ms during, \(b99) ms alone")
+        // Health too (issue 14: 8 stalled stats once made it take 10 s).
+        let h99 = Self.percentile(health.map(\.ms), 0.99)
+        #expect(health.allSatisfy { $0.status == 200 } && h99 <= max(5 * b99, 100), "GET /v1/health p99 \(h99) ms during the stall")
     }
 }

@@ -150,7 +150,15 @@ static void check_fork_exec(const char *self)
 	}
 	int st = 0;
 	pid_t r = waitpid(child, &st, 0);
-	report("fork_exec", r == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, "child did not exec and exit 0");
+	/* how the child ended, so a test can tell issue 12's SIGSEGV from a wrong exit */
+	char why[64];
+	if (r != child)
+		snprintf(why, sizeof why, "waitpid returned %d", (int)r);
+	else if (WIFSIGNALED(st))
+		snprintf(why, sizeof why, "child killed by signal %d", WTERMSIG(st));
+	else
+		snprintf(why, sizeof why, "child exited with status %d", WEXITSTATUS(st));
+	report("fork_exec", r == child && WIFEXITED(st) && WEXITSTATUS(st) == 0, why);
 }
 
 /*

@@ -48,4 +48,7 @@ int csys_spawn_addclosefrom(posix_spawn_file_actions_t *actions, int from);
 
 /// POSIX_SPAWN_SETSID (glibc >= 2.26).
 int csys_spawn_setsid_flag(void);
+
+/// setns(2) into the network namespace open at `fd` (the calling thread only): -1 and errno on failure.
+int csys_setns_net(int fd);
 #endif

@@ -1,0 +1,123 @@
+import Foundation
+import Synchronization
+import SystemKit
+
+/// TCP between network namespaces from the test process: a socket is made on a short-lived thread that
+/// entered the namespace (a socket stays in the namespace it was made in), then used from anywhere.
+enum NamespaceSockets {
+    struct Failure: Error, CustomStringConvertible { let description: String }
+
+    static func socket(in netns: String) throws -> Int32 {
+        let made = Mutex<Result<Int32, Failure>>(.failure(Failure(description: "no socket")))
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            defer { done.signal() }  // the thread, in the namespace, ends here
+            do { try Namespaces.enterNetwork("/var/run/netns/\(netns)") } catch {
+                made.withLock { $0 = .failure(Failure(description: "\(error)")) }
+                return
+            }
+            let s = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            made.withLock { $0 = s >= 0 ? .success(s) : .failure(Failure(description: "socket: errno \(errno)")) }
+        }.start()
+        done.wait()
+        return try made.withLock { $0 }.get()
+    }
+
+    static func address(_ a: String, _ port: UInt16) -> sockaddr_in {
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = port.bigEndian
+        sin.sin_addr.s_addr = inet_addr(a)
+        return sin
+    }
+
+    /// A connection from `netns` to address:port, or nil when none came within `timeout` seconds (a
+    /// dropped SYN: filtered); reads and writes on it time out after `timeout` too.
+    static func connect(from netns: String, to a: String, _ port: UInt16, timeout: Int32 = 3) throws -> Int32? {
+        let s = try socket(in: netns)
+        let flags = fcntl(s, F_GETFL)
+        _ = fcntl(s, F_SETFL, flags | O_NONBLOCK)
+        var sin = address(a, port)
+        let r = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if r != 0 {
+            guard errno == EINPROGRESS else { close(s); return nil }
+            var p = pollfd(fd: s, events: Int16(POLLOUT), revents: 0)
+            var err: Int32 = 0
+            var len = socklen_t(MemoryLayout<Int32>.size)
+            guard poll(&p, 1, timeout * 1000) == 1, getsockopt(s, SOL_SOCKET, SO_ERROR, &err, &len) == 0, err == 0 else { close(s); return nil }
+        }
+        _ = fcntl(s, F_SETFL, flags)
+        var tv = timeval(tv_sec: Int(timeout), tv_usec: 0)
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        return s
+    }
+
+    /// Writes `line` and reads the echo: whether it came back whole.
+    static func echoes(_ s: Int32, _ line: String) -> Bool {
+        let out = Array((line + "\n").utf8)
+        guard write(s, out, out.count) == out.count else { return false }
+        var got: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 256)
+        while !got.contains(0x0A) {
+            let n = read(s, &buf, buf.count)
+            guard n > 0 else { return false }
+            got += buf[0..<n]
+        }
+        return got == out
+    }
+
+    /// One round trip on a fresh connection: whether `netns` reaches an echo server at address:port.
+    static func reaches(from netns: String, _ a: String, _ port: UInt16) throws -> Bool {
+        guard let s = try connect(from: netns, to: a, port) else { return false }
+        defer { close(s) }
+        return echoes(s, "hello from \(netns)")
+    }
+
+    /// An echo server in a namespace: every connection gets its lines back, until `stop`.
+    final class EchoServer: @unchecked Sendable {
+        let listener: Int32
+        let connections = Mutex<[Int32]>([])
+
+        init(in netns: String, address a: String, port: UInt16) throws {
+            let s = try NamespaceSockets.socket(in: netns)
+            var one: Int32 = 1
+            setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+            var sin = NamespaceSockets.address(a, port)
+            let ok = withUnsafePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard ok == 0, listen(s, 16) == 0 else {
+                close(s)
+                throw Failure(description: "bind/listen \(a):\(port) in \(netns): errno \(errno)")
+            }
+            listener = s
+            Thread { [self] in
+                while true {
+                    let c = accept(s, nil, nil)
+                    guard c >= 0 else { return }  // shut down by `stop`
+                    connections.withLock { $0.append(c) }
+                    Thread {
+                        var buf = [UInt8](repeating: 0, count: 256)
+                        while true {
+                            let n = read(c, &buf, buf.count)
+                            guard n > 0, write(c, buf, n) == n else { return }
+                        }
+                    }.start()
+                }
+            }.start()
+        }
+
+        func stop() {
+            shutdown(listener, Int32(SHUT_RDWR))
+            for c in connections.withLock({ $0 }) { shutdown(c, Int32(SHUT_RDWR)) }
+        }
+        deinit {
+            stop()
+            close(listener)
+            for c in connections.withLock({ $0 }) { close(c) }
+        }
+    }
+}
