@@ -212,6 +212,28 @@ try:
 except (subprocess.SubprocessError, KeyError, ValueError) as e:
     row("kumod benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
 
+# Host <-> guest TCP over tap + virtio-net, and the NIC rate limiter's accuracy (issue 15; bench/net_bench.py).
+try:
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "net_bench.py"),
+                          "--vmm", args.vmm, "--guest", args.guest, "--work", args.work],
+                         capture_output=True, text=True, timeout=1500, check=True).stdout
+    n = json.loads(out.splitlines()[-1])
+    fmt = lambda v: f"{v:.1f}" if v else "n/a"
+    for way, g, v in (("guest -> host", "guest_tx", "veth_tx"), ("host -> guest", "guest_rx", "veth_rx")):
+        row(f"TCP {way} (Mbit/s; tap + virtio-net, 1 vCPU test kernel, 64 KiB writes)", fmt(n[g]),
+            f"{fmt(n[v])} (namespace over a veth, same program)", f"{n[g] / n[v]:.4f}" if n[g] and n[v] else "", "",
+            "the guest kernel's own TCP work bounds it where its ring 0 is emulated")
+    for way, key, free in (("guest -> host", "limited_tx", "guest_tx"), ("host -> guest", "limited_rx", "guest_rx")):
+        binding = n[free] and n[free] > n["limit_mbps"] * 1.1
+        row(f"NIC rate limiter, {way} (Mbit/s against {n['limit_mbps']} Mbit/s set)", fmt(n[key]),
+            f"{n['limit_mbps']} (the limit)", f"{n[key] / n['limit_mbps']:.3f}" if n[key] else "", "0.90 - 1.00" if binding else "",
+            "kumo-vmm's token bucket (size: 1 s of the rate), measured past its first 3 s" if binding else
+            f"not binding: the unlimited NIC went {fmt(n[free])} Mbit/s this way")
+    row("mean frame from the guest (bytes; checksum + segmentation offload)", str(n["guest_mean_frame_bytes"]), "1514 (no offload)",
+        f"{n['guest_mean_frame_bytes'] / 1514:.1f}", "", f"{n['guest_frames_from_guest']} frames, both ways' streams (ACKs included)")
+except (subprocess.SubprocessError, KeyError, ValueError, IndexError) as e:
+    row("network benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
+
 # KSM saving with 4 identical idle guests (issue 5; bench/ksm_bench.py).
 try:
     out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ksm_bench.py"),

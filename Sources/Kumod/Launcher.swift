@@ -184,6 +184,7 @@ public struct ProcessLauncher: VMMLauncher {
 
     public func launch(_ spec: LaunchSpec) throws -> VMMProcess {
         let fm = FileManager.default
+        // Again, cheaply (nothing is copied twice): a launcher that wraps this one may not forward prepare.
         try prepare(spec)
         try Data(Self.config(spec).jsonText.utf8).write(to: spec.configPath)
         try? fm.removeItem(at: spec.controlSocket)

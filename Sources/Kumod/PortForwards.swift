@@ -45,7 +45,7 @@ extension Service {
             hostAddress = a
         }
         guard !HostNetworking.hostUses(proto, port: r.hostPort) else {
-            throw APIError(code: "conflict", message: "a process on this host uses \(proto) port \(r.hostPort): choose another host port")
+            throw APIError(code: "conflict", message: "host \(proto) port \(r.hostPort) is in use on this host: choose another")
         }
         return try withFirewall { () throws(APIError) in
             let made = try wrap { try store.createPortForward(nic: nic.id, proto: proto, hostAddress: hostAddress, hostPort: r.hostPort, port: r.port) }

@@ -32,10 +32,29 @@ public final class Tap: @unchecked Sendable {
             close(fd)
             throw TapError(description: "tap \(name): TUNSETVNETHDRSZ: \(String(cString: strerror(e)))")
         }
-        // No offloads: the guest sends and receives plain, checksummed frames.
+        // No offloads until a driver asks for them (`offload`): plain, checksummed frames.
         _ = csys_ioctl_arg(fd, CSYS_TUNSETOFFLOAD, 0)
         self.fd = fd
         self.name = name
+    }
+
+    /// What the tap may hand its reader: frames with a checksum left to the reader (a partial one,
+    /// which the virtio-net header's csum_start and csum_offset describe) and TCP segments up to 64 KiB
+    /// that the reader's driver cuts (its gso_type and gso_size). Frames written to the tap may carry
+    /// either, whatever is set here: the kernel checks their headers.
+    public struct Offload: OptionSet, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public static let checksum = Offload(rawValue: CSYS_TUN_F_CSUM)
+        public static let tso4 = Offload(rawValue: CSYS_TUN_F_TSO4)
+        public static let tso6 = Offload(rawValue: CSYS_TUN_F_TSO6)
+        public static let tsoECN = Offload(rawValue: CSYS_TUN_F_TSO_ECN)
+    }
+
+    public func offload(_ o: Offload) throws(TapError) {
+        guard csys_ioctl_arg(fd, CSYS_TUNSETOFFLOAD, UInt(o.rawValue)) == 0 else {
+            throw TapError(description: "tap \(name): TUNSETOFFLOAD \(o.rawValue): \(String(cString: strerror(errno)))")
+        }
     }
 
     deinit { close(fd) }

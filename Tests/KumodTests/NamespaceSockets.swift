@@ -55,6 +55,22 @@ enum NamespaceSockets {
         return s
     }
 
+    /// A listening TCP socket in `netns` on address:port.
+    static func listener(in netns: String, address a: String, port: UInt16, backlog: Int32 = 16) throws -> Int32 {
+        let s = try socket(in: netns)
+        var one: Int32 = 1
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var sin = address(a, port)
+        let ok = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard ok == 0, listen(s, backlog) == 0 else {
+            close(s)
+            throw Failure(description: "bind/listen \(a):\(port) in \(netns): errno \(errno)")
+        }
+        return s
+    }
+
     /// Writes `line` and reads the echo: whether it came back whole.
     static func echoes(_ s: Int32, _ line: String) -> Bool {
         let out = Array((line + "\n").utf8)
@@ -82,17 +98,7 @@ enum NamespaceSockets {
         let connections = Mutex<[Int32]>([])
 
         init(in netns: String, address a: String, port: UInt16) throws {
-            let s = try NamespaceSockets.socket(in: netns)
-            var one: Int32 = 1
-            setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-            var sin = NamespaceSockets.address(a, port)
-            let ok = withUnsafePointer(to: &sin) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard ok == 0, listen(s, 16) == 0 else {
-                close(s)
-                throw Failure(description: "bind/listen \(a):\(port) in \(netns): errno \(errno)")
-            }
+            let s = try NamespaceSockets.listener(in: netns, address: a, port: port)
             listener = s
             Thread { [self] in
                 while true {

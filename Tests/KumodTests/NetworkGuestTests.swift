@@ -5,10 +5,12 @@ import Testing
 import TestSupport
 import SystemKit
 
-/// A real guest on a kumod network (issue 15), with real kumod, kumo-vmm, bridge, tap, dnsmasq and
-/// nftables; busybox userspace on the Kumo test kernel runs the "network" scenario. The outside is a
-/// network namespace behind a veth (traffic never leaves this machine); another tenant's guest is
-/// stood in for by a namespace on that tenant's bridge, its reachability shown from the namespace first.
+@testable import Kumod
+
+/// Real guests of two tenants on kumod networks (issue 15), with real kumod, kumo-vmm, bridges, taps,
+/// dnsmasq and nftables; busybox userspace on the Kumo test kernel runs the "network" scenario, then the
+/// "agent" one, which takes commands typed on its serial console (guest/init/scenario.sh). The outside is
+/// two network namespaces behind veths (traffic never leaves this machine).
 @Suite(.ownThreads, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
 struct NetworkGuestTests {
     struct Failure: Error, CustomStringConvertible {
@@ -81,29 +83,156 @@ struct NetworkGuestTests {
         }
     }
 
-    @Test(.timeLimit(.minutes(20)))
-    func aGuestOnAKumodNetwork() throws {
+    /// A guest's serial console from the test: lines typed into it (the "agent" scenario reads them from
+    /// its console) and the console log read for the answers, each after what was read before.
+    final class GuestConsole {
+        let socket: OwnedFD
+        let log: URL
+        let name: String
+        var consumed = 0
+
+        init(_ k: CLITests.Kumod, instance: String, name: String) throws {
+            let dir = k.dir.appendingPathComponent("instances/\(instance)")
+            // A VMM just started opens its console socket within moments.
+            let path = dir.appendingPathComponent("console.sock").path
+            var made: OwnedFD? = nil
+            for _ in 0..<100 where made == nil {
+                made = try? UnixSocket.connect(path, timeoutSeconds: 10)
+                if made == nil { Thread.sleep(forTimeInterval: 0.1) }
+            }
+            socket = try made ?? UnixSocket.connect(path, timeoutSeconds: 10)
+            log = dir.appendingPathComponent("console.log")
+            self.name = name
+        }
+
+        var text: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+        /// The value of the first `kumo-result: KEY=…` line after what was consumed, waiting for it.
+        func result(_ key: String, timeout: TimeInterval = 900) throws -> String {
+            let deadline = Date().addingTimeInterval(timeout)
+            while true {
+                let data = (try? Data(contentsOf: log)) ?? Data()
+                // Whole lines only, split as bytes (the console's CR LF is one Character to Swift).
+                var start = consumed
+                while let end = data[start...].firstIndex(of: 0x0A) {
+                    let line = String(decoding: data[start..<end], as: UTF8.self)
+                    start = end + 1
+                    if let r = line.range(of: "kumo-result: \(key)=") {
+                        consumed = start
+                        return String(line[r.upperBound...]).trimmingCharacters(in: .whitespacesAndNewlines)
+                    }
+                }
+                guard Date() < deadline else { throw Failure("\(name): no kumo-result \(key) within \(Int(timeout)) s:\n\(text.suffix(2000))") }
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+        }
+
+        /// Types `command` and waits for its answer. Issue 12's crash (docs/NESTED.md) can kill the
+        /// program a command runs: then the command is typed once more, saying so.
+        func ask(_ command: String, _ key: String, timeout: TimeInterval = 120) throws -> String {
+            for attempt in 1...2 {
+                let before = consumed
+                try socket.sendAll(Array((command + "\n").utf8))
+                let answer = try result(key, timeout: timeout)
+                let span = String(decoding: ((try? Data(contentsOf: log)) ?? Data())[before..<consumed], as: UTF8.self)
+                guard KnownGuestDefect.struck(span) else { return answer }
+                guard attempt == 1 else { throw Failure("\(name): issue 12's segfault struck '\(command)' twice: \(KnownGuestDefect.crashes(span))") }
+                print("NetworkGuestTests: issue 12's segfault struck \(name)'s '\(command)'; typing it again: \(KnownGuestDefect.crashes(span))")
+            }
+            fatalError("unreachable")
+        }
+    }
+
+    /// An HTTP GET from a namespace: the body, or nil when no connection was made (filtered).
+    static func fetch(from netns: String, _ address: String, _ port: UInt16) throws -> String? {
+        guard let s = try NamespaceSockets.connect(from: netns, to: address, port, timeout: 5) else { return nil }
+        defer { close(s) }
+        let request = Array("GET / HTTP/1.0\r\n\r\n".utf8)
+        guard write(s, request, request.count) == request.count else { return nil }
+        var got: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(s, &buf, buf.count)
+            guard n > 0 else { break }
+            got += buf[0..<n]
+        }
+        let text = String(decoding: got, as: UTF8.self)
+        guard let body = text.range(of: "\r\n\r\n") else { return text.isEmpty ? "(nothing)" : text }
+        return String(text[body.upperBound...]).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A TCP sink in a namespace: accepts one stream and measures it between `skip` and `skip + span`
+    /// seconds after its first byte (past the token bucket's initial burst), then closes it.
+    final class RateSink: @unchecked Sendable {
+        let listener: Int32
+        let measured = Mutex<(bytes: Int, seconds: Double)?>(nil)
+        let done = DispatchSemaphore(value: 0)
+
+        init(in netns: String, address: String, port: UInt16, skip: Double, span: Double) throws {
+            let s = try NamespaceSockets.listener(in: netns, address: address, port: port, backlog: 4)
+            listener = s
+            Thread { [self] in
+                defer { done.signal() }
+                let c = accept(s, nil, nil)
+                guard c >= 0 else { return }
+                defer { close(c) }
+                var tv = timeval(tv_sec: 10, tv_usec: 0)
+                setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                var buf = [UInt8](repeating: 0, count: 1 << 16)
+                var first: Date? = nil, from: Date? = nil
+                var bytes = 0
+                while true {
+                    let n = read(c, &buf, buf.count)
+                    guard n > 0 else { return }
+                    let now = Date()
+                    if first == nil { first = now }
+                    let t = now.timeIntervalSince(first!)
+                    if t >= skip {
+                        if from == nil { from = now } else { bytes += n }
+                        if t >= skip + span {
+                            measured.withLock { $0 = (bytes, now.timeIntervalSince(from!)) }
+                            return
+                        }
+                    }
+                }
+            }.start()
+        }
+
+        /// Mbit/s over the measured span, nil when the stream ended before it.
+        func mbps(timeout: TimeInterval) -> Double? {
+            _ = done.wait(timeout: .now() + timeout)
+            return measured.withLock { m in m.map { Double($0.bytes) * 8 / $0.seconds / 1e6 } }
+        }
+
+        deinit {
+            shutdown(listener, Int32(SHUT_RDWR))
+            close(listener)
+        }
+    }
+
+    /// Ann's and Ben's guests, booted side by side, each on its tenant's network. Each: its lease from
+    /// dnsmasq is IPAM's address, the gateway answers, NAT takes it outside (arriving from the host's
+    /// address there), its name resolves, the host's own service stays out of reach. Then, with both up
+    /// (each shown reachable from outside first): Ann's web server is reached from the outside range its
+    /// security group allows and not from the other, and through a port forward likewise; neither guest
+    /// reaches the other (TCP or ping), though Ben's group admits anyone; Ann's type holds her NIC to
+    /// 1 Mbit/s, Ben's type has no limit and his guest goes faster.
+    @Test(.timeLimit(.minutes(25)))
+    func twoTenantsGuestsOnKumodNetworks() throws {
         let built = BalloonReclaimTests.guest.appendingPathComponent("test-kernel/vmlinux").path
         let initrd = BalloonReclaimTests.guest.appendingPathComponent("initramfs/initramfs.cpio").path
         try #require(FileManager.default.fileExists(atPath: built) && FileManager.default.fileExists(atPath: initrd), "run `make guest`")
-        let tag = String(UInt16.random(in: 0...0xFFFF), radix: 16)
-        // The outside: a namespace behind a veth from the host, with a TCP listener.
-        let outside = try Self.freeNet(0xAC10_0000, span: 4096)
-        let hostSide = outside.address(at: 1)!, far = outside.address(at: 2)!
-        let outNS = "kumoout\(tag)", outVeth = "kvo\(tag)"
-        try Self.ip(["netns", "add", outNS])
-        defer { _ = try? Self.sh("/usr/sbin/ip", ["netns", "del", outNS]) }
-        try Self.ip(["link", "add", outVeth, "type", "veth", "peer", "name", "eth0", "netns", outNS])
-        defer { _ = try? Self.sh("/usr/sbin/ip", ["link", "del", outVeth]) }
-        try Self.ip(["addr", "add", "\(hostSide)/24", "dev", outVeth])
-        try Self.ip(["link", "set", outVeth, "up"])
-        for cmd in [["addr", "add", "\(far)/24", "dev", "eth0"], ["link", "set", "eth0", "up"], ["link", "set", "lo", "up"]] {
-            try Self.ip(["-n", outNS] + cmd)
-        }
-        let listener = NamespaceListener(netns: outNS, address: far.description, port: 7777, answer: "kumo-outside-ack\n")
+        let rig = SecurityGroupTests.Rig()
+        defer { rig.end() }
+        // The outside: two namespaces, each behind a veth from the host; a TCP listener in the first.
+        let outside = try Self.freeNet(0xAC10_0000, span: 4096), other = try Self.freeNet(0xAC10_0000, span: 4096)
+        let (outNS, far) = try rig.outside(outside)
+        let (otherNS, otherFar) = try rig.outside(other)
+        let hostSide = outside.address(at: 1)!, otherHostSide = other.address(at: 1)!
+        let listener = NamespaceListener(netns: outNS, address: far, port: 7777, answer: "kumo-outside-ack\n")
         defer { listener.stop() }
         try #require(listener.failure == nil, "\(listener.failure ?? "")")
-        // A service of the host's on every address (the guest must not reach it).
+        // A service of the host's on every address (the guests must not reach it).
         let service = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(service) }
         var one: Int32 = 1
@@ -124,107 +253,144 @@ struct NetworkGuestTests {
 
         let k = try CLITests.Kumod(vmm: RealVMMTests.vmm, extra: ["--stop-timeout", "2"], networking: true)
         defer { k.close() }
-        func kumo(_ args: [String], _ token: String? = nil) throws -> (Int32, String, String) {
-            try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: token ?? k.token)
+        func kumo(_ args: [String], _ token: String? = nil) throws -> String {
+            let r = try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: token ?? k.token)
+            guard r.0 == 0 else { throw Failure("kumo \(args.joined(separator: " ")): \(r)") }
+            return r.1
         }
         func tokenFor(_ tenant: String) throws -> String {
             let r = try kumo(["token", "create", "--tenant", tenant, "--output", "json"])
-            return try #require(try JSONDecoder().decode(Token.self, from: Data(r.1.utf8)).secret, "\(r)")
+            return try #require(try JSONDecoder().decode(Token.self, from: Data(r.utf8)).secret, "\(r)")
         }
         _ = try kumo(["tenant", "create", "ann"])
         _ = try kumo(["tenant", "create", "ben"])
         let ann = try tokenFor("ann"), ben = try tokenFor("ben")
         let annNet = try Self.freeNet(0xAC10_0000, span: 4096), benNet = try Self.freeNet(0xAC10_0000, span: 4096)
-        var r = try kumo(["network", "create", "lan", "--cidr", annNet.description, "--output", "json"], ann)
-        let lan = try JSONDecoder().decode(Network.self, from: Data(r.1.utf8))
-        r = try kumo(["network", "create", "lan", "--cidr", benNet.description], ben)
-        try #require(r.0 == 0, "\(r)")
-        r = try kumo(["network", "list", "--output", "json"])
-        let benBridge = try #require(try JSONDecoder().decode(NetworkList.self, from: Data(r.1.utf8)).networks.first { $0.tenant == "ben" }?.bridge)
-        // Ben's "guest": a namespace on Ben's bridge, which reaches Ben's gateway.
-        let benNS = "kumoben\(tag)", benVeth = "kvb\(tag)"
-        let benGuest = benNet.address(at: 200)!
-        try Self.ip(["netns", "add", benNS])
-        defer { _ = try? Self.sh("/usr/sbin/ip", ["netns", "del", benNS]) }
-        try Self.ip(["link", "add", benVeth, "type", "veth", "peer", "name", "eth0", "netns", benNS])
-        defer { _ = try? Self.sh("/usr/sbin/ip", ["link", "del", benVeth]) }
-        try Self.ip(["link", "set", benVeth, "master", benBridge])
-        try Self.ip(["link", "set", benVeth, "up"])
-        for cmd in [
-            ["addr", "add", "\(benGuest)/24", "dev", "eth0"], ["link", "set", "eth0", "up"], ["route", "add", "default", "via", "\(benNet.address(at: 1)!)"],
-        ] {
-            try Self.ip(["-n", benNS] + cmd)
-        }
-        let busybox = BalloonReclaimTests.guest.appendingPathComponent("initramfs/root/bin/busybox").path
-        let benPing = try Self.sh("/usr/sbin/ip", ["netns", "exec", benNS, busybox, "ping", "-c", "1", "-W", "5", "\(benNet.address(at: 1)!)"])
-        #expect(benPing.0 == 0, "Ben's stand-in reaches its gateway: \(benPing.1)")
+        let annLan = try JSONDecoder().decode(
+            Network.self, from: Data(try kumo(["network", "create", "lan", "--cidr", annNet.description, "--output", "json"], ann).utf8))
+        let benLan = try JSONDecoder().decode(
+            Network.self, from: Data(try kumo(["network", "create", "lan", "--cidr", benNet.description, "--output", "json"], ben).utf8))
+        // Ann's web servers: TCP 80 from the first outside namespace only, ping from anywhere. Ben's:
+        // TCP 80 and ping from anywhere.
+        _ = try kumo(["security-group", "create", "web"], ann)
+        _ = try kumo(["security-group", "allow", "web", "--protocol", "tcp", "--ports", "80", "--cidr", "\(far)/32"], ann)
+        _ = try kumo(["security-group", "allow", "web", "--protocol", "icmp", "--cidr", "0.0.0.0/0"], ann)
+        _ = try kumo(["security-group", "create", "open"], ben)
+        _ = try kumo(["security-group", "allow", "open", "--protocol", "tcp", "--ports", "80", "--cidr", "0.0.0.0/0"], ben)
+        _ = try kumo(["security-group", "allow", "open", "--protocol", "icmp", "--cidr", "0.0.0.0/0"], ben)
 
-        // Ann's guest.
-        let kernel = k.images.appendingPathComponent("vmlinux").path
-        try FileManager.default.copyItem(atPath: built, toPath: kernel)
+        // One image for both: the network scenario finds its gateway from DHCP, then the agent takes over.
+        try FileManager.default.copyItem(atPath: built, toPath: k.images.appendingPathComponent("vmlinux").path)
         try FileManager.default.copyItem(atPath: initrd, toPath: k.images.appendingPathComponent("initramfs.cpio").path)
-        let cmdline =
-            "console=ttyS0 panic=-1 kumo.scenario=network kumo.gateway=\(lan.gateway) kumo.outside=\(far) kumo.hostport=\(servicePort) kumo.peer=\(benGuest)"
-        for args in [
-            ["type", "create", "n256", "--vcpus", "1", "--memory-mib", "256"],
-            ["image", "register", "busybox", "--kernel", "vmlinux", "--initrd", "initramfs.cpio", "--cmdline", cmdline],
-        ] {
-            r = try kumo(args)
-            try #require(r.0 == 0, "\(r)")
+        let cmdline = "console=ttyS0 panic=-1 kumo.scenario=network,agent kumo.outside=\(far) kumo.hostport=\(servicePort)"
+        _ = try kumo(["type", "create", "n256", "--vcpus", "1", "--memory-mib", "256"])
+        // 1 Mbit/s, not the 10 of ECS's small types: an unlimited guest here goes at some 3-8 Mbit/s (its
+        // kernel is emulated, docs/NESTED.md), so only a limit below that shows it holds.
+        _ = try kumo(["type", "create", "n256-1m", "--vcpus", "1", "--memory-mib", "256", "--bandwidth-mbps", "1"])
+        _ = try kumo(["image", "register", "busybox", "--kernel", "vmlinux", "--initrd", "initramfs.cpio", "--cmdline", cmdline])
+        func run(_ type: String, _ group: String, _ token: String) throws -> Instance {
+            let out = try kumo(
+                ["instance", "run", "--type", type, "--image", "busybox", "--network", "lan", "--security-group", group, "--output", "json"], token)
+            return try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(out.utf8)).instances.first, "\(out)")
         }
-        r = try kumo(["instance", "run", "--type", "n256", "--image", "busybox", "--network", "lan", "--output", "json"], ann)
-        let inst = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first, "\(r)")
-        let nic = try #require(inst.nics?.first)
-        #expect(nic.address == annNet.address(at: 2)!.description)
-        let consolePath = k.dir.appendingPathComponent("instances/\(inst.id)/console.log")
-        var console = ""
-        for attempt in 1...2 {
-            let deadline = Date().addingTimeInterval(900)
-            console = ""
-            while Date() < deadline && !console.contains("kumo-result: network=done") {
-                Thread.sleep(forTimeInterval: 2)
-                console = (try? String(contentsOf: consolePath, encoding: .utf8)) ?? ""
+        let annVM = try run("n256-1m", "web", ann), benVM = try run("n256", "open", ben)
+        let annAddr = try #require(annVM.nics?.first?.address), benAddr = try #require(benVM.nics?.first?.address)
+        #expect(annAddr == annNet.address(at: 2)!.description && benAddr == benNet.address(at: 2)!.description)
+
+        // Both boots, side by side; each guest's network scenario, then its agent.
+        var consoles: [String: GuestConsole] = [:]
+        for (vm, name, token) in [(annVM, "ann", ann), (benVM, "ben", ben)] {
+            _ = try RealVMMTests.wait(vm.id, k, for: .running)
+            var console = try GuestConsole(k, instance: vm.id, name: name)
+            var done = try console.result("network", timeout: 900)
+            if done != "done" || KnownGuestDefect.struck(console.text) {
+                // Issue 12's defect killed a program of the scenario: once more, in a fresh boot.
+                print("NetworkGuestTests: \(name)'s scenario ended '\(done)' \(KnownGuestDefect.crashes(console.text)); rebooting it once")
+                let before = try RealVMMTests.wait(vm.id, k, for: .running).pid
+                _ = try kumo(["instance", "reboot", vm.id], token)
+                let until = Date().addingTimeInterval(60)
+                while Date() < until, (try? RealVMMTests.wait(vm.id, k, for: .running))?.pid == before { Thread.sleep(forTimeInterval: 0.2) }
+                Thread.sleep(forTimeInterval: 1)
+                console = try GuestConsole(k, instance: vm.id, name: name)
+                done = try console.result("network", timeout: 900)
             }
-            guard attempt == 1, KnownGuestDefect.struck(console) else { break }
-            // Issue 12's defect killed a program of the scenario: once more, in a fresh boot.
-            let crash = KnownGuestDefect.crashes(console)
-            print("NetworkGuestTests: issue 12's segfault struck the scenario; rebooting the instance once: \(crash)")
-            let before = try RealVMMTests.wait(inst.id, k, for: .running).pid
-            r = try kumo(["instance", "reboot", inst.id], ann)
-            try #require(r.0 == 0, "\(r)")
-            let until = Date().addingTimeInterval(60)
-            while Date() < until, (try? RealVMMTests.wait(inst.id, k, for: .running))?.pid == before { Thread.sleep(forTimeInterval: 0.2) }
+            consoles[name] = console
+            let text = console.text
+            let results = text.split(whereSeparator: \.isNewline).filter { $0.contains("kumo-result:") }.joined(separator: "\n")
+            let lines = Set(text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) })
+            let gateway = name == "ann" ? annLan.gateway : benLan.gateway
+            #expect(lines.contains("kumo-result: dhcp=\(vm.nics!.first!.address)"), "\(name): \(results)")
+            #expect(text.contains("kumo-result: gateway=ok"), "\(name) reaches \(gateway): \(results)")
+            #expect(text.contains("kumo-result: outside_ping=ok"), "\(name): \(results)")
+            #expect(text.contains("kumo-result: outside_tcp=kumo-outside-ack"), "\(name): \(results)")
+            #expect(lines.contains("kumo-result: dns=\(vm.id)"), "\(name): \(results)")
+            #expect(text.contains("kumo-result: host_tcp=blocked"), "\(name): \(results)")
+            #expect(done == "done", "\(name): \(text.suffix(3000))")
+            #expect(try console.result("agent", timeout: 120) == "ready")
         }
-        let results = console.split(whereSeparator: \.isNewline).filter { $0.contains("kumo-result:") }.joined(separator: "\n")
-        #expect(console.contains("kumo-result: network=done"), "\(console.suffix(3000))")
-        // Its lease from dnsmasq is IPAM's address; the gateway answers; NAT takes it outside, where it
-        // arrives from the host's address on that side; its name resolves; the host's service and Ben's
-        // network stay out of reach.
-        // The console's lines end in CR LF.
-        let lines = Set(console.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) })
-        #expect(lines.contains("kumo-result: dhcp=\(nic.address)"), "\(results)")
-        #expect(console.contains("kumo-result: gateway=ok"), "\(results)")
-        #expect(console.contains("kumo-result: outside_ping=ok"), "\(results)")
-        #expect(console.contains("kumo-result: outside_tcp=kumo-outside-ack"), "\(results)")
         let seen = listener.got.withLock { $0 }
         #expect(seen?.line.hasPrefix("hello from kumo guest") == true && seen?.peer == hostSide.description, "\(String(describing: seen))")
-        #expect(lines.contains("kumo-result: dns=\(inst.id)"), "\(results)")
-        #expect(console.contains("kumo-result: host_tcp=blocked"), "\(results)")
-        #expect(console.contains("kumo-result: peer=unreachable"), "\(results)")
-        // The host itself reaches its service on the gateway address (the block is the firewall's).
+        let annC = try #require(consoles["ann"]), benC = try #require(consoles["ben"])
+
+        // Web servers in both; each reached from outside, Ann's only from the range her group allows.
+        #expect(try annC.ask("serve 80", "serve") == "80")
+        #expect(try benC.ask("serve 80", "serve") == "80")
+        #expect(try Self.fetch(from: outNS, annAddr, 80) == "kumo-web \(annAddr)")
+        #expect(try Self.fetch(from: otherNS, annAddr, 80) == nil, "\(otherFar) is not in Ann's group")
+        #expect(try Self.fetch(from: outNS, benAddr, 80) == "kumo-web \(benAddr)")
+        #expect(try Self.fetch(from: otherNS, benAddr, 80) == "kumo-web \(benAddr)")
+        // A port forward to Ann's server: her group still decides who gets through.
+        var forwardPort: UInt16 = 0
+        for _ in 0..<20 {
+            forwardPort = UInt16.random(in: 40000...60000)
+            if !HostNetworking.hostUses("tcp", port: Int(forwardPort)) { break }
+        }
+        _ = try kumo(["instance", "forward", annVM.id, "--host-port", "\(forwardPort)", "--port", "80"], ann)
+        #expect(try Self.fetch(from: outNS, hostSide.description, forwardPort) == "kumo-web \(annAddr)")
+        #expect(try Self.fetch(from: otherNS, otherHostSide.description, forwardPort) == nil)
+
+        // Tenants apart: both are up (just shown), Ben's group lets anyone in, and still neither reaches
+        // the other.
+        #expect(try annC.ask("fetch \(benAddr)", "fetch") == "\(benAddr)=failed")
+        #expect(try annC.ask("ping \(benAddr)", "ping") == "\(benAddr)=failed")
+        #expect(try benC.ask("fetch \(annAddr)", "fetch") == "\(annAddr)=failed")
+        #expect(try benC.ask("ping \(annAddr)", "ping") == "\(annAddr)=failed")
+        // The outside reaches both by ping (the same rules that the guests' pings met).
+        for a in [annAddr, benAddr] {
+            let busybox = BalloonReclaimTests.guest.appendingPathComponent("initramfs/root/bin/busybox").path
+            let ping = try Self.sh("/usr/sbin/ip", ["netns", "exec", outNS, busybox, "ping", "-c", "1", "-W", "5", a])
+            #expect(ping.0 == 0, "the outside pings \(a): \(ping.1)")
+        }
+
+        // Bandwidth by type: a stream from each guest to the outside, measured past the first seconds.
+        var rates: [String: Double] = [:]
+        for (name, console) in [("ann", annC), ("ben", benC)] {
+            let port = UInt16.random(in: 20000...30000)
+            let sink = try RateSink(in: outNS, address: far, port: port, skip: 3, span: 5)
+            let sent = try console.ask("send \(far) \(port) 12", "send", timeout: 60)
+            let rate = sink.mbps(timeout: 30)
+            print("NetworkGuestTests: \(name)'s guest sent \(sent); measured \(rate.map { String(format: "%.2f", $0) } ?? "nothing") Mbit/s")
+            rates[name] = rate ?? 0
+        }
+        let annRate = rates["ann"] ?? 0, benRate = rates["ben"] ?? 0
+        #expect(annRate > 0.5 && annRate <= 1.05, "Ann's 1 Mbit/s type: \(annRate) Mbit/s")
+        #expect(benRate > 1.3, "Ben's type has no limit: \(benRate) Mbit/s")
+
+        for c in [annC, benC] { #expect(try c.ask("done", "agent") == "done") }
+        // The host itself reaches its service on a gateway address (the guests' block is the firewall's).
         let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(probe) }
         var to = sockaddr_in()
         to.sin_family = sa_family_t(AF_INET)
         to.sin_port = servicePort.bigEndian
-        to.sin_addr.s_addr = inet_addr(lan.gateway)
+        to.sin_addr.s_addr = inet_addr(annLan.gateway)
         let connected = withUnsafePointer(to: &to) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        #expect(connected == 0, "the host reaches \(lan.gateway):\(servicePort): errno \(errno)")
-        r = try kumo(["instance", "delete", inst.id], ann)
-        #expect(r.0 == 0, "\(r)")
-        r = try kumo(["network", "delete", "lan"], ann)
-        #expect(r.0 == 0, "\(r)")
+        #expect(connected == 0, "the host reaches \(annLan.gateway):\(servicePort): errno \(errno)")
+        _ = try kumo(["instance", "delete", annVM.id], ann)
+        _ = try kumo(["instance", "delete", benVM.id], ben)
+        _ = try kumo(["network", "delete", "lan"], ann)
+        _ = try kumo(["network", "delete", "lan"], ben)
     }
 }

@@ -336,7 +336,7 @@ struct SecurityGroupTests {
             let busy = Int(UInt16(bigEndian: sin.sin_port))
             for (json, want, says) in [
                 (#"{"host_port": \#(port), "port": 81}"#, HTTPResponse.Status.conflict, "forwarded already"),
-                (#"{"host_port": \#(busy), "port": 81}"#, .conflict, "uses tcp port \(busy)"),
+                (#"{"host_port": \#(busy), "port": 81}"#, .conflict, "tcp port \(busy) is in use on this host"),
                 (#"{"host_port": 22, "port": 22}"#, .badRequest, "1024–65535"),
                 (#"{"host_port": 70000, "port": 22}"#, .badRequest, "1024–65535"),
                 (#"{"host_port": \#(try free()), "port": 0}"#, .badRequest, "port must be 1–65535"),

@@ -113,6 +113,61 @@ struct VirtioNetTests {
         }
     }
 
+    /// The offloads the driver takes are the ones the tap hands it: the host's own UDP (which its stack
+    /// leaves to be checksummed) comes with NEEDS_CSUM when the driver took GUEST_CSUM, and checksummed
+    /// when it did not; a reset takes them away again.
+    @Test func offloadsFollowTheDriver() throws {
+        #expect(VirtioNet.tapOffload(for: 0) == [])
+        #expect(VirtioNet.tapOffload(for: VirtioNet.Feature.guestTSO4) == [], "TSO without checksum offload is not allowed")
+        #expect(VirtioNet.tapOffload(for: VirtioNet.Feature.offered) == [.checksum, .tso4, .tso6, .tsoECN])
+        #expect(VirtioNet.tapOffload(for: VirtioNet.Feature.guestCsum | VirtioNet.Feature.guestECN) == [.checksum])
+        try withTap { tap in
+            try sh(["neigh", "replace", "10.77.1.2", "lladdr", "52:54:00:12:34:56", "dev", tap.name, "nud", "permanent"])
+            let net = VirtioNet(tap: tap, mac: Self.guestMAC)
+            let d = try VirtioTestDriver(device: net)
+            let udp = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+            defer { close(udp) }
+            var to = sockaddr_in()
+            to.sin_family = sa_family_t(AF_INET)
+            to.sin_port = UInt16(9).bigEndian
+            to.sin_addr.s_addr = inet_addr("10.77.1.2")
+            for (features, flags) in [(VirtioNet.Feature.offered, UInt8(1)), (VirtioNet.Feature.mac | VirtioNet.Feature.status, UInt8(0))] {
+                #expect(d.negotiate(features: features | VirtioFeature.version1))
+                let rx = d.setupQueue(0, size: 16)
+                _ = d.setupQueue(1, size: 16)
+                d.driverOK()
+                let buf = d.alloc(2048)
+                rx.submit([Buffer(buf, 2048, writable: true)])
+                rx.kick()
+                let payload = [UInt8](repeating: 0x6B, count: 200)
+                let sent = withUnsafePointer(to: &to) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        sendto(udp, payload, payload.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                    }
+                }
+                #expect(sent == payload.count)
+                var frame: [UInt8]? = nil
+                for _ in 0..<100 where frame == nil {
+                    var p = pollfd(fd: tap.fd, events: Int16(POLLIN), revents: 0)
+                    _ = poll(&p, 1, 20)
+                    net.backendReady(tap.fd)
+                    while let u = rx.popUsed() {
+                        let data = try d.memory.read(buf, count: Int(u.length))
+                        // The UDP datagram (IPv4, protocol 17), not a router solicitation.
+                        if data.count > Tap.headerSize + 23, data[Tap.headerSize + 12] == 0x08, data[Tap.headerSize + 23] == 17 {
+                            frame = data
+                        } else {
+                            rx.submit([Buffer(buf, 2048, writable: true)]); rx.kick()
+                        }
+                    }
+                }
+                let got = try #require(frame, "the host's datagram reached the receive queue")
+                #expect(got[0] == flags, "virtio_net_hdr flags with features \(String(features, radix: 16))")
+                d.write(MMIOReg.status, 0)  // reset: the tap's offloads go with the driver
+            }
+        }
+    }
+
     @Test func tapErrors() {
         #expect(throws: Tap.TapError.self) { try Tap(name: "") }
         #expect(throws: Tap.TapError.self) { try Tap(name: "a-name-that-is-far-too-long") }

@@ -29,10 +29,15 @@ case "$1" in
     # through NAT, its own name in DNS; and what it must not reach: the host's services on the gateway
     # (kumo.hostport) and another tenant's guest (kumo.peer). One program at a time and no pipelines:
     # fresh programs started side by side are where issue 12's crash struck (docs/NESTED.md).
+    # Without kumo.gateway, the gateway is the default route DHCP gave (one image serves every network).
     gw=$(arg kumo.gateway); out=$(arg kumo.outside); port=$(arg kumo.hostport); peer=$(arg kumo.peer)
     mkdir -p /tmp
     ip link set eth0 up
     udhcpc -i eth0 -n -q -t 10 -s /etc/udhcpc.script >/dev/null 2>&1
+    if [ -z "$gw" ]; then
+      ip -4 route show default > /tmp/route
+      read -r _ _ gw _ < /tmp/route
+    fi
     ip -4 -o addr show dev eth0 > /tmp/addr
     addr=""; read -r _ _ _ addr _ < /tmp/addr
     addr=${addr%/*}
@@ -57,6 +62,41 @@ case "$1" in
       if ping -c 2 -W 3 "$peer" >/dev/null 2>&1; then result peer reached; else result peer unreachable; fi
     fi
     result network done
+    ;;
+  agent)
+    # Commands the host-side test types on the serial console, a line each, each answered with
+    # kumo-result lines that the test waits for before it types the next: checks where the host acts in
+    # between (a server here that it reaches from outside, a peer that must be up first, a stream that
+    # it measures). Ends with "done" or at the console's end.
+    mkdir -p /tmp/www
+    ip -4 -o addr show dev eth0 > /tmp/addr
+    addr=""; read -r _ _ _ addr _ < /tmp/addr
+    echo "kumo-web ${addr%/*}" > /tmp/www/index.html
+    result agent ready
+    while read -r cmd a b c; do
+      case "$cmd" in
+        addr) if ip addr add "$b" dev "$a" && ip link set "$a" up; then result addr "$a=$b"; else result addr "$a=failed"; fi ;;
+        serve) if httpd -p "$a" -h /tmp/www; then result serve "$a"; else result serve failed; fi ;;
+        fetch)
+          # nc, not wget: busybox wget's timeout path died of issue 12's SIGSEGV at 0 in every run.
+          printf 'GET / HTTP/1.0\r\n\r\n' > /tmp/request
+          : > /tmp/page
+          nc -w 5 "$a" 80 < /tmp/request > /tmp/page
+          page=""
+          while read -r line; do page=$line; done < /tmp/page
+          result fetch "$a=${page:-failed}" ;;
+        ping) if ping -c 2 -W 3 "$a" >/dev/null 2>&1; then result ping "$a=ok"; else result ping "$a=failed"; fi ;;
+        send)
+          # 64 KiB segments however slow the start: TCP sizes them by its rate (a millisecond's worth),
+          # and where the guest kernel is emulated its per-frame work would keep that rate low.
+          echo 44 > /proc/sys/net/ipv4/tcp_min_tso_segs
+          kumo-tcpblast send "$a" "$b" "$c" || result send failed ;;
+        recv) kumo-tcpblast recv "$a" || result recv failed ;;
+        done) break ;;
+        *) result agent "unknown command: $cmd" ;;
+      esac
+    done
+    result agent done
     ;;
   syscalls)
     # System-call semantics (guest/tools/kumo-sysprobe.c); kumo.lstar=ADDR adds the hostile jumps.

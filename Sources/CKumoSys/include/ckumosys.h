@@ -23,6 +23,11 @@ static const unsigned long CSYS_TUNSETOFFLOAD = TUNSETOFFLOAD;
 static const short CSYS_IFF_TAP = IFF_TAP;
 static const short CSYS_IFF_NO_PI = IFF_NO_PI;
 static const short CSYS_IFF_VNET_HDR = IFF_VNET_HDR;
+// What the tap may hand its reader (TUNSETOFFLOAD): partial checksums, TCP segmentation offload.
+static const unsigned int CSYS_TUN_F_CSUM = TUN_F_CSUM;
+static const unsigned int CSYS_TUN_F_TSO4 = TUN_F_TSO4;
+static const unsigned int CSYS_TUN_F_TSO6 = TUN_F_TSO6;
+static const unsigned int CSYS_TUN_F_TSO_ECN = TUN_F_TSO_ECN;
 
 /// TUNSETIFF on `fd` for interface `name` (< IFNAMSIZ bytes) with `flags`; -1 with errno on failure.
 int csys_tun_set_iff(int fd, const char *name, short flags);
