@@ -67,6 +67,22 @@ nic=$(kumo instance show "$id" --output json | json "n=(d.get('nics') or [None])
 if [ -n "$nic" ]; then
   gw=$(kumo network list --output json | json "print(next((n['gateway'] + ' (' + n['cidr'] + ')' for n in d['networks'] if n['default'] and n['tenant'] == 'admin'), ''))")
   say "eth0 of $id: $nic; gateway and DNS $gw. In the guest: ip addr, ping ${gw%% *}"
+  # A security group that lets TCP 80 in, beside the default one, and a host port forwarded to it: the
+  # single-host stand-in for a public address (docs/NETWORK.md). Kept across reruns.
+  kumo security-group show web >/dev/null 2>&1 || {
+    kumo security-group create web --description "the demo's web server" >/dev/null &&
+      kumo security-group allow web --protocol tcp --ports 80 --cidr 0.0.0.0/0 >/dev/null
+  } || say "could not make the security group web"
+  kumo security-group set "$id" default web >/dev/null || say "could not give $id the group web"
+  port=18080
+  if ! kumo instance show "$id" --output json | grep -q "\"host_port\" : $port"; then
+    kumo instance forward "$id" --host-port "$port" --port 80 >/dev/null 2>&1 || port=""
+  fi
+  host=$(ip -4 -o route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
+  if [ -n "$port" ] && [ -n "$host" ]; then
+    say "security groups default + web (TCP 80 from anywhere); host port $port forwarded to its port 80."
+    say "In the guest: echo hello > /tmp/index.html; httpd -p 80 -h /tmp. On the host: curl http://$host:$port/"
+  fi
 else
   say "networking is off in this kumod (see $data/kumod.log): the instance has no NIC"
 fi
