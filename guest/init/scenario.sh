@@ -47,6 +47,12 @@ case "$1" in
     echo "hello from kumo guest" > /tmp/hello
     nc -w 20 "$out" 7777 < /tmp/hello > /tmp/reply
     reply=""; read -r reply < /tmp/reply
+    if [ -z "$reply" ]; then
+      # Once more: under the test suite's load one CI run saw busybox nc connect and close without
+      # sending (not understood yet); a path that is really shut fails again.
+      nc -w 20 "$out" 7777 < /tmp/hello > /tmp/reply
+      read -r reply < /tmp/reply
+    fi
     result outside_tcp "$reply"
     nslookup "$addr" "$gw" > /tmp/ns 2>&1
     name=""
