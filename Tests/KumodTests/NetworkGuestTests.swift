@@ -36,38 +36,24 @@ struct NetworkGuestTests {
         throw Failure("no free /24")
     }
 
-    /// A TCP listener inside a network namespace (the socket is made on a thread that entered it and
-    /// stays there): accepts one connection, keeps the first line and the peer's address, answers.
+    /// A TCP listener inside a network namespace (NamespaceSockets.listener): answers every connection
+    /// within the test's time (a rerun scenario connects again), keeping the first line and the peer's
+    /// address of the last one that sent something.
     final class NamespaceListener: @unchecked Sendable {
         let got = Mutex<(line: String, peer: String)?>(nil)
-        let ready = DispatchSemaphore(value: 0)
-        var failure: String? = nil
-        let listening = Mutex<Int32>(-1)
-        /// Ends the listener's thread (its poll wakes on the shutdown).
-        func stop() { listening.withLock { if $0 >= 0 { shutdown($0, Int32(SHUT_RDWR)) } } }
-        init(netns: String, address: String, port: UInt16, answer: String) {
-            let t = Thread { [self] in
-                do { try Namespaces.enterNetwork("/var/run/netns/\(netns)") } catch {
-                    failure = "\(error)"; ready.signal(); return
-                }
-                let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                var sin = sockaddr_in()
-                sin.sin_family = sa_family_t(AF_INET)
-                sin.sin_port = port.bigEndian
-                sin.sin_addr.s_addr = inet_addr(address)
-                let ok = withUnsafePointer(to: &sin) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                guard ok == 0, listen(s, 4) == 0 else { failure = "bind/listen: \(errno)"; ready.signal(); return }
-                listening.withLock { $0 = s }
-                ready.signal()
-                // Every connection within the test's time (a rerun scenario connects again); the last one kept.
-                var p = pollfd(fd: s, events: Int16(POLLIN), revents: 0)
-                while poll(&p, 1, 1_200_000) == 1 {
+        let listener: Int32
+        /// Ends the listener's thread (its accept returns on the shutdown).
+        func stop() { shutdown(listener, Int32(SHUT_RDWR)) }
+        init(netns: String, address: String, port: UInt16, answer: String) throws {
+            let s = try NamespaceSockets.listener(in: netns, address: address, port: port, backlog: 4)
+            listener = s
+            Thread { [self] in
+                defer { close(s) }
+                while true {
                     var peer = sockaddr_in()
                     var len = socklen_t(MemoryLayout<sockaddr_in>.size)
                     let c = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(s, $0, &len) } }
-                    guard c >= 0 else { break }  // shut down by `stop`
+                    guard c >= 0 else { return }  // shut down by `stop`
                     var buf = [UInt8](repeating: 0, count: 256)
                     let n = read(c, &buf, buf.count)
                     _ = answer.withCString { write(c, $0, strlen($0)) }
@@ -76,11 +62,7 @@ struct NetworkGuestTests {
                     if n > 0 { got.withLock { $0 = (String(decoding: buf[0..<n], as: UTF8.self), from) } }
                     close(c)
                 }
-                listening.withLock { $0 = -1 }
-                close(s)
-            }
-            t.start()
-            ready.wait()
+            }.start()
         }
     }
 
@@ -130,17 +112,15 @@ struct NetworkGuestTests {
 
         /// Types `command` and waits for its answer. Issue 12's crash (docs/NESTED.md) can kill the
         /// program a command runs: then the command is typed once more, saying so.
-        func ask(_ command: String, _ key: String, timeout: TimeInterval = 120) throws -> String {
-            for attempt in 1...2 {
-                let before = consumed
-                try socket.sendAll(Array((command + "\n").utf8))
-                let answer = try result(key, timeout: timeout)
-                let span = String(decoding: ((try? Data(contentsOf: log)) ?? Data())[before..<consumed], as: UTF8.self)
-                guard KnownGuestDefect.struck(span) else { return answer }
-                guard attempt == 1 else { throw Failure("\(name): issue 12's segfault struck '\(command)' twice: \(KnownGuestDefect.crashes(span))") }
-                print("NetworkGuestTests: issue 12's segfault struck \(name)'s '\(command)'; typing it again: \(KnownGuestDefect.crashes(span))")
-            }
-            fatalError("unreachable")
+        func ask(_ command: String, _ key: String, timeout: TimeInterval = 120, again: Bool = true) throws -> String {
+            let before = consumed
+            try socket.sendAll(Array((command + "\n").utf8))
+            let answer = try result(key, timeout: timeout)
+            let span = String(decoding: ((try? Data(contentsOf: log)) ?? Data())[before..<consumed], as: UTF8.self)
+            guard KnownGuestDefect.struck(span) else { return answer }
+            guard again else { throw Failure("\(name): issue 12's segfault struck '\(command)' twice: \(KnownGuestDefect.crashes(span))") }
+            print("NetworkGuestTests: issue 12's segfault struck \(name)'s '\(command)'; typing it again: \(KnownGuestDefect.crashes(span))")
+            return try ask(command, key, timeout: timeout, again: false)
         }
     }
 
@@ -230,9 +210,8 @@ struct NetworkGuestTests {
         let (outNS, far) = try rig.outside(outside)
         let (otherNS, otherFar) = try rig.outside(other)
         let hostSide = outside.address(at: 1)!, otherHostSide = other.address(at: 1)!
-        let listener = NamespaceListener(netns: outNS, address: far, port: 7777, answer: "kumo-outside-ack\n")
+        let listener = try NamespaceListener(netns: outNS, address: far, port: 7777, answer: "kumo-outside-ack\n")
         defer { listener.stop() }
-        try #require(listener.failure == nil, "\(listener.failure ?? "")")
         // A service of the host's on every address (the guests must not reach it).
         let service = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(service) }
