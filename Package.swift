@@ -33,22 +33,25 @@ let package = Package(
         .target(name: "HostCPUs"),
         .target(name: "Boot", dependencies: ["GuestMemory"]),
         .target(name: "Devices", dependencies: ["GuestMemory"]),
-        .target(name: "Virtio", dependencies: ["SystemKit", "GuestMemory", "Devices"]),
+        // Disk image formats (no Foundation): qcow2 read, copy-on-write and overlay creation; kumo-vmm's
+        // virtio-blk serves them, kumod creates instances' overlays with the same code.
+        .target(name: "DiskImage"),
+        .target(name: "Virtio", dependencies: ["SystemKit", "GuestMemory", "Devices", "DiskImage"]),
         // A host-side virtio driver for tests, the fuzzer and benchmarks (never linked into kumo-vmm).
         .target(name: "VirtioTestDriver", dependencies: ["GuestMemory", "Devices", "Virtio"]),
         // What kumo-vmm and its users agree on (no Foundation): the VM configuration it reads, every
         // control-socket operation as a typed request and reply, one client, the contract's version.
-        .target(name: "VMMContract", dependencies: ["SystemKit", "Boot", "HostCPUs"]),
+        .target(name: "VMMContract", dependencies: ["SystemKit", "Boot", "HostCPUs", "DiskImage"]),
         .target(name: "VMM", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "HostCPUs"]),
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM", "VMMContract"]),
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
-        .executableTarget(name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver"]),
-        .executableTarget(name: "kumo-bench", dependencies: ["SystemKit", "VMMContract", "VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver"]),
+        .executableTarget(name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver", "DiskImage"]),
+        .executableTarget(name: "kumo-bench", dependencies: ["SystemKit", "VMMContract", "VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver", "DiskImage"]),
         .target(name: "KumoAPI"),
         .target(
             name: "Kumod",
             dependencies: [
-                "KumoAPI", "SystemKit", "VMMContract", "Boot", "HostCPUs", .product(name: "GRDB", package: "GRDB.swift"),
+                "KumoAPI", "SystemKit", "VMMContract", "Boot", "HostCPUs", "DiskImage", .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -67,9 +70,12 @@ let package = Package(
             name: "KumodTests",
             dependencies: ["Kumod", "KumoAPI", "VMMContract", "SystemKit", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")]),
         .testTarget(
-            name: "UnitTests", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM"]),
+            name: "UnitTests",
+            dependencies: [
+                "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM", "DiskImage", "TestSupport",
+            ]),
         .testTarget(name: "KVMTests", dependencies: ["TestSupport", "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["VMM", "VMMContract", "SystemKit", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["VMM", "VMMContract", "SystemKit", "TestSupport", "DiskImage"]),
     ],
     swiftLanguageModes: [.v6]
 )

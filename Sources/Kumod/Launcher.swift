@@ -1,6 +1,7 @@
 // Starting and watching kumo-vmm processes. Each instance is its own kumo-vmm in its own session
 // (so that kumod can die and come back without taking VMs with it), with a work directory holding
 // its config, console log, VMM log and control socket.
+import DiskImage
 import Foundation
 import KumoAPI
 import SystemKit
@@ -125,7 +126,7 @@ public struct ProcessLauncher: VMMLauncher {
         c.balloon = BalloonConfig()
         c.memoryDedup = spec.memoryDedup
         if spec.affinity.contains(where: { $0 != nil }) { c.vcpuAffinity = Array(spec.affinity.prefix(spec.vcpus)) }
-        if spec.image.rootDisk != nil { c.disks = [DiskConfig(path: spec.workDir.appendingPathComponent("root.img").path)] }
+        if let root = Self.rootDisk(spec) { c.disks = [root] }
         c.nets = spec.nics.map { NetConfig(tap: $0.tap, mac: MAC.parse($0.mac)) }
         if let limit = nicRateLimit(mbps: spec.bandwidthMbps, pps: spec.packetsPerSecond) {
             for i in c.nets.indices { c.nets[i].rxRateLimit = limit; c.nets[i].txRateLimit = limit }
@@ -167,25 +168,41 @@ public struct ProcessLauncher: VMMLauncher {
     public func prepare(_ spec: LaunchSpec) throws {
         let fm = FileManager.default
         try fm.createDirectory(at: spec.workDir, withIntermediateDirectories: true)
-        if let disk = spec.image.rootDisk {
-            // Each instance boots from its own copy of the image's root disk, made under another name and
-            // renamed: a copy cut short (kumod killed) is never taken for a whole one.
-            let dst = spec.workDir.appendingPathComponent("root.img")
-            if !fm.fileExists(atPath: dst.path) {
-                let part = spec.workDir.appendingPathComponent("root.img.part")
-                try? fm.removeItem(at: part)
-                try fm.copyItem(atPath: disk, toPath: part.path)
-                guard rename(part.path, dst.path) == 0 else {
-                    throw APIError(code: "launch_failed", message: "cannot rename the root disk's copy: \(String(cString: strerror(errno)))")
-                }
+        if let disk = spec.image.rootDisk, let root = Self.rootDisk(spec), !fm.fileExists(atPath: root.path) {
+            // Each instance boots from a qcow2 overlay on the image's root disk (the image is read, never
+            // written: the guest's writes land in the overlay). Made under another name and renamed: an
+            // overlay cut short (kumod killed) is never taken for a whole one.
+            let part = root.path + ".part"
+            try? fm.removeItem(atPath: part)
+            do { try QCow2.createOverlay(at: part, backing: disk, format: .raw) } catch {
+                throw APIError(code: "launch_failed", message: "cannot create the root disk's overlay: \(error)")
+            }
+            guard rename(part, root.path) == 0 else {
+                throw APIError(code: "launch_failed", message: "cannot rename the root disk's overlay: \(String(cString: strerror(errno)))")
             }
         }
     }
 
+    /// What `launch` needs of `prepare` when a wrapping launcher did not forward it: the overlay (made once).
+    func ensurePrepared(_ spec: LaunchSpec) throws {
+        let fm = FileManager.default
+        let diskReady = Self.rootDisk(spec).map { fm.fileExists(atPath: $0.path) } ?? true
+        if !diskReady { try prepare(spec) }
+    }
+
+    /// The instance's root disk: `root.qcow2`, an overlay on the image's; an instance made before overlays
+    /// keeps the whole copy it booted from (`root.img`).
+    static func rootDisk(_ spec: LaunchSpec) -> DiskConfig? {
+        guard spec.image.rootDisk != nil else { return nil }
+        let copy = spec.workDir.appendingPathComponent("root.img").path
+        if FileManager.default.fileExists(atPath: copy) { return DiskConfig(path: copy) }
+        return DiskConfig(path: spec.workDir.appendingPathComponent("root.qcow2").path, format: .qcow2)
+    }
+
     public func launch(_ spec: LaunchSpec) throws -> VMMProcess {
         let fm = FileManager.default
-        // Again, cheaply (nothing is copied twice): a launcher that wraps this one may not forward prepare.
-        try prepare(spec)
+        // Again, cheaply (nothing is made twice): a launcher that wraps this one may not forward prepare.
+        try ensurePrepared(spec)
         try Data(Self.config(spec).jsonText.utf8).write(to: spec.configPath)
         try? fm.removeItem(at: spec.controlSocket)
         try? fm.removeItem(at: spec.consoleSocket)

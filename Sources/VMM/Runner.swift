@@ -87,7 +87,7 @@ public struct VMPlan: Sendable {
     public func makeDevices() throws -> [VirtioDevice] {
         var out: [VirtioDevice] = []
         for d in config.disks {
-            let b = try VirtioBlock(path: d.path, readOnly: d.readOnly, serial: d.serial)
+            let b = try VirtioBlock(path: d.path, readOnly: d.readOnly, serial: d.serial, format: d.format)
             b.limiter = d.rateLimit?.make()
             out.append(b)
         }

@@ -23,6 +23,7 @@ extension DiskConfig {
     var json: JSONValue {
         var m: [(String, JSONValue)] = [("path", .string(path))]
         if readOnly { m.append(("read_only", .bool(true))) }
+        if format != .raw { m.append(("format", .string(format.rawValue))) }
         if let serial { m.append(("serial", .string(serial))) }
         if let rateLimit { m.append(("rate_limit", rateLimit.json)) }
         return .object(m)

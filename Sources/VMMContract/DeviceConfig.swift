@@ -1,3 +1,4 @@
+import DiskImage
 import SystemKit
 #if canImport(Glibc)
 import Glibc
@@ -25,8 +26,10 @@ public struct DiskConfig: Sendable, Equatable {
     public var readOnly = false
     public var serial: String? = nil
     public var rateLimit: RateLimitConfig? = nil
-    public init(path: String, readOnly: Bool = false, serial: String? = nil, rateLimit: RateLimitConfig? = nil) {
-        self.path = path; self.readOnly = readOnly; self.serial = serial; self.rateLimit = rateLimit
+    /// Raw unless said: never guessed from the content (a guest can write a qcow2 header into a raw disk).
+    public var format: DiskFormat = .raw
+    public init(path: String, readOnly: Bool = false, serial: String? = nil, rateLimit: RateLimitConfig? = nil, format: DiskFormat = .raw) {
+        self.path = path; self.readOnly = readOnly; self.serial = serial; self.rateLimit = rateLimit; self.format = format
     }
 }
 
@@ -36,11 +39,11 @@ public struct RngConfig: Sendable, Equatable {
 }
 
 extension DiskConfig {
-    /// `--disk PATH[,readonly][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]`
+    /// `--disk PATH[,readonly][,format=raw|qcow2][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]`
     static func parse(flag s: String) throws(ConfigError) -> DiskConfig {
         let parts = s.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         guard let first = parts.first, !first.isEmpty else {
-            throw .invalid("--disk", "needs a path: --disk PATH[,readonly][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]")
+            throw .invalid("--disk", "needs a path: --disk PATH[,readonly][,format=raw|qcow2][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]")
         }
         var d = DiskConfig(path: first.hasPrefix("path=") ? String(first.dropFirst(5)) : first)
         var rl = RateLimitConfig()
@@ -49,10 +52,11 @@ extension DiskConfig {
             switch (kv[0], kv.count) {
             case ("readonly", 1), ("ro", 1): d.readOnly = true
             case ("serial", 2): d.serial = kv[1]
+            case ("format", 2): d.format = try format("--disk", kv[1])
             case ("bandwidth", 2), ("iops", 2):
                 guard let n = parseInt(kv[1]), n > 0 else { throw .invalid("--disk", "\(kv[0]) must be a positive whole number, got \"\(kv[1])\"") }
                 if kv[0] == "bandwidth" { rl.bandwidth = BucketConfig(size: UInt64(n)) } else { rl.ops = BucketConfig(size: UInt64(n)) }
-            default: throw .invalid("--disk", "unknown option \"\(p)\" (readonly, serial=ID, bandwidth=BYTES_PER_S, iops=N)")
+            default: throw .invalid("--disk", "unknown option \"\(p)\" (readonly, format=raw|qcow2, serial=ID, bandwidth=BYTES_PER_S, iops=N)")
             }
         }
         if rl.bandwidth != nil || rl.ops != nil { d.rateLimit = rl }
@@ -69,16 +73,22 @@ extension DiskConfig {
                 guard case let .bool(b) = value else { throw .invalid("\(key).read_only", "must be true or false") }
                 d.readOnly = b
             case "serial": d.serial = try str("\(key).serial", value)
+            case "format": d.format = try format("\(key).format", try str("\(key).format", value))
             case "rate_limit": d.rateLimit = try RateLimitConfig.parse(json: value, key: "\(key).rate_limit")
-            default: throw .invalid("\(key).\(k)", "unknown key (known: path, read_only, serial, rate_limit)")
+            default: throw .invalid("\(key).\(k)", "unknown key (known: path, read_only, format, serial, rate_limit)")
             }
         }
         guard !d.path.isEmpty else { throw .invalid(key, "needs a \"path\"") }
         return d
     }
 
+    static func format(_ key: String, _ s: String) throws(ConfigError) -> DiskFormat {
+        guard let f = DiskFormat(rawValue: s) else { throw .invalid(key, "format \"\(s)\" (raw or qcow2)") }
+        return f
+    }
+
     /// Checks the image before any VM exists: it exists, is a file or block device of at least one
-    /// sector, and we may open it as asked.
+    /// sector, and we may open it as asked; a qcow2 image's header and backing chain open.
     func validate(_ key: String) throws(ConfigError) {
         var st = stat()
         guard stat(path, &st) == 0 else { throw .file(path, "disk image: \(String(cString: strerror(errno)))") }
@@ -91,6 +101,9 @@ extension DiskConfig {
             throw .file(path, "disk image: cannot open it \(readOnly ? "for reading" : "read-write (add readonly?)"): \(String(cString: strerror(errno)))")
         }
         if let s = serial, s.utf8.count > 20 { throw .invalid("\(key).serial", "at most 20 bytes, got \(s.utf8.count)") }
+        if format == .qcow2 {
+            do { _ = try QCow2Image(path: path, readOnly: readOnly) } catch { throw .file(path, "disk image: \(error)") }
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import DiskImage
 import GuestMemory
 
-/// virtio-blk over a raw image file (virtio 1.x §5.2): read, write, flush, get-id; read-only disks.
-/// Requests are served with preadv/pwritev straight between the file and guest memory on the device's
-/// worker thread.
+/// virtio-blk over a raw or qcow2 image file (virtio 1.x §5.2): read, write, flush, get-id; read-only disks.
+/// Raw requests are served with preadv/pwritev straight between the file and guest memory on the device's
+/// worker thread; qcow2 ones through `QCow2Image` (copy-on-write over its backing chain), per segment.
 public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     public enum Feature {
         public static let sizeMax: UInt64 = 1 << 1
@@ -27,6 +28,8 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     public let path: String
     public let readOnly: Bool
     public let fd: Int32
+    /// The qcow2 image when the disk is one (its own fd is `fd`).
+    public let qcow2: QCow2Image?
     /// Capacity in 512-byte sectors (the file size rounded down).
     public let sectors: UInt64
     /// The 20-byte serial GET_ID returns.
@@ -37,7 +40,18 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
 
     public struct OpenError: Error, CustomStringConvertible { public let description: String }
 
-    public init(path: String, readOnly: Bool, serial: String? = nil) throws(OpenError) {
+    public convenience init(path: String, readOnly: Bool, serial: String? = nil, format: DiskFormat = .raw) throws(OpenError) {
+        if format == .qcow2 {
+            let image: QCow2Image
+            do { image = try QCow2Image(path: path, readOnly: readOnly) } catch { throw OpenError(description: "\(path): \(error)") }
+            guard image.virtualSize >= VirtioBlock.sectorSize else {
+                throw OpenError(description: "\(path): a disk image needs at least one 512-byte sector (its virtual size is \(image.virtualSize) bytes)")
+            }
+            var st = stat()
+            _ = fstat(image.fd, &st)
+            self.init(path: path, readOnly: readOnly, fd: image.fd, qcow2: image, size: image.virtualSize, serial: serial ?? "kumo-\(st.st_dev)-\(st.st_ino)")
+            return
+        }
         let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
         guard fd >= 0 else { throw OpenError(description: "\(path): \(String(cString: strerror(errno)))") }
         var st = stat()
@@ -54,18 +68,23 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             close(fd)
             throw OpenError(description: "\(path): a disk image needs at least one 512-byte sector (it has \(size) bytes)")
         }
+        self.init(path: path, readOnly: readOnly, fd: fd, qcow2: nil, size: size, serial: serial ?? "kumo-\(st.st_dev)-\(st.st_ino)")
+    }
+
+    init(path: String, readOnly: Bool, fd: Int32, qcow2: QCow2Image?, size: UInt64, serial: String) {
         self.path = path
         self.readOnly = readOnly
         self.fd = fd
+        self.qcow2 = qcow2
         sectors = size / VirtioBlock.sectorSize
-        let id = Array((serial ?? "kumo-\(st.st_dev)-\(st.st_ino)").utf8.prefix(20))
+        let id = Array(serial.utf8.prefix(20))
         self.serial = id + Array(repeating: 0, count: 20 - id.count)
         var f = Feature.segMax | Feature.flush | Feature.blockSize
         if readOnly { f |= Feature.readOnly }
         super.init(type: .block, queueMaxSizes: [VirtioBlock.queueSize], features: f)
     }
 
-    deinit { close(fd) }
+    deinit { if qcow2 == nil { close(fd) } }  // a qcow2 image closes its own
 
     public override var statistics: String {
         var s = "reads=\(completed.reads) writes=\(completed.writes) flushes=\(completed.flushes) errors=\(completed.errors)"
@@ -131,7 +150,7 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             }
         case .flush:
             limiter?.consume(ops: 1, bytes: 0)
-            if readOnly || fdatasync(fd) == 0 { completed.flushes += 1 } else { status = .ioError }
+            if readOnly || (qcow2?.flush() ?? (fdatasync(fd) == 0)) { completed.flushes += 1 } else { status = .ioError }
         case .getID:
             let data = DataRange(chain, writable: true)
             if data.total < 20 {
@@ -205,6 +224,16 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     /// pread/pwrite (one buffer) or preadv/pwritev over the range, resuming after short transfers.
     func transfer(_ data: DataRange, _ chain: DescriptorChain, offset: UInt64, write: Bool) -> Bool {
         if data.count == 0 { return true }
+        if let q = qcow2 {
+            // Bounds were checked against the virtual size (checkRange); the image checks them again.
+            var off = offset
+            for i in data.first..<data.end {
+                let (p, len) = data.segment(i, chain)
+                guard write ? q.write(from: p, count: len, at: off) : q.read(into: p, count: len, at: off) else { return false }
+                off += UInt64(len)
+            }
+            return true
+        }
         if data.count == 1 {
             // One buffer (the common case): no iovec array.
             let (base, length) = data.segment(data.first, chain)

@@ -4,6 +4,7 @@
 //   kumo-bench blk FILE    virtio-blk back end, driven by the host-side test driver through the real
 //                         transport and queues: 4 KiB random reads (IOPS) and 1 MiB sequential reads
 //                         (MiB/s), each next to pread(2) on the same file and offsets in the same run.
+//   kumo-bench overlay FILE, kumo-bench qcow2-writer OVERLAY: see Overlay.swift.
 import VMM
 import Virtio
 import VirtioTestDriver
@@ -19,8 +20,13 @@ if args.count == 2, args[0] == "blk" {
     blockBench(args[1])
     exit(0)
 }
+if args.count == 2, args[0] == "overlay" {
+    overlayBench(args[1])
+    exit(0)
+}
+if args.count == 2, args[0] == "qcow2-writer" { qcow2Writer(args[1]) }
 guard args.count == 2, args[0] == "exits", let n = UInt32(args[1]) else {
-    eprint("usage: kumo-bench exits N | kumo-bench blk FILE")
+    eprint("usage: kumo-bench exits N | kumo-bench blk FILE | kumo-bench overlay FILE | kumo-bench qcow2-writer OVERLAY")
     exit(2)
 }
 do {

@@ -1,7 +1,7 @@
 // kumo-fuzz: libFuzzer target for the virtio device models behind the MMIO transport.
 // Each input is a little program a hostile guest could run: register writes (handshake, queue set-up,
 // notifications, config space) and writes into guest memory (rings, descriptors, buffers), against
-// virtio-blk, -net (on a tap, when this process may create one), -rng or -balloon. Any crash, hang,
+// virtio-blk (raw, or a qcow2 overlay), -net (on a tap, when this process may create one), -rng or -balloon. Any crash, hang,
 // sanitizer report or out-of-bounds access is a finding. Built with -sanitize=fuzzer,address by
 // `make fuzz` / `make test` (scripts/fuzz.sh).
 #if canImport(Glibc)
@@ -10,6 +10,7 @@ import Glibc
 #endif
 import GuestMemory
 import Devices
+import DiskImage
 import Virtio
 import VirtioTestDriver
 
@@ -20,6 +21,10 @@ let diskPath: String = {
     let fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0o600)
     _ = ftruncate(fd, 64 * 1024)
     close(fd)
+    atexit {
+        unlink(diskPath)
+        unlink(overlayPath)
+    }
     return p
 }()
 nonisolated(unsafe) var tap: Tap? = {
@@ -37,7 +42,15 @@ struct Reader {
     mutating func u64() -> UInt64 { UInt64(u32()) | UInt64(u32()) << 32 }
 }
 
+/// A qcow2 overlay on that disk, made afresh for each input (the guest's writes allocate clusters in it).
+let overlayPath = "/tmp/kumo-fuzz-disk-\(getpid()).qcow2"
+
 func makeDevice(_ kind: UInt8) -> VirtioDevice? {
+    if kind % 8 == 4 {
+        unlink(overlayPath)
+        guard (try? QCow2.createOverlay(at: overlayPath, backing: diskPath, format: .raw)) != nil else { return nil }
+        return try? VirtioBlock(path: overlayPath, readOnly: false, format: .qcow2)
+    }
     switch kind % 4 {
     case 0: return try? VirtioBlock(path: diskPath, readOnly: false)
     case 1: return tap.map { VirtioNet(tap: $0, mac: [0x52, 0x54, 0, 0, 0, 1]) }

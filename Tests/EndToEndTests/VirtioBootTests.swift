@@ -1,3 +1,4 @@
+import DiskImage
 import Foundation
 import Synchronization
 import Testing
@@ -208,8 +209,12 @@ struct VirtioBootTests {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-userspace-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let image = dir.appendingPathComponent("data.ext4").path
-        _ = try Self.run("/usr/sbin/mkfs.ext4", ["-q", "-F", "-L", "kumodata", image, "16M"])
+        // The disk is a qcow2 overlay (kumo-vmm's copy-on-write) on a raw ext4 base that stays unwritten.
+        let base = dir.appendingPathComponent("data.ext4").path
+        _ = try Self.run("/usr/sbin/mkfs.ext4", ["-q", "-F", "-L", "kumodata", base, "16M"])
+        let baseSum = try Self.run("/usr/bin/sha256sum", [base])
+        let image = dir.appendingPathComponent("data.qcow2").path
+        try QCow2.createOverlay(at: image, backing: base, format: .raw)
         let net = try HostNetwork(dir: dir)
         defer { net.close() }
         // A TCP listener on the host bridge: accepts one connection and keeps the first line.
@@ -238,7 +243,7 @@ struct VirtioBootTests {
         acceptor.start()
         let vm = try E2E.VMMProcess([
             "--kernel", kernel, "--initrd", initrd, "--vcpus", "1", "--memory", "256",
-            "--disk", image, "--net", "tap=\(net.tap),mac=52:54:00:77:03:10", "--rng",
+            "--disk", image + ",format=qcow2", "--net", "tap=\(net.tap),mac=52:54:00:77:03:10", "--rng",
             "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=virtio kumo.host=\(net.host)",
         ])
         let done = vm.waitFor("kumo-result: virtio=done", timeout: 600)
@@ -251,7 +256,12 @@ struct VirtioBootTests {
         #expect(console.contains("kumo-result: ping=ok"))
         #expect(console.contains("kumo-result: tcp=kumo-host-ack"), "console tail: \(console.suffix(1500)) stderr: \(vm.stderrText)")
         #expect(received.withLock { $0 }.hasPrefix("hello from kumo guest"))
-        let file = try Self.run("/usr/sbin/debugfs", ["-R", "cat /kumo-userspace.txt", image])
+        let check = try hostTool("/usr/bin/qemu-img", ["check", image], mergingStderr: true)
+        #expect(check.status == 0 && check.output.contains("No errors were found"), "qemu-img check: \(check)")
+        let flat = dir.appendingPathComponent("flat.raw").path
+        #expect(try hostTool("/usr/bin/qemu-img", ["convert", "-O", "raw", image, flat]).status == 0)
+        let file = try Self.run("/usr/sbin/debugfs", ["-R", "cat /kumo-userspace.txt", flat])
         #expect(file.contains("written by the kumo guest"), "\(file)")
+        #expect(try Self.run("/usr/bin/sha256sum", [base]) == baseSum, "the base image was written")
     }
 }

@@ -267,7 +267,15 @@ struct NetworkGuestTests {
         // 1 Mbit/s, not the 10 of ECS's small types: an unlimited guest here goes at some 3-8 Mbit/s (its
         // kernel is emulated, docs/NESTED.md), so only a limit below that shows it holds.
         _ = try kumo(["type", "create", "n256-1m", "--vcpus", "1", "--memory-mib", "256", "--bandwidth-mbps", "1"])
-        _ = try kumo(["image", "register", "busybox", "--kernel", "vmlinux", "--initrd", "initramfs.cpio", "--cmdline", cmdline])
+        // A root disk of the image's: every instance boots from a copy-on-write overlay of it.
+        let baseDir = k.dir.appendingPathComponent("base-root")
+        try FileManager.default.createDirectory(at: baseDir, withIntermediateDirectories: true)
+        try "kumo base image\n".write(to: baseDir.appendingPathComponent("kumo-base.txt"), atomically: true, encoding: .utf8)
+        let base = k.images.appendingPathComponent("root.ext4").path
+        let mkfs = try Self.sh("/usr/sbin/mkfs.ext4", ["-q", "-F", "-L", "kumoroot", "-d", baseDir.path, base, "32M"])
+        try #require(mkfs.0 == 0, "\(mkfs)")
+        let baseSum = try Self.sh("/usr/bin/sha256sum", [base]).1.prefix(64)
+        _ = try kumo(["image", "register", "busybox", "--kernel", "vmlinux", "--initrd", "initramfs.cpio", "--root-disk", "root.ext4", "--cmdline", cmdline])
         func run(_ type: String, _ group: String, _ token: String) throws -> Instance {
             let out = try kumo(
                 ["instance", "run", "--type", type, "--image", "busybox", "--network", "lan", "--security-group", group, "--output", "json"], token)
@@ -356,7 +364,41 @@ struct NetworkGuestTests {
         #expect(annRate > 0.5 && annRate <= 1.05, "Ann's 1 Mbit/s type: \(annRate) Mbit/s")
         #expect(benRate > 1.3, "Ben's type has no limit: \(benRate) Mbit/s")
 
-        for c in [annC, benC] { #expect(try c.ask("done", "agent") == "done") }
+        // Root disks: each guest reads the base image's file and writes its own, on its own overlay.
+        for (name, c) in [("ann", annC), ("ben", benC)] { #expect(try c.ask("disk \(name)", "disk") == "base=kumo base image,wrote", "\(name)") }
+        // Ben's kumo-vmm killed (-9) while his guest writes a synced MiB after another.
+        func overlay(_ vm: Instance) -> String { k.dir.appendingPathComponent("instances/\(vm.id)/root.qcow2").path }
+        func allocated(_ path: String) -> Int {
+            var st = stat()
+            return stat(path, &st) == 0 ? Int(st.st_blocks) * 512 : 0
+        }
+        let before = allocated(overlay(benVM))
+        #expect(try benC.ask("fill", "fill") == "started")
+        let growing = Date().addingTimeInterval(90)
+        while Date() < growing, allocated(overlay(benVM)) < before + (2 << 20) { Thread.sleep(forTimeInterval: 0.2) }
+        #expect(allocated(overlay(benVM)) >= before + (2 << 20), "Ben's overlay grew \(allocated(overlay(benVM)) - before) bytes")
+        let benPID = try #require(try RealVMMTests.wait(benVM.id, k, for: .running).pid)
+        kill(Int32(benPID), SIGKILL)
+        #expect(try annC.ask("done", "agent") == "done")
+        _ = try kumo(["instance", "stop", annVM.id], ann)
+        _ = try RealVMMTests.wait(annVM.id, k, for: .stopped, seconds: 90)
+        _ = try RealVMMTests.wait(benVM.id, k, for: .error)
+        // qemu-img accepts both overlays (Ben's may hold a leaked cluster: never an error); each holds its
+        // guest's file and not the other's; the base image is as it was.
+        for (name, vm) in [("ann", annVM), ("ben", benVM)] {
+            let check = try Self.sh("/usr/bin/qemu-img", ["check", overlay(vm)])
+            let clean = check.0 == 0 && check.1.contains("No errors were found")
+            let leakOnly = name == "ben" && check.0 == 3 && check.1.contains("no harm to data") && !check.1.contains("ERROR")
+            #expect(clean || leakOnly, "\(name): \(check)")
+            let flat = k.dir.appendingPathComponent("\(name)-flat.raw").path
+            #expect(try Self.sh("/usr/bin/qemu-img", ["convert", "-O", "raw", overlay(vm), flat]).0 == 0)
+            let file = try Self.sh("/usr/sbin/debugfs", ["-R", "cat /kumo-instance.txt", flat]).1
+            #expect(file.contains(name) && !file.contains(name == "ann" ? "ben" : "ann"), "\(name): \(file)")
+            print("NetworkGuestTests: \(name)'s overlay: \(allocated(overlay(vm)) >> 10) KiB on disk, qemu-img check \(check.0)")
+            try? FileManager.default.removeItem(atPath: flat)
+        }
+        #expect(try Self.sh("/usr/bin/sha256sum", [base]).1.prefix(64) == baseSum)
+        #expect(try Self.sh("/usr/sbin/debugfs", ["-R", "cat /kumo-instance.txt", base]).1.contains("not found"))
         // The host itself reaches its service on a gateway address (the guests' block is the firewall's).
         let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(probe) }

@@ -87,7 +87,7 @@ import Boot
                 {"kernel": "/k", "rng": {"rate_limit": {"ops": {"size": 10, "refill_ms": 100}}},
                  "disks": [{"path": "/a.img", "read_only": true, "serial": "s1",
                             "rate_limit": {"bandwidth": {"size": 1048576, "refill_ms": 1000, "one_time_burst": 4096}}},
-                           {"path": "/b.img"}],
+                           {"path": "/b.img"}, {"path": "/c.qcow2", "format": "qcow2"}],
                  "nets": [{"tap": "kt0", "mac": "52:54:00:00:00:01", "tx_rate_limit": {"ops": {"size": 100}}}]}
                 """#))
         #expect(
@@ -95,21 +95,28 @@ import Boot
                 DiskConfig(
                     path: "/a.img", readOnly: true, serial: "s1",
                     rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1 << 20, refillMillis: 1000, oneTimeBurst: 4096))),
-                DiskConfig(path: "/b.img"),
+                DiskConfig(path: "/b.img"), DiskConfig(path: "/c.qcow2", format: .qcow2),
             ])
+        // What kumod writes, kumo-vmm reads the same (the format only when not raw).
+        var again = VMConfig()
+        try again.apply(json: JSONParser.parse(c.jsonText))
+        #expect(again.disks == c.disks)
+        #expect(!c.jsonText.contains("\"format\": \"raw\""))
         #expect(c.rng == RngConfig(rateLimit: RateLimitConfig(ops: BucketConfig(size: 10, refillMillis: 100))))
         #expect(c.nets.count == 1 && c.nets[0].tap == "kt0" && c.nets[0].mac == [0x52, 0x54, 0, 0, 0, 1])
         #expect(c.nets[0].txRateLimit == RateLimitConfig(ops: BucketConfig(size: 100)))
         let f = try VMConfig.parse(arguments: [
-            "--kernel", "/k", "--disk", "/x.img,readonly,serial=abc,bandwidth=1000,iops=50",
+            "--kernel", "/k", "--disk", "/x.img,readonly,serial=abc,bandwidth=1000,iops=50", "--disk", "/y.qcow2,format=qcow2",
             "--net", "tap=kt1,rx-pps=5", "--rng",
         ])
         #expect(
             f.disks == [
                 DiskConfig(
                     path: "/x.img", readOnly: true, serial: "abc",
-                    rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1000), ops: BucketConfig(size: 50)))
+                    rateLimit: RateLimitConfig(bandwidth: BucketConfig(size: 1000), ops: BucketConfig(size: 50))),
+                DiskConfig(path: "/y.qcow2", format: .qcow2),
             ])
+        #expect(throws: ConfigError.self) { try VMConfig.parse(arguments: ["--kernel", "/k", "--disk", "/y.img,format=vmdk"]) }
         #expect(f.nets[0].rxRateLimit == RateLimitConfig(ops: BucketConfig(size: 5)))
         #expect(f.rng == RngConfig())
         var b = VMConfig()
@@ -126,6 +133,7 @@ import Boot
             #"{"rng": {"rate": 1}}"#, #"{"rng": 3}"#,
             #"{"disks": [{"path": "/a", "rate_limit": {"bandwidth": {"size": 0}}}]}"#,
             #"{"disks": [{"path": "/a", "rate_limit": {"iops": {"size": 1}}}]}"#,
+            #"{"disks": [{"path": "/a", "format": "vmdk"}]}"#, #"{"disks": [{"path": "/a", "format": 2}]}"#,
             #"{"balloon": {"target": 1}}"#, #"{"balloon": {"free_page_reporting": 1}}"#, #"{"balloon": 1}"#, #"{"api_socket": 3}"#,
         ] {
             #expect(throws: ConfigError.self, "\(bad)") { try d.apply(json: JSONParser.parse(bad)) }

@@ -99,6 +99,24 @@ case "$1" in
           echo 44 > /proc/sys/net/ipv4/tcp_min_tso_segs
           kumo-tcpblast send "$a" "$b" "$c" || result send failed ;;
         recv) kumo-tcpblast recv "$a" || result recv failed ;;
+        disk)
+          # The root disk (/dev/vda, the instance's copy-on-write overlay): the base image's marker read,
+          # a file of this instance's written and synced.
+          base=""
+          if mount -t ext4 /dev/vda /mnt; then
+            read -r base < /mnt/kumo-base.txt
+            if echo "$a" > /mnt/kumo-instance.txt && sync && umount /mnt; then result disk "base=${base:-none},wrote"; else result disk failed; fi
+          else
+            result disk "mount failed"
+          fi ;;
+        fill)
+          # Writes that go on (1 MiB each, synced) while the host kills this VM's kumo-vmm.
+          if mount -t ext4 /dev/vda /mnt; then
+            (i=0; while [ "$i" -lt 200 ]; do dd if=/dev/zero of=/mnt/fill.$i bs=64k count=16 conv=fsync 2>/dev/null; i=$((i + 1)); done) &
+            result fill started
+          else
+            result fill "mount failed"
+          fi ;;
         done) break ;;
         *) result agent "unknown command: $cmd" ;;
       esac
