@@ -79,9 +79,10 @@ initramfs() {
   done
   cp "$here/guest/init/init" "$out/root/init"
   cp "$here/guest/init/scenario.sh" "$out/root/etc/scenario.sh"
+  cp "$here/guest/init/nocloud.sh" "$out/root/etc/nocloud.sh"
   cp "$here/guest/init/udhcpc.script" "$out/root/etc/udhcpc.script"
   cp "$here/guest/init/power-button" "$out/root/etc/acpi/PWRF/00000080"
-  chmod 755 "$out/root/init" "$out/root/etc/scenario.sh" "$out/root/etc/udhcpc.script" "$out/root/etc/acpi/PWRF/00000080"
+  chmod 755 "$out/root/init" "$out/root/etc/scenario.sh" "$out/root/etc/nocloud.sh" "$out/root/etc/udhcpc.script" "$out/root/etc/acpi/PWRF/00000080"
   # The guest toolbox: small static programs for scenarios busybox cannot do (docs/NESTED.md).
   local tool
   for tool in "$here"/guest/tools/*.c; do

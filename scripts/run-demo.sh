@@ -13,9 +13,10 @@ export KUMO_ENDPOINT="unix:$data/kumod.sock"
 say() { echo "kumo: $*" >&2; }
 log() { say "$@"; }
 kumo() { "$bin/kumo" "$@"; }
-# Tenant networks need ip, nft and dnsmasq (kumod turns networking off without them).
+# Tenant networks need ip, nft and dnsmasq (kumod turns networking off without them); cloud-init seeds xorriso;
+# root disks are qcow2 overlays (qemu-img to look at them).
 . "$(dirname "$0")/apt.sh"
-need_tools ip:iproute2 nft:nftables dnsmasq:dnsmasq-base
+need_tools ip:iproute2 nft:nftables dnsmasq:dnsmasq-base xorriso:xorriso qemu-img:qemu-utils
 
 # kumod: reuse the one serving this data directory, else start it (it outlives this script; its VMs
 # outlive it too).

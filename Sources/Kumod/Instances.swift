@@ -41,6 +41,10 @@ extension Service {
         if let u = r.userData {
             guard let d = Data(base64Encoded: u) else { throw APIError(code: "invalid_argument", message: "user_data must be base64") }
             guard d.count <= 16 << 10 else { throw APIError(code: "invalid_argument", message: "user_data is \(d.count) bytes; at most 16384") }
+            // cloud-init reads it as text (#cloud-config, a script, …): bytes that are not UTF-8 are refused here, not there.
+            guard String(data: d, encoding: .utf8) != nil else {
+                throw APIError(code: "invalid_argument", message: "user_data is not UTF-8 text (cloud-config or a script)")
+            }
             userData = d
         }
         // The request as recorded for idempotency: the same token with a different request is refused.

@@ -26,6 +26,8 @@ public struct LaunchSpec: Sendable {
     /// The instance type's NIC limits (Mbit/s and packets/s, each way), nil: none.
     public var bandwidthMbps: Int? = nil
     public var packetsPerSecond: Int? = nil
+    /// Its cloud-init NoCloud seed (`seed.iso`, a read-only disk after the root disk); nil: none.
+    public var seed: NoCloudSeed? = nil
     public struct NICSpec: Sendable, Equatable {
         public var tap: String
         public var mac: String
@@ -47,6 +49,7 @@ public struct LaunchSpec: Sendable {
     /// The live console (one client at a time): what `kumo console` reaches through kumod's WebSocket.
     public var consoleSocket: URL { workDir.appendingPathComponent("console.sock") }
     public var vmmLog: URL { workDir.appendingPathComponent("vmm.log") }
+    public var seedImage: URL { workDir.appendingPathComponent("seed.iso") }
     /// The console log of the boot before the last guest reboot (kumo-vmm starts console.log afresh).
     public var previousConsoleLog: URL { workDir.appendingPathComponent("console.log.1") }
 }
@@ -127,6 +130,7 @@ public struct ProcessLauncher: VMMLauncher {
         c.memoryDedup = spec.memoryDedup
         if spec.affinity.contains(where: { $0 != nil }) { c.vcpuAffinity = Array(spec.affinity.prefix(spec.vcpus)) }
         if let root = Self.rootDisk(spec) { c.disks = [root] }
+        if spec.seed != nil { c.disks.append(DiskConfig(path: spec.seedImage.path, readOnly: true, serial: "cidata")) }
         c.nets = spec.nics.map { NetConfig(tap: $0.tap, mac: MAC.parse($0.mac)) }
         if let limit = nicRateLimit(mbps: spec.bandwidthMbps, pps: spec.packetsPerSecond) {
             for i in c.nets.indices { c.nets[i].rxRateLimit = limit; c.nets[i].txRateLimit = limit }
@@ -181,13 +185,21 @@ public struct ProcessLauncher: VMMLauncher {
                 throw APIError(code: "launch_failed", message: "cannot rename the root disk's overlay: \(String(cString: strerror(errno)))")
             }
         }
+        try writeSeed(spec)
     }
 
-    /// What `launch` needs of `prepare` when a wrapping launcher did not forward it: the overlay (made once).
+    /// What `launch` needs of `prepare` when a wrapping launcher did not forward it: the overlay (made once)
+    /// and a seed if there is none yet.
     func ensurePrepared(_ spec: LaunchSpec) throws {
         let fm = FileManager.default
         let diskReady = Self.rootDisk(spec).map { fm.fileExists(atPath: $0.path) } ?? true
-        if !diskReady { try prepare(spec) }
+        let seedReady = spec.seed == nil || fm.fileExists(atPath: spec.seedImage.path)
+        if !diskReady || !seedReady { try prepare(spec) }
+    }
+
+    /// Its seed, made afresh at every launch (its NICs' addresses are the store's of now).
+    func writeSeed(_ spec: LaunchSpec) throws {
+        try spec.seed?.write(to: spec.seedImage)
     }
 
     /// The instance's root disk: `root.qcow2`, an overlay on the image's; an instance made before overlays

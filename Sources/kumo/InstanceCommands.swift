@@ -53,7 +53,7 @@ struct InstanceCommand: ParsableCommand {
         @Option(help: "image id or name (kumo image list)") var image: String
         @Option(help: "how many") var count: Int = 1
         @Option(help: "name (NAME-1, NAME-2, … when COUNT > 1)") var name: String?
-        @Option(help: "file whose content is stored as the instance's user data (≤ 16 KiB)") var userDataFile: String?
+        @Option(help: "user data for the instance's cloud-init (NoCloud seed: #cloud-config or a script; UTF-8, ≤ 16 KiB)") var userDataFile: String?
         @Option(help: "idempotency token: repeating the command with it returns the same instances") var clientToken: String?
         @Option(help: "shared (vCPUs float over the shared host CPUs) or dedicated (a host CPU of its own per vCPU)") var cpuPolicy: String?
         @Flag(help: "offer guest RAM to KSM (off by default: merged pages are a side channel; merging stays within your tenant)") var memoryDedup = false

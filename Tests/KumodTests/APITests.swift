@@ -353,6 +353,11 @@ final class HookLauncher: VMMLauncher, @unchecked Sendable {
                 (#"{"type": "kumo.small", "image": "nope"}"#, .notFound, "no image \"nope\""),
                 (#"{"type": "kumo.small", "image": "tiny", "count": 0}"#, .badRequest, "count must be 1–100"),
                 (#"{"type": "kumo.small", "image": "tiny", "user_data": "%%%"}"#, .badRequest, "user_data must be base64"),
+                (#"{"type": "kumo.small", "image": "tiny", "user_data": "//79"}"#, .badRequest, "user_data is not UTF-8"),
+                (
+                    "{\"type\": \"kumo.small\", \"image\": \"tiny\", \"user_data\": \"\(Data(count: 16385).base64EncodedString())\"}", .badRequest,
+                    "at most 16384"
+                ),
                 (#"{"type": "kumo.large", "image": "tiny", "count": 3}"#, .serviceUnavailable, "short by"),
             ]
             for (b, status, text) in runs {

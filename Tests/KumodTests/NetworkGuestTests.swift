@@ -276,12 +276,15 @@ struct NetworkGuestTests {
         try #require(mkfs.0 == 0, "\(mkfs)")
         let baseSum = try Self.sh("/usr/bin/sha256sum", [base]).1.prefix(64)
         _ = try kumo(["image", "register", "busybox", "--kernel", "vmlinux", "--initrd", "initramfs.cpio", "--root-disk", "root.ext4", "--cmdline", cmdline])
-        func run(_ type: String, _ group: String, _ token: String) throws -> Instance {
+        // Ann's instance gets a user-data script (cloud-init NoCloud seed; the busybox image runs scripts).
+        let script = k.dir.appendingPathComponent("user-data.sh")
+        try "#!/bin/sh\necho \"kumo-result: userdata=ran on $(hostname)\"\n".write(to: script, atomically: true, encoding: .utf8)
+        func run(_ type: String, _ group: String, _ token: String, _ more: [String] = []) throws -> Instance {
             let out = try kumo(
-                ["instance", "run", "--type", type, "--image", "busybox", "--network", "lan", "--security-group", group, "--output", "json"], token)
+                ["instance", "run", "--type", type, "--image", "busybox", "--network", "lan", "--security-group", group, "--output", "json"] + more, token)
             return try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(out.utf8)).instances.first, "\(out)")
         }
-        let annVM = try run("n256-1m", "web", ann), benVM = try run("n256", "open", ben)
+        let annVM = try run("n256-1m", "web", ann, ["--name", "ann-web", "--user-data-file", script.path]), benVM = try run("n256", "open", ben)
         let annAddr = try #require(annVM.nics?.first?.address), benAddr = try #require(benVM.nics?.first?.address)
         #expect(annAddr == annNet.address(at: 2)!.description && benAddr == benNet.address(at: 2)!.description)
 
@@ -313,6 +316,14 @@ struct NetworkGuestTests {
             #expect(text.contains("kumo-result: outside_tcp=kumo-outside-ack"), "\(name): \(results)")
             #expect(lines.contains("kumo-result: dns=\(vm.id)"), "\(name): \(results)")
             #expect(text.contains("kumo-result: host_tcp=blocked"), "\(name): \(results)")
+            // The seed: hostname from meta-data; Ann's script ran, Ben has no user data.
+            let host = name == "ann" ? "ann-web" : vm.id
+            #expect(lines.contains("kumo-result: nocloud_hostname=\(host)"), "\(name): \(results)")
+            if name == "ann" {
+                #expect(lines.contains("kumo-result: userdata=ran on ann-web") && lines.contains("kumo-result: nocloud_script=exit 0"), "\(results)")
+            } else {
+                #expect(lines.contains("kumo-result: nocloud_userdata=none") && !text.contains("userdata=ran"), "\(results)")
+            }
             #expect(done == "done", "\(name): \(text.suffix(3000))")
             #expect(try console.result("agent", timeout: 120) == "ready")
         }

@@ -1,0 +1,77 @@
+import Foundation
+import KumoAPI
+
+/// An instance's cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` (made by xorriso) holding
+/// `meta-data` (instance-id, local-hostname), `user-data` (the instance's, as given; empty if none) and
+/// `network-config` (version 2: each NIC by its MAC with its IPAM address, gateway and DNS). kumo-vmm
+/// serves it as a read-only disk after the root disk; cloud-init finds it by its label.
+public struct NoCloudSeed: Sendable, Equatable {
+    public var instanceID: String
+    public var hostname: String
+    public var userData: Data?
+    public var nics: [LaunchSpec.NICSpec]
+
+    /// `name` when it is a hostname label (RFC 1123: lower-case letters, digits, inner hyphens, ≤ 63 bytes),
+    /// else the instance's id.
+    public init(instanceID: String, name: String?, userData: Data?, nics: [LaunchSpec.NICSpec]) {
+        self.instanceID = instanceID
+        self.userData = userData
+        self.nics = nics
+        let label = name ?? ""
+        let ok =
+            !label.isEmpty && label.utf8.count <= 63 && !label.hasPrefix("-") && !label.hasSuffix("-")
+            && label.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }
+        hostname = ok ? label : instanceID
+    }
+
+    /// Every value below is kumod's own (ids, validated names, addresses), so plain YAML scalars are safe.
+    public var metaData: String { "instance-id: \(instanceID)\nlocal-hostname: \(hostname)\n" }
+
+    public var networkConfig: String {
+        var s = "version: 2\nethernets:\n"
+        for (i, n) in nics.enumerated() {
+            s += """
+                  eth\(i):
+                    match:
+                      macaddress: "\(n.mac)"
+                    set-name: eth\(i)
+                    addresses: [\(n.address)/\(n.prefix)]
+
+                """
+            if i == 0 {
+                // The default route and DNS through eth0's network only (its gateway runs dnsmasq).
+                s += "    routes:\n      - to: 0.0.0.0/0\n        via: \(n.gateway)\n    nameservers:\n      addresses: [\(n.gateway)]\n"
+            }
+        }
+        return s
+    }
+
+    /// Writes the seed image to `path` (replaced whole: made under another name and renamed).
+    public func write(to path: URL, xorriso: String = NoCloudSeed.xorriso) throws {
+        let fm = FileManager.default
+        let dir = path.deletingLastPathComponent().appendingPathComponent("seed.d")
+        try? fm.removeItem(at: dir)
+        try fm.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        defer { try? fm.removeItem(at: dir) }
+        try Data(metaData.utf8).write(to: dir.appendingPathComponent("meta-data"))
+        try (userData ?? Data()).write(to: dir.appendingPathComponent("user-data"))
+        try Data(networkConfig.utf8).write(to: dir.appendingPathComponent("network-config"))
+        guard fm.isExecutableFile(atPath: xorriso) else {
+            throw APIError(code: "launch_failed", message: "\(xorriso) is missing: kumod makes cloud-init seeds with it (apt-get install xorriso)")
+        }
+        let part = path.path + ".part"
+        try? fm.removeItem(atPath: part)
+        do {
+            _ = try HostCommand.run(xorriso, ["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-output", part, dir.path])
+        } catch {
+            try? fm.removeItem(atPath: part)
+            throw APIError(code: "launch_failed", message: "cannot make the cloud-init seed: \(error)")
+        }
+        chmod(part, 0o600)
+        guard rename(part, path.path) == 0 else {
+            throw APIError(code: "launch_failed", message: "cannot rename the cloud-init seed: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    public static let xorriso = "/usr/bin/xorriso"
+}
