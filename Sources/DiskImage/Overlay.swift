@@ -14,14 +14,14 @@ extension QCow2 {
         case .raw:
             var st = stat()
             guard stat(path, &st) == 0 else { throw .errno("stat \(path)") }
-            if (st.st_mode & S_IFMT) == S_IFBLK {
-                let fd = open(path, O_RDONLY | O_CLOEXEC)
-                guard fd >= 0 else { throw .errno("open \(path)") }
-                defer { close(fd) }
-                return UInt64(max(0, lseek(fd, 0, SEEK_END)))
+            guard (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFBLK else {
+                throw .unsupported("\(path): not a regular file or block device")
             }
-            guard (st.st_mode & S_IFMT) == S_IFREG else { throw .unsupported("\(path): not a regular file or block device") }
-            return UInt64(st.st_size)
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw .errno("open \(path)") }
+            defer { close(fd) }
+            guard let size = rawSize(fd) else { throw .errno("fstat \(path)") }
+            return size
         }
     }
 

@@ -89,10 +89,7 @@ public final class QCow2Image: @unchecked Sendable {
             case "raw":
                 let bfd = open(full, O_RDONLY | O_CLOEXEC)
                 guard bfd >= 0 else { throw .errno("open backing file \(full)") }
-                var bst = stat()
-                guard fstat(bfd, &bst) == 0 else { close(bfd); throw .errno("fstat \(full)") }
-                var size = UInt64(bst.st_size)
-                if (bst.st_mode & S_IFMT) == S_IFBLK { size = UInt64(max(0, lseek(bfd, 0, SEEK_END))) }
+                guard let size = rawSize(bfd) else { close(bfd); throw .errno("fstat \(full)") }
                 backing = .raw(fd: bfd, size: size, path: full)
             case "qcow2":
                 backing = .qcow2(try QCow2Image(path: full, readOnly: true, depth: depth + 1))
@@ -319,6 +316,14 @@ public final class QCow2Image: @unchecked Sendable {
         refcountTable[ti] = b
         return b
     }
+}
+
+/// A raw image's size: a regular file's length, a block device's by seeking to its end; nil if fstat fails.
+public func rawSize(_ fd: Int32) -> UInt64? {
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { return nil }
+    if (st.st_mode & S_IFMT) == S_IFBLK { return UInt64(max(0, lseek(fd, 0, SEEK_END))) }
+    return UInt64(st.st_size)
 }
 
 /// pread until `count` bytes are in, zero-filling past the end of the file.
