@@ -68,7 +68,9 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(
             name: "KumodTests",
-            dependencies: ["Kumod", "KumoAPI", "VMMContract", "SystemKit", "TestSupport", .product(name: "HummingbirdTesting", package: "hummingbird")]),
+            dependencies: [
+                "Kumod", "KumoAPI", "VMMContract", "SystemKit", "TestSupport", "DiskImage", .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ]),
         .testTarget(
             name: "UnitTests",
             dependencies: [

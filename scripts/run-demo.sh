@@ -14,9 +14,9 @@ say() { echo "kumo: $*" >&2; }
 log() { say "$@"; }
 kumo() { "$bin/kumo" "$@"; }
 # Tenant networks need ip, nft and dnsmasq (kumod turns networking off without them); cloud-init seeds xorriso;
-# root disks are qcow2 overlays (qemu-img to look at them).
+# root disks are qcow2 overlays and imports are converted (qemu-img); key pairs come from ssh-keygen.
 . "$(dirname "$0")/apt.sh"
-need_tools ip:iproute2 nft:nftables dnsmasq:dnsmasq-base xorriso:xorriso qemu-img:qemu-utils
+need_tools ip:iproute2 nft:nftables dnsmasq:dnsmasq-base xorriso:xorriso qemu-img:qemu-utils ssh-keygen:openssh-client
 
 # kumod: reuse the one serving this data directory, else start it (it outlives this script; its VMs
 # outlive it too).
@@ -51,11 +51,19 @@ if [ -z "$image_id" ]; then
   say "registered image $image ($what)"
 fi
 
+# A key pair: kumod keeps its public key and puts it in the instance's cloud-init meta-data (the guest's
+# init installs it as root's authorized_keys); the private key is shown once, here written to a file.
+if ! kumo keypair show demo >/dev/null 2>&1; then
+  rm -f "$data/demo.key"
+  kumo keypair create demo --private-key-file "$data/demo.key" >/dev/null \
+    && say "made key pair demo (private key in $data/demo.key; kumod keeps only the public key)"
+fi
+
 # One kumo.small instance named demo on that image: the running one, else a new one.
 id=$(kumo instance list --name demo --state running --state starting --state pending --output json \
      | json "print(next((i['id'] for i in d['instances'] if i['image'] in ('$image_id', '$image')), ''))")
 if [ -z "$id" ]; then
-  id=$(kumo instance run --type kumo.small --image "$image" --name demo --output json | json "print(d['instances'][0]['id'])")
+  id=$(kumo instance run --type kumo.small --image "$image" --name demo --key-pair demo --output json | json "print(d['instances'][0]['id'])")
   [ -n "$id" ] || { say "RunInstances failed"; exit 1; }
   say "ran instance $id (kumo.small: 1 vCPU, 2 GiB) from $image"
 fi
@@ -95,6 +103,8 @@ kumo:   $bin/kumo instance list
 kumo:   $bin/kumo instance show $id
 kumo:   $bin/kumo instance stop $id        (ACPI power button, forced after 30 s)
 kumo:   $bin/kumo console $id              (attach again later)
+kumo:   $bin/kumo keypair list             (the console shows nocloud_keys=1: the guest installed it)
+kumo:   $bin/kumo image import NAME FILE --format raw|qcow2 --boot-image $image   (your own image)
 kumo:   curl -H "Authorization: Bearer \$(cat $data/admin.token)" http://$listen/v1/instances
 MSG
 if [ -d /sys/module/kvm_pvm ]; then

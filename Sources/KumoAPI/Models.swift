@@ -76,17 +76,34 @@ public struct Image: Codable, Sendable, Equatable {
     public var cmdline: String
     public var kernelFormat: String
     public var createdAt: String
+    /// The tenant a private image belongs to (imported or made from an instance); nil: public, for everyone.
+    public var tenant: String?
+    /// The root disk's format: "raw" or "qcow2" (nil without a root disk).
+    public var diskFormat: String?
+    /// "registered" (files an admin put in the images directory), "imported" (uploaded, converted by
+    /// kumod) or "instance i-…" (a stopped instance's disk, flattened).
+    public var source: String
+    /// The root disk's virtual size in bytes (what a guest sees).
+    public var sizeBytes: Int64?
+    /// "sha256:…" of the root disk file kumod made (imported and instance images).
+    public var checksum: String?
     enum CodingKeys: String, CodingKey {
-        case id, name, kernel, initrd, cmdline
+        case id, name, kernel, initrd, cmdline, tenant, source, checksum
         case rootDisk = "root_disk", kernelFormat = "kernel_format", createdAt = "created_at"
+        case diskFormat = "disk_format", sizeBytes = "size_bytes"
     }
     public init(
         id: String, name: String, kernel: String, initrd: String?, rootDisk: String?, cmdline: String,
-        kernelFormat: String, createdAt: String
+        kernelFormat: String, createdAt: String, tenant: String? = nil, diskFormat: String? = nil, source: String = "registered",
+        sizeBytes: Int64? = nil, checksum: String? = nil
     ) {
         self.id = id; self.name = name; self.kernel = kernel; self.initrd = initrd; self.rootDisk = rootDisk
         self.cmdline = cmdline; self.kernelFormat = kernelFormat; self.createdAt = createdAt
+        self.tenant = tenant; self.diskFormat = diskFormat ?? (rootDisk == nil ? nil : "raw"); self.source = source
+        self.sizeBytes = sizeBytes; self.checksum = checksum
     }
+    /// Public (every tenant's to use) or a tenant's own.
+    public var visibility: String { tenant == nil ? "public" : "private" }
 }
 
 /// One entry of an instance's state history.
@@ -123,8 +140,11 @@ public struct Instance: Codable, Sendable, Equatable {
     public var dedicatedCPUs: String?
     /// Its network interfaces (eth0 first); released when the instance is deleted.
     public var nics: [NIC]?
+    /// The key pair whose public key its cloud-init meta-data carries.
+    public var keyPair: String?
     enum CodingKeys: String, CodingKey {
         case id, name, tenant, type, vcpus, image, state, reservation, pid, history, nics
+        case keyPair = "key_pair"
         case memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy", dedicatedCPUs = "dedicated_cpus"
         case memoryMiB = "memory_mib", stateReason = "state_reason", createdAt = "created_at"
         case updatedAt = "updated_at", launchedAt = "launched_at"
@@ -162,15 +182,20 @@ public struct RunInstancesRequest: Codable, Sendable, Equatable {
     /// The security groups (ids or names, the caller's own) of every NIC; absent: the tenant's default
     /// group (made when the tenant has none).
     public var securityGroups: [String]?
+    /// A key pair of the caller's (name or id): its public key goes into the instance's meta-data.
+    public var keyPair: String?
     enum CodingKeys: String, CodingKey {
         case type, image, count, name, networks
+        case keyPair = "key_pair"
         case userData = "user_data", clientToken = "client_token", memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy"
         case securityGroups = "security_groups"
     }
     public init(
         type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil,
-        memoryDedup: Bool? = nil, cpuPolicy: String? = nil, networks: [String]? = nil, securityGroups: [String]? = nil
+        memoryDedup: Bool? = nil, cpuPolicy: String? = nil, networks: [String]? = nil, securityGroups: [String]? = nil,
+        keyPair: String? = nil
     ) {
+        self.keyPair = keyPair
         self.type = type; self.image = image; self.count = count; self.name = name; self.userData = userData
         self.clientToken = clientToken; self.memoryDedup = memoryDedup; self.cpuPolicy = cpuPolicy; self.networks = networks
         self.securityGroups = securityGroups

@@ -34,6 +34,8 @@ public enum API {
         ("GET", "/v1/security-groups"), ("POST", "/v1/security-groups"), ("GET", "/v1/security-groups/{id}"),
         ("DELETE", "/v1/security-groups/{id}"), ("POST", "/v1/security-groups/{id}/rules"), ("DELETE", "/v1/security-groups/{id}/rules/{rule}"),
         ("PUT", "/v1/instances/{id}/nics/{index}/security-groups"),
+        ("GET", "/v1/images/{id}"), ("POST", "/v1/images/import"), ("POST", "/v1/instances/{id}/image"),
+        ("GET", "/v1/key-pairs"), ("POST", "/v1/key-pairs"), ("GET", "/v1/key-pairs/{id}"), ("DELETE", "/v1/key-pairs/{id}"),
         ("POST", "/v1/instances/{id}/nics/{index}/port-forwards"), ("DELETE", "/v1/instances/{id}/nics/{index}/port-forwards/{forward}"),
     ]
 
@@ -334,6 +336,8 @@ public enum API {
         tenancyRoutes(router, service)
         networkRoutes(router, service)
         securityGroupRoutes(router, service)
+        keyPairRoutes(router, service)
+        imageRoutes(router, service)
         return router
     }
 
@@ -400,6 +404,33 @@ public enum API {
             await handle(c) { p throws(APIError) in
                 let id = try id(c)
                 try await store(service) { () throws(APIError) in try service.deleteNetwork(id, by: p) }
+                return noContent
+            }
+        }
+    }
+
+    static func keyPairRoutes(_ router: Router<KumoContext>, _ service: Service) {
+        router.get("/v1/key-pairs") { _, c in
+            await handle(c) { p throws(APIError) in
+                json(KeyPairList(keyPairs: try await store(service) { () throws(APIError) in try service.listKeyPairs(by: p) }))
+            }
+        }
+        router.post("/v1/key-pairs") { r, c in
+            await handle(c) { p throws(APIError) in
+                let req = try await decode(CreateKeyPairRequest.self, r, c)
+                return json(try await store(service) { () throws(APIError) in try service.createKeyPair(req, by: p) }, status: .created)
+            }
+        }
+        router.get("/v1/key-pairs/{id}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c)
+                return json(try await store(service) { () throws(APIError) in try service.describeKeyPair(id, by: p) })
+            }
+        }
+        router.delete("/v1/key-pairs/{id}") { _, c in
+            await handle(c) { p throws(APIError) in
+                let id = try id(c)
+                try await store(service) { () throws(APIError) in try service.deleteKeyPair(id, by: p) }
                 return noContent
             }
         }

@@ -61,20 +61,37 @@ extension Service {
         guard try wrap({ try store.deleteType(t.name) }) else { throw APIError(code: "not_found", message: "no instance type \(t.name)") }
     }
 
-    /// Every image; a tenant sees its files by their names in the images directory, not as host paths.
+    /// The public images and the caller's own (an admin: every image); a tenant sees files by their names,
+    /// not as host paths.
     public func images(by who: Store.Principal) throws(APIError) -> [Image] {
-        try wrap { try store.images() }.map { visible($0, to: who) }
+        try wrap { try store.images(visibleTo: who.admin ? nil : who.tenantID) }.map { visible($0, to: who) }
     }
 
     public func images() throws(APIError) -> [Image] { try wrap { try store.images() } }
 
+    /// An image the caller may see: by id, or by name (its own first, then a public one); an admin also
+    /// any tenant's by id.
+    func imageRecord(_ ref: String, by who: Store.Principal) throws(APIError) -> Image {
+        let found = try wrap { () throws -> Image? in
+            if let i = try store.image(ref, visibleTo: who.tenantID) { return i }
+            return who.admin ? try store.image(ref, visibleTo: nil) : nil
+        }
+        guard let i = found else { throw APIError(code: "not_found", message: "no image \"\(Validate.escaped(ref))\" (`kumo image list`)") }
+        return i
+    }
+
+    /// A tenant deletes its own images; public ones are the admin's. A root disk kumod made goes with the record.
     public func deleteImage(_ ref: String, by who: Store.Principal) throws(APIError) {
-        try requireAdmin(who)
-        switch try wrap({ try store.deleteImage(ref) }) {
-        case .deleted: return
+        let image = try imageRecord(ref, by: who)
+        if image.tenant == nil { try requireAdmin(who) }
+        let owned = try wrap { try store.imageOwnership(image.id) }
+        switch try wrap({ try store.deleteImage(id: image.id) }) {
+        case .deleted:
+            if owned?.ownsFile == true, let disk = image.rootDisk { unlink(disk) }
         case .missing: throw APIError(code: "not_found", message: "no image \(Validate.escaped(ref)) (`kumo image list`)")
         case let .inUse(n):
-            throw APIError(code: "conflict", message: "image \(ref) is used by \(n) instance(s) that are not deleted: terminate them first")
+            throw APIError(
+                code: "conflict", message: "image \(image.name) is used by \(n) instance(s) that are not deleted: terminate them first")
         }
     }
 
@@ -111,16 +128,18 @@ extension Service {
         for (field, path) in [("kernel", r.kernel), ("initrd", r.initrd), ("root_disk", r.rootDisk)] {
             if let path { try Validate.text(path, field: field, maxBytes: 4096) }
         }
+        guard !r.name.hasPrefix("img-") else { throw APIError(code: "invalid_argument", message: "image name \(r.name): img- starts image ids, not names") }
         if try wrap({ try store.image(r.name) }) != nil { throw APIError(code: "conflict", message: "image \(r.name) exists") }
         let kernel = try imageFile(r.kernel, field: "kernel")
         let initrd = try r.initrd.map { p throws(APIError) in try imageFile(p, field: "initrd") }
         let rootDisk = try r.rootDisk.map { p throws(APIError) in try imageFile(p, field: "root_disk") }
         // kumo-vmm's own checks (VMMContract.BootInputs): an image kumod records is one kumo-vmm boots.
         let format: String
+        var size: UInt64? = nil
         do {
             format = try BootInputs.kernel(kernel).format == .elf ? "elf" : "bzimage"
             if let i = initrd { _ = try BootInputs.initrd(i) }
-            if let d = rootDisk { try BootInputs.disk(d, readOnly: true) }
+            if let d = rootDisk { size = try BootInputs.disk(d, readOnly: true) }
         } catch {
             throw APIError(code: "invalid_argument", message: "\(error)")
         }
@@ -128,8 +147,8 @@ extension Service {
         if r.rootDisk != nil && !cmdline.contains("root=") { cmdline += " root=/dev/vda rw" }
         let img = Image(
             id: Store.newID("img"), name: r.name, kernel: kernel, initrd: initrd,
-            rootDisk: rootDisk, cmdline: cmdline, kernelFormat: format, createdAt: Store.now())
-        try wrap { try store.addImage(img) }
+            rootDisk: rootDisk, cmdline: cmdline, kernelFormat: format, createdAt: Store.now(), sizeBytes: size.map { Int64($0) })
+        guard try wrap({ try store.addImage(img) }) else { throw APIError(code: "conflict", message: "image \(r.name) exists") }
         return img
     }
 

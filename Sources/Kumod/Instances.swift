@@ -32,11 +32,20 @@ extension Service {
             let known = (try? store.types().map(\.name).joined(separator: ", ")) ?? ""
             throw APIError(code: "not_found", message: "no instance type \"\(r.type)\" (known: \(known); `kumo type list`)")
         }
-        guard let image = try wrap({ try store.image(r.image) }) else {
+        // The public images and the caller's own (an admin's instance too: it is in the admin's tenant).
+        guard let image = try wrap({ try store.image(r.image, visibleTo: who.tenantID) }) else {
             throw APIError(code: "not_found", message: "no image \"\(r.image)\" (`kumo image list`)")
         }
         let networkIDs = try networksForLaunch(r.networks, by: who)
         let groupIDs = try groupsForLaunch(r.securityGroups, nics: networkIDs.count, by: who)
+        let key = try r.keyPair.map { k throws(APIError) in
+            try Validate.text(k, field: "key_pair", maxBytes: 128)
+            // The caller's own only, an admin's too: the instance is in the caller's tenant.
+            guard let own = try wrap({ try store.keyPair(k, tenant: who.tenantID) }) else {
+                throw APIError(code: "not_found", message: "no key pair \(Validate.escaped(k)) (`kumo keypair list`)")
+            }
+            return own
+        }
         var userData: Data? = nil
         if let u = r.userData {
             guard let d = Data(base64Encoded: u) else { throw APIError(code: "invalid_argument", message: "user_data must be base64") }
@@ -53,12 +62,12 @@ extension Service {
                 RunInstancesRequest(
                     type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken, memoryDedup: r.memoryDedup,
                     cpuPolicy: r.cpuPolicy, networks: r.networks == nil ? nil : networkIDs,
-                    securityGroups: r.securityGroups == nil ? nil : groupIDs)), as: UTF8.self)
+                    securityGroups: r.securityGroups == nil ? nil : groupIDs, keyPair: key?.id)), as: UTF8.self)
         let new = (0..<count).map { i -> Store.NewInstance in
             let id = Store.newID("i")
             let name = r.name.map { count > 1 ? "\($0)-\(i + 1)" : $0 } ?? id
             return Store.NewInstance(
-                id: id, name: name, type: type, imageID: image.id, userData: userData,
+                id: id, name: name, type: type, imageID: image.id, userData: userData, keyPair: key.map { ($0.name, $0.publicKey) },
                 workDir: dataDir.appendingPathComponent("instances/\(id)").path, memoryDedup: r.memoryDedup ?? false,
                 dedicated: dedicated, networks: networkIDs, securityGroups: groupIDs)
         }
@@ -139,6 +148,9 @@ extension Service {
         switch rec.instance.state {
         case .running, .starting, .pending: return visible(rec.instance, to: who)
         case .stopped, .error:
+            if imaging.withLock({ $0.contains(id) }) {
+                throw APIError(code: "conflict", message: "an image is being made from instance \(id): start it when that is done")
+            }
             let host = self.host, policy = self.policy()
             let type = InstanceType(name: rec.instance.type, vcpus: rec.instance.vcpus, memoryMiB: rec.instance.memoryMiB)
             do {
@@ -204,6 +216,9 @@ extension Service {
     public func delete(_ id: String, by who: Store.Principal) throws(APIError) -> Instance {
         let rec = try record(id, by: who)
         if rec.instance.state == .deleted { return visible(rec.instance, to: who) }
+        if imaging.withLock({ $0.contains(id) }) {
+            throw APIError(code: "conflict", message: "an image is being made from instance \(id): delete it when that is done")
+        }
         // Released either way: a VMM that died while kumod was down left its cgroup behind.
         if let p = processes.withLock({ $0[id] }) { endVMM(id, p) } else { released(id) }
         try wrap { try store.transition(id, to: .deleted, reason: "TerminateInstances", pid: .some(nil)) }

@@ -178,7 +178,8 @@ public struct ProcessLauncher: VMMLauncher {
             // overlay cut short (kumod killed) is never taken for a whole one.
             let part = root.path + ".part"
             try? fm.removeItem(atPath: part)
-            do { try QCow2.createOverlay(at: part, backing: disk, format: .raw) } catch {
+            let format = DiskFormat(rawValue: spec.image.diskFormat ?? "raw") ?? .raw
+            do { try QCow2.createOverlay(at: part, backing: disk, format: format) } catch {
                 throw APIError(code: "launch_failed", message: "cannot create the root disk's overlay: \(error)")
             }
             guard rename(part, root.path) == 0 else {

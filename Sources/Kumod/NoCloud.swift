@@ -2,7 +2,7 @@ import Foundation
 import KumoAPI
 
 /// An instance's cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` (made by xorriso) holding
-/// `meta-data` (instance-id, local-hostname), `user-data` (the instance's, as given; empty if none) and
+/// `meta-data` (instance-id, local-hostname, public-keys), `user-data` (the instance's, as given; empty if none) and
 /// `network-config` (version 2: each NIC by its MAC with its IPAM address, gateway and DNS). kumo-vmm
 /// serves it as a read-only disk after the root disk; cloud-init finds it by its label.
 public struct NoCloudSeed: Sendable, Equatable {
@@ -10,11 +10,14 @@ public struct NoCloudSeed: Sendable, Equatable {
     public var hostname: String
     public var userData: Data?
     public var nics: [LaunchSpec.NICSpec]
+    /// authorized_keys lines (checked by SSHPublicKey: type, base64, a key pair name).
+    public var publicKeys: [String]
 
     /// `name` when it is a hostname label (RFC 1123: lower-case letters, digits, inner hyphens, ≤ 63 bytes),
     /// else the instance's id.
-    public init(instanceID: String, name: String?, userData: Data?, nics: [LaunchSpec.NICSpec]) {
+    public init(instanceID: String, name: String?, userData: Data?, nics: [LaunchSpec.NICSpec], publicKeys: [String] = []) {
         self.instanceID = instanceID
+        self.publicKeys = publicKeys
         self.userData = userData
         self.nics = nics
         let label = name ?? ""
@@ -24,8 +27,13 @@ public struct NoCloudSeed: Sendable, Equatable {
         hostname = ok ? label : instanceID
     }
 
-    /// Every value below is kumod's own (ids, validated names, addresses), so plain YAML scalars are safe.
-    public var metaData: String { "instance-id: \(instanceID)\nlocal-hostname: \(hostname)\n" }
+    /// Every value below is kumod's own (ids, validated names, addresses, keys it parsed), so plain YAML
+    /// scalars are safe; a key is quoted all the same (it has spaces).
+    public var metaData: String {
+        var s = "instance-id: \(instanceID)\nlocal-hostname: \(hostname)\n"
+        if !publicKeys.isEmpty { s += "public-keys:\n" + publicKeys.map { "  - \"\($0)\"\n" }.joined() }
+        return s
+    }
 
     public var networkConfig: String {
         var s = "version: 2\nethernets:\n"

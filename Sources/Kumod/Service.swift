@@ -47,6 +47,10 @@ public final class Service: Sendable {
     /// Request handlers' blocking work (WorkPool.swift): the store lane, and the lane for waiting on VMMs.
     public let storeLane = WorkPool(name: "kumod-store", threads: 4)
     public let vmmLane = WorkPool(name: "kumod-vmm", threads: 16)
+    /// Image uploads and conversions (qemu-img on gigabytes): never on the store lane.
+    public let imageLane = WorkPool(name: "kumod-image", threads: 2)
+    /// Instances whose disk an image is being made from: not started or deleted meanwhile.
+    let imaging = Mutex<Set<String>>([])
 
     public init(
         store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
@@ -75,6 +79,7 @@ public final class Service: Sendable {
     deinit {
         storeLane.shutdown()
         vmmLane.shutdown()
+        imageLane.shutdown()
     }
 
     // MARK: settings

@@ -122,7 +122,7 @@ public final class Store: Sendable {
 
     public enum TenantDeletion: Sendable { case deleted, inUse(Int), hasNetworks(Int), missing }
 
-    /// Deletes a tenant, its tokens and security groups, in one transaction, unless it has instances that are not deleted.
+    /// Deletes a tenant, its tokens, security groups and key pairs, in one transaction, unless it has instances that are not deleted.
     /// Its deleted instances' rows (and reservations) stay for their history, under the tenant id.
     public func deleteTenant(_ id: String) throws -> TenantDeletion {
         try db.write { db in
@@ -136,6 +136,7 @@ public final class Store: Sendable {
             try db.execute(
                 sql: "DELETE FROM security_group_rules WHERE group_id IN (SELECT id FROM security_groups WHERE tenant_id = ?)", arguments: [id])
             try db.execute(sql: "DELETE FROM security_groups WHERE tenant_id = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM key_pairs WHERE tenant_id = ?", arguments: [id])
             let kept = try Int.fetchOne(db, sql: "SELECT count(*) FROM reservations WHERE tenant_id = ?", arguments: [id]) ?? 0
             // Rows that name it (its deleted instances' reservations) keep it, renamed out of the way.
             if kept == 0 {
@@ -236,29 +237,67 @@ public final class Store: Sendable {
     static func image(_ r: Row) -> Image {
         Image(
             id: r["id"], name: r["name"], kernel: r["kernel"], initrd: r["initrd"], rootDisk: r["root_disk"],
-            cmdline: r["cmdline"], kernelFormat: r["kernel_format"], createdAt: r["created_at"])
+            cmdline: r["cmdline"], kernelFormat: r["kernel_format"], createdAt: r["created_at"], tenant: r["tenant_name"],
+            diskFormat: (r["root_disk"] as String?) == nil ? nil : r["disk_format"], source: r["source"], sizeBytes: r["size_bytes"],
+            checksum: r["checksum"])
     }
 
-    public func images() throws -> [Image] {
-        try db.read { try Row.fetchAll($0, sql: "SELECT * FROM images WHERE name NOT LIKE 'deleted:%' ORDER BY created_at, name").map(Self.image) }
+    static let imageSelect = "SELECT m.*, t.name AS tenant_name FROM images m LEFT JOIN tenants t ON t.id = m.tenant_id"
+    static let liveImage = "m.name NOT LIKE 'deleted:%'"
+
+    /// The public images and `tenant`'s own, or every image (nil).
+    public func images(visibleTo tenant: String?) throws -> [Image] {
+        try db.read { db in
+            let rows =
+                try tenant.map {
+                    try Row.fetchAll(
+                        db, sql: Self.imageSelect + " WHERE \(Self.liveImage) AND (m.tenant_id IS NULL OR m.tenant_id = ?) ORDER BY m.created_at, m.name",
+                        arguments: [$0])
+                } ?? Row.fetchAll(db, sql: Self.imageSelect + " WHERE \(Self.liveImage) ORDER BY m.created_at, m.name")
+            return rows.map(Self.image)
+        }
     }
 
-    /// By id or by name.
-    public func image(_ ref: String) throws -> Image? {
-        try db.read {
-            try Row.fetchOne($0, sql: "SELECT * FROM images WHERE (id = ? OR name = ?) AND name NOT LIKE 'deleted:%'", arguments: [ref, ref]).map(Self.image)
+    public func images() throws -> [Image] { try images(visibleTo: nil) }
+
+    /// By id, or by name (the tenant's own first, then a public one), among what `tenant` sees; nil: any image by id or
+    /// a public one by name.
+    public func image(_ ref: String, visibleTo tenant: String?) throws -> Image? {
+        try db.read { db in
+            if let tenant {
+                return try Row.fetchOne(
+                    db,
+                    sql: Self.imageSelect + """
+                         WHERE \(Self.liveImage) AND (m.tenant_id IS NULL OR m.tenant_id = ?) AND (m.id = ? OR m.name = ?)
+                        ORDER BY m.id = ? DESC, m.tenant_id IS NULL LIMIT 1
+                        """, arguments: [tenant, ref, ref, ref]
+                ).map(Self.image)
+            }
+            return try Row.fetchOne(
+                db, sql: Self.imageSelect + " WHERE \(Self.liveImage) AND (m.id = ? OR (m.name = ? AND m.tenant_id IS NULL)) ORDER BY m.id = ? DESC LIMIT 1",
+                arguments: [ref, ref, ref]
+            ).map(Self.image)
+        }
+    }
+
+    /// By id or public name (what admin tools and tests used before images had tenants).
+    public func image(_ ref: String) throws -> Image? { try image(ref, visibleTo: nil) }
+
+    /// The image's tenant id (nil: public) and whether kumod made its root disk file (and removes it).
+    public func imageOwnership(_ id: String) throws -> (tenantID: String?, ownsFile: Bool)? {
+        try db.read { db in
+            try Row.fetchOne(db, sql: "SELECT tenant_id, owns_file FROM images WHERE id = ?", arguments: [id]).map {
+                ($0["tenant_id"], ($0["owns_file"] as Int) == 1)
+            }
         }
     }
 
     public enum ImageDeletion: Sendable { case deleted, inUse(Int), missing }
 
-    /// Deletes an image's record (its files are the admin's), unless instances that are not deleted use it.
-    public func deleteImage(_ ref: String) throws -> ImageDeletion {
+    /// Deletes an image's record, unless instances that are not deleted use it.
+    public func deleteImage(id: String) throws -> ImageDeletion {
         try db.write { db in
-            guard
-                let id = try String.fetchOne(
-                    db, sql: "SELECT id FROM images WHERE (id = ? OR name = ?) AND name NOT LIKE 'deleted:%'", arguments: [ref, ref])
-            else { return .missing }
+            guard try String.fetchOne(db, sql: "SELECT id FROM images m WHERE id = ? AND \(Self.liveImage)", arguments: [id]) != nil else { return .missing }
             let users = try Int.fetchOne(db, sql: "SELECT count(*) FROM instances WHERE image_id = ?", arguments: [id]) ?? 0
             let live = try Int.fetchOne(db, sql: "SELECT count(*) FROM instances WHERE image_id = ? AND state != 'deleted'", arguments: [id]) ?? 0
             if live > 0 { return .inUse(live) }
@@ -272,13 +311,24 @@ public final class Store: Sendable {
         }
     }
 
-    public func addImage(_ i: Image) throws {
+    /// False when the name is taken among the images it would sit with (the public ones, or its tenant's).
+    @discardableResult
+    public func addImage(_ i: Image, tenantID: String? = nil, ownsFile: Bool = false) throws -> Bool {
         try db.write { db in
+            let taken = try Int.fetchOne(
+                db, sql: "SELECT 1 FROM images WHERE ifnull(tenant_id, '') = ? AND name = ?", arguments: [tenantID ?? "", i.name])
+            if taken != nil { return false }
             try db.execute(
                 sql: """
-                    INSERT INTO images (id, name, kernel, initrd, root_disk, cmdline, kernel_format, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                    """, arguments: [i.id, i.name, i.kernel, i.initrd, i.rootDisk, i.cmdline, i.kernelFormat, i.createdAt])
+                    INSERT INTO images (id, name, tenant_id, kernel, initrd, root_disk, disk_format, cmdline, kernel_format, source,
+                                        size_bytes, checksum, owns_file, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    i.id, i.name, tenantID, i.kernel, i.initrd, i.rootDisk, i.diskFormat ?? "raw", i.cmdline, i.kernelFormat, i.source,
+                    i.sizeBytes, i.checksum, ownsFile ? 1 : 0, i.createdAt,
+                ])
+            return true
         }
     }
 }

@@ -13,6 +13,8 @@ extension Store {
         public var tenantID: String
         public var imageID: String
         public var userData: Data?
+        /// The public key its meta-data carries (the key pair's at RunInstances), one authorized_keys line.
+        public var publicKey: String?
         public var pidStartTicks: UInt64?
         public var workDir: String
         public var seq: Int64
@@ -23,7 +25,8 @@ extension Store {
     static let instanceColumns = """
         i.seq, i.id, i.name, i.tenant_id, n.name AS tenant_name, i.reservation_id, i.type, i.vcpus, i.memory_mib,
         i.image_id, m.name AS image_name, i.user_data, i.state, i.state_reason, i.created_at, i.updated_at,
-        i.launched_at, i.pid, i.pid_start_ticks, i.work_dir, i.vcpu_affinity, i.memory_dedup, i.cpu_policy, i.dedicated_cpus
+        i.launched_at, i.pid, i.pid_start_ticks, i.work_dir, i.vcpu_affinity, i.memory_dedup, i.cpu_policy, i.dedicated_cpus,
+        i.key_pair, i.public_key
         """
     static let instanceFrom = "FROM instances i JOIN tenants n ON n.id = i.tenant_id JOIN images m ON m.id = i.image_id"
 
@@ -36,12 +39,13 @@ extension Store {
             reservation: r["reservation_id"], pid: r["pid"])
         inst.memoryDedup = (r["memory_dedup"] as Int?) == 1
         inst.cpuPolicy = r["cpu_policy"]
+        inst.keyPair = r["key_pair"]
         let dedicated: String? = r["dedicated_cpus"]
         inst.dedicatedCPUs = state.holdsCapacity ? dedicated : nil
         let ticks: Int64? = r["pid_start_ticks"]
         return InstanceRecord(
             instance: inst, tenantID: r["tenant_id"], imageID: r["image_id"], userData: r["user_data"],
-            pidStartTicks: ticks.map { UInt64($0) }, workDir: r["work_dir"], seq: r["seq"],
+            publicKey: r["public_key"], pidStartTicks: ticks.map { UInt64($0) }, workDir: r["work_dir"], seq: r["seq"],
             affinity: decodeAffinity(r["vcpu_affinity"]))
     }
 
@@ -137,6 +141,8 @@ extension Store {
         public var type: InstanceType
         public var imageID: String
         public var userData: Data?
+        /// Its key pair's name and public key line.
+        public var keyPair: (name: String, publicKey: String)? = nil
         public var workDir: String
         public var memoryDedup: Bool = false
         public var dedicated = false
@@ -180,13 +186,15 @@ extension Store {
                 try db.execute(
                     sql: """
                         INSERT INTO instances (id, name, tenant_id, reservation_id, type, vcpus, memory_mib, image_id, user_data,
-                                               state, state_reason, created_at, updated_at, work_dir, memory_dedup, cpu_policy, dedicated_cpus)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)
+                                               state, state_reason, created_at, updated_at, work_dir, memory_dedup, cpu_policy, dedicated_cpus,
+                                               key_pair, public_key)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """,
                     arguments: [
                         n.id, n.name, tenantID, rid, n.type.name, n.type.vcpus, n.type.memoryMiB, n.imageID,
                         n.userData, "RunInstances", now, now, n.workDir, n.memoryDedup ? 1 : 0,
                         n.dedicated ? "dedicated" : "shared", i < cpus.count ? Self.cpuText(cpus[i]) : nil,
+                        n.keyPair?.name, n.keyPair?.publicKey,
                     ])
                 try db.execute(
                     sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, 'pending', 'RunInstances', ?)",

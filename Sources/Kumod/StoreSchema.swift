@@ -131,6 +131,37 @@ extension Store {
                     CREATE INDEX port_forwards_nic ON port_forwards(nic_id);
                     """)
         }
+        m.registerMigration("v11: key pairs") { db in
+            // The public half only. An instance keeps the key it was made with (its seed is rebuilt at
+            // every launch), so deleting the key pair changes no instance, as ECS.
+            try db.execute(
+                sql: """
+                    CREATE TABLE key_pairs (
+                        id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id), name TEXT NOT NULL,
+                        key_type TEXT NOT NULL, public_key TEXT NOT NULL, fingerprint TEXT NOT NULL, created_at TEXT NOT NULL,
+                        UNIQUE (tenant_id, name));
+                    ALTER TABLE instances ADD COLUMN key_pair TEXT;
+                    ALTER TABLE instances ADD COLUMN public_key TEXT;
+                    """)
+        }
+        m.registerMigration("v12: private images (imported, from instances), root disk formats") { db in
+            // Rebuilt (SQLite cannot drop a column's UNIQUE): a name is unique among the public images and
+            // within each tenant's own, so a tenant never learns another tenant's image names by a conflict.
+            try db.execute(
+                sql: """
+                    CREATE TABLE images_v12 (
+                        id TEXT PRIMARY KEY, name TEXT NOT NULL, tenant_id TEXT REFERENCES tenants(id),
+                        kernel TEXT NOT NULL, initrd TEXT, root_disk TEXT,
+                        disk_format TEXT NOT NULL DEFAULT 'raw' CHECK (disk_format IN ('raw', 'qcow2')),
+                        cmdline TEXT NOT NULL, kernel_format TEXT NOT NULL, source TEXT NOT NULL DEFAULT 'registered',
+                        size_bytes INTEGER, checksum TEXT, owns_file INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);
+                    INSERT INTO images_v12 (id, name, kernel, initrd, root_disk, cmdline, kernel_format, created_at)
+                        SELECT id, name, kernel, initrd, root_disk, cmdline, kernel_format, created_at FROM images;
+                    DROP TABLE images;
+                    ALTER TABLE images_v12 RENAME TO images;
+                    CREATE UNIQUE INDEX images_name ON images(ifnull(tenant_id, ''), name);
+                    """)
+        }
         return m
     }
 

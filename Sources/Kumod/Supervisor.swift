@@ -34,7 +34,8 @@ extension Service {
         }
         let nics = (try? store.nics(instance: id)) ?? []
         spec.nics = nics.map { .init(tap: $0.tap, mac: $0.mac, address: $0.address, gateway: $0.gateway, prefix: $0.cidr.prefix) }
-        spec.seed = NoCloudSeed(instanceID: id, name: rec.instance.name, userData: rec.userData, nics: spec.nics)
+        spec.seed = NoCloudSeed(
+            instanceID: id, name: rec.instance.name, userData: rec.userData, nics: spec.nics, publicKeys: rec.publicKey.map { [$0] } ?? [])
         if !prepared {
             let prepSpec = spec
             preparation.async { [self] in

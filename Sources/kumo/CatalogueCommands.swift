@@ -52,10 +52,86 @@ struct TypeCommand: ParsableCommand {
 }
 
 struct ImageCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "image", abstract: "Images", subcommands: [List.self, Register.self, Delete.self])
+    static let configuration = CommandConfiguration(
+        commandName: "image", abstract: "Images: public ones (admin) and your own (imported, or made from an instance)",
+        subcommands: [List.self, Show.self, Register.self, Import.self, Create.self, Delete.self])
+
+    static func rows(_ images: [Image]) -> String {
+        table(
+            ["ID", "NAME", "VISIBILITY", "SOURCE", "DISK", "SIZE", "KERNEL"],
+            images.map { i in
+                [
+                    i.id, i.name, i.tenant.map { "private (\($0))" } ?? "public", i.source,
+                    i.rootDisk == nil ? "-" : i.diskFormat ?? "raw", i.sizeBytes.map { "\($0 >> 20) MiB" } ?? "-", i.kernel,
+                ]
+            })
+    }
+
+    struct Show: ParsableCommand {
+        @OptionGroup var global: Global
+        @Argument(help: "id or name") var image: String
+        mutating func run() throws {
+            try perform {
+                let i = try global.call("GET", "/v1/images/" + Global.segment(image), as: Image.self)
+                global.emit(i) {
+                    table(
+                        ["FIELD", "VALUE"],
+                        [
+                            ["id", i.id], ["name", i.name], ["visibility", i.visibility + (i.tenant.map { " (\($0))" } ?? "")], ["source", i.source],
+                            ["kernel", "\(i.kernel) (\(i.kernelFormat))"], ["initrd", i.initrd ?? "-"],
+                            ["root disk", i.rootDisk.map { "\($0) (\(i.diskFormat ?? "raw"))" } ?? "-"],
+                            ["size", i.sizeBytes.map { "\($0) bytes" } ?? "-"], ["checksum", i.checksum ?? "-"], ["cmdline", i.cmdline],
+                            ["created", i.createdAt],
+                        ])
+                }
+            }
+        }
+    }
+
+    struct Import: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Import a disk image (raw or qcow2) as your own image",
+            discussion: "The file is uploaded to kumod, which converts it with qemu-img into a standalone qcow2 (a qcow2 with a backing or "
+                + "external data file is refused). It boots with the kernel, initrd and command line of --boot-image.")
+        @OptionGroup var global: Global
+        @Argument(help: "1-63 of A-Z, a-z, 0-9, '.', '_', '-'") var name: String
+        @Argument(help: "the disk image file") var file: String
+        @Option(help: "how to read it: raw or qcow2 (never guessed)") var format: String
+        @Option(help: "the image (id or name) whose kernel, initrd and command line it boots with") var bootImage: String
+        @Flag(help: "make it public (admin)") var `public` = false
+        mutating func run() throws {
+            try perform {
+                let fd = open(file, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw Failure.usage("cannot open \(file): \(String(cString: strerror(errno)))") }
+                defer { close(fd) }
+                var st = stat()
+                guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { throw Failure.usage("\(file) is not a regular file") }
+                var q = "name=\(Global.segment(name))&format=\(Global.segment(format))&boot_image=\(Global.segment(bootImage))"
+                if `public` { q += "&public=true" }
+                let i = try global.upload("/v1/images/import?" + q, file: fd, length: Int(st.st_size), as: Image.self)
+                global.emit(i) { ImageCommand.rows([i]) }
+            }
+        }
+    }
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "CreateImage: a stopped instance's disk, flattened into your own image")
+        @OptionGroup var global: Global
+        @Argument(help: "1-63 of A-Z, a-z, 0-9, '.', '_', '-'") var name: String
+        @Option(help: "the instance (stopped)") var fromInstance: String
+        mutating func run() throws {
+            try perform {
+                let i = try global.call(
+                    "POST", "/v1/instances/\(try pathComponent(fromInstance))/image", body: CreateImageRequest(name: name), as: Image.self)
+                global.emit(i) { ImageCommand.rows([i]) }
+            }
+        }
+    }
 
     struct Delete: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete an image no instance uses (admin; its files stay in the images directory)")
+        static let configuration = CommandConfiguration(
+            abstract: "Delete an image no instance uses (yours, or a public one as admin; a registered image's files stay in the images directory)")
         @OptionGroup var global: Global
         @Argument(help: "id or name") var image: String
         mutating func run() throws {
@@ -69,9 +145,7 @@ struct ImageCommand: ParsableCommand {
             try perform {
                 let r = try global.call("GET", "/v1/images", as: [String: [Image]].self)
                 let images = r["images"] ?? []
-                global.emit(r) {
-                    table(["ID", "NAME", "KERNEL", "INITRD", "ROOT_DISK"], images.map { [$0.id, $0.name, $0.kernel, $0.initrd ?? "-", $0.rootDisk ?? "-"] })
-                }
+                global.emit(r) { ImageCommand.rows(images) }
             }
         }
     }

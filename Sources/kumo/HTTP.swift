@@ -68,11 +68,16 @@ enum HTTPClient {
         }
     }
 
+    static func head(_ method: String, _ path: String, token: String?) -> String {
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: kumod\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: kumo-cli\r\n"
+        if let token { head += "Authorization: Bearer \(token)\r\n" }
+        return head
+    }
+
     static func request(_ e: Endpoint, method: String, path: String, token: String?, body: Data? = nil) throws -> HTTPResponse {
         let fd = try connect(e)
         defer { close(fd) }
-        var head = "\(method) \(path) HTTP/1.1\r\nHost: kumod\r\nConnection: close\r\nAccept: application/json\r\nUser-Agent: kumo-cli\r\n"
-        if let token { head += "Authorization: Bearer \(token)\r\n" }
+        var head = head(method, path, token: token)
         if let body {
             head += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n"
         } else if method != "GET" {
@@ -81,14 +86,46 @@ enum HTTPClient {
         head += "\r\n"
         var out = Data(head.utf8)
         if let body { out.append(body) }
+        try send(fd, out)
+        return try response(fd)
+    }
+
+    /// POSTs `length` bytes read from `file` as the body, in 1 MiB pieces; kumod answering before it has
+    /// the whole body (a refusal) ends the sending, and its answer is returned.
+    static func upload(_ e: Endpoint, path: String, token: String?, file: Int32, length: Int, progress: (Int) -> Void) throws -> HTTPResponse {
+        let fd = try connect(e)
+        defer { close(fd) }
+        let head = head("POST", path, token: token) + "Content-Type: application/octet-stream\r\nContent-Length: \(length)\r\n\r\n"
+        do {
+            try send(fd, Data(head.utf8))
+            var buf = [UInt8](repeating: 0, count: 1 << 20)
+            var sent = 0
+            while sent < length {
+                let n = read(file, &buf, min(buf.count, length - sent))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw ConnectionError(description: "the file ended after \(sent) of \(length) bytes") }
+                try send(fd, Data(buf[0..<n]))
+                sent += n
+                progress(sent)
+            }
+        } catch let e as ConnectionError where e.description.hasPrefix("sending") {
+            // Refused early: the answer says why.
+        }
+        return try response(fd)
+    }
+
+    static func send(_ fd: Int32, _ out: Data) throws {
         try out.withUnsafeBytes { (b: UnsafeRawBufferPointer) throws in
             var off = 0
             while off < b.count {
-                let n = write(fd, b.baseAddress! + off, b.count - off)
+                let n = Glibc.send(fd, b.baseAddress! + off, b.count - off, Int32(MSG_NOSIGNAL))
                 if n < 0 { if errno == EINTR { continue }; throw ConnectionError(description: "sending to kumod: \(String(cString: strerror(errno)))") }
                 off += n
             }
         }
+    }
+
+    static func response(_ fd: Int32) throws -> HTTPResponse {
         var data = Data()
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {

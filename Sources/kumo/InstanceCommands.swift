@@ -60,6 +60,7 @@ struct InstanceCommand: ParsableCommand {
         @Option(help: "a network (id or name) for a NIC, eth0 first; repeatable (default: your default network)") var network: [String] = []
         @Flag(help: "no NIC at all") var noNetwork = false
         @Option(help: "a security group (id or name) of every NIC; repeatable, up to 5 (default: your default group)") var securityGroup: [String] = []
+        @Option(help: "a key pair (id or name; kumo keypair list): its public key goes into the instance's cloud-init meta-data") var keyPair: String?
         mutating func run() throws {
             try perform {
                 var userData: String? = nil
@@ -71,7 +72,7 @@ struct InstanceCommand: ParsableCommand {
                 let req = RunInstancesRequest(
                     type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken,
                     memoryDedup: memoryDedup ? true : nil, cpuPolicy: cpuPolicy, networks: noNetwork ? [] : network.isEmpty ? nil : network,
-                    securityGroups: securityGroup.isEmpty ? nil : securityGroup)
+                    securityGroups: securityGroup.isEmpty ? nil : securityGroup, keyPair: keyPair)
                 let r = try global.call("POST", "/v1/instances", body: req, as: RunInstancesResponse.self)
                 global.emit(r) { instanceRows(r.instances) }
             }
@@ -118,7 +119,7 @@ struct InstanceCommand: ParsableCommand {
                             ["image", i.image], ["state", i.state.rawValue], ["reason", i.stateReason],
                             ["created", i.createdAt], ["launched", i.launchedAt ?? "-"], ["pid", i.pid.map(String.init) ?? "-"],
                             ["cpu policy", (i.cpuPolicy ?? "shared") + (i.dedicatedCPUs.map { " (host CPUs \($0))" } ?? "")],
-                            ["memory dedup", i.memoryDedup == true ? "asked for" : "off"],
+                            ["memory dedup", i.memoryDedup == true ? "asked for" : "off"], ["key pair", i.keyPair ?? "-"],
                         ])
                     if let nics = i.nics, !nics.isEmpty {
                         let tap = nics.contains { $0.tap != nil }

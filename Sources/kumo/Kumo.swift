@@ -54,6 +54,30 @@ struct Global: ParsableArguments {
         }
     }
 
+    /// POSTs a file's bytes as the body (an image upload), with progress on standard error when it is a terminal.
+    func upload<T: Decodable>(_ path: String, file: Int32, length: Int, as: T.Type) throws -> T {
+        let e = try resolvedEndpoint()
+        let tty = isatty(2) == 1
+        var shown = -1
+        let r: HTTPResponse
+        do {
+            r = try HTTPClient.upload(e, path: path, token: resolvedToken(), file: file, length: length) { sent in
+                let pct = length == 0 ? 100 : sent * 100 / length
+                if tty && pct != shown {
+                    shown = pct
+                    FileHandle.standardError.write(Data("\rkumo: uploading \(pct)% of \(length >> 20) MiB".utf8))
+                }
+            }
+        } catch {
+            throw Failure.unreachable("\(error); is kumod running? (--endpoint, $KUMO_ENDPOINT)")
+        }
+        if tty { FileHandle.standardError.write(Data("\n".utf8)) }
+        guard (200..<300).contains(r.status) else { throw Self.failure(r) }
+        do { return try JSONDecoder().decode(T.self, from: r.body) } catch {
+            throw Failure.refused("kumod answered something this kumo does not understand: \(error)")
+        }
+    }
+
     /// A call answered 204 No Content (a delete).
     func callNoContent(_ method: String, _ path: String) throws { _ = try call(method, path, as: Empty.self) }
 
@@ -164,6 +188,7 @@ struct Kumo: ParsableCommand {
         discussion: "Exit codes: 0 done, 1 refused by kumod, 2 bad usage, 3 kumod unreachable, 4 not authenticated/allowed, 5 not found.",
         subcommands: [
             InstanceCommand.self, ConsoleCommand.self, TypeCommand.self, ImageCommand.self, HostCommand.self, NetworkCommand.self, SecurityGroupCommand.self,
+            KeyPairCommand.self,
             TenantCommand.self,
             TokenCommand.self,
         ])

@@ -354,6 +354,33 @@ import Kumod
         for f in ["kumod.sqlite", "kumod.sqlite-wal", "admin.token", "kumod.sock"] {
             #expect(mode(k.dir.appendingPathComponent(f).path) & 0o077 == 0, "\(f): \(String(mode(k.dir.appendingPathComponent(f).path), radix: 8))")
         }
+        // Key pairs: the private key into a new file of mode 0600 (or to standard output, once), the pair's
+        // public half the one kumod keeps; a refused request leaves no file.
+        let keyFile = k.dir.appendingPathComponent("laptop.key").path, other = k.dir.appendingPathComponent("other.key").path
+        r = try kumo(["keypair", "create", "laptop", "--private-key-file", keyFile])
+        #expect(r.0 == 0 && r.1.contains("SHA256:") && r.1.contains("written to \(keyFile)") && !r.1.contains("PRIVATE KEY"), "\(r)")
+        #expect(mode(keyFile) == 0o600)
+        r = try kumo(["keypair", "show", "laptop", "--output", "json"])
+        let kept = try JSONDecoder().decode(KeyPair.self, from: Data(r.1.utf8))
+        let derived = try hostTool(KeyPairTests.keygen, ["-y", "-f", keyFile]).output.split(whereSeparator: \.isWhitespace).prefix(2)
+        #expect(derived == kept.publicKey.split(separator: " ").prefix(2) && kept.privateKey == nil)
+        r = try kumo(["keypair", "create", "laptop", "--private-key-file", other])
+        #expect(r.0 == 1 && r.2.contains("you have a key pair named laptop") && !FileManager.default.fileExists(atPath: other), "\(r)")
+        r = try kumo(["keypair", "create", "spare", "--private-key-file", keyFile])
+        #expect(r.0 == 2 && r.2.contains("File exists"), "an existing file is never overwritten: \(r)")
+        r = try kumo(["keypair", "create", "once"])
+        #expect(r.0 == 0 && r.1.contains("BEGIN OPENSSH PRIVATE KEY") && r.2.contains("kumod does not keep it"), "\(r)")
+        let (pub, _) = try KeyPairTests.generate("ed25519", in: k.dir)
+        let pubFile = k.dir.appendingPathComponent("desk.pub")
+        try pub.write(to: pubFile, atomically: true, encoding: .utf8)
+        r = try kumo(["keypair", "import", "desk", "--public-key-file", pubFile.path])
+        #expect(r.0 == 0 && r.1.contains("desk"), "\(r)")
+        r = try kumo(["keypair", "list"])
+        #expect(r.0 == 0 && ["laptop", "once", "desk"].allSatisfy { r.1.contains($0) } && !r.1.contains("spare"), "\(r)")
+        r = try kumo(["keypair", "delete", "desk"])
+        #expect(r.0 == 0, "\(r)")
+        r = try kumo(["keypair", "show", "desk"])
+        #expect(r.0 == 5, "\(r)")
     }
     /// kill -9 of kumod while it launches (issue 14: a second VMM ran for ever in 2 of 18 tries): after a
     /// restart each instance has exactly one VMM, and none is left once they are deleted.

@@ -284,7 +284,16 @@ struct NetworkGuestTests {
                 ["instance", "run", "--type", type, "--image", "busybox", "--network", "lan", "--security-group", group, "--output", "json"] + more, token)
             return try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(out.utf8)).instances.first, "\(out)")
         }
-        let annVM = try run("n256-1m", "web", ann, ["--name", "ann-web", "--user-data-file", script.path]), benVM = try run("n256", "open", ben)
+        // And a key pair of Ann's, whose public key the guest installs as root's authorized_keys.
+        _ = try kumo(["keypair", "create", "ann-laptop", "--private-key-file", k.dir.appendingPathComponent("ann.key").path], ann)
+        let annKey = try #require(
+            try? JSONDecoder().decode(KeyPair.self, from: Data(try kumo(["keypair", "show", "ann-laptop", "--output", "json"], ann).utf8)))
+        let keysFile = k.dir.appendingPathComponent("ann.authorized_keys")
+        try (annKey.publicKey + "\n").write(to: keysFile, atomically: true, encoding: .utf8)
+        let keysSum = try Self.sh("/usr/bin/sha256sum", [keysFile.path]).1.prefix(64)
+        let annVM = try run("n256-1m", "web", ann, ["--name", "ann-web", "--user-data-file", script.path, "--key-pair", "ann-laptop"])
+        let benVM = try run("n256", "open", ben)
+        #expect(annVM.keyPair == "ann-laptop" && benVM.keyPair == nil)
         let annAddr = try #require(annVM.nics?.first?.address), benAddr = try #require(benVM.nics?.first?.address)
         #expect(annAddr == annNet.address(at: 2)!.description && benAddr == benNet.address(at: 2)!.description)
 
@@ -321,8 +330,10 @@ struct NetworkGuestTests {
             #expect(lines.contains("kumo-result: nocloud_hostname=\(host)"), "\(name): \(results)")
             if name == "ann" {
                 #expect(lines.contains("kumo-result: userdata=ran on ann-web") && lines.contains("kumo-result: nocloud_script=exit 0"), "\(results)")
+                #expect(lines.contains("kumo-result: nocloud_keys=1 \(keysSum)"), "Ann's key is root's authorized key: \(results)")
             } else {
                 #expect(lines.contains("kumo-result: nocloud_userdata=none") && !text.contains("userdata=ran"), "\(results)")
+                #expect(!text.contains("nocloud_keys="), "\(results)")
             }
             #expect(done == "done", "\(name): \(text.suffix(3000))")
             #expect(try console.result("agent", timeout: 120) == "ready")

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Testing
 @testable import Kumod
 import KumoAPI
@@ -11,6 +12,45 @@ func tempDir(_ tag: String) throws -> URL {
 }
 
 @Suite struct StoreTests {
+    /// A store made before images had tenants (v10) keeps its images, public, and the instances that use them.
+    @Test func imagesOfAnOlderStoreBecomePublic() throws {
+        let dir = try tempDir("store")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("k.sqlite").path
+        do {
+            var config = Configuration()
+            config.foreignKeysEnabled = true
+            let old = try DatabasePool(path: path, configuration: config)
+            try Store.migrator.migrate(old, upTo: "v10: port forwards")
+            try old.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO tenants (id, name, created_at) VALUES ('t-1', 'alice', 'then');
+                        INSERT INTO images (id, name, kernel, initrd, root_disk, cmdline, kernel_format, created_at)
+                            VALUES ('img-1', 'busybox', '/k', NULL, '/root.ext4', 'console=ttyS0', 'elf', 'then');
+                        INSERT INTO reservations (id, tenant_id, request, created_at) VALUES ('r-1', 't-1', '{}', 'then');
+                        INSERT INTO instances (id, name, tenant_id, reservation_id, type, vcpus, memory_mib, image_id, state, state_reason,
+                                               created_at, updated_at, work_dir)
+                            VALUES ('i-1', 'web', 't-1', 'r-1', 'kumo.small', 1, 2048, 'img-1', 'stopped', 'x', 'then', 'then', '/w');
+                        """)
+            }
+        }
+        let s = try Store(path: path)
+        let images = try s.images(visibleTo: "t-1")
+        #expect(images.map(\.name) == ["busybox"] && images[0].tenant == nil && images[0].diskFormat == "raw" && images[0].source == "registered")
+        #expect(try s.instance("i-1")?.imageID == "img-1" && s.instance("i-1")?.instance.image == "busybox")
+        if case .inUse(1) = try s.deleteImage(id: "img-1") {} else { Issue.record("the instance still uses it") }
+        // A tenant's image may share a public image's name; the tenant's own is found first.
+        #expect(
+            try s.addImage(
+                Image(id: "img-2", name: "busybox", kernel: "/k", initrd: nil, rootDisk: nil, cmdline: "", kernelFormat: "elf", createdAt: "now"),
+                tenantID: "t-1"))
+        #expect(
+            try !s.addImage(Image(id: "img-3", name: "busybox", kernel: "/k", initrd: nil, rootDisk: nil, cmdline: "", kernelFormat: "elf", createdAt: "now")))
+        #expect(try s.image("busybox", visibleTo: "t-1")?.id == "img-2" && s.image("busybox", visibleTo: "t-9")?.id == "img-1")
+        #expect(try s.image("img-2", visibleTo: "t-9") == nil && s.image("busybox")?.id == "img-1")
+    }
+
     @Test func schemaIsMigratedInWALModeWithBuiltinTypes() throws {
         let dir = try tempDir("store")
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -21,7 +61,8 @@ func tempDir(_ tag: String) throws -> URL {
             try s.appliedMigrations() == [
                 "v1: tenants, tokens, types, images, instances", "v2: vCPU pinning", "v3: CPU caps and shares per instance type",
                 "v4: memory dedup per instance", "v5: CPU policy (shared or dedicated)", "v6: memory shares per instance type", "v7: networks and NICs",
-                "v8: NIC bandwidth per instance type", "v9: security groups", "v10: port forwards",
+                "v8: NIC bandwidth per instance type", "v9: security groups", "v10: port forwards", "v11: key pairs",
+                "v12: private images (imported, from instances), root disk formats",
             ])
         #expect(try s.types().map(\.name) == ["kumo.small", "kumo.medium", "kumo.large"])
         #expect(try s.type("kumo.medium") == InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true))

@@ -37,9 +37,10 @@ import KumoAPI
         let (f, _) = try Self.fixture()
         try await f.app.test(.router) { c in
             try await Self.image(c, f)
+            // Alice's first, then Bob's: launches run side by side, so Bob's waits for hers to be running.
             let a = try await Self.run(c, f.alice, #", "memory_dedup": true"#)
-            let b = try await Self.run(c, f.bob, #", "memory_dedup": true"#)
             _ = try await waitState(c, a, f.alice, .running)
+            let b = try await Self.run(c, f.bob, #", "memory_dedup": true"#)
             _ = try await waitState(c, b, f.bob, .running)
             f.service.balloonPass(meminfo: nil)
             // KSM: alice holds the domain (she started first); bob's dedup is suspended.
@@ -293,7 +294,7 @@ import KumoAPI
             "GET /v1/instances/{id}/translate": own, "GET /v1/instances/{id}/cpus": own, "PUT /v1/instances/{id}/cpus": own,
             "GET /v1/host/capacity": all, "PUT /v1/host/placement": adminOnly, "GET /v1/host/ksm": all,
             "GET /v1/host/balloon": all, "PUT /v1/host/balloon-policy": adminOnly,
-            "DELETE /v1/instance-types/{name}": adminOnly, "DELETE /v1/images/{id}": adminOnly,
+            "DELETE /v1/instance-types/{name}": adminOnly, "DELETE /v1/images/{id}": own,
             "GET /v1/tenants": adminOnly, "POST /v1/tenants": adminOnly, "DELETE /v1/tenants/{tenant}": adminOnly,
             "GET /v1/tenants/{tenant}/tokens": adminOnly, "POST /v1/tenants/{tenant}/tokens": adminOnly,
             "DELETE /v1/tenants/{tenant}/tokens/{token}": adminOnly,
@@ -302,6 +303,8 @@ import KumoAPI
             "DELETE /v1/security-groups/{id}": own, "POST /v1/security-groups/{id}/rules": own, "DELETE /v1/security-groups/{id}/rules/{rule}": own,
             "PUT /v1/instances/{id}/nics/{index}/security-groups": own,
             "POST /v1/instances/{id}/nics/{index}/port-forwards": own, "DELETE /v1/instances/{id}/nics/{index}/port-forwards/{forward}": own,
+            "GET /v1/images/{id}": own, "POST /v1/images/import": all, "POST /v1/instances/{id}/image": (.allowed, .notFound, .allowed),
+            "GET /v1/key-pairs": all, "POST /v1/key-pairs": all, "GET /v1/key-pairs/{id}": own, "DELETE /v1/key-pairs/{id}": own,
         ]
         let admin = try #require(try f.store.principal(token: f.admin))
         #expect(Set(rows.keys) == Set(API.routes.map { "\($0.0) \($0.1)" }), "every route has a row, and only routes do")
@@ -331,8 +334,14 @@ import KumoAPI
                                 g.id, AddSecurityGroupRuleRequest(direction: "ingress", protocol: "tcp", ports: "22", cidr: "10.0.0.0/8"), by: alice)
                             uri = uri.replacingOccurrences(of: "{rule}", with: r.id)
                         }
-                    } else if path.hasPrefix("/v1/images/") {
-                        let img = try f.service.registerImage(RegisterImageRequest(name: "del\(unique)", kernel: f.kernel.path), by: admin)
+                    } else if path.hasPrefix("/v1/key-pairs/") {
+                        let alice = try #require(try f.store.principal(token: f.alice))
+                        let k = try f.service.createKeyPair(CreateKeyPairRequest(name: "m-\(unique)"), by: alice)
+                        uri = uri.replacingOccurrences(of: "{id}", with: k.id)
+                    } else if path == "/v1/images/{id}" {
+                        // A private image of alice's (imported: a sector of zeros).
+                        let alice = try #require(try f.store.principal(token: f.alice))
+                        let img = try CustomImageTests.importRaw(f, name: "del\(unique)", bytes: Data(count: 512), by: alice)
                         uri = uri.replacingOccurrences(of: "{id}", with: img.id)
                     } else if path.contains("{id}") {
                         let id = try await Self.run(c, f.alice)
@@ -359,6 +368,7 @@ import KumoAPI
                         }
                     }
                     if path.hasSuffix("/translate") { uri += "?address=0x1000" }
+                    if path == "/v1/images/import" { uri += "?name=imp\(unique)&format=raw&boot_image=tiny" }
                     uri = uri.replacingOccurrences(of: "{index}", with: "0")
                     let payload: String
                     switch "\(method) \(path)" {
@@ -371,6 +381,9 @@ import KumoAPI
                     case "PUT /v1/host/balloon-policy": payload = #"{"enabled": false}"#
                     case "POST /v1/tenants": payload = #"{"name": "n-\#(unique)"}"#
                     case "POST /v1/networks": payload = #"{"name": "n-\#(unique)"}"#
+                    case "POST /v1/key-pairs": payload = #"{"name": "k-\#(unique)"}"#
+                    case "POST /v1/images/import": payload = String(repeating: "\0", count: 512)
+                    case "POST /v1/instances/{id}/image": payload = #"{"name": "from-\#(unique)"}"#
                     case "POST /v1/security-groups": payload = #"{"name": "g-\#(unique)", "description": "from the matrix"}"#
                     case "POST /v1/security-groups/{id}/rules": payload = #"{"direction": "ingress", "protocol": "udp", "ports": "53", "cidr": "0.0.0.0/0"}"#
                     case "PUT /v1/instances/{id}/nics/{index}/security-groups": payload = #"{"security_groups": ["default"]}"#
