@@ -96,20 +96,32 @@ enum HTTPClient {
         let fd = try connect(e)
         defer { close(fd) }
         let head = head("POST", path, token: token) + "Content-Type: application/octet-stream\r\nContent-Length: \(length)\r\n\r\n"
-        do {
-            try send(fd, Data(head.utf8))
-            var buf = [UInt8](repeating: 0, count: 1 << 20)
-            var sent = 0
-            while sent < length {
+        try send(fd, Data(head.utf8))
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        var sent = 0, have = 0, at = 0
+        // The socket is watched for kumod's answer while the body goes out: a request refused before its
+        // body is read (kumod answers and stops reading) ends the sending instead of blocking it for ever.
+        while sent < length {
+            if at == have {
                 let n = read(file, &buf, min(buf.count, length - sent))
                 if n < 0 && errno == EINTR { continue }
                 guard n > 0 else { throw ConnectionError(description: "the file ended after \(sent) of \(length) bytes") }
-                try send(fd, Data(buf[0..<n]))
-                sent += n
-                progress(sent)
+                have = n
+                at = 0
             }
-        } catch let e as ConnectionError where e.description.hasPrefix("sending") {
-            // Refused early: the answer says why.
+            var p = pollfd(fd: fd, events: Int16(POLLOUT | POLLIN), revents: 0)
+            let ready = poll(&p, 1, -1)
+            if ready < 0 { if errno == EINTR { continue }; throw ConnectionError(description: "waiting on kumod: \(String(cString: strerror(errno)))") }
+            if p.revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 { break }  // answered (or gone): read what it says
+            let n = buf.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + at, have - at, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if n < 0 {
+                if errno == EINTR || errno == EAGAIN { continue }
+                if errno == EPIPE || errno == ECONNRESET { break }
+                throw ConnectionError(description: "sending to kumod: \(String(cString: strerror(errno)))")
+            }
+            at += n
+            sent += n
+            progress(sent)
         }
         return try response(fd)
     }

@@ -197,6 +197,66 @@ import Kumod
         for pid in pids { #expect(!Self.alive(Int32(pid)), "VMM \(pid) still runs") }
     }
 
+    /// Images of one's own through the CLI: an upload streamed over the Unix socket and over TCP, a refusal
+    /// kumod sends before the body is read (the CLI stops sending and shows it), an image of a stopped instance.
+    @Test(.timeLimit(.minutes(3)))
+    func imagesOfOnesOwnThroughTheCLI() throws {
+        let k = try Kumod()
+        defer { k.close() }
+        let unix = "unix:" + k.socket, tcp = "http://127.0.0.1:\(k.port)"
+        func kumo(_ args: [String], _ endpoint: String? = nil) throws -> (Int32, String, String) {
+            try Self.kumo(args, endpoint: endpoint ?? unix, token: k.token)
+        }
+        try Data(TinyKernel.idle).write(to: k.images.appendingPathComponent("vmlinux"))
+        var r = try kumo(["image", "register", "tiny", "--kernel", "vmlinux"])
+        #expect(r.0 == 0, "\(r)")
+        // 64 MiB, a marker at 1 MiB (sparse: the CLI reads zeros for the rest).
+        let disk = k.dir.appendingPathComponent("disk.raw")
+        let fd = open(disk.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let marker = Array("imported through the CLI".utf8)
+        _ = marker.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 1 << 20) }
+        ftruncate(fd, 64 << 20)
+        close(fd)
+        for (name, endpoint) in [("mine", unix), ("overtcp", tcp)] {
+            r = try kumo(["image", "import", name, disk.path, "--format", "raw", "--boot-image", "tiny", "--output", "json"], endpoint)
+            #expect(r.0 == 0, "\(r)")
+            let img = try JSONDecoder().decode(Image.self, from: Data(r.1.utf8))
+            #expect(img.sizeBytes == 64 << 20 && img.source == "imported" && img.tenant == "admin", "\(img)")
+            let file = k.dir.appendingPathComponent("image-store/\(img.id).qcow2").path
+            #expect(try hostTool(CustomImageTests.qemuImg, ["compare", "-q", "-f", "raw", "-F", "qcow2", disk.path, file]).status == 0)
+        }
+        // Refused before the body is read (no such boot image), and after (not a qcow2): exit codes and reasons.
+        r = try kumo(["image", "import", "bad", disk.path, "--format", "raw", "--boot-image", "nope"])
+        #expect(r.0 == 5 && r.2.contains("no image \"nope\""), "\(r)")
+        r = try kumo(["image", "import", "bad", disk.path, "--format", "qcow2", "--boot-image", "tiny"])
+        #expect(r.0 == 1 && r.2.contains("not a qcow2 image"), "\(r)")
+        r = try kumo(["image", "import", "bad", "/nonexistent", "--format", "raw", "--boot-image", "tiny"])
+        #expect(r.0 == 2 && r.2.contains("cannot open"), "\(r)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: k.dir.appendingPathComponent("image-store").path).count == 2, "no upload left")
+        // An image of a stopped instance.
+        r = try kumo(["instance", "run", "--type", "kumo.small", "--image", "mine", "--no-network", "--output", "json"])
+        let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id, "\(r)")
+        r = try kumo(["image", "create", "snap", "--from-instance", id])
+        #expect(r.0 == 1 && r.2.contains("stopped instance"), "\(r)")
+        r = try kumo(["instance", "stop", id])
+        #expect(r.0 == 0, "\(r)")
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, !(try kumo(["instance", "show", id]).1.contains("stopped")) { Thread.sleep(forTimeInterval: 0.1) }
+        r = try kumo(["image", "create", "snap", "--from-instance", id])
+        #expect(r.0 == 0 && r.1.contains("instance \(id)"), "\(r)")
+        r = try kumo(["image", "list"])
+        #expect(r.0 == 0 && ["tiny", "mine", "overtcp", "snap"].allSatisfy { r.1.contains($0) } && r.1.contains("private (admin)"), "\(r)")
+        r = try kumo(["image", "delete", "mine"])
+        #expect(r.0 == 1 && r.2.contains("used by 1 instance"), "\(r)")
+        r = try kumo(["instance", "delete", id])
+        #expect(r.0 == 0, "\(r)")
+        for name in ["mine", "overtcp", "snap"] {
+            r = try kumo(["image", "delete", name])
+            #expect(r.0 == 0, "\(r)")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: k.dir.appendingPathComponent("image-store").path).isEmpty)
+    }
+
     /// kumod's own command line: --help, bad usage (exit 2 with the reason), and a kumo-vmm that speaks
     /// another version of the contract (exit 1, refused before anything starts).
     @Test(.timeLimit(.minutes(1)))
