@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/random.h>
+#include <sys/epoll.h>
 
 int csys_tun_set_iff(int fd, const char *name, short flags) {
     struct ifreq ifr;
@@ -46,3 +47,18 @@ int csys_set_affinity(int tid, const int *cpus, int n) {
 }
 
 int csys_setns_net(int fd) { return setns(fd, CLONE_NEWNET); }
+
+int csys_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+
+int csys_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event e = {.events = events, .data.u64 = data};
+    return epoll_ctl(epfd, op, fd, &e);
+}
+
+int csys_epoll_wait(int epfd, uint64_t *data, uint32_t *events, int max, int timeout_ms) {
+    struct epoll_event e[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(epfd, e, max, timeout_ms);
+    for (int i = 0; i < n; i++) { data[i] = e[i].data.u64; events[i] = e[i].events; }
+    return n;
+}

@@ -57,6 +57,36 @@ public enum UnixSocket {
         return fd
     }
 
+    /// Connects to `path` without ever waiting (a listener whose backlog is full refuses with EAGAIN);
+    /// the socket is non-blocking.
+    public static func connectNow(_ path: String) throws(SysError) -> OwnedFD {
+        var addr = try address(path)
+        let fd = OwnedFD(
+            try sysCall("socket(AF_UNIX)") {
+                socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            })
+        _ = try sysCall("connect \(path)") {
+            withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+        }
+        return fd
+    }
+
+    /// Accepts one waiting connection on a non-blocking listener, itself non-blocking; nil when none waits.
+    public static func acceptNow(_ listener: OwnedFD) -> OwnedFD? {
+        while true {
+            let c = Glibc.accept(listener.raw, nil, nil)
+            if c >= 0 {
+                _ = fcntl(c, F_SETFD, FD_CLOEXEC)
+                _ = fcntl(c, F_SETFL, fcntl(c, F_GETFL) | O_NONBLOCK)
+                return OwnedFD(c)
+            }
+            if errno == EINTR || errno == ECONNABORTED { continue }
+            return nil
+        }
+    }
+
     /// Accepts one connection (close-on-exec); nil when the listening socket was shut down.
     public static func accept(_ listener: OwnedFD) -> OwnedFD? {
         while true {

@@ -8,6 +8,7 @@ public enum VirtioDeviceType: UInt32, Sendable {
     case block = 2
     case rng = 4
     case balloon = 5
+    case vsock = 19
 }
 
 /// What a device model gets when the driver sets DRIVER_OK: its queues and a way to interrupt the guest.
@@ -129,6 +130,30 @@ open class VirtioDevice: @unchecked Sendable {
             }
             if done { ctx.notifyUsed(q) }
         } while q.armNotification()
+    }
+
+    public enum ReceiveChain { case chain(DescriptorChain), none, failed }
+
+    /// The next receive chain, device-writable only and at least `minBytes` long: `.none` when the driver
+    /// has given none (notification re-armed first, so a buffer added meanwhile is seen); `.failed` when
+    /// the queue or the chain broke the rules (the device is stopped).
+    public func nextReceiveChain(_ q: SplitQueue, _ ctx: VirtioContext, minBytes: Int, queueName: String) -> ReceiveChain {
+        while true {
+            let chain: DescriptorChain?
+            do { chain = try q.pop() } catch {
+                ctx.fail("\(queueName): \(error)")
+                return .failed
+            }
+            guard let chain else {
+                if q.armNotification() { continue }
+                return .none
+            }
+            guard chain.readableBytes == 0, chain.writableBytes >= UInt64(minBytes) else {
+                ctx.fail("\(queueName): chain \(chain.head) is not a device-writable buffer of at least \(minBytes) bytes")
+                return .failed
+            }
+            return .chain(chain)
+        }
     }
 
     /// Nanoseconds until the most constrained of `limiters` lets work through, nil when none holds it back.

@@ -104,20 +104,15 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         var delivered = false
         while true {
             if let l = rxLimiter, !l.canProceed() { break }
-            let chain: DescriptorChain?
-            do { chain = try q.pop() } catch {
-                ctx.fail("receive queue: \(error)")
-                return
-            }
-            guard let chain else {
-                // No buffer: leave the frame in the tap, and wait for the driver (or re-arm and retry).
-                if q.armNotification() { continue }
+            let chain: DescriptorChain
+            switch nextReceiveChain(q, ctx, minBytes: Tap.headerSize, queueName: "receive queue") {
+            case let .chain(c): chain = c
+            case .none:
+                // No buffer: leave the frame in the tap, and wait for the driver.
                 rxStalled = true
-                break
-            }
-            guard chain.readableBytes == 0, chain.writableBytes >= UInt64(Tap.headerSize) else {
-                ctx.fail("receive chain \(chain.head) is not a device-writable buffer of at least \(Tap.headerSize) bytes")
+                if delivered { ctx.notifyUsed(q) }
                 return
+            case .failed: return
             }
             var iov = chain.segments.map { iovec(iov_base: $0.host, iov_len: Int($0.length)) }
             let n = iov.withUnsafeMutableBufferPointer { readv(tap.fd, $0.baseAddress, Int32($0.count)) }

@@ -56,4 +56,13 @@ int csys_spawn_setsid_flag(void);
 
 /// setns(2) into the network namespace open at `fd` (the calling thread only): -1 and errno on failure.
 int csys_setns_net(int fd);
+
+// epoll (struct epoll_event is packed on x86-64: Swift sees it only through these).
+static const uint32_t CSYS_EPOLLIN = 0x001, CSYS_EPOLLOUT = 0x004, CSYS_EPOLLERR = 0x008, CSYS_EPOLLHUP = 0x010, CSYS_EPOLLRDHUP = 0x2000, CSYS_EPOLLET = 1u << 31;
+/// epoll_create1(EPOLL_CLOEXEC).
+int csys_epoll_create(void);
+/// epoll_ctl ADD (op 1), DEL (2) or MOD (3) of `fd` for `events`, tagged `data`.
+int csys_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
+/// epoll_wait into parallel arrays (at most `max` entries): the count, or -1 with errno.
+int csys_epoll_wait(int epfd, uint64_t *data, uint32_t *events, int max, int timeout_ms);
 #endif
