@@ -104,6 +104,7 @@ kumo:   $bin/kumo instance show $id
 kumo:   $bin/kumo instance stop $id        (ACPI power button, forced after 30 s)
 kumo:   $bin/kumo console $id              (attach again later)
 kumo:   $bin/kumo keypair list             (the console shows nocloud_keys=1: the guest installed it)
+kumo:   $bin/kumo instance run-command $id -- uname -a   (the guest agent over virtio-vsock)
 kumo:   $bin/kumo image import NAME FILE --format raw|qcow2 --boot-image $image   (your own image)
 kumo:   curl -H "Authorization: Bearer \$(cat $data/admin.token)" http://$listen/v1/instances
 MSG

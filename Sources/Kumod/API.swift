@@ -35,6 +35,8 @@ public enum API {
         ("DELETE", "/v1/security-groups/{id}"), ("POST", "/v1/security-groups/{id}/rules"), ("DELETE", "/v1/security-groups/{id}/rules/{rule}"),
         ("PUT", "/v1/instances/{id}/nics/{index}/security-groups"),
         ("GET", "/v1/images/{id}"), ("POST", "/v1/images/import"), ("POST", "/v1/instances/{id}/image"),
+        ("POST", "/v1/instances/{id}/commands"), ("GET", "/v1/instances/{id}/commands"), ("GET", "/v1/instances/{id}/commands/{invocation}"),
+        ("POST", "/v1/instances/{id}/files"),
         ("GET", "/v1/key-pairs"), ("POST", "/v1/key-pairs"), ("GET", "/v1/key-pairs/{id}"), ("DELETE", "/v1/key-pairs/{id}"),
         ("POST", "/v1/instances/{id}/nics/{index}/port-forwards"), ("DELETE", "/v1/instances/{id}/nics/{index}/port-forwards/{forward}"),
     ]
@@ -338,6 +340,7 @@ public enum API {
         securityGroupRoutes(router, service)
         keyPairRoutes(router, service)
         imageRoutes(router, service)
+        commandRoutes(router, service)
         return router
     }
 

@@ -50,6 +50,8 @@ public struct LaunchSpec: Sendable {
     public var consoleSocket: URL { workDir.appendingPathComponent("console.sock") }
     public var vmmLog: URL { workDir.appendingPathComponent("vmm.log") }
     public var seedImage: URL { workDir.appendingPathComponent("seed.iso") }
+    /// kumo-vmm's vsock socket: run-command reaches the guest agent through it (docs/RUNCOMMAND.md).
+    public var vsockSocket: URL { workDir.appendingPathComponent("v.sock") }
     /// The console log of the boot before the last guest reboot (kumo-vmm starts console.log afresh).
     public var previousConsoleLog: URL { workDir.appendingPathComponent("console.log.1") }
 }
@@ -127,6 +129,7 @@ public struct ProcessLauncher: VMMLauncher {
         c.serialSocket = spec.consoleSocket.path
         c.apiSocket = spec.controlSocket.path
         c.balloon = BalloonConfig()
+        c.vsock = VsockConfig(cid: 3, path: spec.vsockSocket.path)
         c.memoryDedup = spec.memoryDedup
         if spec.affinity.contains(where: { $0 != nil }) { c.vcpuAffinity = Array(spec.affinity.prefix(spec.vcpus)) }
         if let root = Self.rootDisk(spec) { c.disks = [root] }

@@ -49,6 +49,8 @@ public final class Service: Sendable {
     public let vmmLane = WorkPool(name: "kumod-vmm", threads: 16)
     /// Image uploads and conversions (qemu-img on gigabytes): never on the store lane.
     public let imageLane = WorkPool(name: "kumod-image", threads: 2)
+    /// How long an invocation waits for the guest agent to answer (a guest still booting), in seconds.
+    public let agentWaitSeconds = Atomic<Int>(120)
     /// Instances whose disk an image is being made from: not started or deleted meanwhile.
     let imaging = Mutex<Set<String>>([])
 
@@ -61,6 +63,8 @@ public final class Service: Sendable {
         self.store = store; self.launcher = launcher; self.host = host; self.dataDir = dataDir; self.stopTimeout = stopTimeout
         self.imagesDir = imagesDir ?? dataDir.appendingPathComponent("images")
         self.ksm = ksm; self.rebootLimit = rebootLimit
+        // What a previous kumod was carrying out lost its connection with it.
+        try? store.failUnfinishedInvocations(reason: "kumod restarted while it ran")
     }
 
     /// Ends supervision: no launch starts from now on, the queued work drains, and with `endingVMMs`

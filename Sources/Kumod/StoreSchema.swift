@@ -162,6 +162,19 @@ extension Store {
                     CREATE UNIQUE INDEX images_name ON images(ifnull(tenant_id, ''), name);
                     """)
         }
+        m.registerMigration("v13: run-command invocations") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE invocations (
+                        id TEXT PRIMARY KEY, instance_id TEXT NOT NULL REFERENCES instances(id),
+                        kind TEXT NOT NULL CHECK (kind IN ('command', 'file')), command TEXT, path TEXT, bytes INTEGER,
+                        timeout_seconds INTEGER NOT NULL,
+                        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'success', 'failed', 'timeout')),
+                        exit_code INTEGER, signal INTEGER, stdout BLOB, stderr BLOB, stdout_truncated INTEGER, stderr_truncated INTEGER,
+                        error TEXT, created_at TEXT NOT NULL, started_at TEXT, finished_at TEXT);
+                    CREATE INDEX invocations_instance ON invocations(instance_id, created_at);
+                    """)
+        }
         return m
     }
 

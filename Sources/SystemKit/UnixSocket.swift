@@ -148,4 +148,21 @@ public struct LineReader {
             buffer += chunk[0..<n]
         }
     }
+
+    /// Exactly `count` bytes after the last line (a length-prefixed frame); nil if the stream ends first.
+    public mutating func bytes(_ count: Int) throws(SysError) -> [UInt8]? {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while buffer.count < count {
+            let n = chunk.withUnsafeMutableBytes { read(fd.raw, $0.baseAddress, min($0.count, count - buffer.count)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SysError("read")
+            }
+            if n == 0 { return nil }
+            buffer += chunk[0..<n]
+        }
+        let out = Array(buffer[..<count])
+        buffer.removeSubrange(..<count)
+        return out
+    }
 }

@@ -103,6 +103,7 @@ public struct VMPlan: Sendable {
             dev.limiter = r.rateLimit?.make()
             out.append(dev)
         }
+        if let v = config.vsock { out.append(try VirtioVsock(guestCID: v.cid, path: v.path)) }
         return out
     }
 

@@ -64,6 +64,7 @@ public struct VMConfig: Sendable, Equatable {
     public var rng: RngConfig? = nil
     public var nets: [NetConfig] = []
     public var balloon: BalloonConfig? = nil
+    public var vsock: VsockConfig? = nil
     /// The control socket (docs/CONTROL.md), if any.
     public var apiSocket: String? = nil
     /// Per-vCPU pinning: a host CPU list ("0-1,3") per vCPU, or nil for the host's default.
@@ -103,7 +104,7 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
 extension VMConfig {
     static let keys: Set<String> = [
         "kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
-        "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup",
+        "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "vsock", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup",
         "on_reboot",
     ]
 
@@ -149,6 +150,7 @@ extension VMConfig {
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array, not \(value.typeName)") }
                 disks = try items.enumerated().map { (i, item) throws(ConfigError) in try DiskConfig.parse(json: item, key: "disks[\(i)]") }
             case "balloon": balloon = try BalloonConfig.parse(json: value, key: k)
+            case "vsock": vsock = value == .null ? nil : try VsockConfig.parse(json: value, key: k)
             case "api_socket": apiSocket = value == .null ? nil : try str(k, value)
             case "serial_socket": serialSocket = value == .null ? nil : try str(k, value)
             case "memory_dedup":
@@ -266,6 +268,7 @@ extension VMConfig {
             case "--stats": c.stats = true
             case "--disk": c.disks.append(try DiskConfig.parse(flag: try value(a)))
             case "--rng": c.rng = RngConfig()
+            case "--vsock": c.vsock = try VsockConfig.parse(flag: try value(a))
             case "--net": c.nets.append(try NetConfig.parse(flag: try value(a)))
             case "--balloon": c.balloon = c.balloon ?? BalloonConfig()
             case "--balloon-target":
@@ -310,7 +313,9 @@ extension VMConfig {
             throw .invalid("memory", "\(memoryMiB) MiB is more than this host has (\(hostMemoryBytes >> 20) MiB)")
         }
         if cmdline.utf8.contains(0) { throw .invalid("cmdline", "contains a NUL byte") }
-        let devices = disks.count + nets.count + (rng == nil ? 0 : 1) + (balloon == nil ? 0 : 1)
+        let devices = disks.count + nets.count + (rng == nil ? 0 : 1) + (balloon == nil ? 0 : 1) + (vsock == nil ? 0 : 1)
+        try vsock?.validate()
+        if let v = vsock, v.path == apiSocket || v.path == serialSocket { throw .invalid("vsock.path", "is the path of another socket") }
         if let b = balloon, b.targetMiB > memoryMiB {
             throw .invalid("balloon", "target \(b.targetMiB) MiB is more than the guest's \(memoryMiB) MiB")
         }

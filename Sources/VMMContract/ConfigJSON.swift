@@ -90,6 +90,7 @@ extension VMConfig {
         if let rng { m.append(("rng", rng.rateLimit.map { .object([("rate_limit", $0.json)]) } ?? .bool(true))) }
         if !nets.isEmpty { m.append(("nets", .array(nets.map(\.json)))) }
         if let balloon { m.append(("balloon", balloon.json)) }
+        if let vsock { m.append(("vsock", vsock.json)) }
         if let apiSocket { m.append(("api_socket", .string(apiSocket))) }
         if vcpuAffinity.contains(where: { $0 != nil }) {
             m.append(("vcpu_affinity", .array(vcpuAffinity.map { $0.map { .string($0) } ?? .null })))

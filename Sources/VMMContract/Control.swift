@@ -4,7 +4,7 @@
 
 /// The version of this contract (the configuration keys, the operations and their replies). kumo-vmm
 /// reports it (`vm.info`, `kumo-vmm --contract-version`); kumod refuses a VMM of another version.
-public let vmmContractVersion = 3  // 3: disks[].format (qcow2)
+public let vmmContractVersion = 4  // 3: disks[].format (qcow2); 4: vsock
 
 public enum ControlRequest: Sendable, Equatable {
     case info

@@ -38,6 +38,55 @@ public struct RngConfig: Sendable, Equatable {
     public init(rateLimit: RateLimitConfig? = nil) { self.rateLimit = rateLimit }
 }
 
+/// virtio-vsock with Firecracker's hybrid host side: the host connects to `path` (`CONNECT PORT`),
+/// the guest to the host's PORT reaches `path_PORT`.
+public struct VsockConfig: Sendable, Equatable {
+    public var cid: UInt64
+    public var path: String
+    public init(cid: UInt64 = 3, path: String) { self.cid = cid; self.path = path }
+
+    /// `--vsock [cid=N,]path=PATH` (cid 3 by default).
+    static func parse(flag s: String) throws(ConfigError) -> VsockConfig {
+        var v = VsockConfig(path: "")
+        for p in s.split(separator: ",").map(String.init) {
+            let kv = p.split(separator: "=", maxSplits: 1).map(String.init)
+            switch (kv[0], kv.count) {
+            case ("path", 2): v.path = kv[1]
+            case ("cid", 2):
+                guard let n = UInt64(kv[1]) else { throw .invalid("--vsock", "cid must be a whole number, got \"\(kv[1])\"") }
+                v.cid = n
+            default: throw .invalid("--vsock", "unknown option \"\(p)\" (path=PATH, cid=N)")
+            }
+        }
+        return v
+    }
+
+    static func parse(json value: JSONValue, key: String) throws(ConfigError) -> VsockConfig {
+        guard case let .object(m) = value else { throw .invalid(key, "must be an object with \"path\" (and \"cid\")") }
+        var v = VsockConfig(path: "")
+        for (k, x) in m {
+            switch k {
+            case "path": v.path = try str("\(key).path", x)
+            case "cid":
+                let n = try int("\(key).cid", x)
+                guard n >= 0 else { throw .invalid("\(key).cid", "must not be negative") }
+                v.cid = UInt64(n)
+            default: throw .invalid("\(key).\(k)", "unknown key (known: path, cid)")
+            }
+        }
+        return v
+    }
+
+    var json: JSONValue { .object([("cid", .integer(Int64(cid))), ("path", .string(path))]) }
+
+    func validate() throws(ConfigError) {
+        // 0-2 are the hypervisor's, the reserved and the host's; the guest's must fit the 32 bits Linux keeps.
+        guard cid >= 3, cid < 0xFFFF_FFFF else { throw .invalid("vsock.cid", "must be 3 to 4294967294, got \(cid)") }
+        // The guest's connections to the host's PORT go to PATH_PORT: those whose name is too long are refused.
+        guard !path.isEmpty, path.utf8.count <= 107 else { throw .invalid("vsock.path", "a socket path must be 1 to 107 bytes") }
+    }
+}
+
 extension DiskConfig {
     /// `--disk PATH[,readonly][,format=raw|qcow2][,serial=ID][,bandwidth=BYTES_PER_S][,iops=N]`
     static func parse(flag s: String) throws(ConfigError) -> DiskConfig {

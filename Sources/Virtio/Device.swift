@@ -100,8 +100,9 @@ open class VirtioDevice: @unchecked Sendable {
     /// Host descriptors the worker should poll for this device (a tap), and what to do when one is ready.
     open var backendFDs: [Int32] { [] }
     open func backendReady(_ fd: Int32) {}
-    /// Whether the worker should poll `fd` now (a receive path with no guest buffers says no).
-    open func backendWanted(_ fd: Int32) -> Bool { true }
+    /// Whether the worker should poll `fd` now (a receive path with no guest buffers says no; nothing is
+    /// wanted before the driver is ready, or a ready back end would spin the worker).
+    open func backendWanted(_ fd: Int32) -> Bool { context != nil }
     /// When the device has work it could not do yet (rate limited): nanoseconds until it can.
     open func retryAfterNanos() -> UInt64? { nil }
 

@@ -75,7 +75,9 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
 
     public override var backendFDs: [Int32] { [tap.fd] }
     public override func backendWanted(_ fd: Int32) -> Bool {
-        !rxStalled && (rxLimiter.map { $0.waitNanos() == 0 } ?? true)
+        // Not before DRIVER_OK: frames the host sends the tap meanwhile (IPv6 neighbour discovery) would
+        // wake the worker for nothing, a CPU's worth through the guest's whole boot.
+        context != nil && !rxStalled && (rxLimiter.map { $0.waitNanos() == 0 } ?? true)
     }
 
     public override func retryAfterNanos() -> UInt64? { VirtioDevice.retryAfter(rxLimiter, txLimiter) }

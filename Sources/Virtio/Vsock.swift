@@ -113,7 +113,7 @@ public final class VirtioVsock: VirtioDevice, @unchecked Sendable {
         super.init(type: .vsock, queueMaxSizes: [Self.queueSize, Self.queueSize, Self.queueSize], features: 0)
     }
 
-    deinit { unlink(path) }
+    // The socket file is not removed here: a guest reset makes a new device at the same path first.
 
     public override func readConfig(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         var cfg = [UInt8](repeating: 0, count: 8)

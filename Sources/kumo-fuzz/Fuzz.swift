@@ -1,7 +1,8 @@
 // kumo-fuzz: libFuzzer target for the virtio device models behind the MMIO transport.
 // Each input is a little program a hostile guest could run: register writes (handshake, queue set-up,
 // notifications, config space) and writes into guest memory (rings, descriptors, buffers), against
-// virtio-blk (raw, or a qcow2 overlay), -net (on a tap, when this process may create one), -rng or -balloon. Any crash, hang,
+// virtio-blk (raw, or a qcow2 overlay), -net (on a tap, when this process may create one), -rng, -balloon or -vsock (with a
+// host listener on port 7 for the guest to reach). Any crash, hang,
 // sanitizer report or out-of-bounds access is a finding. Built with -sanitize=fuzzer,address by
 // `make fuzz` / `make test` (scripts/fuzz.sh).
 #if canImport(Glibc)
@@ -24,6 +25,8 @@ let diskPath: String = {
     atexit {
         unlink(diskPath)
         unlink(overlayPath)
+        unlink(vsockPath)
+        unlink(vsockPath + "_7")
     }
     return p
 }()
@@ -45,7 +48,16 @@ struct Reader {
 /// A qcow2 overlay on that disk, made afresh for each input (the guest's writes allocate clusters in it).
 let overlayPath = "/tmp/kumo-fuzz-disk-\(getpid()).qcow2"
 
+/// The vsock device's socket, and a host listener its guest may connect to (port 7).
+let vsockPath = "/tmp/kumo-fuzz-vsock-\(getpid()).sock"
+let vsockListener: OwnedFD? = {
+    let l = try? UnixSocket.listen(vsockPath + "_7", backlog: 64)
+    if let l { _ = fcntl(l.raw, F_SETFL, fcntl(l.raw, F_GETFL) | O_NONBLOCK) }
+    return l
+}()
+
 func makeDevice(_ kind: UInt8) -> VirtioDevice? {
+    if kind % 8 == 5 { return try? VirtioVsock(guestCID: 3, path: vsockPath) }
     if kind % 8 == 4 {
         unlink(overlayPath)
         guard (try? QCow2.createOverlay(at: overlayPath, backing: diskPath, format: .raw)) != nil else { return nil }
@@ -118,6 +130,10 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             if r.u8() & 7 == 0 { d.write(MMIOReg.status, 0); queues = [] } else { d.ackInterrupt() }
         }
         if let n = dev as? VirtioNet, let t = tap { n.backendReady(t.fd) }
+        if let v = dev as? VirtioVsock {
+            v.backendReady(v.backendFDs[0])
+            if let l = vsockListener { while let c = UnixSocket.acceptNow(l) { if r.u8() & 1 == 0 { try? c.sendAll([0x6b, 0x75, 0x6d, 0x6f]) } } }
+        }
         for q in queues { while q.popUsed() != nil {} }
     }
     d.transport.reset()

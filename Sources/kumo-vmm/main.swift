@@ -28,6 +28,9 @@ let usage = """
       --net tap=NAME[,OPTS]  virtio-net on a tap (created, or attached when it exists; repeatable)
                              OPTS: mac=52:54:00:12:34:56, rx-bandwidth=, tx-bandwidth= (bytes/s), rx-pps=, tx-pps=
       --rng                  virtio-rng fed from the host's getrandom
+      --vsock [cid=N,]path=P virtio-vsock (guest CID N, 3 by default), Firecracker's hybrid host side: the
+                             host connects to the Unix socket P and writes "CONNECT PORT\n" (answered
+                             "OK HOSTPORT\n"); the guest connecting to the host's PORT reaches P_PORT
       --balloon              virtio-balloon (statistics, deflate-on-OOM, free page reporting);
                              guest RAM then goes without transparent huge pages
       --balloon-target MIB   initial balloon size (implies --balloon); --no-deflate-on-oom,
@@ -46,7 +49,7 @@ let usage = """
     JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
     cpuid ([{function, index, register, clear, set}]), serial, stats,
     disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
-    rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), api_socket,
+    rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), vsock ({cid, path}), api_socket,
     serial_socket, memory_dedup, on_reboot, vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
     {"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
     Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.

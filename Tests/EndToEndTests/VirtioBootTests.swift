@@ -197,10 +197,39 @@ struct VirtioBootTests {
         #expect(!vm.console.contains("Call Trace"), "\(vm.console.suffix(3000))")
     }
 
-    /// Guest userspace over virtio (busybox scenario "virtio"): writes and syncs a file on an ext4
-    /// virtio-blk disk, gets a DHCP lease with udhcpc, pings the host bridge and sends a line over TCP
-    /// to a listener on the host. Checked from the host: the file in the image (debugfs), the line the
-    /// listener received, the scenario's results on the console.
+    /// Commands through the guest agent: output and exit codes, a timeout that kills, truncation, a file.
+    static func agentChecks(_ agent: AgentClient, _ vm: E2E.VMMProcess) throws {
+        let deadline = Date().addingTimeInterval(60)
+        var version: Int? = nil
+        while version == nil && Date() < deadline {
+            do { version = try agent.ping() } catch { Thread.sleep(forTimeInterval: 1) }  // the agent may still be starting
+        }
+        #expect(version == 1, "no PONG from the agent: \(vm.console.suffix(800))")
+        guard version != nil else { return }
+        let started = Date()
+        let r = try agent.run("echo hello; echo oops >&2; exit 3", timeoutSeconds: 30)
+        let took = Date().timeIntervalSince(started)
+        #expect(r.outcome == .exited(3) && r.stdout == Array("hello\n".utf8) && r.stderr == Array("oops\n".utf8), "\(r)")
+        print("VirtioBootTests: a run-command round trip took \(String(format: "%.2f", took)) s")
+        // 10 s: a shell takes seconds to start here (fork and exec with the guest kernel emulated).
+        let slow = try agent.run("echo before; sleep 60; echo after", timeoutSeconds: 10)
+        #expect(slow.outcome == .timedOut && slow.stdout == Array("before\n".utf8), "\(slow)")
+        let big = try agent.run("dd if=/dev/zero bs=100000 count=1 2>/dev/null", timeoutSeconds: 60)
+        #expect(big.outcome == .exited(0) && big.stdout.count == AgentClient.maxStreamBytes && big.stdoutTruncated, "\(big.outcome) \(big.stdout.count)")
+        try agent.putFile("/tmp/kumo-file", mode: 0o640, bytes: Array("sent by the host\n".utf8))
+        let back = try agent.run("cat /tmp/kumo-file; stat -c %a /tmp/kumo-file", timeoutSeconds: 30)
+        #expect(back.stdout == Array("sent by the host\n640\n".utf8), "\(String(decoding: back.stdout, as: UTF8.self))")
+        #expect(throws: AgentClient.Failure.self) { try agent.putFile("relative", mode: 0o600, bytes: []) }
+        let killed = try agent.run("kill -9 $$", timeoutSeconds: 30)
+        #expect(killed.outcome == .signalled(9), "\(killed)")
+        #expect(try agent.run("touch /tmp/vsock-done", timeoutSeconds: 30).outcome == .exited(0))
+    }
+
+    /// Guest userspace over virtio (busybox scenarios "virtio" then "vsock"): writes and syncs a file on an
+    /// ext4 virtio-blk disk, gets a DHCP lease with udhcpc, pings the host bridge and sends a line over TCP
+    /// to a listener on the host; then the host runs commands through the guest agent over virtio-vsock.
+    /// Checked from the host: the file in the image (debugfs), the line the listener received, the
+    /// scenario's results on the console, the agent's answers.
     @Test(.timeLimit(.minutes(15)))
     func guestUserspaceWritesPingsAndTalksTCP() throws {
         let kernel = E2E.guest.appendingPathComponent("test-kernel/vmlinux").path
@@ -241,16 +270,21 @@ struct VirtioBootTests {
             close(c)
         }
         acceptor.start()
+        let vsock = dir.appendingPathComponent("v.sock").path
         let vm = try E2E.VMMProcess([
             "--kernel", kernel, "--initrd", initrd, "--vcpus", "1", "--memory", "256",
-            "--disk", image + ",format=qcow2", "--net", "tap=\(net.tap),mac=52:54:00:77:03:10", "--rng",
-            "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=virtio kumo.host=\(net.host)",
+            "--disk", image + ",format=qcow2", "--net", "tap=\(net.tap),mac=52:54:00:77:03:10", "--rng", "--vsock", "cid=3,path=\(vsock)",
+            "--cmdline", "console=ttyS0 reboot=k panic=-1 kumo.scenario=virtio,vsock kumo.host=\(net.host)",
         ])
         let done = vm.waitFor("kumo-result: virtio=done", timeout: 600)
-        vm.process.waitUntilExit()
+        // Run-command's path: the host's AgentClient, kumo-vmm's virtio-vsock, the guest's kumo-agent.
+        if vm.waitFor("kumo-result: vsock=ready", timeout: 120) { try Self.agentChecks(AgentClient(vsockPath: vsock), vm) }
+        _ = vm.waitForExit(timeout: 300)
         let console = vm.console
         let status = vm.terminate()
         #expect(done, "console tail: \(console.suffix(3000))")
+        #expect(console.contains("kumo-result: agent=listening on vsock port 52"))
+        #expect(console.contains("kumo-result: vsock=done"), "console tail: \(console.suffix(1500))")
         #expect(status == 0)
         #expect(console.contains("kumo-result: dhcp=\(net.subnet)."))
         #expect(console.contains("kumo-result: ping=ok"))

@@ -342,6 +342,21 @@ struct NetworkGuestTests {
         #expect(seen?.line.hasPrefix("hello from kumo guest") == true && seen?.peer == hostSide.description, "\(String(describing: seen))")
         let annC = try #require(consoles["ann"]), benC = try #require(consoles["ben"])
 
+        // Run-command through kumod (docs/RUNCOMMAND.md): kumo-vmm's vsock to the image's agent, no network
+        // involved; a file sent, then read back by a command. Ben cannot reach Ann's instance.
+        let started = Date()
+        let hostname = try CLITests.kumo(["instance", "run-command", annVM.id, "--", "hostname"], endpoint: "unix:" + k.socket, token: ann)
+        #expect(hostname.0 == 0 && hostname.1 == "ann-web\n", "\(hostname)")
+        print("NetworkGuestTests: run-command through kumod took \(String(format: "%.1f", Date().timeIntervalSince(started))) s")
+        let note = k.dir.appendingPathComponent("note.txt")
+        try "sent through kumod\n".write(to: note, atomically: true, encoding: .utf8)
+        let sent = try CLITests.kumo(["instance", "send-file", annVM.id, note.path, "/tmp/note.txt"], endpoint: "unix:" + k.socket, token: ann)
+        #expect(sent.0 == 0, "\(sent)")
+        let back = try CLITests.kumo(["instance", "run-command", annVM.id, "--", "cat /tmp/note.txt; exit 4"], endpoint: "unix:" + k.socket, token: ann)
+        #expect(back.0 == 1 && back.1 == "sent through kumod\n" && back.2.contains("exited 4"), "\(back)")
+        let denied = try CLITests.kumo(["instance", "run-command", annVM.id, "--", "id"], endpoint: "unix:" + k.socket, token: ben)
+        #expect(denied.0 == 5, "\(denied)")
+
         // Web servers in both; each reached from outside, Ann's only from the range her group allows.
         #expect(try annC.ask("serve 80", "serve") == "80")
         #expect(try benC.ask("serve 80", "serve") == "80")

@@ -304,6 +304,8 @@ import KumoAPI
             "PUT /v1/instances/{id}/nics/{index}/security-groups": own,
             "POST /v1/instances/{id}/nics/{index}/port-forwards": own, "DELETE /v1/instances/{id}/nics/{index}/port-forwards/{forward}": own,
             "GET /v1/images/{id}": own, "POST /v1/images/import": all, "POST /v1/instances/{id}/image": (.allowed, .notFound, .allowed),
+            "POST /v1/instances/{id}/commands": own, "GET /v1/instances/{id}/commands": own, "GET /v1/instances/{id}/commands/{invocation}": own,
+            "POST /v1/instances/{id}/files": own,
             "GET /v1/key-pairs": all, "POST /v1/key-pairs": all, "GET /v1/key-pairs/{id}": own, "DELETE /v1/key-pairs/{id}": own,
         ]
         let admin = try #require(try f.store.principal(token: f.admin))
@@ -348,6 +350,11 @@ import KumoAPI
                         _ = try await waitState(c, id, f.alice, .running)
                         uri = path.replacingOccurrences(of: "{id}", with: id)
                         made = id
+                        if path.contains("{invocation}") {
+                            let alice = try #require(try f.store.principal(token: f.alice))
+                            let inv = try f.service.runCommand(id, RunCommandRequest(command: "true", timeoutSeconds: 5), by: alice)
+                            uri = uri.replacingOccurrences(of: "{invocation}", with: inv.id)
+                        }
                         if path.contains("{forward}") {
                             let alice = try #require(try f.store.principal(token: f.alice))
                             let pf = try f.service.createPortForward(
@@ -383,6 +390,8 @@ import KumoAPI
                     case "POST /v1/networks": payload = #"{"name": "n-\#(unique)"}"#
                     case "POST /v1/key-pairs": payload = #"{"name": "k-\#(unique)"}"#
                     case "POST /v1/images/import": payload = String(repeating: "\0", count: 512)
+                    case "POST /v1/instances/{id}/commands": payload = #"{"command": "uname -a", "timeout_seconds": 5}"#
+                    case "POST /v1/instances/{id}/files": payload = #"{"path": "/tmp/x", "content": "aGk="}"#
                     case "POST /v1/instances/{id}/image": payload = #"{"name": "from-\#(unique)"}"#
                     case "POST /v1/security-groups": payload = #"{"name": "g-\#(unique)", "description": "from the matrix"}"#
                     case "POST /v1/security-groups/{id}/rules": payload = #"{"direction": "ingress", "protocol": "udp", "ports": "53", "cidr": "0.0.0.0/0"}"#

@@ -126,8 +126,24 @@ import Boot
         #expect(b.balloon == BalloonConfig(freePageReporting: false))
         let nb = try VMConfig.parse(arguments: ["--kernel", "/k", "--balloon", "--no-free-page-reporting"])
         #expect(nb.balloon == BalloonConfig(freePageReporting: false))
+        // vsock: flag and JSON the same, written back as read, its CID and path checked.
+        let v = try VMConfig.parse(arguments: ["--kernel", "/k", "--vsock", "cid=7,path=/run/v.sock"])
+        #expect(v.vsock == VsockConfig(cid: 7, path: "/run/v.sock"))
+        var vj = VMConfig()
+        try vj.apply(json: JSONParser.parse(v.jsonText))
+        #expect(vj.vsock == v.vsock)
+        #expect(try VMConfig.parse(arguments: ["--vsock", "path=/v"]).vsock == VsockConfig(cid: 3, path: "/v"))
+        for bad in [["--vsock", "cid=2,path=/v"], ["--vsock", "cid=3"], ["--vsock", "path=/" + String(repeating: "a", count: 107)]] {
+            #expect(throws: ConfigError.self, "\(bad)") { try VMConfig.parse(arguments: ["--kernel", "/k"] + bad).validate(hostMemoryBytes: 1 << 34) }
+        }
+        #expect(throws: ConfigError.self) { try VMConfig.parse(arguments: ["--vsock", "port=1,path=/v"]) }
+        var same = try VMConfig.parse(arguments: ["--kernel", "/k", "--vsock", "path=/s", "--api-socket", "/s"])
+        #expect(throws: ConfigError.self) { try same.validate(hostMemoryBytes: 1 << 34) }
+        same.apiSocket = nil
+        try same.validate(hostMemoryBytes: 1 << 34)
         var d = VMConfig()
         for bad in [
+            #"{"vsock": {"cid": "3", "path": "/v"}}"#, #"{"vsock": {"path": "/v", "port": 1}}"#, #"{"vsock": {"path": "/v", "cid": -1}}"#, #"{"vsock": "/v"}"#,
             #"{"disks": [{"path": "/a", "cache": "none"}]}"#, #"{"disks": [{}]}"#, #"{"disks": "/a"}"#,
             #"{"nets": [{"tap": "t", "mac": "ff:ff:ff:ff:ff:ff"}]}"#, #"{"nets": [{"mac": "52:54:00:00:00:01"}]}"#,
             #"{"rng": {"rate": 1}}"#, #"{"rng": 3}"#,

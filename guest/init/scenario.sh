@@ -24,6 +24,14 @@ case "$1" in
     [ -n "$reply" ] || { grep -A1 '^Tcp:' /proc/net/snmp; grep eth0 /proc/net/dev; }
     result virtio done
     ;;
+  vsock)
+    # The host runs commands through kumo-agent (started by init, guest/tools/kumo-agent.c) over
+    # virtio-vsock; its last one makes /tmp/vsock-done. Up to 5 minutes (each command forks and execs).
+    result vsock ready
+    i=0
+    while [ ! -e /tmp/vsock-done ] && [ "$i" -lt 1500 ]; do sleep 0.2; i=$((i + 1)); done
+    if [ -e /tmp/vsock-done ]; then result vsock done; else result vsock timeout; fi
+    ;;
   network)
     # A guest on a kumod network (docs/NETWORK.md): its lease from dnsmasq, its gateway, the outside
     # through NAT, its own name in DNS; and what it must not reach: the host's services on the gateway
