@@ -18,8 +18,16 @@ extension Store {
         return i
     }
 
+    /// Invocations kept per instance (the newest): a tenant's history cannot fill the host's disk.
+    public static let keptInvocations = 100
+
     public func addInvocation(_ i: Invocation) throws {
         try db.write { db in
+            try db.execute(
+                sql: """
+                    DELETE FROM invocations WHERE instance_id = ? AND state IN ('success', 'failed', 'timeout') AND id NOT IN
+                        (SELECT id FROM invocations WHERE instance_id = ? ORDER BY created_at DESC, id DESC LIMIT ?)
+                    """, arguments: [i.instance, i.instance, Self.keptInvocations - 1])
             try db.execute(
                 sql: """
                     INSERT INTO invocations (id, instance_id, kind, command, path, bytes, timeout_seconds, state, created_at)

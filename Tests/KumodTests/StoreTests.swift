@@ -223,3 +223,33 @@ func tempDir(_ tag: String) throws -> URL {
         try Placement.check(type: medium, count: 5, host: host, policy: p, holders: [], tenantID: "t1", admin: true)
     }
 }
+
+extension StoreTests {
+    /// An instance keeps its newest invocations only, never one that has not finished.
+    @Test func invocationHistoryIsBounded() throws {
+        let dir = try tempDir("store")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let s = try Store(path: dir.appendingPathComponent("k.sqlite").path)
+        try s.read { _ in }
+        let t = try #require(try s.principal(token: try s.issueToken(tenant: "alice", admin: false)))
+        try s.addImage(Image(id: "img-1", name: "tiny", kernel: "/k", initrd: nil, rootDisk: nil, cmdline: "", kernelFormat: "elf", createdAt: "now"))
+        let type = try #require(try s.type("kumo.small"))
+        _ = try s.reserve(
+            tenantID: t.tenantID, clientToken: nil, request: "{}",
+            instances: [Store.NewInstance(id: "i-1", name: "web", type: type, imageID: "img-1", userData: nil, workDir: "/w")]
+        ) { _ in [] }
+        func add(_ n: Int, state: InvocationState) throws {
+            var i = Invocation(
+                id: "inv-\(n)", instance: "i-1", kind: "command", timeoutSeconds: 1, state: state,
+                createdAt: Store.timestamp(Date(timeIntervalSince1970: Double(n))))
+            i.command = "true"
+            try s.addInvocation(i)
+        }
+        try add(0, state: .running)
+        for n in 1...150 { try add(n, state: .success) }
+        let kept = try s.invocations(instance: "i-1", limit: 1000)
+        #expect(kept.count == Store.keptInvocations + 1 && kept.first?.id == "inv-150", "\(kept.count)")
+        #expect(kept.contains { $0.id == "inv-0" }, "the unfinished one stays")
+        #expect(!kept.contains { $0.id == "inv-50" })
+    }
+}
