@@ -5,6 +5,7 @@
 //                         transport and queues: 4 KiB random reads (IOPS) and 1 MiB sequential reads
 //                         (MiB/s), each next to pread(2) on the same file and offsets in the same run.
 //   kumo-bench overlay FILE, kumo-bench qcow2-writer OVERLAY: see Overlay.swift.
+import DiskImage
 import VMM
 import Virtio
 import VirtioTestDriver
@@ -16,8 +17,9 @@ import Glibc
 #endif
 
 let args = Array(CommandLine.arguments.dropFirst())
-if args.count == 2, args[0] == "blk" {
-    blockBench(args[1])
+if (2...3).contains(args.count), args[0] == "blk" {
+    guard let format = DiskFormat(rawValue: args.count == 3 ? args[2] : "raw") else { eprint("kumo-bench: blk FILE [raw|qcow2]"); exit(2) }
+    blockBench(args[1], format: format)
     exit(0)
 }
 if args.count == 2, args[0] == "overlay" {
@@ -26,7 +28,7 @@ if args.count == 2, args[0] == "overlay" {
 }
 if args.count == 2, args[0] == "qcow2-writer" { qcow2Writer(args[1]) }
 guard args.count == 2, args[0] == "exits", let n = UInt32(args[1]) else {
-    eprint("usage: kumo-bench exits N | kumo-bench blk FILE | kumo-bench overlay FILE | kumo-bench qcow2-writer OVERLAY")
+    eprint("usage: kumo-bench exits N | kumo-bench blk FILE [raw|qcow2] | kumo-bench overlay FILE | kumo-bench qcow2-writer OVERLAY")
     exit(2)
 }
 do {
@@ -61,10 +63,11 @@ do {
     exit(1)
 }
 
-/// Random 4 KiB and sequential 1 MiB reads through virtio-blk vs pread, printed as JSON lines.
-func blockBench(_ path: String) {
+/// Random 4 KiB and sequential 1 MiB reads through virtio-blk vs pread, printed as JSON lines. With a
+/// qcow2 image the pread side reads the file's own bytes (a baseline for the raw run only).
+func blockBench(_ path: String, format: DiskFormat) {
     do {
-        let blk = try VirtioBlock(path: path, readOnly: true)
+        let blk = try VirtioBlock(path: path, readOnly: true, format: format)
         let d = try VirtioTestDriver(device: blk, memorySize: 256 << 20)
         guard d.negotiate() else { eprint("kumo-bench: negotiation failed"); exit(1) }
         let q = d.setupQueue(0, size: 256)
