@@ -161,9 +161,11 @@ final class DataBox: @unchecked Sendable { var data = Data() }
 
     @Test func badJSONConfigs() throws {
         let malformed = CLI.temp("bad.json", "{\"kernel\": \"/x\",\n \"vcpus\": }")
+        defer { unlink(malformed) }
         var r = try CLI.run(["--config", malformed])
         #expect(r.status == 2 && r.stderr.contains("malformed JSON at line 2"))
         let unknown = CLI.temp("unknown.json", #"{"kernel": "/x", "memory": 128}"#)
+        defer { unlink(unknown) }
         r = try CLI.run(["--config", unknown])
         #expect(r.status == 2 && r.stderr.contains("memory: unknown key"))
         r = try CLI.run(["--config", "/nonexistent.json"])
@@ -206,6 +208,7 @@ struct CLIRunTests {
 
     @Test func stdioConsoleEchoesInputAndPowerOffExitsZero() throws {
         let k = try CLI.tinyKernel(Self.echoAndPowerOff)
+        defer { unlink(k) }
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--stats"], stdin: "x")
         #expect(r.status == 0, "\(r.stderr)")
         #expect(r.stdout == ">x")
@@ -216,8 +219,10 @@ struct CLIRunTests {
 
     @Test func jsonConfigAndSocketConsole() throws {
         let k = try CLI.tinyKernel(Self.echoAndPowerOff)
+        defer { unlink(k) }
         let sock = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8)).sock").path
         let cfg = CLI.temp("vm.json", #"{"kernel": "\#(k)", "memory_mib": 32, "vcpus": 1, "serial": "socket:\#(sock)"}"#)
+        defer { unlink(cfg) }
         var received = ""
         let r = try CLI.run(["--config", cfg]) { _ in
             // Connect once the socket exists, type one byte. The prompt may have gone out before we
@@ -236,6 +241,7 @@ struct CLIRunTests {
     /// socket reaches a guest that honours it, which powers off: kumo-vmm exits 0. Before that, vm.stats.
     @Test func serialSocketBesideTheLogAndThePowerButton() throws {
         let k = try CLI.echoPowerGuest()
+        defer { unlink(k) }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -272,6 +278,7 @@ struct CLIRunTests {
     @Test func pinningAtStartAndAtRunTime() throws {
         try #require(CPUList.hostCount >= 2, "needs two host CPUs")
         let k = try CLI.echoPowerGuest()
+        defer { unlink(k) }
         let sock = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8)).sock").path
         var seen: [String] = []
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--pin", "0=1", "--api-socket", sock]) { _ in
@@ -303,6 +310,7 @@ struct CLIRunTests {
         let code = try Harness.assemble("cli\n1: hlt\njmp 1b", bits: 64, origin: 0x100_0000)
         let k = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-lm-\(UUID().uuidString).elf").path
         FileManager.default.createFile(atPath: k, contents: Data(BootProtocolTests.elf(code, pvh: false)))
+        defer { unlink(k) }
         let sock = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString.prefix(8)).sock").path
         var answers: [TranslateReply] = []
         var pagemapHPA: UInt64? = nil
@@ -342,6 +350,7 @@ struct CLIRunTests {
             zero: .word 0
                   .long 0
             """)
+        defer { unlink(k) }
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--on-reboot", "exit"])
         #expect(r.status == exitStatusReboot, "\(r.stderr)")
         #expect(r.stderr.contains("vCPU 0: triple fault"))
@@ -351,7 +360,9 @@ struct CLIRunTests {
 
     @Test func guestResetRestartsTheVM() throws {
         let k = try CLI.tinyKernel(CLI.printsBThenResets)
+        defer { unlink(k) }
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-reset-\(UUID().uuidString).log").path
+        defer { unlink(log) }
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:" + log]) { p in
             let deadline = Date().addingTimeInterval(20)
             while Date() < deadline, ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").count < 3 { Thread.sleep(forTimeInterval: 0.05) }

@@ -76,6 +76,7 @@ struct ResetTests {
     /// the guest again.
     @Test func onRebootExitEndsTheVMM() throws {
         let k = try CLI.tinyKernel(CLI.printsBThenResets)
+        defer { unlink(k) }
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-onreboot-\(UUID().uuidString).log").path
         defer { try? FileManager.default.removeItem(atPath: log) }
         let r = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:" + log, "--on-reboot", "exit"]) { _ in }
