@@ -217,6 +217,9 @@ public struct ProcessLauncher: VMMLauncher {
 
     public func launch(_ spec: LaunchSpec) throws -> VMMProcess {
         let fm = FileManager.default
+        // Held from before the config is written until the VMM has its own copy (InstanceLock.swift).
+        let lock = try InstanceLock.acquire(workDir: spec.workDir, instanceID: spec.instanceID)
+        defer { lock.release() }
         // Again, cheaply (nothing is made twice): a launcher that wraps this one may not forward prepare.
         try ensurePrepared(spec)
         try Data(Self.config(spec).jsonText.utf8).write(to: spec.configPath)
@@ -225,7 +228,7 @@ public struct ProcessLauncher: VMMLauncher {
 
         let pid: pid_t
         do {
-            pid = try Spawn.detached(vmmPath, ["--config", spec.configPath.path], log: spec.vmmLog.path)
+            pid = try Spawn.detached(vmmPath, ["--config", spec.configPath.path], log: spec.vmmLog.path, inherit: lock.fd)
         } catch {
             throw APIError(code: "launch_failed", message: "cannot start \(vmmPath): \(error)")
         }

@@ -22,7 +22,10 @@ public enum Spawn {
     /// /dev/null, stdout and stderr appended to `log` (0600), and no other descriptor of the caller's
     /// (its listening sockets and database would otherwise live on in every child). With `input`, stdin
     /// is a socket that carries it and then ends (configuration no file or command line needs to show).
-    public static func detached(_ path: String, _ arguments: [String], log: String, input: [UInt8]? = nil) throws(SysError) -> pid_t {
+    /// `inherit` is passed on as the child's descriptor 3 (a lock it must hold from its first moment).
+    public static func detached(
+        _ path: String, _ arguments: [String], log: String, input: [UInt8]? = nil, inherit: Int32? = nil
+    ) throws(SysError) -> pid_t {
         var pipeFDs: [Int32] = [-1, -1]
         if input != nil {
             // A socket pair rather than a pipe: a child gone before it read gets no SIGPIPE sent our way.
@@ -49,7 +52,9 @@ public enum Spawn {
         }
         posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let closed = SpawnExtensions.closeFrom(&actions, 3)
+        // dup2 clears close-on-exec on the copy (glibc also does so when the numbers are equal).
+        if let inherit { posix_spawn_file_actions_adddup2(&actions, inherit, 3) }
+        let closed = SpawnExtensions.closeFrom(&actions, inherit == nil ? 3 : 4)
         guard closed == 0 else { throw SysError("posix_spawn_file_actions_addclosefrom_np", errno: closed) }
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }

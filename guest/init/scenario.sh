@@ -2,6 +2,9 @@
 # Kumo guest scenarios; results go to the serial console as "kumo-result: KEY=VALUE" lines,
 # which the host-side tests parse.
 result() { echo "kumo-result: $1=$2"; }
+# busybox nc's -w bounds only the connect: a peer that accepts and then never answers or closes would
+# hold the scenario for ever. Every nc runs under a hard limit, so a scenario always moves on.
+tnc() { limit=$1; shift; timeout "$limit" nc "$@"; }
 arg() { sed -n "s/.*$1=\\([^ ]*\\).*/\\1/p" /proc/cmdline; }
 case "$1" in
   virtio)
@@ -18,7 +21,7 @@ case "$1" in
     addr=$(ip -4 addr show dev eth0 | awk '/inet / {print $2}')
     result dhcp "${addr%/*}"
     if ping -c 3 -W 5 "$host" >/dev/null 2>&1; then result ping ok; else result ping failed; fi
-    reply=$(echo "hello from kumo guest" | nc -w 30 "$host" 7777)
+    reply=$(echo "hello from kumo guest" | tnc 90 -w 30 "$host" 7777)
     result tcp "$reply"
     # What the guest's TCP and eth0 saw, for a failure's report.
     [ -n "$reply" ] || { grep -A1 '^Tcp:' /proc/net/snmp; grep eth0 /proc/net/dev; }
@@ -53,12 +56,12 @@ case "$1" in
     if ping -c 2 -W 5 "$gw" >/dev/null 2>&1; then result gateway ok; else result gateway failed; fi
     if ping -c 2 -W 5 "$out" >/dev/null 2>&1; then result outside_ping ok; else result outside_ping failed; fi
     echo "hello from kumo guest" > /tmp/hello
-    nc -w 20 "$out" 7777 < /tmp/hello > /tmp/reply
+    tnc 60 -w 20 "$out" 7777 < /tmp/hello > /tmp/reply
     reply=""; read -r reply < /tmp/reply
     if [ -z "$reply" ]; then
       # Once more: under the test suite's load one CI run saw busybox nc connect and close without
       # sending (not understood yet); a path that is really shut fails again.
-      nc -w 20 "$out" 7777 < /tmp/hello > /tmp/reply
+      tnc 60 -w 20 "$out" 7777 < /tmp/hello > /tmp/reply
       read -r reply < /tmp/reply
     fi
     result outside_tcp "$reply"
@@ -69,7 +72,7 @@ case "$1" in
     done < /tmp/ns
     result dns "$name"
     printf 'GET /v1/health HTTP/1.0\r\n\r\n' > /tmp/request
-    nc -w 5 "$gw" "$port" < /tmp/request > /tmp/response
+    tnc 30 -w 5 "$gw" "$port" < /tmp/request > /tmp/response
     reply=""; read -r reply < /tmp/response
     result host_tcp "${reply:-blocked}"
     if [ -n "$peer" ]; then
@@ -96,7 +99,7 @@ case "$1" in
           # the host too: its own bug, not issue 12's).
           printf 'GET / HTTP/1.0\r\n\r\n' > /tmp/request
           : > /tmp/page
-          nc -w 5 "$a" 80 < /tmp/request > /tmp/page
+          tnc 30 -w 5 "$a" 80 < /tmp/request > /tmp/page
           page=""
           while read -r line; do page=$line; done < /tmp/page
           result fetch "$a=${page:-failed}" ;;
