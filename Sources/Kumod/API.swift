@@ -39,6 +39,8 @@ public enum API {
         ("POST", "/v1/instances/{id}/files"),
         ("GET", "/v1/key-pairs"), ("POST", "/v1/key-pairs"), ("GET", "/v1/key-pairs/{id}"), ("DELETE", "/v1/key-pairs/{id}"),
         ("POST", "/v1/instances/{id}/nics/{index}/port-forwards"), ("DELETE", "/v1/instances/{id}/nics/{index}/port-forwards/{forward}"),
+        ("GET", "/v1/instances/{id}/metrics"), ("GET", "/v1/host/metrics"), ("GET", "/metrics"),
+        ("GET", "/v1/alarms"), ("POST", "/v1/alarms"), ("GET", "/v1/alarms/{id}"), ("DELETE", "/v1/alarms/{id}"),
     ]
 
     /// The OpenAPI document shipped with kumod.
@@ -341,6 +343,7 @@ public enum API {
         keyPairRoutes(router, service)
         imageRoutes(router, service)
         commandRoutes(router, service)
+        metricRoutes(router, service)
         return router
     }
 

@@ -223,6 +223,8 @@ extension Service {
         if let p = processes.withLock({ $0[id] }) { endVMM(id, p) } else { released(id) }
         try wrap { try store.transition(id, to: .deleted, reason: "TerminateInstances", pid: .some(nil)) }
         releaseNICs(id)
+        monitoring.forget(id)
+        try? store.deleteAlarms(instance: id)
         try? FileManager.default.removeItem(atPath: rec.workDir)
         guard let gone = try wrap({ try store.instance(id) }) else { throw APIError(code: "internal", message: "instance \(id) vanished") }
         return visible(gone.instance, to: who)

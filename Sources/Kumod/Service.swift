@@ -53,13 +53,16 @@ public final class Service: Sendable {
     public let agentWaitSeconds = Atomic<Int>(120)
     /// Instances whose disk an image is being made from: not started or deleted meanwhile.
     let imaging = Mutex<Set<String>>([])
+    /// Samples of instances and the host, their time series (Monitoring.swift).
+    public let monitoring: Monitoring
 
     public init(
         store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
         stopTimeout: Duration = .seconds(30), ksm: KSMTuner = KSMTuner(), rebootLimit: RebootLimit = .standard, imagesDir: URL? = nil,
-        networks: NetworkHost? = nil
+        networks: NetworkHost? = nil, metricsInterval: Double = 10
     ) {
         self.networks = networks
+        monitoring = Monitoring(dataDir: dataDir, interval: metricsInterval)
         self.store = store; self.launcher = launcher; self.host = host; self.dataDir = dataDir; self.stopTimeout = stopTimeout
         self.imagesDir = imagesDir ?? dataDir.appendingPathComponent("images")
         self.ksm = ksm; self.rebootLimit = rebootLimit
@@ -72,6 +75,7 @@ public final class Service: Sendable {
     public func shutdown(endingVMMs: Bool) {
         closing.store(true, ordering: .sequentiallyConsistent)
         stopMonitor()
+        stopSampling()
         // A launch already past its check hands work to the preparation queue, which hands it back.
         supervisor.sync {}
         preparation.sync(flags: .barrier) {}

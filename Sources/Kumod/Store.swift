@@ -137,6 +137,7 @@ public final class Store: Sendable {
                 sql: "DELETE FROM security_group_rules WHERE group_id IN (SELECT id FROM security_groups WHERE tenant_id = ?)", arguments: [id])
             try db.execute(sql: "DELETE FROM security_groups WHERE tenant_id = ?", arguments: [id])
             try db.execute(sql: "DELETE FROM key_pairs WHERE tenant_id = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM alarms WHERE tenant_id = ?", arguments: [id])
             let kept = try Int.fetchOne(db, sql: "SELECT count(*) FROM reservations WHERE tenant_id = ?", arguments: [id]) ?? 0
             // Rows that name it (its deleted instances' reservations) keep it, renamed out of the way.
             if kept == 0 {

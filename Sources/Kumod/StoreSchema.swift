@@ -175,6 +175,22 @@ extension Store {
                     CREATE INDEX invocations_instance ON invocations(instance_id, created_at);
                     """)
         }
+        m.registerMigration("v14: alarm rules and their history") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE alarms (
+                        id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id), name TEXT NOT NULL,
+                        instance_id TEXT REFERENCES instances(id), metric TEXT NOT NULL,
+                        comparison TEXT NOT NULL CHECK (comparison IN ('above', 'below')), threshold REAL NOT NULL,
+                        duration_seconds INTEGER NOT NULL,
+                        state TEXT NOT NULL CHECK (state IN ('insufficient_data', 'ok', 'firing')), state_since TEXT NOT NULL,
+                        last_value REAL, created_at TEXT NOT NULL, UNIQUE (tenant_id, name));
+                    CREATE TABLE alarm_events (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT, alarm_id TEXT NOT NULL REFERENCES alarms(id) ON DELETE CASCADE,
+                        state TEXT NOT NULL, value REAL, at TEXT NOT NULL, message TEXT NOT NULL);
+                    CREATE INDEX alarm_events_alarm ON alarm_events(alarm_id, seq);
+                    """)
+        }
         return m
     }
 

@@ -74,7 +74,12 @@ public final class ControlState: @unchecked Sendable {
         case .info: return ControlEnvelope.reply(info())
         case .stats:
             let m = try running()
-            return ControlEnvelope.reply(VMStats(vcpus: m.counters.indices.map { Self.vcpuStats(m, $0) }, memory: Self.memoryStats(m)))
+            let devices = m.virtio.enumerated().map { (i, t) in
+                VMStats.Device(
+                    name: "virtio-\(t.device.type)\(i)", kind: "\(t.device.type)", backend: t.device.backendName,
+                    counters: Dictionary(t.device.currentCounters, uniquingKeysWith: { a, _ in a }))
+            }
+            return ControlEnvelope.reply(VMStats(vcpus: m.counters.indices.map { Self.vcpuStats(m, $0) }, memory: Self.memoryStats(m), devices: devices))
         case let .pin(n, list):
             return ControlEnvelope.reply(try pin(try vcpuIndex(n, "vcpu.pin"), list))
         case let .translate(n, address):

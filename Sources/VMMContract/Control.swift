@@ -4,7 +4,7 @@
 
 /// The version of this contract (the configuration keys, the operations and their replies). kumo-vmm
 /// reports it (`vm.info`, `kumo-vmm --contract-version`); kumod refuses a VMM of another version.
-public let vmmContractVersion = 4  // 3: disks[].format (qcow2); 4: vsock
+public let vmmContractVersion = 5  // 3: disks[].format (qcow2); 4: vsock; 5: vm.stats devices
 
 public enum ControlRequest: Sendable, Equatable {
     case info
@@ -199,9 +199,24 @@ public struct VMStats: Codable, Sendable, Equatable {
             self.dedup = dedup; self.rssKiB = rssKiB; self.guestResidentKiB = guestResidentKiB
         }
     }
+    /// A virtio device's counters (monotonic while the VM runs: a guest reboot keeps them), by name:
+    /// block `reads`, `writes`, `flushes`, `errors`, `read_bytes`, `written_bytes`; net `rx_frames`,
+    /// `rx_bytes`, `tx_frames`, `tx_bytes`, `rx_dropped`, `tx_dropped`; vsock `connections`, `rx_bytes`, ….
+    public struct Device: Codable, Sendable, Equatable {
+        /// `virtio-block0`, `virtio-net2`, …: kind and transport index.
+        public var name: String
+        public var kind: String
+        /// What it serves as the VM's user names it: a disk's serial, a NIC's tap.
+        public var backend: String?
+        public var counters: [String: UInt64]
+        public init(name: String, kind: String, backend: String?, counters: [String: UInt64]) {
+            self.name = name; self.kind = kind; self.backend = backend; self.counters = counters
+        }
+    }
     public var vcpus: [VCPU]
     public var memory: Memory
-    public init(vcpus: [VCPU], memory: Memory) { self.vcpus = vcpus; self.memory = memory }
+    public var devices: [Device]
+    public init(vcpus: [VCPU], memory: Memory, devices: [Device] = []) { self.vcpus = vcpus; self.memory = memory; self.devices = devices }
 }
 
 public struct PinReply: Codable, Sendable, Equatable {

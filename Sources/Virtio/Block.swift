@@ -37,6 +37,8 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     public var limiter: RateLimiter?
     /// Requests completed, by kind (for stats and tests).
     public private(set) var completed = (reads: 0, writes: 0, flushes: 0, errors: 0)
+    /// Bytes moved by completed reads and writes.
+    public private(set) var transferred: (read: UInt64, written: UInt64) = (0, 0)
 
     public struct OpenError: Error, CustomStringConvertible { public let description: String }
 
@@ -86,10 +88,19 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
 
     deinit { if qcow2 == nil { close(fd) } }  // a qcow2 image closes its own
 
-    public override var statistics: String {
-        var s = "reads=\(completed.reads) writes=\(completed.writes) flushes=\(completed.flushes) errors=\(completed.errors)"
-        if let l = limiter { s += " throttled=\(l.throttled)" }
-        return s
+    public override var counterValues: [(String, UInt64)] {
+        var c: [(String, UInt64)] = [
+            ("reads", UInt64(completed.reads)), ("writes", UInt64(completed.writes)), ("flushes", UInt64(completed.flushes)),
+            ("errors", UInt64(completed.errors)), ("read_bytes", transferred.read), ("written_bytes", transferred.written),
+        ]
+        if let l = limiter { c.append(("throttled", UInt64(l.throttled))) }
+        return c
+    }
+
+    /// The disk's serial as the guest reads it (kumod names its disks so: "kumo-root", "cidata").
+    public override var backendName: String? {
+        let s = serial.prefix { $0 != 0 }
+        return s.isEmpty ? nil : String(decoding: s, as: UTF8.self)
     }
 
     public override func readConfig(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
@@ -133,7 +144,7 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             } else {
                 limiter?.consume(ops: 1, bytes: data.total)
                 if transfer(data, chain, offset: sector * VirtioBlock.sectorSize, write: false) {
-                    dataWritten = data.total; completed.reads += 1
+                    dataWritten = data.total; completed.reads += 1; transferred.read &+= data.total
                 } else {
                     status = .ioError
                 }
@@ -146,7 +157,12 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
                 status = err
             } else {
                 limiter?.consume(ops: 1, bytes: data.total)
-                if transfer(data, chain, offset: sector * VirtioBlock.sectorSize, write: true) { completed.writes += 1 } else { status = .ioError }
+                if transfer(data, chain, offset: sector * VirtioBlock.sectorSize, write: true) {
+                    completed.writes += 1
+                    transferred.written &+= data.total
+                } else {
+                    status = .ioError
+                }
             }
         case .flush:
             limiter?.consume(ops: 1, bytes: 0)

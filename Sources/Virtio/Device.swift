@@ -92,10 +92,17 @@ open class VirtioDevice: @unchecked Sendable {
     /// The driver notified queue `index` (through ioeventfd and the worker, or inline in tests).
     open func process(queue index: Int, _ ctx: VirtioContext) {}
 
-    /// One line of counters for `--stats`. Read it through `currentStatistics` while the worker runs.
-    open var statistics: String { "" }
+    /// Counters by name (monotonic while the VM runs), for the control socket's `vm.stats` (kumod's
+    /// monitoring samples them) and `--stats`. Read them through `currentCounters` while the worker runs.
+    open var counterValues: [(String, UInt64)] { [] }
+    /// What the device serves as its user names it: a disk's serial, a NIC's tap.
+    open var backendName: String? { nil }
+    /// One line of counters for `--stats` (by default the counters as `name=value`).
+    open var statistics: String { counterValues.map { "\($0.0)=\($0.1)" }.joined(separator: " ") }
     /// `statistics` under the device lock (the worker updates the counters).
     public var currentStatistics: String { lock.withLock { _ in statistics } }
+    /// `counterValues` under the device lock.
+    public var currentCounters: [(String, UInt64)] { lock.withLock { _ in counterValues } }
 
     /// Host descriptors the worker should poll for this device (a tap), and what to do when one is ready.
     open var backendFDs: [Int32] { [] }

@@ -61,10 +61,14 @@ public final class VirtioNet: VirtioDevice, @unchecked Sendable {
         do { try tap.offload(Self.tapOffload(for: ctx.features)) } catch { throw VirtioDeviceError("\(error)") }
     }
 
-    public override var statistics: String {
-        "rx_frames=\(counters.rxFrames) rx_bytes=\(counters.rxBytes) tx_frames=\(counters.txFrames) tx_bytes=\(counters.txBytes) "
-            + "rx_dropped=\(counters.rxDropped) tx_dropped=\(counters.txDropped)"
+    public override var counterValues: [(String, UInt64)] {
+        [
+            ("rx_frames", UInt64(counters.rxFrames)), ("rx_bytes", UInt64(counters.rxBytes)), ("tx_frames", UInt64(counters.txFrames)),
+            ("tx_bytes", UInt64(counters.txBytes)), ("rx_dropped", UInt64(counters.rxDropped)), ("tx_dropped", UInt64(counters.txDropped)),
+        ]
     }
+
+    public override var backendName: String? { tap.name }
 
     public override func readConfig(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
         // struct virtio_net_config: mac[6], status (le16: 1 = link up), max_virtqueue_pairs, mtu.

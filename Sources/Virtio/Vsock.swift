@@ -97,8 +97,11 @@ public final class VirtioVsock: VirtioDevice, @unchecked Sendable {
 
     public struct Counters: Sendable { public var connections = 0, resets = 0, rxBytes = 0, txBytes = 0, refused = 0 }
     public private(set) var counters = Counters()
-    public override var statistics: String {
-        "connections=\(counters.connections) open=\(connections.count) rx_bytes=\(counters.rxBytes) tx_bytes=\(counters.txBytes) resets=\(counters.resets) refused=\(counters.refused)"
+    public override var counterValues: [(String, UInt64)] {
+        [
+            ("connections", UInt64(counters.connections)), ("open", UInt64(connections.count)), ("rx_bytes", UInt64(counters.rxBytes)),
+            ("tx_bytes", UInt64(counters.txBytes)), ("resets", UInt64(counters.resets)), ("refused", UInt64(counters.refused)),
+        ]
     }
 
     /// Listens at `path` (0600; a stale socket there is replaced). `guestCID` ≥ 3.

@@ -5,7 +5,7 @@ import KumoAPI
 
 struct HostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "host", abstract: "The host", subcommands: [CapacityCommand.self, KSMCommand.self, BalloonCommand.self])
+        commandName: "host", abstract: "The host", subcommands: [CapacityCommand.self, KSMCommand.self, BalloonCommand.self, Metrics.self])
 
     struct BalloonCommand: ParsableCommand {
         static let configuration = CommandConfiguration(

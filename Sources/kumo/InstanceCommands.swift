@@ -7,7 +7,7 @@ struct InstanceCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "instance", abstract: "Run and manage instances",
         subcommands: [
-            Run.self, List.self, Show.self, Stats.self, CPUs.self, Translate.self, Start.self, Stop.self, Reboot.self, Delete.self, Forward.self,
+            Run.self, List.self, Show.self, Stats.self, Metrics.self, CPUs.self, Translate.self, Start.self, Stop.self, Reboot.self, Delete.self, Forward.self,
             Unforward.self, RunCommand.self, SendFile.self, Invocations.self, InvocationShow.self,
         ])
 

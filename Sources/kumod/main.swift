@@ -46,6 +46,8 @@ struct KumodCommand: AsyncParsableCommand {
     var networking = "auto"
     @Option(help: "the nftables table (inet family) kumod owns")
     var nftTable = "kumo"
+    @Option(help: ArgumentHelp("how often kumod samples instances and the host for their metrics; 1 to 60", valueName: "seconds"))
+    var metricsInterval = 10.0
 
     func validate() throws {
         guard ["auto", "on", "off"].contains(networking) else { throw ValidationError("--networking wants auto, on or off, not \"\(networking)\"") }
@@ -54,6 +56,9 @@ struct KumodCommand: AsyncParsableCommand {
             throw ValidationError("--nft-table wants 1 to 32 of a-z, 0-9 and _, not \"\(nftTable)\"")
         }
         guard (1...5000).contains(ksmPagesToScan) else { throw ValidationError("--ksm-pages-to-scan wants 1 to 5000, not \(ksmPagesToScan)") }
+        guard metricsInterval >= 1, metricsInterval <= 60 else {
+            throw ValidationError("--metrics-interval wants seconds from 1 to 60, not \(metricsInterval)")
+        }
         guard stopTimeout >= 0, stopTimeout <= 3600 else { throw ValidationError("--stop-timeout wants seconds from 0 to 3600, not \(stopTimeout)") }
         guard (0...1000).contains(rebootLimit) else { throw ValidationError("--reboot-limit wants 0 to 1000, not \(rebootLimit)") }
         guard rebootWindow >= 1, rebootWindow <= 86400 * 7 else { throw ValidationError("--reboot-window wants seconds from 1 to 604800, not \(rebootWindow)") }
@@ -81,7 +86,7 @@ struct KumodCommand: AsyncParsableCommand {
         }
         let dataDir = self.dataDir, imagesDir = self.imagesDir, socketPath = self.socket, stopTimeout = self.stopTimeout
         let ksmPages = ksmPagesToScan, ksmTuner = !noKsmTuner, networking = self.networking, nftTable = self.nftTable
-        let rebootLimit = RebootLimit(count: self.rebootLimit, window: rebootWindow)
+        let rebootLimit = RebootLimit(count: self.rebootLimit, window: rebootWindow), metricsInterval = self.metricsInterval
         do {
             let dir = URL(fileURLWithPath: dataDir)
             // Root's alone (DataDirectory.swift): new files 0600, and looser modes left behind tightened.
@@ -125,10 +130,11 @@ struct KumodCommand: AsyncParsableCommand {
                 store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
                 stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
                 ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit, imagesDir: images,
-                networks: networks)
+                networks: networks, metricsInterval: metricsInterval)
             let adopted = try service.recover()
             for note in try service.recoverNetworks() { FileHandle.standardError.write(Data("kumod: networks: \(note)\n".utf8)) }
             service.startMonitor()
+            service.startSampling()
             let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path
             try? FileManager.default.removeItem(atPath: sock)
             // HTTP/1.1, with the console's WebSocket upgrade on the same router.

@@ -15,30 +15,8 @@ import Glibc
 struct StallTests {
     /// One HTTP/1.1 request over a fresh TCP connection, blocking: (status, milliseconds).
     static func request(port: Int, _ method: String, _ path: String, token: String) -> (status: Int, ms: Double) {
-        let t0 = Date()
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return (0, 0) }
-        defer { close(fd) }
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = UInt16(port).bigEndian
-        sin.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let ok = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard ok == 0 else { return (0, 0) }
-        let req = "\(method) \(path) HTTP/1.1\r\nHost: kumod\r\nAuthorization: Bearer \(token)\r\nConnection: close\r\n\r\n"
-        _ = req.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
-        var text = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = read(fd, &buf, buf.count)
-            if n <= 0 { break }
-            text += buf[0..<n]
-        }
-        let line = String(decoding: text.prefix { $0 != 0x0D }, as: UTF8.self)
-        let status = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-        return (status, Date().timeIntervalSince(t0) * 1000)
+        let r = LoopbackHTTP.request(port: port, method, path, token: token, timeout: 60)
+        return (r.status, r.ms)
     }
 
     static func percentile(_ xs: [Double], _ p: Double) -> Double {

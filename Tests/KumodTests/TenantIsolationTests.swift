@@ -307,6 +307,8 @@ import KumoAPI
             "POST /v1/instances/{id}/commands": own, "GET /v1/instances/{id}/commands": own, "GET /v1/instances/{id}/commands/{invocation}": own,
             "POST /v1/instances/{id}/files": own,
             "GET /v1/key-pairs": all, "POST /v1/key-pairs": all, "GET /v1/key-pairs/{id}": own, "DELETE /v1/key-pairs/{id}": own,
+            "GET /v1/instances/{id}/metrics": own, "GET /v1/host/metrics": all, "GET /metrics": all,
+            "GET /v1/alarms": all, "POST /v1/alarms": adminOnly, "GET /v1/alarms/{id}": own, "DELETE /v1/alarms/{id}": own,
         ]
         let admin = try #require(try f.store.principal(token: f.admin))
         #expect(Set(rows.keys) == Set(API.routes.map { "\($0.0) \($0.1)" }), "every route has a row, and only routes do")
@@ -340,6 +342,17 @@ import KumoAPI
                         let alice = try #require(try f.store.principal(token: f.alice))
                         let k = try f.service.createKeyPair(CreateKeyPairRequest(name: "m-\(unique)"), by: alice)
                         uri = uri.replacingOccurrences(of: "{id}", with: k.id)
+                    } else if path.hasPrefix("/v1/alarms/") {
+                        // An alarm of alice's on a running instance of hers.
+                        let alice = try #require(try f.store.principal(token: f.alice))
+                        let id = try await Self.run(c, f.alice)
+                        _ = try await waitState(c, id, f.alice, .running)
+                        let a = try f.service.createAlarm(
+                            CreateAlarmRequest(
+                                name: "a-\(unique)", instance: id, metric: "cpu_percent", comparison: "above", threshold: 90, durationSeconds: 60),
+                            by: alice)
+                        uri = uri.replacingOccurrences(of: "{id}", with: a.id)
+                        made = id
                     } else if path == "/v1/images/{id}" {
                         // A private image of alice's (imported: a sector of zeros).
                         let alice = try #require(try f.store.principal(token: f.alice))
@@ -389,6 +402,9 @@ import KumoAPI
                     case "POST /v1/tenants": payload = #"{"name": "n-\#(unique)"}"#
                     case "POST /v1/networks": payload = #"{"name": "n-\#(unique)"}"#
                     case "POST /v1/key-pairs": payload = #"{"name": "k-\#(unique)"}"#
+                    // On the host's series: for admins (a tenant names an instance of its own).
+                    case "POST /v1/alarms":
+                        payload = #"{"name": "h-\#(unique)", "metric": "cpu_percent", "comparison": "above", "threshold": 90, "duration_seconds": 60}"#
                     case "POST /v1/images/import": payload = String(repeating: "\0", count: 512)
                     case "POST /v1/instances/{id}/commands": payload = #"{"command": "uname -a", "timeout_seconds": 5}"#
                     case "POST /v1/instances/{id}/files": payload = #"{"path": "/tmp/x", "content": "aGk="}"#
