@@ -56,7 +56,7 @@ let package = Package(
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
-            resources: [.copy("openapi.yaml")]),
+            resources: [.copy("openapi.yaml"), .copy("web")]),
         .executableTarget(name: "kumod", dependencies: ["Kumod", "VMMContract", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(
             name: "kumo",

@@ -247,6 +247,26 @@ try:
 except (subprocess.SubprocessError, KeyError, ValueError) as e:
     row("kumod benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
 
+# kumod's monitoring (issue 17; bench/metrics_bench.py): the sampler's cost per instance with 100 running, and
+# metrics queries over a month.
+try:
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "metrics_bench.py"),
+                          "--kumod", args.kumod, "--vmm", args.vmm, "--tiny", args.tiny, "--work", args.work],
+                         capture_output=True, text=True, timeout=1200, check=True).stdout
+    res = {r["test"]: r for r in map(json.loads, out.splitlines()) if r}
+    s = res["sampler"]
+    row(f"metrics sampler (CPU us per instance per sample; {s['instances']} idle instances, {s['passes']} passes)",
+        f"{s['kumod_us_per_sample']:.0f}", f"{s['vmm_us_per_sample']:.0f} (the VMMs answering the same samples)",
+        f"{s['kumod_us_per_sample'] / s['vmm_us_per_sample']:.2f}" if s["vmm_us_per_sample"] else "", "<= 1000 us",
+        "kumod's metrics thread: control-socket calls, rates, one row write per archive")
+    q = res["query"]
+    for key, what in (("month", f"31 days of 1 h points ({q['points']['month']})"), ("day", f"a day of 1 min points ({q['points']['day']})")):
+        row(f"metrics query, {what} p50 / p99 (ms)", f"{q[key]['p50']:.1f} / {q[key]['p99']:.1f}",
+            f"{q['baseline']['p50']:.1f} / {q['baseline']['p99']:.1f} (GET /v1/instance-types)", f"{q[key]['p99'] / q['baseline']['p99']:.2f}",
+            "p99 <= 50 ms", "one client, back to back")
+except (subprocess.SubprocessError, KeyError, ValueError, StopIteration) as e:
+    row("metrics benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
+
 # Host <-> guest TCP over tap + virtio-net, and the NIC rate limiter's accuracy (issue 15; bench/net_bench.py).
 try:
     out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "net_bench.py"),

@@ -9,6 +9,8 @@
 Usage: kumod_bench.py --kumod BIN --vmm BIN --tiny ELF --work DIR  (prints JSON rows)"""
 import argparse, http.client, json, os, shutil, socket, sqlite3, statistics, subprocess, sys, threading, time, uuid
 
+import kumodproc
+
 p = argparse.ArgumentParser()
 for a in ("kumod", "vmm", "tiny", "work"):
     p.add_argument("--" + a, required=True)
@@ -18,14 +20,8 @@ p.add_argument("--requests", type=int, default=400, help="per client")
 args = p.parse_args()
 
 data = os.path.join(args.work, "kumod-data")
-os.makedirs(data, exist_ok=True)
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-# Networking off: the figures stay comparable with earlier runs (the API path alone), and no bridge,
-# tap or dnsmasq outlives the run.
-kumod = subprocess.Popen([args.kumod, "--data-dir", data, "--listen", f"127.0.0.1:{port}", "--vmm", args.vmm,
-                          "--stop-timeout", "1", "--networking", "off"], stdout=subprocess.DEVNULL, stderr=open(os.path.join(args.work, "kumod.log"), "w"))
+# Networking off: the figures stay comparable with earlier runs (the API path alone).
+kumod, port, H = kumodproc.start(args.kumod, args.vmm, data, os.path.join(args.work, "kumod.log"))
 vmms = []
 
 
@@ -37,17 +33,6 @@ def cleanup():
 
 
 try:
-    token_file = os.path.join(data, "admin.token")
-    for _ in range(200):
-        if os.path.exists(token_file) and os.path.getsize(token_file) > 0:
-            try:
-                http.client.HTTPConnection("127.0.0.1", port, timeout=2).request("GET", "/v1/health")
-                break
-            except OSError:
-                pass
-        time.sleep(0.05)
-    token = open(token_file).read().strip()
-    H = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
 
     def call(conn, method, path, body=None):
         conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=H)

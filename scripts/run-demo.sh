@@ -17,6 +17,7 @@ kumo() { "$bin/kumo" "$@"; }
 # root disks are qcow2 overlays and imports are converted (qemu-img); key pairs come from ssh-keygen.
 . "$(dirname "$0")/apt.sh"
 need_tools ip:iproute2 nft:nftables dnsmasq:dnsmasq-base xorriso:xorriso qemu-img:qemu-utils ssh-keygen:openssh-client
+need_console_libraries
 
 # kumod: reuse the one serving this data directory, else start it (it outlives this script; its VMs
 # outlive it too).
@@ -106,6 +107,8 @@ kumo:   $bin/kumo console $id              (attach again later)
 kumo:   $bin/kumo keypair list             (the console shows nocloud_keys=1: the guest installed it)
 kumo:   $bin/kumo instance run-command $id -- uname -a   (the guest agent over virtio-vsock)
 kumo:   $bin/kumo image import NAME FILE --format raw|qcow2 --boot-image $image   (your own image)
+kumo:   $bin/kumo instance metrics $id --metric cpu_percent --chart   (monitoring, no agent in the guest)
+kumo: the web console: http://$listen/ui/ (log in with the admin token above; charts, the serial console)
 kumo:   curl -H "Authorization: Bearer \$(cat $data/admin.token)" http://$listen/v1/instances
 MSG
 if [ -d /sys/module/kvm_pvm ]; then

@@ -6,11 +6,14 @@
 # firewall and NAT table), dnsmasq-base (dnsmasq: DHCP and DNS of tenant networks), qemu-utils (qemu-img, qemu-io: qcow2 overlays
 # checked, written and read by QEMU's own code; imports converted), xorriso (kumod's cloud-init seeds), genisoimage (isoinfo: seeds read
 # back), openssh-client (ssh-keygen: kumod's key pairs, and fingerprints checked), prometheus (promtool checks kumod's
-# exposition; a real Prometheus server scrapes it).
+# exposition; a real Prometheus server scrapes it), the web console's libraries (libjs-chart.js, node-xterm), and
+# chromium with chromium-driver and Selenium (PyPI) to drive the console headless.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 log() { echo "test-deps: $*" >&2; }
 . "$here/scripts/apt.sh"
 need_tools as:binutils ld:binutils iasl:acpica-tools mkfs.ext4:e2fsprogs debugfs:e2fsprogs dumpe2fs:e2fsprogs \
   e2fsck:e2fsprogs ip:iproute2 nft:nftables dnsmasq:dnsmasq-base qemu-img:qemu-utils qemu-io:qemu-utils xorriso:xorriso isoinfo:genisoimage \
-  ssh-keygen:openssh-client promtool:prometheus prometheus:prometheus
+  ssh-keygen:openssh-client promtool:prometheus prometheus:prometheus chromium:chromium chromedriver:chromium-driver
+need_console_libraries
+python3 -c 'import selenium' 2>/dev/null || { log "installing selenium (PyPI)"; python3 -m pip install -q selenium >&2; }

@@ -118,12 +118,17 @@ public enum API {
         let service: Service
         func handle(_ request: Request, context: KumoContext, next: (Request, KumoContext) async throws -> Response) async throws -> Response {
             let path = request.uri.path
-            if path == "/v1/openapi.yaml" || path == "/v1/health" { return try await next(request, context) }
-            guard let h = request.headers[.authorization], h.hasPrefix("Bearer "), h.count > 7 else {
+            if path == "/v1/openapi.yaml" || path == "/v1/health" || WebConsole.isPublic(path) { return try await next(request, context) }
+            let token: String
+            if let h = request.headers[.authorization], h.hasPrefix("Bearer "), h.count > 7 {
+                token = String(h.dropFirst(7))
+            } else if let t = API.webSocketToken(request) {
+                token = t
+            } else {
                 return API.error(
                     APIError(code: "unauthorized", message: "send an API token: Authorization: Bearer TOKEN (kumod prints the admin token's file at start)"))
             }
-            let token = String(h.dropFirst(7)), store = service.store
+            let store = service.store
             guard let p = try? await service.storeLane.run({ () throws(APIError) in try service.wrap { try store.principal(token: token) } }) else {
                 return API.error(APIError(code: "unauthorized", message: "unknown API token"))
             }
@@ -132,6 +137,16 @@ public enum API {
             return try await next(request, c)
         }
     }
+
+    /// A browser cannot set headers on a WebSocket, and the token must never go in a URL: the web console
+    /// offers the subprotocols `kumo.console` and `kumo.token.TOKEN`, and kumod answers with the first.
+    static func webSocketToken(_ request: Request) -> String? {
+        guard let offered = request.headers[.secWebSocketProtocol] else { return nil }
+        let items = offered.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard items.contains(consoleProtocol), let t = items.first(where: { $0.hasPrefix("kumo.token.") }) else { return nil }
+        return String(t.dropFirst("kumo.token.".count))
+    }
+    static let consoleProtocol = "kumo.console"
 
     /// Runs `body` for an authenticated principal, mapping APIError to its HTTP response.
     static func handle(_ context: KumoContext, _ body: (Store.Principal) async throws(APIError) -> Response) async -> Response {
@@ -258,7 +273,7 @@ public enum API {
                 guard r.headers[.upgrade]?.lowercased() == "websocket" else {
                     throw APIError(code: "invalid_argument", message: "this is a WebSocket endpoint (Upgrade: websocket); `kumo console ID` attaches to it")
                 }
-                return .upgrade([:])
+                return .upgrade(webSocketToken(r) != nil ? [.secWebSocketProtocol: consoleProtocol] : [:])
             },
             onUpgrade: { inbound, outbound, ws in
                 guard let p = ws.requestContext.principal, let id = ws.requestContext.parameters.get("id"),
@@ -344,6 +359,7 @@ public enum API {
         imageRoutes(router, service)
         commandRoutes(router, service)
         metricRoutes(router, service)
+        WebConsole.routes(router)
         return router
     }
 

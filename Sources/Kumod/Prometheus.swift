@@ -130,6 +130,15 @@ extension Service {
         for s in HostSeries.states { if let n = h["instances.\(s)"] { e.add("kumo_host_instances", [("state", s)], n) } }
         e.family("kumo_monitoring_sample_interval_seconds", "gauge", "How often kumod samples instances and the host.")
         e.add("kumo_monitoring_sample_interval_seconds", [], monitoring.interval)
+        e.family("kumo_monitoring_passes_total", "counter", "Sample passes kumod has made since it started.")
+        e.add("kumo_monitoring_passes_total", [], Double(monitoring.samples.load(ordering: .relaxed)))
+        if who.admin {
+            let last = monitoring.lastPass.withLock { $0 }
+            e.family("kumo_monitoring_last_pass_cpu_seconds", "gauge", "CPU time of kumod's last sample pass (admins).")
+            e.add("kumo_monitoring_last_pass_cpu_seconds", [], last.cpuMicros / 1e6)
+            e.family("kumo_monitoring_last_pass_instances", "gauge", "Instances sampled in kumod's last pass (admins).")
+            e.add("kumo_monitoring_last_pass_instances", [], Double(last.instances))
+        }
         return e.text
     }
 }

@@ -140,8 +140,10 @@ struct NetworkGuestTests {
     }
 
     /// An HTTP GET from a namespace: the body, or nil when no connection was made (filtered).
-    static func fetch(from netns: String, _ address: String, _ port: UInt16) throws -> String? {
-        guard let s = try NamespaceSockets.connect(from: netns, to: address, port, timeout: 5) else { return nil }
+    /// `timeout` bounds the connect and each read: a page expected to come gets longer (the guest's httpd
+    /// forks for each request, which takes seconds under the whole suite's load).
+    static func fetch(from netns: String, _ address: String, _ port: UInt16, timeout: Int32 = 5) throws -> String? {
+        guard let s = try NamespaceSockets.connect(from: netns, to: address, port, timeout: timeout) else { return nil }
         defer { close(s) }
         let request = Array("GET / HTTP/1.0\r\n\r\n".utf8)
         guard write(s, request, request.count) == request.count else { return nil }
@@ -246,7 +248,7 @@ struct NetworkGuestTests {
         }
         try #require(listen(service, 4) == 0)
 
-        let k = try CLITests.Kumod(vmm: RealVMMTests.vmm, extra: ["--stop-timeout", "2"], networking: true)
+        let k = try CLITests.Kumod(vmm: RealVMMTests.vmm, extra: ["--stop-timeout", "2", "--metrics-interval", "2"], networking: true)
         defer { k.close() }
         func kumo(_ args: [String], _ token: String? = nil) throws -> String {
             let r = try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: token ?? k.token)
@@ -376,10 +378,10 @@ struct NetworkGuestTests {
         // Web servers in both; each reached from outside, Ann's only from the range her group allows.
         #expect(try annC.ask("serve 80", "serve") == "80")
         #expect(try benC.ask("serve 80", "serve") == "80")
-        #expect(try Self.fetch(from: outNS, annAddr, 80) == "kumo-web \(annAddr)")
+        #expect(try Self.fetch(from: outNS, annAddr, 80, timeout: 30) == "kumo-web \(annAddr)")
         #expect(try Self.fetch(from: otherNS, annAddr, 80) == nil, "\(otherFar) is not in Ann's group")
-        #expect(try Self.fetch(from: outNS, benAddr, 80) == "kumo-web \(benAddr)")
-        #expect(try Self.fetch(from: otherNS, benAddr, 80) == "kumo-web \(benAddr)")
+        #expect(try Self.fetch(from: outNS, benAddr, 80, timeout: 30) == "kumo-web \(benAddr)")
+        #expect(try Self.fetch(from: otherNS, benAddr, 80, timeout: 30) == "kumo-web \(benAddr)")
         // A port forward to Ann's server: her group still decides who gets through.
         var forwardPort: UInt16 = 0
         for _ in 0..<20 {
@@ -387,7 +389,7 @@ struct NetworkGuestTests {
             if !HostNetworking.hostUses("tcp", port: Int(forwardPort)) { break }
         }
         _ = try kumo(["instance", "forward", annVM.id, "--host-port", "\(forwardPort)", "--port", "80"], ann)
-        #expect(try Self.fetch(from: outNS, hostSide.description, forwardPort) == "kumo-web \(annAddr)")
+        #expect(try Self.fetch(from: outNS, hostSide.description, forwardPort, timeout: 30) == "kumo-web \(annAddr)")
         #expect(try Self.fetch(from: otherNS, otherHostSide.description, forwardPort) == nil)
 
         // Tenants apart: both are up (just shown), Ben's group lets anyone in, and still neither reaches
@@ -416,6 +418,16 @@ struct NetworkGuestTests {
         let annRate = rates["ann"] ?? 0, benRate = rates["ben"] ?? 0
         #expect(annRate > 0.5 && annRate <= 1.05, "Ann's 1 Mbit/s type: \(annRate) Mbit/s")
         #expect(benRate > 1.3, "Ben's type has no limit: \(benRate) Mbit/s")
+        // kumod's monitoring saw the same streams from the VMMs' NIC counters (sampled every 2 s), each
+        // tenant through its own token.
+        func peak(_ vm: Instance, _ metric: String, _ token: String) throws -> Double {
+            let out = try kumo(["instance", "metrics", vm.id, "--metric", metric, "--since", "30m", "--output", "json"], token)
+            return try JSONDecoder().decode(MetricData.self, from: Data(out.utf8)).points.map(\.max).max() ?? 0
+        }
+        let annPeak = try peak(annVM, "net.eth0.tx_bytes_per_s", ann), benPeak = try peak(benVM, "net.eth0.tx_bytes_per_s", ben)
+        print("NetworkGuestTests: monitoring's peak transmit: Ann \(Int(annPeak)) B/s, Ben \(Int(benPeak)) B/s")
+        #expect(annPeak > 50_000 && annPeak < 200_000, "Ann's NIC at 1 Mbit/s (125 kB/s): \(annPeak) B/s")
+        #expect(benPeak > annPeak, "Ben's NIC has no limit: \(benPeak) vs \(annPeak) B/s")
 
         // Root disks: each guest reads the base image's file and writes its own, on its own overlay.
         for (name, c) in [("ann", annC), ("ben", benC)] { #expect(try c.ask("disk \(name)", "disk") == "base=kumo base image,wrote", "\(name)") }
@@ -431,7 +443,9 @@ struct NetworkGuestTests {
         while Date() < growing, allocated(overlay(benVM)) < before + (2 << 20) { Thread.sleep(forTimeInterval: 0.2) }
         #expect(allocated(overlay(benVM)) >= before + (2 << 20), "Ben's overlay grew \(allocated(overlay(benVM)) - before) bytes")
         let benPID = try #require(try RealVMMTests.wait(benVM.id, k, for: .running).pid)
+        Thread.sleep(forTimeInterval: 3)  // a sample of the writes
         kill(Int32(benPID), SIGKILL)
+        #expect(try peak(benVM, "disk.vda.write_bytes_per_s", ben) > 100_000, "the writes are in Ben's disk series")
         #expect(try annC.ask("done", "agent") == "done")
         _ = try kumo(["instance", "stop", annVM.id], ann)
         _ = try RealVMMTests.wait(annVM.id, k, for: .stopped, seconds: 90)

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""The web console in a real headless Chromium (Debian's chromium and chromedriver, Selenium from PyPI),
+against a real kumod: log in, create an instance, see it run, type into its serial console and see the
+answer, see its charts fill, stop it; a phone-width layout, keyboard navigation, the API's words on a
+bad request, and how often an idle page asks kumod. Screenshots go to --artifacts. Prints one line per
+check ("ok ..." or "FAIL ..."), exits 1 when any failed. Driven by Tests/KumodTests/WebConsoleTests.swift.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+failures = []
+
+
+def check(ok, what, detail=""):
+    print(("ok   " if ok else "FAIL ") + what + (("  [" + detail + "]") if detail and not ok else ""), flush=True)
+    if not ok:
+        failures.append(what)
+    return ok
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--url", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--type", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--shell-instance", help="a running instance whose console is a busybox shell")
+    p.add_argument("--artifacts", required=True)
+    a = p.parse_args()
+    os.makedirs(a.artifacts, exist_ok=True)
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1366,900"):
+        opts.add_argument(flag)
+    # The driver from Debian's package: Selenium must not fetch one.
+    driver = webdriver.Chrome(service=Service(executable_path="/usr/bin/chromedriver"), options=opts)
+    wait = WebDriverWait(driver, 60)
+
+    def shot(name):
+        driver.save_screenshot(os.path.join(a.artifacts, name + ".png"))
+
+    def js(script, *args):
+        return driver.execute_script(script, *args)
+
+    def error_text():
+        e = driver.find_element(By.ID, "error")
+        return "" if not e.is_displayed() else e.text
+
+    try:
+        # Log in: the token goes to session storage, never into the URL.
+        driver.get(a.url + "/ui/")
+        field = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type=password]")))
+        shot("01-login")
+        field.send_keys("kumo_" + "0" * 32)
+        field.send_keys(Keys.ENTER)
+        wait.until(lambda d: error_text() != "")
+        check("unknown API token" in error_text(), "a bad token is refused in the API's words", error_text())
+        field = driver.find_element(By.CSS_SELECTOR, "input[type=password]")
+        field.clear()
+        field.send_keys(a.token)
+        field.send_keys(Keys.ENTER)
+        wait.until(EC.presence_of_element_located((By.XPATH, "//h1[text()='Instances']")))
+        check(a.token not in driver.current_url, "the token is not in the URL")
+        check(js("return sessionStorage.getItem('kumo.token')") == a.token and js("return localStorage.length") == 0,
+              "the token is kept in session storage only")
+
+        # Create an instance through the form.
+        driver.get(a.url + "/ui/#/create")
+        wait.until(EC.presence_of_element_located((By.XPATH, "//button[text()='Create']")))
+        selects = driver.find_elements(By.CSS_SELECTOR, "form select")
+        Select(selects[0]).select_by_value(a.type)
+        Select(selects[1]).select_by_visible_text(a.image)
+        name = driver.find_element(By.XPATH, "//label[text()='Name']/following-sibling::div/input")
+        name.send_keys("web-echo")
+        shot("02-create")
+        driver.find_element(By.XPATH, "//button[text()='Create']").click()
+        wait.until(lambda d: "#/instances/i-" in d.current_url)
+        iid = driver.current_url.split("#/instances/")[1]
+        try:
+            WebDriverWait(driver, 90).until(EC.presence_of_element_located((By.XPATH, "//h1/span[contains(@class,'state') and text()='running']")))
+            check(True, "the instance reaches running (" + iid + ")")
+        except TimeoutException:
+            check(False, "the instance reaches running", error_text())
+        shot("03-instance")
+
+        # Its serial console: type, and see the echo guest's answer (it upper-cases what it reads).
+        driver.find_element(By.XPATH, "//button[@role='tab' and text()='Console']").click()
+        wait.until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
+        term = driver.find_element(By.CSS_SELECTOR, "#terminal textarea")
+        term.send_keys("echo hi" + Keys.ENTER)
+        try:
+            WebDriverWait(driver, 30).until(lambda d: "ECHO HI" in (js("return window.kumoConsoleText && window.kumoConsoleText()") or ""))
+            check(True, "typed 'echo hi' into the console and the guest answered")
+        except TimeoutException:
+            check(False, "the console answers", js("return window.kumoConsoleText && window.kumoConsoleText()") or "")
+        shot("04-console")
+
+        # Its charts: kumod samples every 2 s here; points come within a minute.
+        driver.find_element(By.XPATH, "//button[@role='tab' and text()='Monitoring']").click()
+        try:
+            WebDriverWait(driver, 90).until(lambda d: int(js("var c = document.querySelector('canvas[data-metric=cpu_percent]'); return c ? Number(c.dataset.points || 0) : 0") or 0) > 0)
+            check(True, "the CPU chart has points")
+        except TimeoutException:
+            check(False, "the CPU chart has points", error_text())
+        time.sleep(1)
+        shot("05-monitoring")
+
+        # A bad request is shown as the API words it.
+        driver.find_element(By.XPATH, "//button[@role='tab' and text()='CPUs']").click()
+        gva = wait.until(EC.presence_of_element_located((By.XPATH, "//label[text()='Address (GVA)']/following-sibling::input")))
+        gva.send_keys("not-an-address")
+        driver.find_element(By.XPATH, "//button[text()='Translate']").click()
+        wait.until(lambda d: error_text() != "")
+        check("a guest-virtual address in hexadecimal" in error_text(), "a bad address is refused in the API's words", error_text())
+
+        # Stop it, with the confirmation.
+        driver.find_element(By.XPATH, "//button[text()='Stop']").click()
+        driver.switch_to.alert.accept()
+        try:
+            WebDriverWait(driver, 90).until(EC.presence_of_element_located((By.XPATH, "//h1/span[contains(@class,'state') and text()='stopped']")))
+            check(True, "stopped from the console")
+        except TimeoutException:
+            check(False, "stopped from the console", error_text())
+        shot("06-stopped")
+
+        # A busybox shell on the Kumo test kernel, when the run has one.
+        if a.shell_instance:
+            driver.get(a.url + "/ui/#/instances/" + a.shell_instance)
+            wait.until(EC.presence_of_element_located((By.XPATH, "//button[@role='tab' and text()='Console']"))).click()
+            wait.until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
+            # Its prompt first: what is typed while the shell starts is not a command yet.
+            box = driver.find_element(By.CSS_SELECTOR, "#terminal textarea")
+            screen = lambda: js("return window.kumoConsoleText()") or ""
+            prompt = lambda: [l for l in screen().split("\n") if l.strip()][-1:] in (["/ #"], ["~ #"])
+            for _ in range(6):
+                box.send_keys(Keys.ENTER)
+                try:
+                    WebDriverWait(driver, 20).until(lambda d: prompt())
+                    break
+                except TimeoutException:
+                    pass
+            box.send_keys("echo hi from busybox" + Keys.ENTER)
+            try:
+                WebDriverWait(driver, 120).until(lambda d: any(l.strip() == "hi from busybox" for l in (js("return window.kumoConsoleText()") or "").split("\n")))
+                check(True, "a busybox shell answered 'echo hi from busybox' in the browser")
+            except TimeoutException:
+                check(False, "a busybox shell answers", (js("return window.kumoConsoleText()") or "")[-800:])
+            shot("07-busybox-shell")
+
+        # Idle: the instances page asks at most about once a second.
+        driver.get(a.url + "/ui/#/instances")
+        wait.until(EC.presence_of_element_located((By.XPATH, "//h1[text()='Instances']")))
+        time.sleep(2)
+        before = js("return performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/')).length")
+        time.sleep(12)
+        after = js("return performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/')).length")
+        check(after - before <= 12, "an idle page asks kumod at most once a second", "%d requests in 12 s" % (after - before))
+        shot("08-instances")
+
+        # Keyboard: on a fresh load the first Tab reaches the skip link, the next ones the sections.
+        driver.get(a.url + "/ui/#/instances")
+        driver.refresh()  # a load of its own, not a move within the page
+        wait.until(EC.visibility_of_element_located((By.ID, "nav")))
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        first = js("return document.activeElement.textContent")
+        ActionChains(driver).send_keys(Keys.TAB).send_keys(Keys.TAB).perform()
+        second = js("return document.activeElement.textContent")
+        check(first == "Skip to content" and second == "Instances", "keyboard navigation reaches the sections", "%r then %r" % (first, second))
+
+        # A phone's width: nothing wider than the screen.
+        driver.set_window_size(390, 844)
+        time.sleep(1)
+        wide = js("return document.documentElement.scrollWidth - window.innerWidth")
+        check(wide <= 1, "the page fits a phone's width", "%d px too wide" % wide)
+        shot("09-phone")
+        driver.get(a.url + "/ui/#/host")
+        wait.until(EC.presence_of_element_located((By.XPATH, "//h2[text()='Capacity']")))
+        time.sleep(2)
+        shot("10-host-phone")
+        check("More that fit" in driver.page_source, "the host page shows what fits")
+    finally:
+        driver.quit()
+    print(json.dumps({"failures": failures}))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
