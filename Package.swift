@@ -37,12 +37,15 @@ let package = Package(
         // virtio-blk serves them, kumod creates instances' overlays with the same code.
         .target(name: "DiskImage"),
         .target(name: "Virtio", dependencies: ["SystemKit", "GuestMemory", "Devices", "DiskImage"]),
+        // RFB 3.8 (VNC): the protocol's messages, Raw/CopyRect/Hextile encoding, keysyms to scan codes (no
+        // Foundation, no I/O); kumo-vmm's VNC server drives it.
+        .target(name: "RFB"),
         // A host-side virtio driver for tests, the fuzzer and benchmarks (never linked into kumo-vmm).
         .target(name: "VirtioTestDriver", dependencies: ["GuestMemory", "Devices", "Virtio"]),
         // What kumo-vmm and its users agree on (no Foundation): the VM configuration it reads, every
         // control-socket operation as a typed request and reply, one client, the contract's version.
         .target(name: "VMMContract", dependencies: ["SystemKit", "Boot", "HostCPUs", "DiskImage"]),
-        .target(name: "VMM", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "HostCPUs"]),
+        .target(name: "VMM", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "HostCPUs", "RFB"]),
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM", "VMMContract"]),
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
         .executableTarget(name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver", "DiskImage"]),
@@ -74,7 +77,7 @@ let package = Package(
         .testTarget(
             name: "UnitTests",
             dependencies: [
-                "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM", "DiskImage", "TestSupport",
+                "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM", "DiskImage", "TestSupport", "RFB",
             ]),
         .testTarget(name: "KVMTests", dependencies: ["TestSupport", "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMM", "VMMContract", "SystemKit", "TestSupport", "DiskImage"]),

@@ -157,6 +157,17 @@ public enum AML {
 
     /// A virtio-mmio device as Linux's virtio_mmio driver matches it from ACPI ("LNRO0005"): its
     /// 4 KiB register window and its edge-triggered interrupt.
+    /// The i8042's keyboard (PNP0303, ports 0x60/0x64, IRQ 1): Linux's i8042 driver finds the controller
+    /// through it (a hardware-reduced FADT says nothing of legacy devices). Only a VM with a display has it.
+    public static func ps2Keyboard() -> [UInt8] {
+        device(
+            "KBD_",
+            [
+                name("_HID", eisaID("PNP0303")),
+                name("_CRS", resourceTemplate([io(0x60, length: 1), io(0x64, length: 1), irqNoFlags(UInt8(Layout.keyboardIRQ))])),
+            ])
+    }
+
     public static func virtioMMIO(index: Int, base: UInt64, gsi: UInt32) -> [UInt8] {
         let hex = Array("0123456789ABCDEF")
         let seg = "VR" + String(hex[(index >> 4) & 0xF]) + String(hex[index & 0xF])

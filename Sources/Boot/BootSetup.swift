@@ -79,6 +79,19 @@ public enum BootError: Error, CustomStringConvertible {
     }
 }
 
+/// A linear framebuffer the guest is told about (boot_params' screen_info): 32 bpp XRGB at `base`.
+public struct DisplayMode: Sendable, Equatable {
+    public var width: Int, height: Int
+    /// Bytes per line.
+    public var stride: Int
+    public var base: UInt64
+    /// Bytes the framebuffer spans (at least stride × height).
+    public var size: UInt64
+    public init(width: Int, height: Int, stride: Int, base: UInt64, size: UInt64) {
+        self.width = width; self.height = height; self.stride = stride; self.base = base; self.size = size
+    }
+}
+
 /// Everything the loader needs to lay out a guest.
 public struct BootSpec: Sendable {
     public var kernel: KernelImage
@@ -87,13 +100,27 @@ public struct BootSpec: Sendable {
     public var memorySize: UInt64
     public var vcpus: Int
     public var bootProtocol: BootProtocol
+    /// A display: the kernel learns of it through screen_info, which only the 64-bit boot protocol
+    /// carries (PVH's start info has no place for it).
+    public var display: DisplayMode?
 
     public init(
         kernel: KernelImage, initrd: [UInt8]?, cmdline: String, memorySize: UInt64, vcpus: Int,
-        bootProtocol: BootProtocol = .auto
+        bootProtocol: BootProtocol = .auto, display: DisplayMode? = nil
     ) {
         self.kernel = kernel; self.initrd = initrd; self.cmdline = cmdline
-        self.memorySize = memorySize; self.vcpus = vcpus; self.bootProtocol = bootProtocol
+        self.memorySize = memorySize; self.vcpus = vcpus; self.bootProtocol = bootProtocol; self.display = display
+    }
+
+    /// The protocol a boot will use: with a display, `auto` means the 64-bit one.
+    public func resolvedProtocol() throws(KernelError) -> BootProtocol {
+        if display != nil {
+            guard bootProtocol != .pvh else {
+                throw .unsupported("a display is described in boot_params' screen_info, which PVH does not carry: boot with the linux64 protocol")
+            }
+            return .linux64
+        }
+        return try kernel.resolve(bootProtocol)
     }
 }
 
@@ -150,7 +177,7 @@ public enum BootLoader {
     /// Checks that `spec` can boot (protocol, sizes, command line) without touching guest memory.
     public static func check(_ spec: BootSpec) throws(BootError) {
         let k = spec.kernel
-        do { _ = try k.resolve(spec.bootProtocol) } catch { throw .kernel(error) }
+        do { _ = try spec.resolvedProtocol() } catch { throw .kernel(error) }
         let lowEnd = min(spec.memorySize, Layout.mmioHoleStart)
         guard k.end <= lowEnd else {
             throw .kernel(.doesNotFit("it needs memory up to \(k.end >> 20) MiB; the guest has \(lowEnd >> 20) MiB"))
@@ -168,7 +195,7 @@ public enum BootLoader {
     static func loadThrowing(_ spec: BootSpec, into mem: GuestMemory, acpi: ACPIConfig) throws -> BootResult {
         try check(spec)
         let k = spec.kernel
-        let proto = try k.resolve(spec.bootProtocol)
+        let proto = try spec.resolvedProtocol()
         let lowEnd = min(spec.memorySize, Layout.mmioHoleStart)
         // Kernel segments.
         for s in k.segments {
@@ -226,7 +253,7 @@ public enum BootLoader {
             try writePageTables(mem)
             try writeZeroPage(
                 mem, kernel: k, cmdlineLength: cmd.count,
-                initrd: initrdAddr.map { ($0, UInt64(spec.initrd!.count)) }, rsdp: tables.rsdp, e820: e820)
+                initrd: initrdAddr.map { ($0, UInt64(spec.initrd!.count)) }, rsdp: tables.rsdp, e820: e820, display: spec.display)
             let cpu = BootCPUState(
                 rip: k.entry64, rsp: Layout.bootStack, rsi: Layout.zeroPage,
                 cr0: 0x8005_0033, cr3: Layout.pml4, cr4: 0x20, efer: 0x500,
@@ -238,9 +265,10 @@ public enum BootLoader {
     /// boot_params ("zero page") for the 64-bit boot protocol.
     public static func zeroPage(
         kernel k: KernelImage, cmdlineLength: Int, initrd: (UInt64, UInt64)?, rsdp: UInt64,
-        e820: [E820Entry]
+        e820: [E820Entry], display: DisplayMode? = nil
     ) -> [UInt8] {
         var z = ByteWriter(size: 4096)
+        if let d = display { screenInfo(d, into: &z) }
         if !k.setupHeader.isEmpty { z.put(k.setupHeader, at: 0x1F1) }
         z.put(UInt16(0xAA55), at: 0x1FE)  // boot_flag
         z.put(UInt32(0x5372_6448), at: 0x202)  // "HdrS"
@@ -272,11 +300,27 @@ public enum BootLoader {
 
     static func writeZeroPage(
         _ mem: GuestMemory, kernel: KernelImage, cmdlineLength: Int, initrd: (UInt64, UInt64)?,
-        rsdp: UInt64, e820: [E820Entry]
+        rsdp: UInt64, e820: [E820Entry], display: DisplayMode?
     ) throws(MemoryError) {
         try mem.write(
-            zeroPage(kernel: kernel, cmdlineLength: cmdlineLength, initrd: initrd, rsdp: rsdp, e820: e820),
+            zeroPage(kernel: kernel, cmdlineLength: cmdlineLength, initrd: initrd, rsdp: rsdp, e820: e820, display: display),
             at: Layout.zeroPage)
+    }
+
+    /// struct screen_info (boot_params offset 0): an EFI-style linear framebuffer, which the kernel's
+    /// sysfb hands to efifb (CONFIG_FB_EFI) with no driver for any graphics device.
+    static func screenInfo(_ d: DisplayMode, into z: inout ByteWriter) {
+        z.put(UInt8(0x70), at: 0x0F)  // orig_video_isVGA = VIDEO_TYPE_EFI
+        z.put(UInt16(d.width), at: 0x12)  // lfb_width
+        z.put(UInt16(d.height), at: 0x14)  // lfb_height
+        z.put(UInt16(32), at: 0x16)  // lfb_depth
+        z.put(UInt32(truncatingIfNeeded: d.base), at: 0x18)  // lfb_base
+        z.put(UInt32(truncatingIfNeeded: d.size), at: 0x1C)  // lfb_size (bytes, for EFI)
+        z.put(UInt16(d.stride), at: 0x24)  // lfb_linelength
+        // XRGB8888: red 8 at 16, green 8 at 8, blue 8 at 0, reserved 8 at 24.
+        for (i, v) in [UInt8(8), 16, 8, 8, 8, 0, 8, 24].enumerated() { z.put(v, at: 0x26 + i) }
+        z.put(UInt32(1 << 1), at: 0x36)  // capabilities: VIDEO_CAPABILITY_64BIT_BASE
+        z.put(UInt32(truncatingIfNeeded: d.base >> 32), at: 0x3A)  // ext_lfb_base
     }
 
     /// hvm_start_info (version 1) with a module list (the initrd) and the memory map.

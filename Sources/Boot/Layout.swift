@@ -26,6 +26,11 @@ public enum Layout {
     /// The guest writes 123 here when init is reached (Firecracker's convention and address).
     public static let bootMarker: UInt64 = 0xC000_0000
     public static let bootMarkerValue: UInt8 = 123
+    /// The display's linear framebuffer (a memory slot of its own, its writes logged), up to 32 MiB.
+    public static let framebuffer: UInt64 = 0xE000_0000
+    public static let framebufferMax: UInt64 = 32 << 20
+    /// The i8042's keyboard interrupt (a display's keyboard).
+    public static let keyboardIRQ: UInt32 = 1
     /// Virtio-MMIO devices, 4 KiB apart, from here.
     public static let virtioMMIO: UInt64 = 0xD000_0000
     /// Their interrupts (IOAPIC pins, edge-triggered, announced in the DSDT): one per device, in order.

@@ -1,51 +1,5 @@
 import Synchronization
 
-/// i8042 keyboard controller: just enough for Linux's probe and for the CPU reset line
-/// (command 0xFE, or bit 0 cleared through "write output port"), which is how `reboot` resets us.
-public final class I8042: BusDevice, @unchecked Sendable {
-    var commandByte: UInt8 = 0x45
-    var output: [UInt8] = []
-    var pendingCommand: UInt8 = 0
-    var status: UInt8 = 0x04  // system flag: self-test passed
-
-    public override init() { super.init() }
-
-    public override func read(offset: UInt64, data: UnsafeMutableRawBufferPointer) {
-        guard data.count >= 1 else { return }
-        if offset == 0 {  // 0x60: data
-            data[0] = output.isEmpty ? 0 : output.removeFirst()
-        } else {  // 0x64: status, OBF when data waits
-            data[0] = status | (output.isEmpty ? 0 : 0x01)
-        }
-        for i in 1..<data.count { data[i] = 0 }
-    }
-
-    public override func write(offset: UInt64, data: UnsafeRawBufferPointer) -> IOAction {
-        guard data.count >= 1 else { return .none }
-        let v = data[0]
-        if offset == 4 {  // 0x64: command
-            pendingCommand = 0
-            switch v {
-            case 0x20: output.append(commandByte)
-            case 0x60, 0xD1: pendingCommand = v
-            case 0xAA: output.append(0x55)
-            case 0xA9, 0xAB: output.append(0x00)
-            case 0xFE: return .reset(.i8042)
-            default: break
-            }
-            return .none
-        }
-        // 0x60: data
-        switch pendingCommand {
-        case 0x60: commandByte = v
-        case 0xD1: pendingCommand = 0; if v & 1 == 0 { return .reset(.i8042) }
-        default: output.append(0xFE)  // no keyboard attached: "resend"
-        }
-        pendingCommand = 0
-        return .none
-    }
-}
-
 /// The hardware-reduced ACPI sleep and reset registers (see the FADT): S5 → power off, reset → reset.
 public final class ACPIPowerDevice: BusDevice, @unchecked Sendable {
     let sleepType: UInt8

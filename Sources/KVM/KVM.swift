@@ -77,6 +77,21 @@ public final class VirtualMachine: @unchecked Sendable {
         _ = try sysCall("KVM_SET_USER_MEMORY_REGION") { ckvm_ioctl_ptr(fd.raw, CKVM_SET_USER_MEMORY_REGION, &r) }
     }
 
+    /// Flag for `setUserMemoryRegion`: KVM records the slot's pages the guest writes (KVM_GET_DIRTY_LOG).
+    public static let logDirtyPages = CKVM_MEM_LOG_DIRTY_PAGES
+
+    /// The pages of `slot` written since the last call, a bit per page (`bitmap` holds at least one bit
+    /// per page, rounded up to 64), and KVM's record cleared (KVM_GET_DIRTY_LOG).
+    public func dirtyLog(slot: UInt32, into bitmap: inout [UInt64]) throws(SysError) {
+        let rc = bitmap.withUnsafeMutableBytes { b -> Int32 in
+            var log = kvm_dirty_log()
+            log.slot = slot
+            log.dirty_bitmap = b.baseAddress
+            return ckvm_ioctl_ptr(fd.raw, CKVM_GET_DIRTY_LOG, &log)
+        }
+        guard rc >= 0 else { throw SysError("KVM_GET_DIRTY_LOG") }
+    }
+
     public func setTSSAddress(_ addr: UInt64) throws(SysError) {
         _ = try sysCall("KVM_SET_TSS_ADDR") { ckvm_ioctl_arg(fd.raw, CKVM_SET_TSS_ADDR, UInt(addr)) }
     }

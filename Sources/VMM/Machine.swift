@@ -75,6 +75,8 @@ public final class Machine: @unchecked Sendable {
         public var affinity: VCPUAffinity? = nil
         /// Guest RAM mergeable by KSM (and without transparent huge pages, which KSM does not merge).
         public var memoryDedup: Bool = false
+        /// A display: its framebuffer (mapped into this VM) and a PS/2 keyboard on the i8042.
+        public var display: FramebufferMemory? = nil
         public init(memorySize: UInt64, vcpus: Int) { self.memorySize = memorySize; self.vcpus = vcpus }
     }
 
@@ -118,8 +120,13 @@ public final class Machine: @unchecked Sendable {
     /// The balloon, when the VM has one (the control socket drives it).
     public var balloon: VirtioBalloon? { virtio.lazy.compactMap { $0.device as? VirtioBalloon }.first }
     public var balloonTransport: VirtioMMIO? { virtio.first { $0.device is VirtioBalloon } }
-    /// DSDT entries describing the virtio devices (for the boot loader's ACPI tables).
+    /// DSDT entries describing the virtio devices and the keyboard (for the boot loader's ACPI tables).
     public private(set) var acpiDevices: [[UInt8]] = []
+    /// The display's framebuffer in this VM, when it has one.
+    public private(set) var framebuffer: Framebuffer? = nil
+    /// The i8042: the reset line, and a display's keyboard.
+    public private(set) var keyboard: I8042! = nil
+    var keyboardEvent: EventFD? = nil
 
     public init(_ options: Options, kvm: KVMSystem, serialSink: SerialSink?, virtio devices: [VirtioDevice] = []) throws {
         _ = installKickHandler
@@ -157,7 +164,18 @@ public final class Machine: @unchecked Sendable {
         }
         serial = Serial8250(sink: serialSink, irq: irq)
         try pio.insert(serial, base: UInt64(Layout.com1Port), length: 8)
-        try pio.insert(I8042(), base: 0x60, length: 5)
+        if let display = options.display {
+            guard options.irqchip else { throw SysError("a display needs the in-kernel irqchip", errno: EINVAL) }
+            framebuffer = try Framebuffer(display, vm: vm, slot: UInt32(memory.regions.count))
+            let ev = try EventFD()
+            try vm.registerIRQFD(ev, gsi: Layout.keyboardIRQ)
+            keyboardEvent = ev
+            keyboard = I8042(keyboard: InterruptLine { ev.signal() })
+            acpiDevices.append(AML.ps2Keyboard())
+        } else {
+            keyboard = I8042()
+        }
+        try pio.insert(keyboard, base: 0x60, length: 5)
         try pio.insert(CMOSRTC(), base: 0x70, length: 2)
         try pio.insert(
             ACPIPowerDevice(sleepType: Layout.s5SleepType, resetValue: Layout.acpiResetValue),

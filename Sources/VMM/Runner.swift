@@ -69,7 +69,10 @@ public struct VMPlan: Sendable {
                 throw .invalid("nets[\(i)]", error.description)
             }
         }
-        do { bootProtocol = try kernel.resolve(config.bootProtocol) } catch { throw .file(config.kernel, error.description) }
+        do {
+            // A display is described in screen_info, which only the 64-bit protocol carries.
+            bootProtocol = config.display != nil ? .linux64 : try kernel.resolve(config.bootProtocol)
+        } catch { throw .file(config.kernel, error.description) }
         do {
             var s = spec
             if template.tellsTSCFrequency { s.cmdline += " tsc_early_khz=4294967295" }  // room for it
@@ -78,9 +81,17 @@ public struct VMPlan: Sendable {
     }
 
     public var spec: BootSpec {
-        BootSpec(
+        var display: DisplayMode? = nil
+        if let d = config.display {
+            // Where and how big it will be (FramebufferMemory makes it so).
+            let stride = d.width * 4
+            display = DisplayMode(
+                width: d.width, height: d.height, stride: stride, base: Layout.framebuffer,
+                size: UInt64((stride * d.height + FramebufferMemory.pageSize - 1) / FramebufferMemory.pageSize * FramebufferMemory.pageSize))
+        }
+        return BootSpec(
             kernel: kernel, initrd: initrd, cmdline: cmdline, memorySize: UInt64(config.memoryMiB) << 20,
-            vcpus: config.vcpus, bootProtocol: bootProtocol)
+            vcpus: config.vcpus, bootProtocol: bootProtocol, display: display)
     }
 
     /// Fresh device models for one boot (disks are opened here; a guest reset gets new ones).
@@ -117,9 +128,12 @@ public struct VMPlan: Sendable {
 }
 
 /// Builds a machine from a plan and boots it: memory, boot structures, vCPU state.
-public func bootMachine(_ plan: VMPlan, kvm: KVMSystem, sink: SerialSink?) throws -> (Machine, BootResult) {
-    let m = try Machine(plan.machineOptions, kvm: kvm, serialSink: sink, virtio: try plan.makeDevices())
+public func bootMachine(_ plan: VMPlan, kvm: KVMSystem, sink: SerialSink?, display: FramebufferMemory? = nil) throws -> (Machine, BootResult) {
+    var options = plan.machineOptions
+    options.display = display
+    let m = try Machine(options, kvm: kvm, serialSink: sink, virtio: try plan.makeDevices())
     var spec = plan.spec
+    spec.display = display?.mode
     if plan.template.tellsTSCFrequency, !spec.cmdline.contains("tsc_early_khz=") {
         // The guest cannot calibrate its TSC against the PIT when its kernel code is emulated
         // (the calibration loops run far too slowly), so it is told the frequency KVM gives it.
@@ -189,15 +203,34 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         }
     }
     defer { server?.shutdown() }
+    // The display: its memory and its VNC server live as long as the VMM (the picture and the viewers
+    // outlive a guest reboot); each boot maps the memory and brings a keyboard.
+    var display: FramebufferMemory? = nil
+    var vnc: VNCServer? = nil
+    if let d = plan.config.display {
+        do {
+            display = try FramebufferMemory(width: d.width, height: d.height)
+            if let path = d.vncSocket {
+                vnc = try VNCServer(path: path, memory: display!, name: "kumo-vmm")
+                try vnc!.start()
+            }
+        } catch {
+            eprint("kumo-vmm: display: \(error)")
+            return 1
+        }
+        eprint("kumo-vmm: display \(d.width)x\(d.height) at 0x\(String(Layout.framebuffer, radix: 16))" + (d.vncSocket.map { ", VNC on \($0)" } ?? ""))
+    }
+    defer { vnc?.stop() }
     while true {
         boots += 1
         let machine: Machine
-        do { (machine, _) = try bootMachine(plan, kvm: kvm, sink: console.sink) } catch {
+        do { (machine, _) = try bootMachine(plan, kvm: kvm, sink: console.sink, display: display) } catch {
             eprint("kumo-vmm: cannot start the VM: \(error)")
             return 1
         }
         console.attach(machine.serial)
         control.attach(machine)
+        vnc?.attach(machine)
         do { try machine.start() } catch {
             eprint("kumo-vmm: \(error)")
             return 1
@@ -208,6 +241,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         }
         console.attach(nil)
         control.attach(nil)
+        vnc?.attach(nil)
         if boots == 1 {
             let cpu = machine.firstRunCPUNanos.load(ordering: .relaxed)
             if plan.config.stats { eprint("kumo-vmm: CPU time to first KVM_RUN: \(ms(cpu)) ms") }

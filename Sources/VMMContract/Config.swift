@@ -65,6 +65,8 @@ public struct VMConfig: Sendable, Equatable {
     public var nets: [NetConfig] = []
     public var balloon: BalloonConfig? = nil
     public var vsock: VsockConfig? = nil
+    /// A framebuffer and keyboard, served over VNC (contract 6).
+    public var display: DisplayConfig? = nil
     /// The control socket (docs/CONTROL.md), if any.
     public var apiSocket: String? = nil
     /// Per-vCPU pinning: a host CPU list ("0-1,3") per vCPU, or nil for the host's default.
@@ -105,7 +107,7 @@ extension VMConfig {
     static let keys: Set<String> = [
         "kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
         "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "vsock", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup",
-        "on_reboot",
+        "on_reboot", "display",
     ]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
@@ -151,6 +153,7 @@ extension VMConfig {
                 disks = try items.enumerated().map { (i, item) throws(ConfigError) in try DiskConfig.parse(json: item, key: "disks[\(i)]") }
             case "balloon": balloon = try BalloonConfig.parse(json: value, key: k)
             case "vsock": vsock = value == .null ? nil : try VsockConfig.parse(json: value, key: k)
+            case "display": display = value == .null ? nil : try DisplayConfig.parse(json: value, key: k)
             case "api_socket": apiSocket = value == .null ? nil : try str(k, value)
             case "serial_socket": serialSocket = value == .null ? nil : try str(k, value)
             case "memory_dedup":
@@ -269,6 +272,13 @@ extension VMConfig {
             case "--disk": c.disks.append(try DiskConfig.parse(flag: try value(a)))
             case "--rng": c.rng = RngConfig()
             case "--vsock": c.vsock = try VsockConfig.parse(flag: try value(a))
+            case "--display":
+                let v = try DisplayConfig.parse(flag: try value(a))
+                c.display = DisplayConfig(width: v.width, height: v.height, vncSocket: c.display?.vncSocket)
+            case "--vnc-socket":
+                let p = try value(a)
+                guard let d = c.display else { throw .usage("--vnc-socket goes with --display WIDTHxHEIGHT (before it)") }
+                c.display = DisplayConfig(width: d.width, height: d.height, vncSocket: p)
             case "--net": c.nets.append(try NetConfig.parse(flag: try value(a)))
             case "--balloon": c.balloon = c.balloon ?? BalloonConfig()
             case "--balloon-target":
@@ -316,6 +326,15 @@ extension VMConfig {
         let devices = disks.count + nets.count + (rng == nil ? 0 : 1) + (balloon == nil ? 0 : 1) + (vsock == nil ? 0 : 1)
         try vsock?.validate()
         if let v = vsock, v.path == apiSocket || v.path == serialSocket { throw .invalid("vsock.path", "is the path of another socket") }
+        if let d = display {
+            try d.validate()
+            if bootProtocol == .pvh {
+                throw .invalid("display", "needs the 64-bit boot protocol (screen_info is not in PVH's start info): boot_protocol auto or linux64")
+            }
+            if let p = d.vncSocket, p == apiSocket || p == serialSocket || p == vsock?.path {
+                throw .invalid("display.vnc_socket", "is the path of another socket")
+            }
+        }
         if let b = balloon, b.targetMiB > memoryMiB {
             throw .invalid("balloon", "target \(b.targetMiB) MiB is more than the guest's \(memoryMiB) MiB")
         }

@@ -91,6 +91,7 @@ extension VMConfig {
         if !nets.isEmpty { m.append(("nets", .array(nets.map(\.json)))) }
         if let balloon { m.append(("balloon", balloon.json)) }
         if let vsock { m.append(("vsock", vsock.json)) }
+        if let display { m.append(("display", display.json)) }
         if let apiSocket { m.append(("api_socket", .string(apiSocket))) }
         if vcpuAffinity.contains(where: { $0 != nil }) {
             m.append(("vcpu_affinity", .array(vcpuAffinity.map { $0.map { .string($0) } ?? .null })))

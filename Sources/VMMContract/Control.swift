@@ -4,7 +4,7 @@
 
 /// The version of this contract (the configuration keys, the operations and their replies). kumo-vmm
 /// reports it (`vm.info`, `kumo-vmm --contract-version`); kumod refuses a VMM of another version.
-public let vmmContractVersion = 5  // 3: disks[].format (qcow2); 4: vsock; 5: vm.stats devices
+public let vmmContractVersion = 6  // 3: disks[].format (qcow2); 4: vsock; 5: vm.stats devices; 6: display
 
 public enum ControlRequest: Sendable, Equatable {
     case info

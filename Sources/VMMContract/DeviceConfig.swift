@@ -307,3 +307,45 @@ public enum MAC {
         m.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined(separator: ":")
     }
 }
+
+/// A display: a framebuffer of `width`×`height` (32 bpp) and a PS/2 keyboard, its screen and keys served
+/// over VNC at `vncSocket` (a Unix socket of mode 0600). The kernel learns of the framebuffer through
+/// boot_params' screen_info: the VM boots through the 64-bit protocol.
+public struct DisplayConfig: Sendable, Equatable {
+    public var width: Int
+    public var height: Int
+    public var vncSocket: String?
+    public init(width: Int, height: Int, vncSocket: String? = nil) { self.width = width; self.height = height; self.vncSocket = vncSocket }
+
+    /// `--display WIDTHxHEIGHT`.
+    static func parse(flag s: String) throws(ConfigError) -> DisplayConfig {
+        let p = s.split(separator: "x").map(String.init)
+        guard p.count == 2, let w = Int(p[0]), let h = Int(p[1]) else { throw .invalid("--display", "wants WIDTHxHEIGHT, e.g. 1024x768, not \"\(s)\"") }
+        return DisplayConfig(width: w, height: h)
+    }
+
+    static func parse(json value: JSONValue, key: String) throws(ConfigError) -> DisplayConfig {
+        guard case let .object(m) = value else { throw .invalid(key, "must be an object with \"width\" and \"height\" (and \"vnc_socket\")") }
+        var d = DisplayConfig(width: 0, height: 0)
+        for (k, x) in m {
+            switch k {
+            case "width": d.width = try int("\(key).width", x)
+            case "height": d.height = try int("\(key).height", x)
+            case "vnc_socket": d.vncSocket = x == .null ? nil : try str("\(key).vnc_socket", x)
+            default: throw .invalid("\(key).\(k)", "unknown key (known: width, height, vnc_socket)")
+            }
+        }
+        return d
+    }
+
+    var json: JSONValue {
+        .object([("width", .integer(Int64(width))), ("height", .integer(Int64(height)))] + (vncSocket.map { [("vnc_socket", .string($0))] } ?? []))
+    }
+
+    func validate() throws(ConfigError) {
+        guard (320...2560).contains(width), (200...1600).contains(height) else {
+            throw .invalid("display", "\(width)x\(height): from 320x200 to 2560x1600")
+        }
+        if let p = vncSocket, p.isEmpty || p.utf8.count >= 108 { throw .invalid("display.vnc_socket", "a socket path must be 1 to 107 bytes") }
+    }
+}

@@ -36,6 +36,11 @@ let usage = """
       --balloon-target MIB   initial balloon size (implies --balloon); --no-deflate-on-oom,
                              --no-free-page-reporting
       --memory-dedup         offer guest RAM to KSM (MADV_MERGEABLE; no THP); off by default (side channels)
+      --display WxH          a framebuffer (32 bpp, 320x200 to 2560x1600) the kernel finds in screen_info
+                             (efifb / simplefb) and a PS/2 keyboard; the VM boots through the 64-bit
+                             protocol (PVH carries no screen_info)
+      --vnc-socket PATH      with --display (after it): serve the screen and keyboard over VNC (RFB 3.8,
+                             security None) on a Unix socket of mode 0600 (docs/DISPLAY.md)
       --pin VCPU=CPUS        pin a vCPU's thread to host CPUs (a list like 0-1,3; repeatable); the
                              control socket's vcpu.pin changes it at run time
       --on-reboot P          when the guest asks to restart (ACPI or CF9 reset register, i8042 reset
@@ -49,7 +54,8 @@ let usage = """
     JSON keys: kernel, initrd, cmdline, memory_mib, vcpus, boot_protocol, cpu_template,
     cpuid ([{function, index, register, clear, set}]), serial, stats,
     disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
-    rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), vsock ({cid, path}), api_socket,
+    rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), vsock ({cid, path}),
+    display ({width, height, vnc_socket}), api_socket,
     serial_socket, memory_dedup, on_reboot, vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
     {"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
     Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.

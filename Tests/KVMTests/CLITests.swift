@@ -177,7 +177,7 @@ final class DataBox: @unchecked Sendable { var data = Data() }
         #expect(r.status == 0)
         for flag in [
             "--kernel", "--initrd", "--cmdline", "--memory", "--vcpus", "--boot-protocol", "--cpu-template", "--cpuid", "--serial", "--serial-socket",
-            "--stats", "--config", "--api-socket",
+            "--stats", "--config", "--api-socket", "--display", "--vnc-socket",
         ] {
             #expect(r.stdout.contains(flag))
         }

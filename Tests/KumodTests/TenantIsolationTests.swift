@@ -542,7 +542,14 @@ import KumoAPI
         let now = try state(kept)
         #expect(now.state == .running && now.stateReason.contains("re-attached"), "\(now)")
         #expect(kill(Int32(keptPid), 0) == 0, "the recorded VMM runs on")
-        let left = Orphans.vmms(under: f.dir.appendingPathComponent("instances").path).map(\.process.pid)
+        // (A stray's `sleep` forked just before the stray was ended shows the stray's command line until it
+        // execs: give it a moment.)
+        var left: [Int32] = []
+        for _ in 0..<50 {
+            left = Orphans.vmms(under: f.dir.appendingPathComponent("instances").path).map(\.process.pid)
+            if left == [Int32(keptPid)] { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
         #expect(left == [Int32(keptPid)], "the strays were ended: \(left)")
         // Gone, or a zombie this test (their parent) has not reaped yet.
         for p in strays {

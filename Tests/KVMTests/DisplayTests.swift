@@ -1,0 +1,124 @@
+import Foundation
+import Testing
+import TestSupport
+import SystemKit
+@testable import VMM
+
+/// The display (issue 18): kumo-vmm with `--display` boots a tiny guest (Tests/guests/display.S) that finds
+/// the framebuffer in screen_info, paints it and draws a square per key it reads from the i8042. A viewer
+/// written from RFC 6143 (TestSupport.RFBClient) sees the picture, types keys the guest reads, gets only
+/// the tiles that changed, and nothing while the screen is idle; two viewers at once; bad flags refused.
+@Suite(.serialized, .ownThreads, .enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
+struct DisplayTests {
+    static func guest() throws -> String {
+        let src = CLI.root.appendingPathComponent("Tests/guests/display.S").path
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-display-\(UUID().uuidString)").path
+        try Harness.run("/usr/bin/as", ["--64", "-o", base + ".o", src])
+        try Harness.run("/usr/bin/ld", ["-m", "elf_x86_64", "-Ttext=0x1000000", "-e", "_start", "-o", base + ".elf", base + ".o"])
+        try? FileManager.default.removeItem(atPath: base + ".o")
+        return base + ".elf"
+    }
+
+    static func waitFor(_ path: String, _ text: String, seconds: Double = 30) -> String {
+        let deadline = Date().addingTimeInterval(seconds)
+        var log = ""
+        while Date() < deadline {
+            log = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+            if log.contains(text) { break }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        return log
+    }
+
+    /// CPU time (ns) of the VMM's "vnc" thread.
+    static func vncThreadNanos(_ pid: Int32) -> UInt64 {
+        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return 0 }
+        for t in tasks where (try? String(contentsOfFile: "/proc/\(pid)/task/\(t)/comm", encoding: .utf8))?.hasPrefix("vnc") == true {
+            let s = (try? String(contentsOfFile: "/proc/\(pid)/task/\(t)/schedstat", encoding: .utf8)) ?? ""
+            return UInt64(s.split(separator: " ").first ?? "") ?? 0
+        }
+        return 0
+    }
+
+    @Test(.timeLimit(.minutes(3)))
+    func viewersSeeTheScreenTypeKeysAndGetOnlyChanges() throws {
+        let k = try Self.guest()
+        defer { unlink(k) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-vnc-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let vnc = "\(dir)/vnc.sock", log = "\(dir)/console.log"
+        var seen: [String] = []
+        let r = try CLI.run([
+            "--kernel", k, "--memory", "64", "--display", "640x480", "--vnc-socket", vnc, "--serial", "file:\(log)",
+            "--api-socket", "\(dir)/control.sock",
+        ]) { p in
+            #expect(Self.waitFor(log, "kumo display guest ready").contains("ready"), "\(Self.waitFor(log, "", seconds: 0))")
+            var st = stat()
+            #expect(stat(vnc, &st) == 0 && st.st_mode & 0o777 == 0o600, "the VNC socket is the owner's alone")
+            let a = try RFBClient(path: vnc)
+            #expect(a.width == 640 && a.height == 480)
+            try a.request(incremental: false)
+            let first = try a.readUpdate()
+            #expect(first.allSatisfy { $0.encoding == 5 }, "Hextile, which the viewer asked for first: \(first)")
+            #expect(a.pixels[0] == 0x0000_00AA && a.pixels[120 * 640 + 150] == 0x00FF_FFFF && a.pixels[99 * 640 + 150] == 0x0000_00AA)
+            #expect(a.updateBytes < 640 * 480 * 4 / 20, "two flat colours: \(a.updateBytes) bytes for the whole screen")
+            try a.ppm.write(to: URL(fileURLWithPath: "\(dir)/first.ppm"))
+            // Idle: an incremental request gets nothing, and the server's thread spends next to no CPU.
+            try a.request(incremental: true)
+            let cpu0 = Self.vncThreadNanos(p.processIdentifier)
+            #expect(a.quiet(for: 1.5), "an idle screen sends nothing")
+            let idle = Self.vncThreadNanos(p.processIdentifier) - cpu0
+            #expect(idle < 150_000_000, "the VNC thread used \(idle / 1_000_000) ms of CPU in 1.5 s of an idle screen")
+            // A second viewer, at once: its own full picture.
+            let b = try RFBClient(path: vnc)
+            try b.request(incremental: false)
+            try b.readUpdate()
+            #expect(b.pixels == a.pixels)
+            // Keys: 'a' and Shift+B reach the guest as set-1 scan codes; each press draws a square, and
+            // only the tiles it touched come back.
+            try a.type("aB")
+            seen.append(Self.waitFor(log, "key b0"))
+            let rects = try a.readUpdate()
+            #expect(rects.allSatisfy { $0.y >= 192 && $0.y + $0.h <= 224 }, "only the row of squares: \(rects)")
+            let deadline = Date().addingTimeInterval(10)
+            while a.pixels[208 * 640 + 40] != 0x0000_FF00 && Date() < deadline {
+                try a.request(incremental: true)
+                try a.readUpdate()
+            }
+            #expect(a.pixels[208 * 640 + 8] == 0x0000_FF00 && a.pixels[208 * 640 + 40] == 0x0000_FF00, "two squares (a, B; Shift draws one too)")
+            #expect(a.pixels[208 * 640 + 100] == 0x0000_00AA)
+            try a.ppm.write(to: URL(fileURLWithPath: "\(dir)/typed.ppm"))
+            try b.request(incremental: true)
+            try b.readUpdate()
+            // A viewer that breaks the protocol is dropped, and the others are not.
+            let bad = try RFBClient(path: vnc)
+            try bad.write([9])
+            #expect((try? bad.read(1)) == nil, "dropped")
+            try a.request(incremental: true)
+            try a.key(0xFF0D, down: true)  // Return
+            try a.readUpdate()
+            _ = try CLI.control("\(dir)/control.sock").pressPowerButton()
+        }
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(r.stderr.contains("display 640x480") && r.stderr.contains("guest powered off"), "\(r.stderr)")
+        let console = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(console.contains("key 1e") && console.contains("key 9e"), "'a' pressed and released: \(console)")
+        #expect(console.contains("key 2a") && console.contains("key 30") && console.contains("key b0"), "Shift and b: \(console)")
+        #expect(console.contains("key 1c"), "Return: \(console)")
+        #expect(!FileManager.default.fileExists(atPath: vnc), "the socket goes with the VMM")
+    }
+
+    @Test func displayFlagsAreChecked() throws {
+        let k = try Self.guest()
+        defer { unlink(k) }
+        for (args, words) in [
+            (["--display", "100x100"], "320x200 to 2560x1600"), (["--display", "big"], "WIDTHxHEIGHT"),
+            (["--vnc-socket", "/tmp/x.sock"], "goes with --display"),
+            (["--display", "640x480", "--boot-protocol", "pvh"], "64-bit boot protocol"),
+        ] {
+            let r = try CLI.run(["--kernel", k] + args)
+            #expect(r.status == 2 && r.stderr.contains(words), "\(args): \(r.stderr)")
+        }
+    }
+}
