@@ -68,7 +68,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]),
         // Test-only: the `.ownThreads` trait for the suites that block for long (boots, real VMMs).
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["SystemKit"], path: "Tests/TestSupport"),
         .testTarget(
             name: "KumodTests",
             dependencies: [

@@ -41,5 +41,5 @@ need_files() {
 # The web console's libraries, from Debian's packages (kumod serves them; docs/CONSOLE.md).
 need_console_libraries() {
   need_files /usr/share/javascript/chart.js/chart.min.js:libjs-chart.js /usr/share/nodejs/xterm/lib/xterm.js:node-xterm \
-    /usr/share/javascript/xterm/addons/fit/fit.js:libjs-xterm
+    /usr/share/javascript/xterm/addons/fit/fit.js:libjs-xterm /usr/share/novnc/core/rfb.js:novnc
 }

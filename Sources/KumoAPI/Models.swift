@@ -142,8 +142,10 @@ public struct Instance: Codable, Sendable, Equatable {
     public var nics: [NIC]?
     /// The key pair whose public key its cloud-init meta-data carries.
     public var keyPair: String?
+    /// Its screen ("1024x768"), when it has one: a framebuffer and keyboard served over VNC (docs/DISPLAY.md).
+    public var display: String?
     enum CodingKeys: String, CodingKey {
-        case id, name, tenant, type, vcpus, image, state, reservation, pid, history, nics
+        case id, name, tenant, type, vcpus, image, state, reservation, pid, history, nics, display
         case keyPair = "key_pair"
         case memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy", dedicatedCPUs = "dedicated_cpus"
         case memoryMiB = "memory_mib", stateReason = "state_reason", createdAt = "created_at"
@@ -184,8 +186,10 @@ public struct RunInstancesRequest: Codable, Sendable, Equatable {
     public var securityGroups: [String]?
     /// A key pair of the caller's (name or id): its public key goes into the instance's meta-data.
     public var keyPair: String?
+    /// A screen, "WIDTHxHEIGHT" (320x200 to 2560x1600): a framebuffer and keyboard, seen over VNC.
+    public var display: String?
     enum CodingKeys: String, CodingKey {
-        case type, image, count, name, networks
+        case type, image, count, name, networks, display
         case keyPair = "key_pair"
         case userData = "user_data", clientToken = "client_token", memoryDedup = "memory_dedup", cpuPolicy = "cpu_policy"
         case securityGroups = "security_groups"
@@ -193,9 +197,10 @@ public struct RunInstancesRequest: Codable, Sendable, Equatable {
     public init(
         type: String, image: String, count: Int? = nil, name: String? = nil, userData: String? = nil, clientToken: String? = nil,
         memoryDedup: Bool? = nil, cpuPolicy: String? = nil, networks: [String]? = nil, securityGroups: [String]? = nil,
-        keyPair: String? = nil
+        keyPair: String? = nil, display: String? = nil
     ) {
         self.keyPair = keyPair
+        self.display = display
         self.type = type; self.image = image; self.count = count; self.name = name; self.userData = userData
         self.clientToken = clientToken; self.memoryDedup = memoryDedup; self.cpuPolicy = cpuPolicy; self.networks = networks
         self.securityGroups = securityGroups

@@ -41,6 +41,7 @@ public enum API {
         ("POST", "/v1/instances/{id}/nics/{index}/port-forwards"), ("DELETE", "/v1/instances/{id}/nics/{index}/port-forwards/{forward}"),
         ("GET", "/v1/instances/{id}/metrics"), ("GET", "/v1/host/metrics"), ("GET", "/metrics"),
         ("GET", "/v1/alarms"), ("POST", "/v1/alarms"), ("GET", "/v1/alarms/{id}"), ("DELETE", "/v1/alarms/{id}"),
+        ("POST", "/v1/instances/{id}/vnc"), ("GET", "/v1/vnc/{ticket}"),
     ]
 
     /// The OpenAPI document shipped with kumod.
@@ -118,7 +119,10 @@ public enum API {
         let service: Service
         func handle(_ request: Request, context: KumoContext, next: (Request, KumoContext) async throws -> Response) async throws -> Response {
             let path = request.uri.path
-            if path == "/v1/openapi.yaml" || path == "/v1/health" || WebConsole.isPublic(path) { return try await next(request, context) }
+            // The console's pages, and a screen's WebSocket, whose one-time ticket is its credential (VNCTickets.swift).
+            if path == "/v1/openapi.yaml" || path == "/v1/health" || WebConsole.isPublic(path) || path.hasPrefix("/v1/vnc/") {
+                return try await next(request, context)
+            }
             let token: String
             if let h = request.headers[.authorization], h.hasPrefix("Bearer "), h.count > 7 {
                 token = String(h.dropFirst(7))
@@ -359,6 +363,7 @@ public enum API {
         imageRoutes(router, service)
         commandRoutes(router, service)
         metricRoutes(router, service)
+        displayRoutes(router, service)
         WebConsole.routes(router)
         return router
     }

@@ -39,20 +39,28 @@ public enum ConsoleBridge {
         return Array((try? h.readToEnd()) ?? Data())
     }
 
-    /// Bridges one WebSocket to the console socket until either side closes.
-    /// What the client types goes to the VMM on the `writes` lane (a blocking send never sits on the
-    /// cooperative pool).
+    /// Bridges one WebSocket to the console socket until either side closes: the log's tail first.
     static func run(
         socket path: String, log: String, writes: WorkPool, inbound: WebSocketInboundStream,
         outbound: WebSocketOutboundWriter
     ) async throws {
+        try await bridge(socket: path, what: "console", writes: writes, inbound: inbound, outbound: outbound) { () throws(APIError) in history(log) }
+    }
+
+    /// Bridges one WebSocket to the Unix socket at `path` (a VMM's console or VNC) until either side closes,
+    /// after sending what `first` gives. What the client sends goes to the VMM on the `writes` lane (a
+    /// blocking send never sits on the cooperative pool).
+    static func bridge(
+        socket path: String, what: String, writes: WorkPool, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter,
+        first: @escaping @Sendable () throws(APIError) -> [UInt8] = { [] }
+    ) async throws {
         let socket: OwnedFD
         do { socket = try UnixSocket.connect(path) } catch {
-            try await outbound.close(.unexpectedServerError, reason: "console unavailable: \(error.description)")
+            try await outbound.close(.unexpectedServerError, reason: "\(what) unavailable: \(error.description)")
             return
         }
         let fd = socket.raw
-        let past = (try? await writes.run { () throws(APIError) in history(log) }) ?? []
+        let past = (try? await writes.run(first)) ?? []
         if !past.isEmpty { try await outbound.write(.binary(ByteBuffer(bytes: past))) }
         // The socket is read on a thread of its own (blocking reads never sit on the cooperative pool).
         let (output, sink) = AsyncStream<[UInt8]>.makeStream(bufferingPolicy: .bufferingNewest(1024))
@@ -86,7 +94,7 @@ public enum ConsoleBridge {
             }
             let vmmClosed = try await group.next() ?? false
             socket.shutdownBoth()
-            if vmmClosed { try? await outbound.close(.normalClosure, reason: "the instance's console closed (its VMM stopped)") }
+            if vmmClosed { try? await outbound.close(.normalClosure, reason: "the instance's \(what) closed (its VMM stopped)") }
             group.cancelAll()
         }
     }

@@ -46,6 +46,9 @@ extension Service {
             }
             return own
         }
+        if let d = r.display, DisplaySize.parse(d) == nil {
+            throw APIError(code: "invalid_argument", message: "display \"\(Validate.escaped(d))\": WIDTHxHEIGHT from 320x200 to 2560x1600, e.g. 1024x768")
+        }
         var userData: Data? = nil
         if let u = r.userData {
             guard let d = Data(base64Encoded: u) else { throw APIError(code: "invalid_argument", message: "user_data must be base64") }
@@ -62,14 +65,14 @@ extension Service {
                 RunInstancesRequest(
                     type: r.type, image: image.id, count: count, name: r.name, userData: r.userData, clientToken: r.clientToken, memoryDedup: r.memoryDedup,
                     cpuPolicy: r.cpuPolicy, networks: r.networks == nil ? nil : networkIDs,
-                    securityGroups: r.securityGroups == nil ? nil : groupIDs, keyPair: key?.id)), as: UTF8.self)
+                    securityGroups: r.securityGroups == nil ? nil : groupIDs, keyPair: key?.id, display: r.display)), as: UTF8.self)
         let new = (0..<count).map { i -> Store.NewInstance in
             let id = Store.newID("i")
             let name = r.name.map { count > 1 ? "\($0)-\(i + 1)" : $0 } ?? id
             return Store.NewInstance(
                 id: id, name: name, type: type, imageID: image.id, userData: userData, keyPair: key.map { ($0.name, $0.publicKey) },
                 workDir: dataDir.appendingPathComponent("instances/\(id)").path, memoryDedup: r.memoryDedup ?? false,
-                dedicated: dedicated, networks: networkIDs, securityGroups: groupIDs)
+                dedicated: dedicated, display: r.display, networks: networkIDs, securityGroups: groupIDs)
         }
         let host = self.host, policy = self.policy()
         let outcome: Store.Reserved

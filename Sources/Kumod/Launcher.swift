@@ -28,6 +28,8 @@ public struct LaunchSpec: Sendable {
     public var packetsPerSecond: Int? = nil
     /// Its cloud-init NoCloud seed (`seed.iso`, a read-only disk after the root disk); nil: none.
     public var seed: NoCloudSeed? = nil
+    /// Its screen, when it has one: a framebuffer and keyboard, served over VNC on `vncSocket`.
+    public var display: (width: Int, height: Int)? = nil
     public struct NICSpec: Sendable, Equatable {
         public var tap: String
         public var mac: String
@@ -50,6 +52,8 @@ public struct LaunchSpec: Sendable {
     public var consoleSocket: URL { workDir.appendingPathComponent("console.sock") }
     public var vmmLog: URL { workDir.appendingPathComponent("vmm.log") }
     public var seedImage: URL { workDir.appendingPathComponent("seed.iso") }
+    /// The screen over VNC (docs/DISPLAY.md): kumod bridges a browser's WebSocket to it.
+    public var vncSocket: URL { workDir.appendingPathComponent("vnc.sock") }
     /// kumo-vmm's vsock socket: run-command reaches the guest agent through it (docs/RUNCOMMAND.md).
     public var vsockSocket: URL { workDir.appendingPathComponent("v.sock") }
     /// The console log of the boot before the last guest reboot (kumo-vmm starts console.log afresh).
@@ -130,6 +134,7 @@ public struct ProcessLauncher: VMMLauncher {
         c.apiSocket = spec.controlSocket.path
         c.balloon = BalloonConfig()
         c.vsock = VsockConfig(cid: 3, path: spec.vsockSocket.path)
+        if let d = spec.display { c.display = DisplayConfig(width: d.width, height: d.height, vncSocket: spec.vncSocket.path) }
         c.memoryDedup = spec.memoryDedup
         if spec.affinity.contains(where: { $0 != nil }) { c.vcpuAffinity = Array(spec.affinity.prefix(spec.vcpus)) }
         if let root = Self.rootDisk(spec) { c.disks = [root] }

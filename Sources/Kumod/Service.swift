@@ -55,6 +55,8 @@ public final class Service: Sendable {
     let imaging = Mutex<Set<String>>([])
     /// Samples of instances and the host, their time series (Monitoring.swift).
     public let monitoring: Monitoring
+    /// One-time tickets for instances' screens (VNCTickets.swift).
+    public let vncTickets = VNCTickets()
 
     public init(
         store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,

@@ -26,7 +26,7 @@ extension Store {
         i.seq, i.id, i.name, i.tenant_id, n.name AS tenant_name, i.reservation_id, i.type, i.vcpus, i.memory_mib,
         i.image_id, m.name AS image_name, i.user_data, i.state, i.state_reason, i.created_at, i.updated_at,
         i.launched_at, i.pid, i.pid_start_ticks, i.work_dir, i.vcpu_affinity, i.memory_dedup, i.cpu_policy, i.dedicated_cpus,
-        i.key_pair, i.public_key
+        i.key_pair, i.public_key, i.display
         """
     static let instanceFrom = "FROM instances i JOIN tenants n ON n.id = i.tenant_id JOIN images m ON m.id = i.image_id"
 
@@ -40,6 +40,7 @@ extension Store {
         inst.memoryDedup = (r["memory_dedup"] as Int?) == 1
         inst.cpuPolicy = r["cpu_policy"]
         inst.keyPair = r["key_pair"]
+        inst.display = r["display"]
         let dedicated: String? = r["dedicated_cpus"]
         inst.dedicatedCPUs = state.holdsCapacity ? dedicated : nil
         let ticks: Int64? = r["pid_start_ticks"]
@@ -146,6 +147,8 @@ extension Store {
         public var workDir: String
         public var memoryDedup: Bool = false
         public var dedicated = false
+        /// Its screen ("1024x768"), when it has one.
+        public var display: String? = nil
         /// Network ids of its NICs, eth0 first.
         public var networks: [String] = []
         /// Security group ids every NIC gets.
@@ -187,14 +190,14 @@ extension Store {
                     sql: """
                         INSERT INTO instances (id, name, tenant_id, reservation_id, type, vcpus, memory_mib, image_id, user_data,
                                                state, state_reason, created_at, updated_at, work_dir, memory_dedup, cpu_policy, dedicated_cpus,
-                                               key_pair, public_key)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                               key_pair, public_key, display)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """,
                     arguments: [
                         n.id, n.name, tenantID, rid, n.type.name, n.type.vcpus, n.type.memoryMiB, n.imageID,
                         n.userData, "RunInstances", now, now, n.workDir, n.memoryDedup ? 1 : 0,
                         n.dedicated ? "dedicated" : "shared", i < cpus.count ? Self.cpuText(cpus[i]) : nil,
-                        n.keyPair?.name, n.keyPair?.publicKey,
+                        n.keyPair?.name, n.keyPair?.publicKey, n.display,
                     ])
                 try db.execute(
                     sql: "INSERT INTO instance_history (instance_id, state, reason, at) VALUES (?, 'pending', 'RunInstances', ?)",

@@ -191,6 +191,9 @@ extension Store {
                     CREATE INDEX alarm_events_alarm ON alarm_events(alarm_id, seq);
                     """)
         }
+        m.registerMigration("v15: instance displays") { db in
+            try db.execute(sql: "ALTER TABLE instances ADD COLUMN display TEXT")
+        }
         return m
     }
 

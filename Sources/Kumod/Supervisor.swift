@@ -34,6 +34,7 @@ extension Service {
         }
         let nics = (try? store.nics(instance: id)) ?? []
         spec.nics = nics.map { .init(tap: $0.tap, mac: $0.mac, address: $0.address, gateway: $0.gateway, prefix: $0.cidr.prefix) }
+        spec.display = rec.instance.display.flatMap(DisplaySize.parse)
         spec.seed = NoCloudSeed(
             instanceID: id, name: rec.instance.name, userData: rec.userData, nics: spec.nics, publicKeys: rec.publicKey.map { [$0] } ?? [])
         if !prepared {

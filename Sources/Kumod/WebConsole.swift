@@ -14,7 +14,9 @@ public enum WebConsole {
     static let xtermModules = "/usr/share/nodejs/xterm/lib/xterm.js"
     static let xtermFit = "/usr/share/javascript/xterm/addons/fit/fit.js"
     static let xtermCSS = "/usr/share/javascript/xterm/xterm.css"
-    static let packages = "apt-get install libjs-chart.js node-xterm"
+    /// noVNC's RFB client, as ES modules (the novnc package): served as Debian ships it.
+    static let noVNC = "/usr/share/novnc"
+    static let packages = "apt-get install libjs-chart.js node-xterm novnc"
 
     /// The pages' own files, by name.
     static let assets: [String: Data] = {
@@ -90,6 +92,21 @@ public enum WebConsole {
         }
         router.get("/ui/lib/{name}") { _, c in
             library(c.parameters.get("name") ?? "") ?? Response(status: .notFound)
+        }
+        router.get("/ui/novnc/**") { _, c in
+            // Only noVNC's modules (core/, vendor/), by name: never a path out of them.
+            let parts = c.parameters.getCatchAll().map(String.init)
+            guard let top = parts.first, ["core", "vendor"].contains(top), parts.count <= 8, let last = parts.last, last.hasSuffix(".js"),
+                parts.allSatisfy({ p in
+                    !p.isEmpty && p != "." && p != ".."
+                        && p.utf8.allSatisfy {
+                            $0 == 0x2D || $0 == 0x2E || $0 == 0x5F || (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0)
+                        }
+                })
+            else { return Response(status: .notFound) }
+            guard FileManager.default.fileExists(atPath: noVNC + "/core/rfb.js") else { return missing(noVNC) }
+            guard let d = FileManager.default.contents(atPath: noVNC + "/" + parts.joined(separator: "/")) else { return Response(status: .notFound) }
+            return file(d, type: contentType(last))
         }
         router.get("/ui/{name}") { _, c in
             // Only the files that ship: a name, never a path.

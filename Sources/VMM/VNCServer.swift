@@ -155,7 +155,7 @@ public final class VNCServer: @unchecked Sendable {
         if let lines = attached.withLock({ $0?.framebuffer })?.dirtyLines() {
             let changed = Encoder.changes(screen, shadow: shadow, rows: lines)
             if !changed.isEmpty {
-                for v in viewers {
+                for v in viewers where !v.pending.contains(full) {
                     v.pending += changed
                     // Past a point the whole screen is cheaper to describe than its pieces.
                     if v.pending.count > 256 { v.pending = [full] }

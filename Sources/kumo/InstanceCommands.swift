@@ -8,7 +8,7 @@ struct InstanceCommand: ParsableCommand {
         commandName: "instance", abstract: "Run and manage instances",
         subcommands: [
             Run.self, List.self, Show.self, Stats.self, Metrics.self, CPUs.self, Translate.self, Start.self, Stop.self, Reboot.self, Delete.self, Forward.self,
-            Unforward.self, RunCommand.self, SendFile.self, Invocations.self, InvocationShow.self,
+            Unforward.self, RunCommand.self, SendFile.self, Invocations.self, InvocationShow.self, VNC.self,
         ])
 
     struct Forward: ParsableCommand {
@@ -61,6 +61,7 @@ struct InstanceCommand: ParsableCommand {
         @Flag(help: "no NIC at all") var noNetwork = false
         @Option(help: "a security group (id or name) of every NIC; repeatable, up to 5 (default: your default group)") var securityGroup: [String] = []
         @Option(help: "a key pair (id or name; kumo keypair list): its public key goes into the instance's cloud-init meta-data") var keyPair: String?
+        @Option(help: "a screen, WIDTHxHEIGHT (320x200 to 2560x1600): a framebuffer and keyboard, seen with `kumo instance vnc`") var display: String?
         mutating func run() throws {
             try perform {
                 var userData: String? = nil
@@ -72,7 +73,7 @@ struct InstanceCommand: ParsableCommand {
                 let req = RunInstancesRequest(
                     type: type, image: image, count: count, name: name, userData: userData, clientToken: clientToken,
                     memoryDedup: memoryDedup ? true : nil, cpuPolicy: cpuPolicy, networks: noNetwork ? [] : network.isEmpty ? nil : network,
-                    securityGroups: securityGroup.isEmpty ? nil : securityGroup, keyPair: keyPair)
+                    securityGroups: securityGroup.isEmpty ? nil : securityGroup, keyPair: keyPair, display: display)
                 let r = try global.call("POST", "/v1/instances", body: req, as: RunInstancesResponse.self)
                 global.emit(r) { instanceRows(r.instances) }
             }
@@ -120,6 +121,7 @@ struct InstanceCommand: ParsableCommand {
                             ["created", i.createdAt], ["launched", i.launchedAt ?? "-"], ["pid", i.pid.map(String.init) ?? "-"],
                             ["cpu policy", (i.cpuPolicy ?? "shared") + (i.dedicatedCPUs.map { " (host CPUs \($0))" } ?? "")],
                             ["memory dedup", i.memoryDedup == true ? "asked for" : "off"], ["key pair", i.keyPair ?? "-"],
+                            ["display", i.display.map { "\($0) (kumo instance vnc \(i.id))" } ?? "-"],
                         ])
                     if let nics = i.nics, !nics.isEmpty {
                         let tap = nics.contains { $0.tap != nil }

@@ -309,6 +309,10 @@ import KumoAPI
             "GET /v1/key-pairs": all, "POST /v1/key-pairs": all, "GET /v1/key-pairs/{id}": own, "DELETE /v1/key-pairs/{id}": own,
             "GET /v1/instances/{id}/metrics": own, "GET /v1/host/metrics": all, "GET /metrics": all,
             "GET /v1/alarms": all, "POST /v1/alarms": adminOnly, "GET /v1/alarms/{id}": own, "DELETE /v1/alarms/{id}": own,
+            // The fixture's instances have no display: the owner and admins are told so (409), others "not found".
+            "POST /v1/instances/{id}/vnc": (.allowed, .notFound, .allowed),
+            // Its one-time ticket is the credential, token or not: a made-up one is not found, whoever asks.
+            "GET /v1/vnc/{ticket}": (.notFound, .notFound, .notFound),
         ]
         let admin = try #require(try f.store.principal(token: f.admin))
         #expect(Set(rows.keys) == Set(API.routes.map { "\($0.0) \($0.1)" }), "every route has a row, and only routes do")
@@ -418,9 +422,13 @@ import KumoAPI
                     default: payload = ""
                     }
                     let open = path == "/v1/openapi.yaml" || path == "/v1/health"
+                    let ticketed = path == "/v1/vnc/{ticket}"
+                    if ticketed { uri = "/v1/vnc/" + String(repeating: "ab", count: 24) }
                     try await c.execute(uri: uri, method: HTTPRequest.Method(method)!, headers: auth(token), body: body(payload)) { r throws in
                         let got = judge(r.status)
-                        #expect(got == (open ? .ok : expected), "\(method) \(path) as \(who): \(r.status) \(String(buffer: r.body).prefix(200))")
+                        #expect(
+                            got == (open ? .ok : ticketed ? .notFound : expected),
+                            "\(method) \(path) as \(who): \(r.status) \(String(buffer: r.body).prefix(200))")
                     }
                     // The host's capacity is the fixture's two CPUs: what a case made goes again.
                     let created = method == "POST" && path == "/v1/instances"

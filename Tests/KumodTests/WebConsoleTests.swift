@@ -7,14 +7,18 @@ import TestSupport
 
 /// The web console (issue 17, points 6-8) in a real headless Chromium against a real kumod with real VMMs:
 /// Tests/web/console_test.py logs in as a tenant, creates an instance of the echo guest, sees it run, types
-/// into its serial console and reads the answer, sees its charts get points, stops it; types `echo` into a
+/// into its serial console and reads the answer, sees its charts get points, stops it; sees an instance's
+/// screen in noVNC and types on it (the display guest draws a square per key); types `echo` into a
 /// busybox shell on the Kumo test kernel; checks a phone's width, keyboard navigation and how often an idle
 /// page asks kumod. Screenshots in .build/test-artifacts/web-console.
 @Suite(.ownThreads, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
 struct WebConsoleTests {
     @Test(.timeLimit(.minutes(20)))
     func theConsoleInAHeadlessChromium() throws {
-        for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver", "/usr/share/nodejs/xterm/lib/xterm.js", "/usr/share/javascript/chart.js/chart.min.js"] {
+        for tool in [
+            "/usr/bin/chromium", "/usr/bin/chromedriver", "/usr/share/nodejs/xterm/lib/xterm.js", "/usr/share/javascript/chart.js/chart.min.js",
+            "/usr/share/novnc/core/rfb.js",
+        ] {
             try #require(FileManager.default.fileExists(atPath: tool), "\(tool) is missing: scripts/test-deps.sh installs it")
         }
         let k = try CLITests.Kumod(vmm: RealVMMTests.vmm, extra: ["--stop-timeout", "5", "--metrics-interval", "2"])
@@ -27,6 +31,12 @@ struct WebConsoleTests {
         _ = try RealVMMTests.guest(k.images, name: "echo")
         _ = try ok(["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"])
         _ = try ok(["image", "register", "echo", "--kernel", "echo.elf"])
+        // The display guest (Tests/guests/display.S), for the Screen tab.
+        let obj = k.images.appendingPathComponent("display.o").path
+        try RealVMMTests.run("/usr/bin/as", ["--64", "-o", obj, CLITests.root.appendingPathComponent("Tests/guests/display.S").path])
+        try RealVMMTests.run(
+            "/usr/bin/ld", ["-m", "elf_x86_64", "-Ttext=0x1000000", "-e", "_start", "-o", k.images.appendingPathComponent("display.elf").path, obj])
+        _ = try ok(["image", "register", "screen", "--kernel", "display.elf"])
         _ = try ok(["tenant", "create", "web"])
         let token = try #require(
             try JSONDecoder().decode(Token.self, from: Data(try ok(["token", "create", "--tenant", "web", "--output", "json"]).utf8)).secret)
@@ -61,12 +71,15 @@ struct WebConsoleTests {
         try? FileManager.default.removeItem(at: artifacts)
         let script = CLITests.root.appendingPathComponent("Tests/web/console_test.py").path
         let args =
-            [script, "--url", "http://127.0.0.1:\(k.port)", "--token", token, "--type", "tiny", "--image", "echo", "--artifacts", artifacts.path]
+            [
+                script, "--url", "http://127.0.0.1:\(k.port)", "--token", token, "--type", "tiny", "--image", "echo", "--screen-image", "screen", "--artifacts",
+                artifacts.path,
+            ]
             + (shellUp ? ["--shell-instance", shell] : [])
         let run = try hostTool("/usr/bin/env", ["python3"] + args, mergingStderr: true)
         print(run.1.split(separator: "\n").filter { $0.hasPrefix("ok ") || $0.hasPrefix("FAIL") }.map { "WebConsoleTests: \($0)" }.joined(separator: "\n"))
         #expect(run.0 == 0, "console_test.py: \(run.1.suffix(3000))")
         let shots = (try? FileManager.default.contentsOfDirectory(atPath: artifacts.path)) ?? []
-        #expect(shots.filter { $0.hasSuffix(".png") }.count >= 8, "screenshots: \(shots)")
+        #expect(shots.filter { $0.hasSuffix(".png") }.count >= 9, "screenshots: \(shots)")
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import SystemKit
 
 /// One HTTP/1.1 request to 127.0.0.1 over a fresh TCP connection, blocking (the connection is closed by
 /// the server after the answer; reads give up after `timeout` seconds of silence): the status (0 when no
@@ -8,19 +9,8 @@ public enum LoopbackHTTP {
         -> (status: Int, body: String, ms: Double)
     {
         let t0 = Date()
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return (0, "", 0) }
-        defer { close(fd) }
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = UInt16(port).bigEndian
-        sin.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let ok = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard ok == 0 else { return (0, "", 0) }
-        var tv = timeval(tv_sec: timeout, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        guard let conn = try? LoopbackTCP.connect(port: port, timeoutSeconds: timeout) else { return (0, "", 0) }
+        let fd = conn.raw
         let req = "\(method) \(path) HTTP/1.1\r\nHost: kumod\r\n" + (token.map { "Authorization: Bearer \($0)\r\n" } ?? "") + "Connection: close\r\n\r\n"
         _ = req.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }
         var text = [UInt8]()

@@ -1,4 +1,5 @@
 import Foundation
+import SystemKit
 
 /// A VNC viewer for tests, written from RFC 6143 (independent of kumo-vmm's encoder): the 3.8 handshake
 /// with security None, noVNC's pixel format (32 bpp, red in the low byte), Raw and Hextile decoded into a
@@ -18,8 +19,8 @@ public final class RFBClient {
     }
 
     /// Connects to the Unix socket at `path` and completes the handshake and ServerInit.
-    public init(path: String, timeoutSeconds: Int = 10) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    public convenience init(path: String, timeoutSeconds: Int = 10) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var a = sockaddr_un()
         a.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &a.sun_path) { b in for (i, c) in path.utf8.enumerated() where i < b.count - 1 { b[i] = c } }
@@ -30,6 +31,27 @@ public final class RFBClient {
             close(fd)
             throw Failure("connect \(path): errno \(errno)")
         }
+        try self.init(connected: fd, timeoutSeconds: timeoutSeconds)
+    }
+
+    /// Connects to 127.0.0.1:`port` (a VNC proxy such as `kumo instance vnc --listen`), retrying for a moment.
+    public convenience init(port: Int, timeoutSeconds: Int = 10) throws {
+        var last: Error?
+        for _ in 0..<100 {
+            do {
+                let fd = try LoopbackTCP.connect(port: port)
+                try self.init(connected: fd.release(), timeoutSeconds: timeoutSeconds)
+                return
+            } catch let e as SysError {
+                last = e
+                usleep(50_000)
+            }
+        }
+        throw Failure("\(last.map { "\($0)" } ?? "connect 127.0.0.1:\(port)")")
+    }
+
+    init(connected: Int32, timeoutSeconds: Int) throws {
+        fd = connected
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         let version = try read(12)

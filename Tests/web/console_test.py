@@ -37,6 +37,7 @@ def main():
     p.add_argument("--type", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--shell-instance", help="a running instance whose console is a busybox shell")
+    p.add_argument("--screen-image", help="an image of the display guest (Tests/guests/display.S), for the Screen tab")
     p.add_argument("--artifacts", required=True)
     a = p.parse_args()
     os.makedirs(a.artifacts, exist_ok=True)
@@ -136,6 +137,41 @@ def main():
             check(False, "stopped from the console", error_text())
         shot("06-stopped")
 
+        # The Screen tab: an instance of the display guest with a display, made through the form; noVNC
+        # through kumod's one-time WebSocket; keys typed on the screen reach the guest.
+        if a.screen_image:
+            driver.get(a.url + "/ui/#/create")
+            wait.until(EC.presence_of_element_located((By.XPATH, "//button[text()='Create']")))
+            selects = driver.find_elements(By.CSS_SELECTOR, "form select")
+            Select(selects[0]).select_by_value(a.type)
+            Select(selects[1]).select_by_visible_text(a.screen_image)
+            Select(driver.find_element(By.XPATH, "//label[text()='Display']/following-sibling::div/select")).select_by_value("640x480")
+            driver.find_element(By.XPATH, "//label[text()='Name']/following-sibling::div/input").send_keys("web-screen")
+            driver.find_element(By.XPATH, "//button[text()='Create']").click()
+            wait.until(lambda d: "#/instances/i-" in d.current_url)
+            WebDriverWait(driver, 90).until(EC.presence_of_element_located((By.XPATH, "//h1/span[contains(@class,'state') and text()='running']")))
+            driver.find_element(By.XPATH, "//button[@role='tab' and text()='Screen']").click()
+            try:
+                WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
+                check(True, "noVNC connects to the instance's screen through kumod")
+            except TimeoutException:
+                check(False, "noVNC connects to the instance's screen", error_text())
+            pixel = lambda x, y: js("var c = document.querySelector('#screen canvas'); if (!c) return null;"
+                                    "var d = c.getContext('2d').getImageData(arguments[0], arguments[1], 1, 1).data; return [d[0], d[1], d[2]]", x, y)
+            try:
+                WebDriverWait(driver, 30).until(lambda d: pixel(150, 120) == [255, 255, 255] and pixel(10, 10) == [0, 0, 170])
+                check(True, "the screen shows the guest's picture (a white bar on dark blue)")
+            except TimeoutException:
+                check(False, "the screen shows the guest's picture", str((pixel(150, 120), pixel(10, 10))))
+            driver.find_element(By.CSS_SELECTOR, "#screen canvas").click()
+            ActionChains(driver).send_keys("a").perform()
+            try:
+                WebDriverWait(driver, 30).until(lambda d: pixel(8, 208) == [0, 255, 0])
+                check(True, "a key typed on the screen reached the guest (it drew its square)")
+            except TimeoutException:
+                check(False, "a key typed on the screen reaches the guest", str(pixel(8, 208)))
+            shot("07-screen")
+
         # A busybox shell on the Kumo test kernel, when the run has one.
         if a.shell_instance:
             driver.get(a.url + "/ui/#/instances/" + a.shell_instance)
@@ -158,7 +194,7 @@ def main():
                 check(True, "a busybox shell answered 'echo hi from busybox' in the browser")
             except TimeoutException:
                 check(False, "a busybox shell answers", (js("return window.kumoConsoleText()") or "")[-800:])
-            shot("07-busybox-shell")
+            shot("07-busybox-shell-console")
 
         # Idle: the instances page asks at most about once a second.
         driver.get(a.url + "/ui/#/instances")

@@ -85,6 +85,7 @@ async function createPage() {
     groups.security_groups.map((g) => h("option", { value: g.id }, g.name)));
   const key = h("select", {}, h("option", { value: "" }, "none"), keys.key_pairs.map((k) => h("option", { value: k.name }, k.name)));
   const userData = h("textarea", { placeholder: "#!/bin/sh\necho hello", spellcheck: "false" });
+  const display = h("select", {}, ["none", "640x480", "800x600", "1024x768", "1280x800"].map((d) => h("option", { value: d }, d)));
   const form = h("form", { class: "grid card", onsubmit: async (ev) => {
     ev.preventDefault();
     const body = { type: type.value, image: image.value, count: Number(count.value) };
@@ -96,6 +97,7 @@ async function createPage() {
     const groupsChosen = [...sgs.selectedOptions].map((o) => o.value);
     if (groupsChosen.length) body.security_groups = groupsChosen;
     if (key.value) body.key_pair = key.value;
+    if (display.value !== "none") body.display = display.value;
     if (userData.value) body.user_data = btoa(String.fromCharCode(...new TextEncoder().encode(userData.value)));
     await attempt(async () => {
       const r = await api.post("/v1/instances", body);
@@ -107,7 +109,8 @@ async function createPage() {
   ...field("CPU policy", policy, "dedicated: host CPUs of its own, never overcommitted"),
   ...field("Networks", nets, "eth0 first; none chosen: your default network"),
   ...field("Security groups", sgs, "none chosen: your default group"),
-  ...field("Key pair", key), ...field("User data", userData, "cloud-init user-data: a script (#!) or #cloud-config, at most 16 KiB"),
+  ...field("Key pair", key), ...field("Display", display, "a screen and keyboard, seen in the instance's Screen tab (VNC)"),
+  ...field("User data", userData, "cloud-init user-data: a script (#!) or #cloud-config, at most 16 KiB"),
   h("div", { class: "full" }, h("button", { type: "submit" }, "Create")));
   render(h("h1", {}, "Create instance"), form);
 }

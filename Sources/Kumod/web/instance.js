@@ -16,7 +16,7 @@ const COLORS = ["#1f5fbf", "#c0392b", "#1b7a3a", "#8e44ad", "#d35400"];
 
 export function instancePage(id, me) {
   const head = h("div"), details = h("div", { class: "card" }), body = h("div");
-  const tabs = ["Overview", "Monitoring", "Console", "CPUs"];
+  const tabs = ["Overview", "Monitoring", "Console", "Screen", "CPUs"];
   let current = "Overview";
   const tabBar = h("div", { class: "tabs", role: "tablist" }, tabs.map((t) => h("button", {
     type: "button", role: "tab", "aria-selected": t === current ? "true" : "false", onclick: () => select(t),
@@ -33,6 +33,7 @@ export function instancePage(id, me) {
     if (t === "Overview") body.replaceChildren(details);
     if (t === "Monitoring") stopTab = monitoring(body, id);
     if (t === "Console") stopTab = consoleTab(body, id, inst);
+    if (t === "Screen") stopTab = screenTab(body, id, inst);
     if (t === "CPUs") cpusTab(body, id, inst);
   }
   onLeave(() => stopTab());
@@ -57,6 +58,7 @@ export function instancePage(id, me) {
       ["ID", inst.id], ["Name", inst.name], ["State", inst.state + (inst.state_reason ? " — " + inst.state_reason : "")],
       ["Type", `${inst.type} (${inst.vcpus} vCPU, ${mib(inst.memory_mib)})`], ["Image", inst.image], ["Tenant", inst.tenant],
       ["CPU policy", inst.cpu_policy], ["Memory dedup", inst.memory_dedup ? "on" : "off"], ["Key pair", inst.key_pair],
+      ["Display", inst.display ? inst.display + " (the Screen tab)" : null],
       ["VMM pid", me.admin ? inst.pid : null], ["Created", when(inst.created_at)], ["Launched", when(inst.launched_at)],
     ]),
     h("h2", {}, "Network interfaces"),
@@ -141,6 +143,33 @@ function consoleTab(body, id, inst) {
     return lines.join("\n");
   };
   return () => { window.removeEventListener("resize", resize); ws.close(); term.dispose(); };
+}
+
+// The instance's screen: noVNC (Debian's, as ES modules) over a one-time WebSocket URL from kumod.
+function screenTab(body, id, inst) {
+  const box = h("div", { class: "screen", id: "screen" });
+  const status = h("span", { class: "note", "aria-live": "polite" });
+  body.replaceChildren(h("div", { class: "filters" }, status, h("span", { class: "note" }, "The instance's screen over VNC: click it, then type.")), box);
+  if (inst && !inst.display) { status.textContent = "This instance has no display (create one with a display, e.g. 1024x768)."; return () => {}; }
+  if (inst && inst.state !== "running") { status.textContent = `The instance is ${inst.state}: its screen is there while it runs.`; return () => {}; }
+  let rfb = null, stopped = false;
+  (async () => {
+    try {
+      const { default: RFB } = await import("/ui/novnc/core/rfb.js");
+      const t = await api.post(`/v1/instances/${encodeURIComponent(id)}/vnc`);
+      if (stopped) return;
+      const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+      status.textContent = "connecting";
+      rfb = new RFB(box, scheme + "//" + location.host + t.url);
+      rfb.scaleViewport = true;
+      rfb.addEventListener("connect", () => { status.textContent = "connected"; rfb.focus(); });
+      rfb.addEventListener("disconnect", (e) => { status.textContent = "disconnected" + (e.detail && e.detail.clean ? "" : " (the connection was lost)"); });
+      window.kumoScreen = rfb;
+    } catch (e) {
+      showError(e);
+    }
+  })();
+  return () => { stopped = true; if (rfb) rfb.disconnect(); window.kumoScreen = null; };
 }
 
 function cpusTab(body, id, inst) {
