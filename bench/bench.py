@@ -289,6 +289,27 @@ try:
 except (subprocess.SubprocessError, KeyError, ValueError, IndexError) as e:
     row("network benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
 
+# The VNC server: bytes and CPU per full screen and per one-line scroll, idle CPU (issue 18; bench/vnc_bench.py).
+try:
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, os.path.join(here, "vnc_bench.py"), "--vmm", args.vmm, "--work", args.work,
+                          "--source", os.path.join(here, "..", "Tests", "guests", "display.S")],
+                         capture_output=True, text=True, timeout=900, check=True).stdout
+    v = json.loads(out.splitlines()[-1])
+    k, r, size = v["kumo"], v["raw"], f"{v['width']}x{v['height']}"
+    row(f"VNC full-screen update, {size} (bytes)", f"{k['full_bytes']:.0f}", f"{r['full_bytes']:.0f} (Raw only)",
+        f"{k['full_bytes'] / r['full_bytes']:.3f}", "<= 0.10", "Hextile; the first picture and repaints with a dot pattern as dense as text")
+    row(f"VNC full-screen update, {size} (VNC thread CPU, us)", f"{k['full_cpu_us']:.0f}", f"{r['full_cpu_us']:.0f} (Raw only)",
+        f"{k['full_cpu_us'] / r['full_cpu_us']:.2f}", "", "dirty log, compare, encode")
+    row(f"VNC one-line scroll, {size} (bytes)", f"{k['scroll_bytes']:.0f}", f"{r['scroll_bytes']:.0f} (Raw only)",
+        f"{k['scroll_bytes'] / r['scroll_bytes']:.5f}", "<= 0.01", "a CopyRect and the new line" if k["scroll_copyrect"] else "no CopyRect found")
+    row(f"VNC one-line scroll, {size} (VNC thread CPU, us)", f"{k['scroll_cpu_us']:.0f}", f"{r['scroll_cpu_us']:.0f} (Raw only)",
+        f"{k['scroll_cpu_us'] / r['scroll_cpu_us']:.2f}", "", "the scroll found by row votes, checked with memcmp")
+    row("VNC idle screen, a viewer waiting for an update (VNC thread CPU, % of a CPU)", f"{v['idle_viewer_cpu_percent']:.3f}",
+        f"{v['idle_alone_cpu_percent']:.3f} (no viewer)", "", "<= 0.5", "a dirty-log read every 33 ms, nothing sent")
+except (subprocess.SubprocessError, KeyError, ValueError, IndexError) as e:
+    row("VNC benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
+
 # KSM saving with 4 identical idle guests (issue 5; bench/ksm_bench.py).
 try:
     out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ksm_bench.py"),

@@ -7,7 +7,7 @@ work=$(mktemp -d /tmp/kumo-bench.XXXXXX)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$work"' EXIT
 log() { echo "bench: $*" >&2; }
 . "$here/scripts/apt.sh"
-need_tools qemu-system-x86_64:qemu-system-x86 cc:gcc
+need_tools qemu-system-x86_64:qemu-system-x86 cc:gcc as:binutils ld:binutils
 "$here/scripts/swift-release.sh" kumo-bench >/dev/null
 swift build -c release --product kumod --package-path "$here" >/dev/null
 # Freshly linked binaries sit in dirty page-cache pages, which smaps counts as Private_Dirty: flush first.

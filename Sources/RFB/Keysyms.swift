@@ -1,6 +1,7 @@
 // X11 keysyms (what RFB's KeyEvent carries) to PC keyboard scan codes, set 1 (what an i8042 that translates,
-// as Linux leaves it, delivers): a US layout. Shifted characters map to their unshifted key (the client
-// sends the Shift key's own events). Keys outside the table are dropped.
+// as Linux leaves it, delivers): a US layout. Shifted characters map to their unshifted key; whether Shift
+// must be down for them is `shifted` (KeyboardState adds it when the viewer did not). Keys outside the
+// table are dropped.
 
 public struct ScanCode: Sendable, Equatable {
     /// The make code; `extended` keys are preceded by 0xE0.
@@ -15,6 +16,11 @@ public struct ScanCode: Sendable, Equatable {
 }
 
 public enum Keysyms {
+    static let shiftedCharacters = Set("!@#$%^&*()_+QWERTYUIOP{}ASDFGHJKL:\"~|ZXCVBNM<>?".unicodeScalars.map(\.value))
+
+    /// Whether the character needs Shift on a US keyboard.
+    public static func shifted(_ keysym: UInt32) -> Bool { shiftedCharacters.contains(keysym) }
+
     static let printable: [Character: UInt8] = {
         var m: [Character: UInt8] = [:]
         let rows: [(String, String, UInt8)] = [

@@ -27,12 +27,17 @@ public final class VNCServer: @unchecked Sendable {
     public static let maxBacklog = 16 << 20
     public static let maxViewers = 8
     public let sent = Atomic<UInt64>(0)
+    /// Set by `attach`: the next look compares every line (a new boot's dirty log knows nothing of the last).
+    let recheck = Atomic<Bool>(true)
 
     final class Viewer {
         let fd: OwnedFD
         var session: RFBSession
         var wants: Rect? = nil  // an outstanding update request
         var pending: [Rect] = []
+        /// A scroll to send first, as a CopyRect: only while the viewer shows exactly the old picture.
+        var copy: Scroll? = nil
+        var keys = KeyboardState()
         var out: [UInt8] = []
         init(fd: OwnedFD, session: RFBSession) { self.fd = fd; self.session = session }
     }
@@ -59,6 +64,7 @@ public final class VNCServer: @unchecked Sendable {
     /// The boot that now draws into the framebuffer and takes keys (nil: none, between boots).
     public func attach(_ machine: Machine?) {
         attached.withLock { a in a = machine.flatMap { m in m.framebuffer.map { ($0, m.keyboard) } } }
+        recheck.store(true, ordering: .releasing)
     }
 
     public func start() throws(SysError) {
@@ -95,6 +101,10 @@ public final class VNCServer: @unchecked Sendable {
                 if r & Int16(POLLIN | POLLHUP | POLLERR) != 0, !receive(v) { gone.append(ObjectIdentifier(v)); continue }
                 if r & Int16(POLLOUT) != 0, !flush(v) { gone.append(ObjectIdentifier(v)) }
             }
+            for v in viewers where gone.contains(ObjectIdentifier(v)) {
+                let bytes = v.keys.releaseAll()
+                if !bytes.isEmpty, let k = attached.withLock({ $0?.keyboard }) { _ = k.keyboardSends(bytes) }
+            }
             viewers.removeAll { gone.contains(ObjectIdentifier($0)) }
             if viewers.contains(where: { $0.wants != nil }) { update() }
         }
@@ -130,7 +140,8 @@ public final class VNCServer: @unchecked Sendable {
                     v.wants = r
                     if !incremental && !r.isEmpty { v.pending = [r] }
                 case let .key(down, keysym):
-                    if let code = Keysyms.scanCode(keysym), let k = attached.withLock({ $0?.keyboard }) { k.keyboardSends(code.bytes(down: down)) }
+                    let bytes = v.keys.event(down: down, keysym: keysym)
+                    if !bytes.isEmpty, let k = attached.withLock({ $0?.keyboard }) { k.keyboardSends(bytes) }
                 case .setPixelFormat: v.pending = [full]
                 default: break
                 }
@@ -151,29 +162,61 @@ public final class VNCServer: @unchecked Sendable {
     }
 
     /// What changed since the last look goes to every viewer's list; the viewers that asked get theirs.
+    /// Viewers are sent the shadow, never the live framebuffer: what a viewer shows is then always a
+    /// picture the shadow once was, which a CopyRect of the shadow's rows relies on.
     func update() {
-        if let lines = attached.withLock({ $0?.framebuffer })?.dirtyLines() {
+        var lines = attached.withLock({ $0?.framebuffer })?.dirtyLines()
+        if recheck.exchange(false, ordering: .acquiringAndReleasing) { lines = 0..<memory.mode.height }  // a new boot: its log starts empty
+        if let lines {
+            let scroll = Encoder.scroll(screen, shadow: shadow, rows: lines)
+            if let scroll { Encoder.apply(scroll, to: shadow, stride: memory.mode.stride) }
             let changed = Encoder.changes(screen, shadow: shadow, rows: lines)
-            if !changed.isEmpty {
-                for v in viewers where !v.pending.contains(full) {
-                    v.pending += changed
-                    // Past a point the whole screen is cheaper to describe than its pieces.
-                    if v.pending.count > 256 { v.pending = [full] }
+            for v in viewers where !v.pending.contains(full) {
+                if let scroll {
+                    if v.pending.isEmpty && v.copy == nil {
+                        v.copy = scroll
+                    } else {
+                        v.pending.append(Rect(x: 0, y: scroll.rows.lowerBound, width: memory.mode.width, height: scroll.rows.count))
+                    }
+                }
+                v.pending += changed
+                // Past a point the whole screen is cheaper to describe than its pieces.
+                if v.pending.count > 256 {
+                    v.pending = [full]
+                    v.copy = nil
                 }
             }
         }
+        let picture = Screen(base: UnsafeRawPointer(shadow), width: memory.mode.width, height: memory.mode.height, stride: memory.mode.stride)
         for v in viewers where v.out.isEmpty {
-            guard let wanted = v.wants, !v.pending.isEmpty else { continue }
-            let rects = v.pending.map { r -> Rect in
+            guard let wanted = v.wants, !v.pending.isEmpty || v.copy != nil else { continue }
+            if let c = v.copy,
+                wanted.y > min(c.rows.lowerBound, c.source.lowerBound) || wanted.y + wanted.height < max(c.rows.upperBound, c.source.upperBound) || wanted.x > 0
+                    || wanted.width < memory.mode.width
+            {
+                // A viewer that asked for part of the screen gets the rows, not a copy from outside its part.
+                v.pending.append(Rect(x: 0, y: c.rows.lowerBound, width: memory.mode.width, height: c.rows.count))
+                v.copy = nil
+            }
+            var rects = v.pending.map { r -> Rect in
                 let x0 = max(r.x, wanted.x), y0 = max(r.y, wanted.y)
                 return Rect(x: x0, y: y0, width: min(r.x + r.width, wanted.x + wanted.width) - x0, height: min(r.y + r.height, wanted.y + wanted.height) - y0)
             }.filter { !$0.isEmpty }
             v.pending.removeAll()
-            guard !rects.isEmpty else { continue }
+            let copy = v.session.encodings.contains(Encoding.copyRect) ? v.copy : nil
+            if let c = v.copy, copy == nil {
+                rects.append(Rect(x: 0, y: c.rows.lowerBound, width: memory.mode.width, height: c.rows.count))
+            }
+            v.copy = nil
+            guard !rects.isEmpty || copy != nil else { continue }
             let hextile = v.session.encodings.contains(Encoding.hextile)
-            var b = Encoder.updateHeader(rectangles: rects.count)
+            var b = Encoder.updateHeader(rectangles: rects.count + (copy == nil ? 0 : 1))
+            if let c = copy {
+                Encoder.copyRect(
+                    Rect(x: 0, y: c.rows.lowerBound, width: memory.mode.width, height: c.rows.count), fromX: 0, fromY: c.source.lowerBound, into: &b)
+            }
             for r in rects {
-                if hextile { Encoder.hextile(screen, r, v.session.format, into: &b) } else { Encoder.raw(screen, r, v.session.format, into: &b) }
+                if hextile { Encoder.hextile(picture, r, v.session.format, into: &b) } else { Encoder.raw(picture, r, v.session.format, into: &b) }
             }
             v.out = b
             v.wants = nil

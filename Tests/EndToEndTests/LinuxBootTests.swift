@@ -175,16 +175,52 @@ struct LinuxBootTests {
     /// that follows, by the kernel's default way (no reboot=): on hardware-reduced ACPI it asks EFI
     /// (absent), then jumps to the real-mode reset vector, whose stub resets the VM; the guest comes up a
     /// second time ("Linux version" again, from earlyprintk). On hosts where userspace runs, init powers off.
+    /// It has a display (through the 64-bit boot protocol): its own efifb and framebuffer console show the
+    /// boot log, which a VNC viewer reads off the pixels (issue 18).
     @Test(.timeLimit(.minutes(40)))
     func stockDebianKernelBootsWithTwoCPUs() throws {
         let k = E2E.guest.appendingPathComponent("stock/vmlinux").path
         let initrd = E2E.guest.appendingPathComponent("initramfs/initramfs.cpio").path
         try #require(FileManager.default.fileExists(atPath: k) && FileManager.default.fileExists(atPath: initrd), "run `make guest`")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-stock-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
         let vm = try E2E.VMMProcess([
-            "--kernel", k, "--initrd", initrd, "--vcpus", "2", "--memory", "512",
-            "--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
+            "--kernel", k, "--initrd", initrd, "--vcpus", "2", "--memory", "512", "--display", "640x480", "--vnc-socket", "\(dir)/vnc.sock",
+            "--cmdline", "console=tty0 console=ttyS0 earlyprintk=serial,ttyS0 panic=-1",
         ])
+        // The screen (issue 18): efifb and the framebuffer console with no module or agent; the boot log
+        // on it, read over VNC, grows.
+        let onScreen = vm.waitFor("Console: switching to colour frame buffer device 80x30", timeout: 2100)
+        let viewer = onScreen ? try RFBClient(path: "\(dir)/vnc.sock") : nil
+        var firstScreen: [UInt32] = []
+        if let viewer {
+            try viewer.request(incremental: false)
+            try viewer.readUpdate()
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline, !viewer.pixels.contains(where: { $0 != 0 }) {
+                try viewer.request(incremental: true)
+                if !viewer.quiet(for: 5) { try viewer.readUpdate() }
+            }
+            firstScreen = viewer.pixels
+        }
         let reached = vm.waitFor("Run /init as init process", timeout: 2100)
+        var screen: [String] = []
+        if let viewer, reached {
+            // fbcon draws the line just after the serial port prints it.
+            let font = try ConsoleFont.kernel()
+            let deadline = Date().addingTimeInterval(60)
+            try viewer.request(incremental: true)
+            while Date() < deadline, !screen.contains(where: { $0.hasSuffix("] Run /init as init process") }) {
+                if viewer.quiet(for: 1) { continue }
+                try viewer.readUpdate()
+                screen = font.lines(viewer.pixels, width: viewer.width, height: viewer.height)
+                try viewer.request(incremental: true)
+            }
+            let artifacts = E2E.root.appendingPathComponent(".build/test-artifacts")
+            try? FileManager.default.createDirectory(at: artifacts, withIntermediateDirectories: true)
+            try? viewer.ppm.write(to: artifacts.appendingPathComponent("stock-kernel-screen.ppm"))
+        }
         var again = false
         if reached && E2E.host.emulatesGuestKernel {
             let deadline = Date().addingTimeInterval(300)
@@ -197,6 +233,12 @@ struct LinuxBootTests {
         }
         let console = vm.console
         let status = vm.terminate()
+        #expect(onScreen, "efifb and fbcon did not take the screen; console tail:\n\(console.suffix(2000))")
+        #expect(firstScreen.contains { $0 != 0 }, "the screen is not blank once the console is on it")
+        #expect(viewer.map { $0.pixels != firstScreen } ?? false, "the screen changed as the log grew")
+        #expect(
+            screen.contains { $0.hasSuffix("] Run /init as init process") }, "the log on the screen, as read off its pixels:\n\(screen.joined(separator: "\n"))"
+        )
         #expect(reached, "no \"Run /init\"; console tail:\n\(console.suffix(3000))\nstderr:\n\(vm.stderrText)")
         #expect(console.contains("-cloud-amd64"))
         #expect(console.contains("smp: Brought up 1 node, 2 CPUs"))

@@ -7,7 +7,8 @@ import SystemKit
 /// The display (issue 18): kumo-vmm with `--display` boots a tiny guest (Tests/guests/display.S) that finds
 /// the framebuffer in screen_info, paints it and draws a square per key it reads from the i8042. A viewer
 /// written from RFC 6143 (TestSupport.RFBClient) sees the picture, types keys the guest reads, gets only
-/// the tiles that changed, and nothing while the screen is idle; two viewers at once; bad flags refused.
+/// the tiles that changed, a scroll as a CopyRect, and nothing while the screen is idle; several viewers at
+/// once; bad flags refused.
 @Suite(.serialized, .ownThreads, .enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
 struct DisplayTests {
     static func guest() throws -> String {
@@ -91,6 +92,39 @@ struct DisplayTests {
             try a.ppm.write(to: URL(fileURLWithPath: "\(dir)/typed.ppm"))
             try b.request(incremental: true)
             try b.readUpdate()
+            // A scroll ('s': the screen up 16 rows, a new line at the bottom): a viewer that takes CopyRect
+            // gets it as one and only the new line's tiles; one that does not gets the rows. Both then
+            // show what a new viewer's full picture shows. The same after 'f' repaints everything.
+            let plain = try RFBClient(path: vnc)
+            try plain.setEncodings([5, 0])
+            try plain.request(incremental: false)
+            try plain.readUpdate()
+            try a.type("s")
+            seen.append(Self.waitFor(log, "key 9f"))
+            let bytes0 = a.updateBytes, plainBytes0 = plain.updateBytes
+            try a.request(incremental: true)
+            let scrolled = try a.readUpdate()
+            try plain.request(incremental: true)
+            let plainScrolled = try plain.readUpdate()
+            #expect(scrolled.first.map { $0.encoding == 1 && $0.y == 0 && $0.h == 464 } == true, "the scroll, as a CopyRect first: \(scrolled)")
+            #expect(scrolled.dropFirst().allSatisfy { $0.y >= 464 }, "then only the new line: \(scrolled)")
+            #expect(!plainScrolled.contains { $0.encoding == 1 }, "no CopyRect to a viewer that did not ask for it")
+            #expect(a.updateBytes - bytes0 < 640 * 16 * 4 / 8, "a scroll costs its new line: \(a.updateBytes - bytes0) bytes")
+            #expect(plain.updateBytes - plainBytes0 > a.updateBytes - bytes0)
+            var fresh = try RFBClient(path: vnc)
+            try fresh.request(incremental: false)
+            try fresh.readUpdate()
+            #expect(a.pixels == fresh.pixels && plain.pixels == fresh.pixels, "after the scroll the viewers show the screen")
+            #expect(a.pixels[(464 + 8) * 640 + 4] == 0x00FF_FFFF && a.pixels[(120 - 16) * 640 + 150] == 0x00FF_FFFF, "moved up, a new line")
+            try a.type("f")
+            seen.append(Self.waitFor(log, "key a1"))
+            try a.request(incremental: true)
+            try a.readUpdate()
+            fresh = try RFBClient(path: vnc)
+            try fresh.request(incremental: false)
+            try fresh.readUpdate()
+            let dots = (0..<640).filter { a.pixels[300 * 640 + $0] == 0x00FF_FFFF }.count
+            #expect(a.pixels == fresh.pixels && dots == 80, "repainted: \(dots) dots on row 300")
             // A viewer that breaks the protocol is dropped, and the others are not.
             let bad = try RFBClient(path: vnc)
             try bad.write([9])

@@ -9,7 +9,8 @@ import TestSupport
 /// Tests/web/console_test.py logs in as a tenant, creates an instance of the echo guest, sees it run, types
 /// into its serial console and reads the answer, sees its charts get points, stops it; sees an instance's
 /// screen in noVNC and types on it (the display guest draws a square per key); types `echo` into a
-/// busybox shell on the Kumo test kernel; checks a phone's width, keyboard navigation and how often an idle
+/// busybox shell on the Kumo test kernel, on its serial console and (through noVNC and a VNC viewer) on its
+/// screen's tty1; checks a phone's width, keyboard navigation and how often an idle
 /// page asks kumod. Screenshots in .build/test-artifacts/web-console.
 @Suite(.ownThreads, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm") && getuid() == 0, "needs /dev/kvm and root"))
 struct WebConsoleTests {
@@ -48,11 +49,15 @@ struct WebConsoleTests {
         try FileManager.default.copyItem(atPath: vmlinux, toPath: k.images.appendingPathComponent("vmlinux").path)
         try FileManager.default.copyItem(atPath: initrd, toPath: k.images.appendingPathComponent("initramfs.cpio").path)
         _ = try ok(["type", "create", "shell", "--vcpus", "1", "--memory-mib", "256"])
-        _ = try ok(["image", "register", "busybox", "--kernel", "vmlinux", "--initrd", "initramfs.cpio", "--cmdline", "console=ttyS0 panic=-1 kumo.shell"])
+        _ = try ok([
+            "image", "register", "busybox", "--kernel", "vmlinux", "--initrd", "initramfs.cpio", "--cmdline", "console=ttyS0 panic=-1 kumo.shell kumo.tty1",
+        ])
         let shell = try #require(
             try JSONDecoder().decode(
                 RunInstancesResponse.self,
-                from: Data(try ok(["instance", "run", "--type", "shell", "--image", "busybox", "--name", "shell", "--output", "json"], token).utf8)
+                from: Data(
+                    try ok(["instance", "run", "--type", "shell", "--image", "busybox", "--name", "shell", "--display", "640x480", "--output", "json"], token)
+                        .utf8)
             ).instances.first?.id)
         let log = k.dir.appendingPathComponent("instances/\(shell)/console.log")
         let deadline = Date().addingTimeInterval(600)
@@ -81,5 +86,36 @@ struct WebConsoleTests {
         #expect(run.0 == 0, "console_test.py: \(run.1.suffix(3000))")
         let shots = (try? FileManager.default.contentsOfDirectory(atPath: artifacts.path)) ?? []
         #expect(shots.filter { $0.hasSuffix(".png") }.count >= 9, "screenshots: \(shots)")
+        if shellUp { try typeOnTheLinuxScreen(k, instance: shell, token: token, artifacts: artifacts) }
+    }
+
+    /// Issue 18, point 5: busybox on the Kumo test kernel's tty1 takes keys typed over VNC (a desktop
+    /// viewer on `kumo instance vnc --listen`), and the shell's answer appears on the screen: read off the
+    /// pixels with the kernel's console font.
+    func typeOnTheLinuxScreen(_ k: CLITests.Kumod, instance: String, token: String, artifacts: URL) throws {
+        let font = try ConsoleFont.kernel()
+        let port = Int.random(in: 30000..<60000)
+        let proxy = CLITests.kumoProcess(
+            ["instance", "vnc", instance, "--listen", "\(port)", "--viewers", "1"], endpoint: "http://127.0.0.1:\(k.port)", token: token)
+        proxy.standardError = FileHandle.nullDevice
+        try proxy.run()
+        defer { if proxy.isRunning { proxy.terminate() } }
+        let viewer = try RFBClient(port: port, timeoutSeconds: 30)
+        try viewer.request(incremental: false)
+        try viewer.readUpdate()
+        try viewer.type("echo kumo-$((6*7))\n")
+        var lines: [String] = []
+        let deadline = Date().addingTimeInterval(120)
+        try viewer.request(incremental: true)
+        while Date() < deadline, !lines.contains("kumo-42") {
+            if viewer.quiet(for: 1) { continue }  // the request stands until the screen changes
+            try viewer.readUpdate()
+            lines = font.lines(viewer.pixels, width: viewer.width, height: viewer.height)
+            try viewer.request(incremental: true)
+        }
+        try? viewer.ppm.write(to: artifacts.appendingPathComponent("busybox-tty1.ppm"))
+        let text = lines.filter { !$0.isEmpty }.joined(separator: "\n")
+        #expect(lines.contains("kumo-42"), "the shell's answer on the screen; it reads:\n\(text)")
+        #expect(lines.contains { $0.hasSuffix("# echo kumo-$((6*7))") }, "the typed line echoed on the screen; it reads:\n\(text)")
     }
 }

@@ -67,12 +67,19 @@ public final class RFBClient {
         height = Int(head[2]) << 8 | Int(head[3])
         name = String(decoding: try read(Int(Self.u32(head, 20))), as: UTF8.self)
         pixels = Array(repeating: 0, count: width * height)
-        // noVNC's pixel format, then the encodings: Hextile first, Raw.
+        // noVNC's pixel format, then the encodings: Hextile first, CopyRect, Raw.
         try write([0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 0, 8, 16, 0, 0, 0])
-        try write([2, 0, 0, 2, 0, 0, 0, 5, 0, 0, 0, 0])
+        try setEncodings([5, 1, 0])
     }
 
     deinit { close(fd) }
+
+    /// SetEncodings: the encodings this viewer takes, the preferred first.
+    public func setEncodings(_ list: [Int32]) throws {
+        var m: [UInt8] = [2, 0, 0, UInt8(list.count)]
+        for e in list { m += [24, 16, 8, 0].map { UInt8(truncatingIfNeeded: UInt32(bitPattern: e) >> $0) } }
+        try write(m)
+    }
 
     static func u32(_ b: [UInt8], _ i: Int) -> UInt32 { UInt32(b[i]) << 24 | UInt32(b[i + 1]) << 16 | UInt32(b[i + 2]) << 8 | UInt32(b[i + 3]) }
 
@@ -137,6 +144,13 @@ public final class RFBClient {
                 let b = try read(w * h * 4)
                 updateBytes += b.count
                 for j in 0..<h { for i in 0..<w { pixels[(y + j) * width + x + i] = Self.pixel(b, (j * w + i) * 4) } }
+            case 1:
+                let s = try read(4)
+                updateBytes += 4
+                let sx = Int(s[0]) << 8 | Int(s[1]), sy = Int(s[2]) << 8 | Int(s[3])
+                guard sx + w <= width, sy + h <= height else { throw Failure("a CopyRect from outside the screen") }
+                let from = pixels
+                for j in 0..<h { for i in 0..<w { pixels[(y + j) * width + x + i] = from[(sy + j) * width + sx + i] } }
             case 5: try hextile(x, y, w, h)
             default: throw Failure("encoding \(enc)")
             }

@@ -180,4 +180,67 @@ import Testing
         #expect(Keysyms.scanCode(0xFFBE) == ScanCode(0x3B) && Keysyms.scanCode(0xFFC9) == ScanCode(0x58), "F1, F12")
         #expect(Keysyms.scanCode(0x20AC) == nil, "€: not on a US keyboard")
     }
+
+    /// A shifted character sent without Shift (as Selenium's and many browsers' synthesized keys are) gets
+    /// a Shift of the server's around it; with the viewer's own Shift down, none is added; keys left down
+    /// when a viewer goes are released.
+    @Test func shiftIsAddedWhereTheViewerLeftItOut() {
+        var k = KeyboardState()
+        #expect(k.event(down: true, keysym: 0x3E) == [0x2A, 0x34], "'>' alone: Shift, then the '.' key")
+        #expect(k.event(down: true, keysym: 0x3E) == [0x34], "auto-repeat: the key again, Shift is still down")
+        #expect(k.event(down: false, keysym: 0x3E) == [0xB4, 0xAA])
+        #expect(k.event(down: true, keysym: 0xFFE1) == [0x2A])
+        #expect(k.event(down: true, keysym: 0x41) == [0x1E], "'A' with the viewer's Shift down")
+        #expect(k.event(down: false, keysym: 0x41) == [0x9E])
+        #expect(k.event(down: false, keysym: 0xFFE1) == [0xAA])
+        #expect(k.event(down: true, keysym: 0x61) == [0x1E] && k.event(down: false, keysym: 0x61) == [0x9E], "'a': no Shift")
+        #expect(k.event(down: false, keysym: 0x62) == [], "a release of a key never pressed sends nothing")
+        #expect(k.event(down: true, keysym: 0x20AC) == [], "outside the layout")
+        _ = k.event(down: true, keysym: 0xFFE3)
+        _ = k.event(down: true, keysym: 0x24)
+        #expect(k.releaseAll() == [0x85, 0xAA, 0x9D], "'$' (with our Shift) and Ctrl released")
+        #expect(k.releaseAll() == [])
+    }
+
+    /// A text-like picture: 16-row "lines" (lines 13 apart look alike), each row of a line its own, the
+    /// last rows of each blank.
+    static func textScreen(_ w: Int, _ h: Int, first: Int) -> [UInt32] {
+        (0..<(w * h)).map { i in
+            let x = i % w, y = i / w, line = first + y / 16
+            return (x * (y % 16 + 1) + line * 7) % 13 < 3 && y % 16 < 12 ? 0x00AA_AAAA : 0
+        }
+    }
+
+    @Test func aScrollIsFoundAndItsCopyMakesTheOldPictureTheNew() {
+        let w = 128, h = 96
+        var old = Self.textScreen(w, h, first: 0)
+        // One line up, a new line at the bottom: rows 0..<80 show what rows 16..<96 showed.
+        var now = Array(old[(16 * w)...]) + Self.textScreen(w, 16, first: 40)
+        now.withUnsafeMutableBytes { cur in
+            old.withUnsafeMutableBytes { sh in
+                let s = Screen(base: cur.baseAddress!, width: w, height: h, stride: w * 4)
+                let scroll = Encoder.scroll(s, shadow: sh.baseAddress!, rows: 0..<h)
+                #expect(scroll == Scroll(rows: 0..<80, by: 16), "\(String(describing: scroll))")
+                #expect(Encoder.scroll(s, shadow: sh.baseAddress!, rows: 0..<16) == nil, "too few rows to tell")
+                if let scroll { Encoder.apply(scroll, to: sh.baseAddress!, stride: w * 4) }
+                #expect(Encoder.changes(s, shadow: sh.baseAddress!, rows: 0..<h) == [Rect(x: 0, y: 80, width: w, height: 16)], "then only the new line")
+                #expect(Encoder.scroll(s, shadow: sh.baseAddress!, rows: 0..<h) == nil, "nothing moved any more")
+            }
+        }
+        // Down by 32 (a pager going back), and a picture that only changed in place: no scroll.
+        old = Self.textScreen(w, h, first: 0)
+        now = Self.textScreen(w, 32, first: 90) + Array(old[..<(64 * w)])
+        now.withUnsafeMutableBytes { cur in
+            old.withUnsafeMutableBytes { sh in
+                let s = Screen(base: cur.baseAddress!, width: w, height: h, stride: w * 4)
+                #expect(Encoder.scroll(s, shadow: sh.baseAddress!, rows: 0..<h) == Scroll(rows: 32..<96, by: -32))
+            }
+        }
+        now = Self.textScreen(w, h, first: 100)
+        now.withUnsafeMutableBytes { cur in
+            old.withUnsafeMutableBytes { sh in
+                #expect(Encoder.scroll(Screen(base: cur.baseAddress!, width: w, height: h, stride: w * 4), shadow: sh.baseAddress!, rows: 0..<h) == nil)
+            }
+        }
+    }
 }

@@ -2,7 +2,9 @@
  * boot_params). It reads screen_info as Linux would (VIDEO_TYPE_EFI, base, size, line length), paints the
  * framebuffer dark blue with a white 200x50 bar at (100, 100), says so on COM1, then polls the i8042: each
  * scan code it reads is printed ("key 1e") and each key press draws a 16x16 green square in a row at
- * y = 200, one further right each time. The ACPI power button powers it off. Interrupts stay off.
+ * y = 200, one further right each time; 's' instead scrolls the screen up 16 rows and draws a new
+ * line (a bar) at the bottom, and 'f' repaints all of it (a pattern of dots). The ACPI power button powers
+ * it off. Interrupts stay off.
  * Build: as --64, ld -m elf_x86_64. */
     .text
     .code64
@@ -68,6 +70,10 @@ loop:
     call putc
     test $0x80, %r12b               /* a release, or the 0xe0 prefix: nothing to draw */
     jnz loop
+    cmp $0x1f, %r12b                /* 's': scroll up a 16-row line, as a text console does */
+    je scroll
+    cmp $0x21, %r12b                /* 'f': paint the whole screen anew */
+    je repaint
     /* A 16x16 green square at (16 * presses, 200). */
     mov $200, %ecx
 5:  mov %rcx, %rax
@@ -84,6 +90,58 @@ loop:
     cmp $216, %ecx
     jb 5b
     inc %r13d
+    jmp loop
+scroll:
+    mov %r14, %rdi
+    mov %r10, %rax
+    shl $4, %rax
+    lea (%r14,%rax), %rsi           /* from row 16 to row 0 */
+    lea -16(%r9), %rcx
+    imul %r10, %rcx
+    shr $3, %rcx
+    cld
+    rep movsq                       /* %rdi: row height - 16 */
+    inc %r13d
+    mov %r13d, %eax                 /* the new line: a white bar 8 * (presses % 64 + 1) wide */
+    and $63, %eax
+    inc %eax
+    shl $3, %eax
+    xor %ecx, %ecx                  /* y in the line */
+10: xor %ebx, %ebx
+11: mov $0x000000aa, %edx
+    cmp %eax, %ebx
+    jae 12f
+    mov $0x00ffffff, %edx
+12: mov %edx, (%rdi,%rbx,4)
+    inc %ebx
+    cmp %r8d, %ebx
+    jb 11b
+    add %r10, %rdi
+    inc %ecx
+    cmp $16, %ecx
+    jb 10b
+    jmp loop
+repaint:
+    inc %r13d                       /* white where ((x ^ y) + presses) % 8 == 0, else dark blue */
+    xor %ecx, %ecx
+13: mov %rcx, %rax
+    imul %r10, %rax
+    lea (%r14,%rax), %rdi
+    xor %ebx, %ebx
+14: mov %ebx, %eax
+    xor %ecx, %eax
+    add %r13d, %eax
+    mov $0x000000aa, %edx
+    test $7, %eax
+    jnz 15f
+    mov $0x00ffffff, %edx
+15: mov %edx, (%rdi,%rbx,4)
+    inc %ebx
+    cmp %r8d, %ebx
+    jb 14b
+    inc %ecx
+    cmp %r9d, %ecx
+    jb 13b
     jmp loop
 off:
     lea bye(%rip), %rsi

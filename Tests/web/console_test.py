@@ -196,6 +196,34 @@ def main():
                 check(False, "a busybox shell answers", (js("return window.kumoConsoleText()") or "")[-800:])
             shot("07-busybox-shell-console")
 
+            # The same guest's screen: the framebuffer console, where init started a shell on tty1
+            # (kumo.tty1). A line typed there in noVNC runs: the serial shell reads what it wrote.
+            driver.find_element(By.XPATH, "//button[@role='tab' and text()='Screen']").click()
+            try:
+                WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
+                check(True, "noVNC connects to the busybox guest's screen")
+                lit = lambda: js("var c = document.querySelector('#screen canvas'); if (!c || !c.width) return 0;"
+                                 "var d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, n = 0;"
+                                 "for (var i = 0; i < d.length; i += 4) if (d[i] | d[i + 1] | d[i + 2]) n++; return n")
+                driver.find_element(By.CSS_SELECTOR, "#screen canvas").click()
+                ActionChains(driver).send_keys(Keys.ENTER).perform()
+                WebDriverWait(driver, 60).until(lambda d: lit() > 50)
+                check(True, "the screen shows the Linux framebuffer console")
+                ActionChains(driver).send_keys("echo typed on the screen > /tmp/screen.txt" + Keys.ENTER).perform()
+                time.sleep(5)
+                shot("07-busybox-screen")
+            except TimeoutException:
+                check(False, "the busybox guest's screen shows its console", error_text())
+            driver.find_element(By.XPATH, "//button[@role='tab' and text()='Console']").click()
+            wait.until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
+            box = driver.find_element(By.CSS_SELECTOR, "#terminal textarea")
+            box.send_keys("cat /tmp/screen.txt" + Keys.ENTER)
+            try:
+                WebDriverWait(driver, 120).until(lambda d: any(l.strip() == "typed on the screen" for l in (js("return window.kumoConsoleText()") or "").split("\n")))
+                check(True, "keys typed in noVNC ran a command in the tty1 shell")
+            except TimeoutException:
+                check(False, "keys typed in noVNC run a command in the tty1 shell", (js("return window.kumoConsoleText()") or "")[-800:])
+
         # Idle: the instances page asks at most about once a second.
         driver.get(a.url + "/ui/#/instances")
         wait.until(EC.presence_of_element_located((By.XPATH, "//h1[text()='Instances']")))
