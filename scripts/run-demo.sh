@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make run: kumod on SQLite under a data directory, the demo image (a kernel + the busybox initramfs, built
-# from Debian packages) registered, one kumo.small instance running, its console attached. The kernel is
+# from Debian packages) registered, one kumo.small instance with a screen running, its console attached. The kernel is
 # Debian's stock cloud kernel, except on kvm_pvm hosts, where only the Kumo test kernel runs guest
 # userspace (docs/NESTED.md).
 #   scripts/run-demo.sh VMM GUEST_DIR BIN_DIR
@@ -48,7 +48,7 @@ if [ -z "$image_id" ]; then
   install -m 600 "$kernel" "$data/images/$image.vmlinux"
   install -m 600 "$guest/initramfs/initramfs.cpio" "$data/images/$image.initramfs.cpio"
   image_id=$(kumo image register "$image" --kernel "$image.vmlinux" --initrd "$image.initramfs.cpio" \
-    --cmdline "console=ttyS0 reboot=k panic=0 kumo.scenario=report kumo.shell" --output json | json "print(d['id'])")
+    --cmdline "console=tty0 console=ttyS0 reboot=k panic=0 kumo.scenario=report kumo.shell kumo.tty1" --output json | json "print(d['id'])")
   say "registered image $image ($what)"
 fi
 
@@ -64,9 +64,10 @@ fi
 id=$(kumo instance list --name demo --state running --state starting --state pending --output json \
      | json "print(next((i['id'] for i in d['instances'] if i['image'] in ('$image_id', '$image')), ''))")
 if [ -z "$id" ]; then
-  id=$(kumo instance run --type kumo.small --image "$image" --name demo --key-pair demo --output json | json "print(d['instances'][0]['id'])")
+  id=$(kumo instance run --type kumo.small --image "$image" --name demo --key-pair demo --display 1024x768 --output json \
+       | json "print(d['instances'][0]['id'])")
   [ -n "$id" ] || { say "RunInstances failed"; exit 1; }
-  say "ran instance $id (kumo.small: 1 vCPU, 2 GiB) from $image"
+  say "ran instance $id (kumo.small: 1 vCPU, 2 GiB, a 1024x768 screen) from $image"
 fi
 for _ in $(seq 1 100); do
   kumo instance show "$id" --output json | grep -q '"state" : "running"' && break
@@ -108,7 +109,9 @@ kumo:   $bin/kumo keypair list             (the console shows nocloud_keys=1: th
 kumo:   $bin/kumo instance run-command $id -- uname -a   (the guest agent over virtio-vsock)
 kumo:   $bin/kumo image import NAME FILE --format raw|qcow2 --boot-image $image   (your own image)
 kumo:   $bin/kumo instance metrics $id --metric cpu_percent --chart   (monitoring, no agent in the guest)
-kumo: the web console: http://$listen/ui/ (log in with the admin token above; charts, the serial console)
+kumo: the web console: http://$listen/ui/ (log in with the admin token above; charts, the serial console,
+kumo:   the Screen tab: the instance's screen in noVNC, a shell on its tty1)
+kumo:   $bin/kumo instance vnc $id --listen 5900   (its screen for a desktop VNC viewer on 127.0.0.1:5900)
 kumo:   curl -H "Authorization: Bearer \$(cat $data/admin.token)" http://$listen/v1/instances
 MSG
 if [ -d /sys/module/kvm_pvm ]; then

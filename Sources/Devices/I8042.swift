@@ -18,7 +18,7 @@ public final class I8042: BusDevice, @unchecked Sendable {
     let state = Mutex(State())
     /// IRQ 1, when there is a keyboard.
     let irq: InterruptLine?
-    static let status: UInt8 = 0x04  // system flag: self-test passed
+    static let status: UInt8 = 0x14  // system flag (self-test passed), keyboard not inhibited (no keylock)
     /// Keys typed while the guest has not read earlier ones: at most this many bytes wait.
     public static let maxQueued = 256
 

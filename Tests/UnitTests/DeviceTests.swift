@@ -95,6 +95,7 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
 
     @Test func i8042ResetsAndAnswersProbes() {
         let k = I8042()
+        #expect(inb(k, 4) == 0x14, "self-test passed, no keylock (Linux warns \"Keylock active\" otherwise), nothing waiting")
         #expect(out(k, 4, 0xAA) == .none)
         #expect(inb(k, 4) & 1 == 1)
         #expect(inb(k, 0) == 0x55)
