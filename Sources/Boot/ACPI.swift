@@ -168,6 +168,11 @@ public enum AML {
             ])
     }
 
+    /// The PS/2 mouse on the i8042's aux port: no ports of its own (the keyboard's controller), IRQ 12.
+    public static func ps2Mouse() -> [UInt8] {
+        device("PS2M", [name("_HID", eisaID("PNP0F13")), name("_CRS", resourceTemplate([irqNoFlags(UInt8(Layout.mouseIRQ))]))])
+    }
+
     public static func virtioMMIO(index: Int, base: UInt64, gsi: UInt32) -> [UInt8] {
         let hex = Array("0123456789ABCDEF")
         let seg = "VR" + String(hex[(index >> 4) & 0xF]) + String(hex[index & 0xF])

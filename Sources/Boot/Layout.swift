@@ -29,8 +29,9 @@ public enum Layout {
     /// The display's linear framebuffer (a memory slot of its own, its writes logged), up to 32 MiB.
     public static let framebuffer: UInt64 = 0xE000_0000
     public static let framebufferMax: UInt64 = 32 << 20
-    /// The i8042's keyboard interrupt (a display's keyboard).
+    /// The i8042's keyboard and aux (mouse) interrupts (a display's keyboard and mouse).
     public static let keyboardIRQ: UInt32 = 1
+    public static let mouseIRQ: UInt32 = 12
     /// Virtio-MMIO devices, 4 KiB apart, from here.
     public static let virtioMMIO: UInt64 = 0xD000_0000
     /// Their interrupts (IOAPIC pins, edge-triggered, announced in the DSDT): one per device, in order.

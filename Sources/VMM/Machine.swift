@@ -127,6 +127,7 @@ public final class Machine: @unchecked Sendable {
     /// The i8042: the reset line, and a display's keyboard.
     public private(set) var keyboard: I8042! = nil
     var keyboardEvent: EventFD? = nil
+    var mouseEvent: EventFD? = nil
 
     public init(_ options: Options, kvm: KVMSystem, serialSink: SerialSink?, virtio devices: [VirtioDevice] = []) throws {
         _ = installKickHandler
@@ -167,11 +168,14 @@ public final class Machine: @unchecked Sendable {
         if let display = options.display {
             guard options.irqchip else { throw SysError("a display needs the in-kernel irqchip", errno: EINVAL) }
             framebuffer = try Framebuffer(display, vm: vm, slot: UInt32(memory.regions.count))
-            let ev = try EventFD()
+            let ev = try EventFD(), aux = try EventFD()
             try vm.registerIRQFD(ev, gsi: Layout.keyboardIRQ)
+            try vm.registerIRQFD(aux, gsi: Layout.mouseIRQ)
             keyboardEvent = ev
-            keyboard = I8042(keyboard: InterruptLine { ev.signal() })
+            mouseEvent = aux
+            keyboard = I8042(keyboard: InterruptLine { ev.signal() }, mouse: InterruptLine { aux.signal() })
             acpiDevices.append(AML.ps2Keyboard())
+            acpiDevices.append(AML.ps2Mouse())
         } else {
             keyboard = I8042()
         }

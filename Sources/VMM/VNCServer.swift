@@ -10,7 +10,8 @@ import Glibc
 /// the boundary (kumod bridges it to the browser behind its own auth). One thread serves every viewer:
 /// it sleeps in poll(2) with nothing to do, and while a viewer waits for an update it reads KVM's dirty log
 /// of the framebuffer every `interval` ms, compares only the lines written with its copy of the screen, and
-/// sends the changed tiles (Hextile when the viewer takes it, else Raw). Keys go to the i8042.
+/// sends the changed tiles (Hextile when the viewer takes it, else Raw). Keys and pointer moves go to the
+/// i8042's keyboard and mouse.
 public final class VNCServer: @unchecked Sendable {
     let memory: FramebufferMemory
     /// The running boot's framebuffer slot and keyboard (nil between boots: the picture stays).
@@ -38,6 +39,7 @@ public final class VNCServer: @unchecked Sendable {
         /// A scroll to send first, as a CopyRect: only while the viewer shows exactly the old picture.
         var copy: Scroll? = nil
         var keys = KeyboardState()
+        var pointer = PointerState()
         var out: [UInt8] = []
         init(fd: OwnedFD, session: RFBSession) { self.fd = fd; self.session = session }
     }
@@ -142,6 +144,10 @@ public final class VNCServer: @unchecked Sendable {
                 case let .key(down, keysym):
                     let bytes = v.keys.event(down: down, keysym: keysym)
                     if !bytes.isEmpty, let k = attached.withLock({ $0?.keyboard }) { k.keyboardSends(bytes) }
+                case let .pointer(buttons, x, y):
+                    if let m = v.pointer.event(buttons: buttons, x: x, y: y), let k = attached.withLock({ $0?.keyboard }) {
+                        k.mouseMoves(dx: m.dx, dy: m.dy, buttons: m.buttons)
+                    }
                 case .setPixelFormat: v.pending = [full]
                 default: break
                 }

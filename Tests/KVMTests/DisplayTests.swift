@@ -7,8 +7,8 @@ import SystemKit
 /// The display (issue 18): kumo-vmm with `--display` boots a tiny guest (Tests/guests/display.S) that finds
 /// the framebuffer in screen_info, paints it and draws a square per key it reads from the i8042. A viewer
 /// written from RFC 6143 (TestSupport.RFBClient) sees the picture, types keys the guest reads, gets only
-/// the tiles that changed, a scroll as a CopyRect, and nothing while the screen is idle; several viewers at
-/// once; bad flags refused.
+/// the tiles that changed, a scroll as a CopyRect, and nothing while the screen is idle; moves the pointer,
+/// which the guest reads as PS/2 mouse packets; several viewers at once; bad flags refused.
 @Suite(.serialized, .ownThreads, .enabled(if: Harness.kvmAvailable, "needs /dev/kvm"))
 struct DisplayTests {
     static func guest() throws -> String {
@@ -92,6 +92,14 @@ struct DisplayTests {
             try a.ppm.write(to: URL(fileURLWithPath: "\(dir)/typed.ppm"))
             try b.request(incremental: true)
             try b.readUpdate()
+            // The pointer: the guest turned the mouse's reporting on; the first event only places it, a
+            // move with the left button held is one PS/2 packet (10 right, 5 up), the release another.
+            #expect(Self.waitFor(log, "aux fa").contains("aux fa"), "the mouse acknowledged 'enable reporting'")
+            try a.pointer(buttons: 0, x: 100, y: 100)
+            try a.pointer(buttons: 1, x: 110, y: 95)
+            try a.pointer(buttons: 0, x: 110, y: 95)
+            let moved = Self.waitFor(log, "aux 08\naux 00\naux 00\n")
+            #expect(moved.contains("aux 09\naux 0a\naux 05\naux 08\naux 00\naux 00\n"), "the packets the guest read: \(moved.suffix(300))")
             // A scroll ('s': the screen up 16 rows, a new line at the bottom): a viewer that takes CopyRect
             // gets it as one and only the new line's tiles; one that does not gets the rows. Both then
             // show what a new viewer's full picture shows. The same after 'f' repaints everything.

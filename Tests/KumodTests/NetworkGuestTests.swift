@@ -416,7 +416,10 @@ struct NetworkGuestTests {
             rates[name] = rate ?? 0
         }
         let annRate = rates["ann"] ?? 0, benRate = rates["ben"] ?? 0
-        #expect(annRate > 0.5 && annRate <= 1.05, "Ann's 1 Mbit/s type: \(annRate) Mbit/s")
+        // A token bucket of rate r and size b (kumo-vmm's: 1 s of the rate) lets at most r·W + b through in
+        // any window of W seconds: b more when the stream stalled long enough for the bucket to fill (a TCP
+        // timeout in the emulated guest). So over the 5 s measured: 1 + 1/5 Mbit/s, and 2 % for the edges.
+        #expect(annRate > 0.5 && annRate <= 1.22, "Ann's 1 Mbit/s type: \(annRate) Mbit/s")
         #expect(benRate > 1.3, "Ben's type has no limit: \(benRate) Mbit/s")
         // kumod's monitoring saw the same streams from the VMMs' NIC counters (sampled every 2 s), each
         // tenant through its own token.

@@ -86,7 +86,12 @@ struct WebConsoleTests {
         #expect(run.0 == 0, "console_test.py: \(run.1.suffix(3000))")
         let shots = (try? FileManager.default.contentsOfDirectory(atPath: artifacts.path)) ?? []
         #expect(shots.filter { $0.hasSuffix(".png") }.count >= 9, "screenshots: \(shots)")
-        if shellUp { try typeOnTheLinuxScreen(k, instance: shell, token: token, artifacts: artifacts) }
+        if shellUp {
+            let log = (try? String(contentsOf: k.dir.appendingPathComponent("instances/\(shell)/console.log"), encoding: .utf8)) ?? ""
+            #expect(
+                log.contains("input: AT Translated Set 2 keyboard") && log.contains("input: PS/2 Generic Mouse"), "the guest found the keyboard and the mouse")
+            try typeOnTheLinuxScreen(k, instance: shell, token: token, artifacts: artifacts)
+        }
     }
 
     /// Issue 18, point 5: busybox on the Kumo test kernel's tty1 takes keys typed over VNC (a desktop

@@ -112,6 +112,11 @@ public final class RFBClient {
         try write([4, down ? 1 : 0, 0, 0, UInt8(keysym >> 24), UInt8((keysym >> 16) & 0xFF), UInt8((keysym >> 8) & 0xFF), UInt8(keysym & 0xFF)])
     }
 
+    /// A PointerEvent: the pointer at (`x`, `y`) with `buttons` held (1 left, 2 middle, 4 right).
+    public func pointer(buttons: UInt8, x: Int, y: Int) throws {
+        try write([5, buttons, UInt8(x >> 8), UInt8(x & 0xFF), UInt8(y >> 8), UInt8(y & 0xFF)])
+    }
+
     /// Presses and releases the key of each character of `text` (a US keyboard; Shift for capitals).
     public func type(_ text: String) throws {
         for c in text.unicodeScalars {

@@ -106,6 +106,57 @@ func inb(_ d: BusDevice, _ offset: UInt64) -> UInt8 {
         #expect(out(k, 0, 0xFE) == .reset(.i8042))  // output port with bit 0 clear
     }
 
+    /// The aux port: no mouse, "resend"; with one, Linux's probe sequence (aux test, loopback with its
+    /// interrupt, reset, ID, enable) and movement packets, with AUXDATA in the status and IRQ 12.
+    @Test func ps2MouseOnTheAuxPort() {
+        let bare = I8042()
+        _ = out(bare, 4, 0xA9)
+        #expect(inb(bare, 0) == 0xFF, "the aux port test: nothing there")
+        _ = out(bare, 4, 0xD4); _ = out(bare, 0, 0xFF)
+        #expect(inb(bare, 0) == 0xFE)
+        #expect(!bare.mouseMoves(dx: 1, dy: 1, buttons: 0))
+
+        let kbd = Counter(), aux = Counter()
+        let k = I8042(keyboard: InterruptLine { kbd.n.add(1, ordering: .relaxed) }, mouse: InterruptLine { aux.n.add(1, ordering: .relaxed) })
+        func auxBytes(_ n: Int) -> [UInt8] {
+            (0..<n).map { _ in
+                #expect(inb(k, 4) & 0x21 == 0x21, "a byte waits, and it is the mouse's")
+                return inb(k, 0)
+            }
+        }
+        _ = out(k, 4, 0xA9)
+        #expect(inb(k, 0) == 0x00)
+        _ = out(k, 4, 0x60); _ = out(k, 0, 0x47)  // both interrupts on, translation
+        let keyboardIRQs = kbd.n.load(ordering: .relaxed)
+        _ = out(k, 4, 0xD3); _ = out(k, 0, 0x5A)
+        #expect(auxBytes(1) == [0x5A] && aux.n.load(ordering: .relaxed) == 1, "the loopback byte raised IRQ 12")
+        #expect(kbd.n.load(ordering: .relaxed) == keyboardIRQs, "and not IRQ 1")
+        _ = out(k, 4, 0xD4); _ = out(k, 0, 0xFF)
+        #expect(auxBytes(3) == [0xFA, 0xAA, 0x00], "reset: ack, passed, ID 00")
+        _ = out(k, 4, 0xD4); _ = out(k, 0, 0xF2)
+        #expect(auxBytes(2) == [0xFA, 0x00])
+        #expect(!k.mouseMoves(dx: 5, dy: 0, buttons: 0), "reporting is off until enabled")
+        _ = out(k, 4, 0xD4); _ = out(k, 0, 0xF3)
+        _ = out(k, 4, 0xD4); _ = out(k, 0, 200)
+        #expect(auxBytes(2) == [0xFA, 0xFA], "a sample rate and its argument")
+        _ = out(k, 4, 0xD4); _ = out(k, 0, 0xF4)
+        #expect(auxBytes(1) == [0xFA])
+        let before = aux.n.load(ordering: .relaxed)
+        #expect(k.mouseMoves(dx: 10, dy: -3, buttons: 1))
+        #expect(auxBytes(3) == [0x29, 0x0A, 0xFD], "left held, 10 right, 3 down (Y's sign bit)")
+        #expect(aux.n.load(ordering: .relaxed) > before)
+        #expect(k.mouseMoves(dx: 300, dy: 0, buttons: 1))
+        #expect(auxBytes(6) == [0x09, 0xFF, 0x00, 0x09, 45, 0x00], "a long move: packets of at most 255")
+        _ = out(k, 4, 0xD4); _ = out(k, 0, 0xE9)
+        #expect(auxBytes(4) == [0xFA, 0x24, 0x02, 200], "status: reporting, left button; resolution; rate")
+        _ = out(k, 4, 0xA7)  // aux clock off
+        #expect(!k.mouseMoves(dx: 1, dy: 1, buttons: 0))
+        _ = out(k, 4, 0x20)
+        #expect(inb(k, 4) & 0x20 == 0 && inb(k, 0) & 0x20 != 0, "the command byte (from the controller, not the mouse) says aux disabled")
+        _ = out(k, 4, 0xD4); _ = out(k, 0, 0x42)
+        #expect(auxBytes(1) == [0xFE], "an unknown mouse command: resend")
+    }
+
     @Test func acpiSleepAndReset() {
         let p = ACPIPowerDevice(sleepType: 5, resetValue: 1)
         #expect(out(p, 0, (5 << 2) | 0x20) == .powerOff)

@@ -243,4 +243,19 @@ import Testing
             }
         }
     }
+
+    /// Absolute RFB pointer positions to relative PS/2 moves: the first event only places the pointer,
+    /// Y grows downwards on the screen and upwards for the mouse, and the middle and right buttons swap bits.
+    @Test func pointerEventsBecomeMouseMoves() {
+        var p = PointerState()
+        #expect(p.event(buttons: 0, x: 100, y: 100) == nil, "placed, nothing moved")
+        let m = p.event(buttons: 1, x: 110, y: 95)
+        #expect(m?.dx == 10 && m?.dy == 5 && m?.buttons == 1)
+        #expect(p.event(buttons: 1, x: 110, y: 95) == nil, "the same again")
+        #expect(p.event(buttons: 4, x: 110, y: 95)?.buttons == 2, "RFB's right (4) is PS/2's 2")
+        #expect(p.event(buttons: 2, x: 110, y: 95)?.buttons == 4, "RFB's middle (2) is PS/2's 4")
+        #expect(p.event(buttons: 8 | 2, x: 110, y: 95) == nil, "the wheel is left out")
+        let down = p.event(buttons: 0, x: 90, y: 120)
+        #expect(down?.dx == -20 && down?.dy == -25 && down?.buttons == 0)
+    }
 }

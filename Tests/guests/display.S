@@ -4,7 +4,8 @@
  * scan code it reads is printed ("key 1e") and each key press draws a 16x16 green square in a row at
  * y = 200, one further right each time; 's' instead scrolls the screen up 16 rows and draws a new
  * line (a bar) at the bottom, and 'f' repaints all of it (a pattern of dots). The ACPI power button powers
- * it off. Interrupts stay off.
+ * it off. It turns the PS/2 mouse's reporting on and prints each byte the mouse sends ("aux 08").
+ * Interrupts stay off.
  * Build: as --64, ld -m elf_x86_64. */
     .text
     .code64
@@ -47,6 +48,12 @@ _start:
     inc %ecx
     cmp $150, %ecx
     jb 3b
+    mov $0x64, %dx                  /* the mouse (i8042 aux port): report movement; its 0xfa comes back */
+    mov $0xd4, %al
+    out %al, %dx
+    mov $0x60, %dx
+    mov $0xf4, %al
+    out %al, %dx
     lea ready(%rip), %rsi
     call puts
     xor %r13d, %r13d                /* key presses so far */
@@ -59,6 +66,8 @@ loop:
     in %dx, %al
     test $1, %al
     jz loop
+    test $0x20, %al                 /* the mouse's byte */
+    jnz auxbyte
     mov $0x60, %dx
     in %dx, %al
     mov %eax, %r12d
@@ -90,6 +99,17 @@ loop:
     cmp $216, %ecx
     jb 5b
     inc %r13d
+    jmp loop
+auxbyte:
+    mov $0x60, %dx
+    in %dx, %al
+    mov %eax, %r12d
+    lea aux(%rip), %rsi
+    call puts
+    mov %r12d, %eax
+    call puthex
+    mov $'\n', %al
+    call putc
     jmp loop
 scroll:
     mov %r14, %rdi
@@ -190,5 +210,6 @@ hexdigit:
     .section .rodata
 ready: .asciz "kumo display guest ready\n"
 key: .asciz "key "
+aux: .asciz "aux "
 bye: .asciz "power button: powering off\n"
 none: .asciz "kumo display guest: no display in screen_info\n"
