@@ -15,9 +15,10 @@ extension API {
         router.ws(
             "/v1/vnc/{ticket}",
             shouldUpgrade: { r, c throws(APIError) in
-                // Looked at here (a bad ticket is a plain 404), used up when the WebSocket opens.
+                // Claimed here, before the 101 (a bad or claimed ticket is a plain 404, and two upgrades of
+                // one ticket never both succeed), used up when the WebSocket opens.
                 let t = try parameter(c, "ticket")
-                let path = try await store(service) { () throws(APIError) in try service.vncTarget(ticket: t, peek: true) }
+                let path = try await store(service) { () throws(APIError) in try service.vncTarget(ticket: t, .claim) }
                 guard r.headers[.upgrade]?.lowercased() == "websocket" else {
                     throw APIError(code: "invalid_argument", message: "this is a WebSocket endpoint (Upgrade: websocket), opened once with the ticket")
                 }
@@ -28,7 +29,7 @@ extension API {
             },
             onUpgrade: { inbound, outbound, ws in
                 guard let t = ws.requestContext.parameters.get("ticket"),
-                    let path = try? await store(service, { () throws(APIError) in try service.vncTarget(ticket: t) })
+                    let path = try? await store(service, { () throws(APIError) in try service.vncTarget(ticket: t, .open) })
                 else {
                     try await outbound.close(.policyViolation, reason: "the ticket was used already")
                     return

@@ -12,7 +12,13 @@ public final class VNCTickets: Sendable {
         var instance: String
         var tenantID: String
         var expires: Date
+        /// Taken by a WebSocket upgrade that has not opened yet.
+        var claimed = false
     }
+
+    /// A ticket is claimed when its upgrade is answered (so a second upgrade of it is refused even while
+    /// the first is still opening), and used up when that WebSocket opens.
+    enum Use { case claim, open }
     let live = Mutex<[String: Ticket]>([:])
     public static let lifetime: TimeInterval = 30
 
@@ -30,11 +36,20 @@ public final class VNCTickets: Sendable {
         return (name, expires)
     }
 
-    /// Uses up the ticket (`peek`: only looks): its instance and tenant if it is known and still valid.
-    func redeem(_ name: String, peek: Bool = false, now: Date = Date()) -> Ticket? {
+    /// Claims the ticket, or uses up the one claimed: its instance and tenant if it is known, still valid
+    /// and at that stage.
+    func redeem(_ name: String, _ use: Use, now: Date = Date()) -> Ticket? {
         live.withLock { t in
-            guard let x = t[name], x.expires > now else { return nil }
-            if !peek { t.removeValue(forKey: name) }
+            guard var x = t[name], x.expires > now else { return nil }
+            switch use {
+            case .claim:
+                guard !x.claimed else { return nil }
+                x.claimed = true
+                t[name] = x
+            case .open:
+                guard x.claimed else { return nil }
+                t.removeValue(forKey: name)
+            }
             return x
         }
     }
@@ -54,11 +69,11 @@ extension Service {
         return VNCTicket(instance: id, url: "/v1/vnc/\(t.name)", expiresAt: Store.timestamp(t.expires), width: d.width, height: d.height)
     }
 
-    /// The VNC socket a ticket opens (using the ticket up unless `peek`), when the instance still runs and is
-    /// still the tenant's.
-    func vncTarget(ticket: String, peek: Bool = false) throws(APIError) -> String {
+    /// The VNC socket a ticket opens (claiming the ticket, or using up the claimed one), when the instance
+    /// still runs and is still the tenant's.
+    func vncTarget(ticket: String, _ use: VNCTickets.Use) throws(APIError) -> String {
         guard ticket.utf8.count == 48, ticket.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }),
-            let t = vncTickets.redeem(ticket, peek: peek), let rec = try wrap({ try store.instance(t.instance) }), rec.tenantID == t.tenantID,
+            let t = vncTickets.redeem(ticket, use), let rec = try wrap({ try store.instance(t.instance) }), rec.tenantID == t.tenantID,
             rec.instance.state == .running
         else {
             throw APIError(code: "not_found", message: "no such VNC ticket (they are used once, within 30 s: ask for another)")

@@ -17,11 +17,13 @@ struct ScreenTests {
         let now = Date()
         let a = t.issue(instance: "i-1", tenantID: "tn-1", now: now)
         #expect(a.name.count == 48 && a.expires == now.addingTimeInterval(30))
-        #expect(t.redeem(a.name, peek: true, now: now)?.instance == "i-1", "looking does not use it")
-        #expect(t.redeem(a.name, now: now)?.tenantID == "tn-1")
-        #expect(t.redeem(a.name, now: now) == nil, "once")
+        #expect(t.redeem(a.name, .open, now: now) == nil, "opened only after it was claimed")
+        #expect(t.redeem(a.name, .claim, now: now)?.instance == "i-1")
+        #expect(t.redeem(a.name, .claim, now: now) == nil, "claimed once: a second upgrade is refused")
+        #expect(t.redeem(a.name, .open, now: now)?.tenantID == "tn-1")
+        #expect(t.redeem(a.name, .open, now: now) == nil && t.redeem(a.name, .claim, now: now) == nil, "used up")
         let b = t.issue(instance: "i-1", tenantID: "tn-1", now: now)
-        #expect(t.redeem(b.name, now: now.addingTimeInterval(31)) == nil, "30 s")
+        #expect(t.redeem(b.name, .claim, now: now.addingTimeInterval(31)) == nil, "30 s")
         #expect(t.issue(instance: "i-1", tenantID: "tn-1", now: now).name != b.name)
     }
 
