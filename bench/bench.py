@@ -310,6 +310,21 @@ try:
 except (subprocess.SubprocessError, KeyError, ValueError, IndexError) as e:
     row("VNC benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
 
+# The load balancer's kernel data path against HAProxy and a direct connection (issue 19; bench/lb_bench.py).
+try:
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, os.path.join(here, "lb_bench.py"), "--conn", os.path.join(args.work, "lb-conn"), "--work", args.work],
+                         capture_output=True, text=True, timeout=900, check=True).stdout
+    lb = json.loads(out.splitlines()[-1])
+    k, h, d = lb["kumo"], lb["haproxy"], lb["direct"]
+    what = f"{lb['connections']} connections, {lb['concurrency']} at a time, round robin over 3 backend namespaces"
+    row("load balancer, connections/s (nftables DNAT)", f"{k['conns_per_s']:.0f}", f"{h['conns_per_s']:.0f} (HAProxy, TCP mode); {d['conns_per_s']:.0f} direct",
+        f"{k['conns_per_s'] / h['conns_per_s']:.2f}", ">= 1.0", what)
+    row("load balancer, connection p99 (us)", f"{k['p99_us']:.0f}", f"{h['p99_us']:.0f} (HAProxy); {d['p99_us']:.0f} direct",
+        f"{k['p99_us'] / h['p99_us']:.2f}", "<= 1.0", "connect, read the reply, close; p50 " + f"{k['p50_us']:.0f} / {h['p50_us']:.0f} / {d['p50_us']:.0f} us")
+except (subprocess.SubprocessError, KeyError, ValueError, IndexError) as e:
+    row("load balancer benchmarks", "failed", "", "", "", str(e)[:200] + " " + (getattr(e, "stderr", "") or "")[-300:])
+
 # KSM saving with 4 identical idle guests (issue 5; bench/ksm_bench.py).
 try:
     out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ksm_bench.py"),

@@ -66,13 +66,19 @@ public struct Firewall: Sendable, Equatable {
     public var groups: [String: [IPv4Address]]
     /// Sorted by protocol and host port.
     public var forwards: [Forward]
+    /// Load balancers' listeners (docs/LB.md): their chains go in the inet table, ahead of the forwards.
+    public var balancers: LoadBalancerRules
 
-    public init(table: String, bridges: [Bridge], nics: [NIC] = [], groups: [String: [IPv4Address]] = [:], forwards: [Forward] = []) {
+    public init(
+        table: String, bridges: [Bridge], nics: [NIC] = [], groups: [String: [IPv4Address]] = [:], forwards: [Forward] = [],
+        balancers: LoadBalancerRules = LoadBalancerRules(listeners: [])
+    ) {
         self.table = table
         self.bridges = bridges.sorted { $0.name < $1.name }
         self.nics = nics.sorted { $0.tap < $1.tap }
         self.groups = groups.mapValues { $0.sorted() }
         self.forwards = forwards.sorted { ($0.proto, $0.hostPort) < ($1.proto, $1.hostPort) }
+        self.balancers = balancers
     }
 
     /// A forward's DNAT rule: to the host's address given, or any local one (loopback aside, in `output`,
@@ -204,7 +210,9 @@ public struct Firewall: Sendable, Equatable {
         for b in bridges {
             lines.append("\t\tip saddr \(b.cidr) oifname != \(Self.quoted(b.name)) masquerade")
         }
-        lines += ["\t}", "}"]
+        lines.append("\t}")
+        lines += balancers.lines
+        lines.append("}")
         // Each tap sends as its NIC or not at all: its MAC, its address (0.0.0.0 only for DHCP), ARP
         // that says the same, IPv4 and ARP only.
         lines += [

@@ -44,7 +44,7 @@ extension InstanceCommand {
                 }
                 _ = try ticket()  // the instance has a screen, and the caller may see it: before anything listens
                 let listener: OwnedFD
-                do { listener = try LoopbackTCP.listen(port: port, backlog: 4) } catch {
+                do { listener = try TCPSocket.listenLoopback(port: port, backlog: 4) } catch {
                     throw Failure.usage("cannot listen on 127.0.0.1:\(port): \(error)")
                 }
                 FileHandle.standardError.write(Data("kumo: \(id)'s screen on 127.0.0.1:\(port) (VNC); Ctrl-C ends\n".utf8))

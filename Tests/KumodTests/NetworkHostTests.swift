@@ -128,14 +128,22 @@ struct NetworkHostTests {
 
     @Test(.enabled(if: canNet, "needs root, nft and ip")) func firewallLoadsIntoTheHostAndGoes() throws {
         let table = "kumotest\(UInt32.random(in: 0...UInt32.max))"
+        // With a load balancer's listener in front of both NICs (round robin, persistence).
+        let lb = LoadBalancerRules(listeners: [
+            .init(
+                id: "l1", address: IPv4Address("192.0.2.80")!, proto: "tcp", port: 80, scheduler: .roundRobin, persistence: 60,
+                backends: Self.twoNetworks.nics.map { .init(address: $0.address, port: 8080) })
+        ])
         let fw = Firewall(
-            table: table, bridges: Self.twoNetworks.bridges, nics: Self.twoNetworks.nics, groups: Self.twoNetworks.groups, forwards: Self.twoNetworks.forwards)
+            table: table, bridges: Self.twoNetworks.bridges, nics: Self.twoNetworks.nics, groups: Self.twoNetworks.groups, forwards: Self.twoNetworks.forwards,
+            balancers: lb)
         let net = HostNetworking(kumodID: "test\(getpid())")
         try net.apply(fw)
         defer { try? net.remove(fw) }
         let listed = try #require(net.listTable(table))
         #expect(listed.contains("chain from_guests") && listed.contains("masquerade") && listed.contains("\"kba\""), "\(listed)")
         #expect(listed.contains("chain in_ktweb") && listed.contains("ip saddr @g_sg_app accept"), "\(listed)")
+        #expect(listed.contains("chain lb_l1") && listed.contains("numgen inc mod 2") && listed.contains("map lb_persist_l1"), "\(listed)")
         let bridged = try #require(net.listTable(table, family: "bridge"))
         #expect(bridged.contains("chain nic_ktapp") && bridged.contains("ether saddr != 52:54:00:00:00:03 drop"), "\(bridged)")
         // Applying again replaces it (no duplicate rules).

@@ -29,7 +29,7 @@ struct ScreenTests {
 
     /// A raw WebSocket upgrade of `path` on kumod's TCP port: the status kumod answers with.
     static func upgrade(port: Int, _ path: String) -> Int {
-        guard let conn = try? LoopbackTCP.connect(port: port, timeoutSeconds: 10) else { return 0 }
+        guard let conn = try? TCPSocket.connect(port: port, timeoutMillis: 10_000) else { return 0 }
         let fd = conn.raw
         let req =
             "GET \(path) HTTP/1.1\r\nHost: kumod\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"

@@ -9,7 +9,7 @@ public enum LoopbackHTTP {
         -> (status: Int, body: String, ms: Double)
     {
         let t0 = Date()
-        guard let conn = try? LoopbackTCP.connect(port: port, timeoutSeconds: timeout) else { return (0, "", 0) }
+        guard let conn = try? TCPSocket.connect(port: port, timeoutMillis: timeout * 1000) else { return (0, "", 0) }
         let fd = conn.raw
         let req = "\(method) \(path) HTTP/1.1\r\nHost: kumod\r\n" + (token.map { "Authorization: Bearer \($0)\r\n" } ?? "") + "Connection: close\r\n\r\n"
         _ = req.withCString { send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }

@@ -39,7 +39,7 @@ public final class RFBClient {
         var last: Error?
         for _ in 0..<100 {
             do {
-                let fd = try LoopbackTCP.connect(port: port)
+                let fd = try TCPSocket.connect(port: port)
                 try self.init(connected: fd.release(), timeoutSeconds: timeoutSeconds)
                 return
             } catch let e as SysError {
