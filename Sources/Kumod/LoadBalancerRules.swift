@@ -40,6 +40,17 @@ public struct LoadBalancerRules: Sendable, Equatable {
         }
     }
 
+    /// The end of a drain: the connections a listener still has on `backend` (which has left its rules;
+    /// conntrack kept them going so far) are deleted from conntrack, and the next packet of each meets no
+    /// DNAT and is answered with a reset. What `conntrack -D` needs to name exactly those: the address the
+    /// client dialled and the backend that answers.
+    public static func drainEnd(_ l: Listener, backend b: Backend) -> [String] {
+        [
+            "-D", "-p", l.proto, "--orig-dst", "\(l.address)", "--orig-port-dst", "\(l.port)", "--reply-src", "\(b.address)",
+            "--reply-port-src", "\(b.port)",
+        ]
+    }
+
     public var listeners: [Listener]
     public init(listeners: [Listener]) { self.listeners = listeners.sorted { $0.id < $1.id } }
 

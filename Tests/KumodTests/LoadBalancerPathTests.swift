@@ -55,7 +55,9 @@ struct LoadBalancerPathTests {
         }
     }
 
-    @Test(.enabled(if: NetworkHostTests.canNet, "needs root, nft and ip"), .timeLimit(.minutes(10)))
+    @Test(
+        .enabled(if: NetworkHostTests.canNet && access("/usr/sbin/conntrack", X_OK) == 0, "needs root, nft, ip and conntrack"),
+        .timeLimit(.minutes(10)))
     func connectionsThroughTheKernelPath() throws {
         let lab = try LoadBalancerLab()
         defer { lab.close() }
@@ -109,6 +111,11 @@ struct LoadBalancerPathTests {
         #expect(NamespaceSockets.echoes(s, "still here"), "the established connection to \(first) goes on after the change")
         c = try shares(30)
         #expect(c[first] == nil && c.values.reduce(0, +) == 30 && c["none"] == nil, "new connections avoid \(first): \(c)")
+        // The drain's end: its connections leave conntrack, and the one still open is cut.
+        let gone = Self.listener(.roundRobin, net: net).backends[index - 1]
+        let d = try hostTool("/usr/sbin/conntrack", LoadBalancerRules.drainEnd(without, backend: gone), mergingStderr: true)
+        #expect(d.0 == 0 && d.1.contains("flow entries have been deleted"), "\(d.1.suffix(300))")
+        #expect(!NamespaceSockets.echoes(s, "after the drain"), "the drained connection is over")
     }
 }
 
