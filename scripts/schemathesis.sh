@@ -25,7 +25,8 @@ cleanup() {
   pkill -f "$work/fake-vmm" 2>/dev/null || true
   # kumod leaves networks up when it dies (as it leaves VMs): their dnsmasqs name the work directory.
   # Their bridges go, with the instances' taps in them.
-  pgrep -af -- "$work/networks/" 2>/dev/null | sed -n 's/.*--interface=\([^ ]*\).*/\1/p' | while read -r br; do
+  # (pgrep finds nothing when no network was made: under pipefail that must not fail the exit.)
+  { pgrep -af -- "$work/networks/" 2>/dev/null || true; } | sed -n 's/.*--interface=\([^ ]*\).*/\1/p' | while read -r br; do
     for tap in $(ip -o link show master "$br" 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1); do ip link del "$tap" 2>/dev/null || true; done
     ip link del "$br" 2>/dev/null || true
   done
