@@ -137,33 +137,38 @@ public final class I8042: BusDevice, @unchecked Sendable {
     /// clock on, translation on (set 1). False when they were dropped.
     @discardableResult
     public func keyboardSends(_ bytes: [UInt8]) -> Bool {
-        guard let irq else { return false }
-        let interrupt = state.withLock { s -> Bool? in
-            guard s.scanning, s.commandByte & 0x10 == 0, s.commandByte & 0x40 != 0, s.output.count + bytes.count <= Self.maxQueued else { return nil }
-            let wasEmpty = s.output.isEmpty
-            s.output += bytes.map { ($0, false) }
-            return wasEmpty && s.commandByte & 0x01 != 0
-        }
-        guard let interrupt else { return false }
-        if interrupt { irq.trigger() }
-        return true
+        guard irq != nil else { return false }
+        return deliver(aux: false) { s in s.scanning && s.commandByte & 0x10 == 0 && s.commandByte & 0x40 != 0 ? bytes : [] }
     }
 
     /// The mouse moved (`dx` right, `dy` up, in counts) with `buttons` held (left 1, right 2, middle 4):
     /// movement packets, when the guest lets it report (reporting on, aux clock on). False when dropped.
     @discardableResult
     public func mouseMoves(dx: Int, dy: Int, buttons: UInt8) -> Bool {
-        guard let auxIRQ else { return false }
-        let interrupt = state.withLock { s -> Bool? in
-            guard s.commandByte & 0x20 == 0 else { return nil }
-            let bytes = s.mouse.packets(dx: dx, dy: dy, buttons: buttons)
-            guard !bytes.isEmpty, s.output.count + bytes.count <= Self.maxQueued else { return nil }
-            let wasEmpty = s.output.isEmpty
-            s.output += bytes.map { ($0, true) }
-            return wasEmpty && s.commandByte & 0x02 != 0
+        guard auxIRQ != nil else { return false }
+        return deliver(aux: true) { s in
+            guard s.commandByte & 0x20 == 0 else { return [] }
+            // The mouse keeps the buttons it reported: only when its packets are taken.
+            var m = s.mouse
+            let bytes = m.packets(dx: dx, dy: dy, buttons: buttons)
+            if s.output.count + bytes.count <= Self.maxQueued { s.mouse = m }
+            return bytes
         }
-        guard let interrupt else { return false }
-        if interrupt { auxIRQ.trigger() }
-        return true
+    }
+
+    /// Puts what `make` yields from a port into the output buffer when all of it fits (at most `maxQueued`
+    /// bytes wait), and raises the interrupt for the head if the buffer was empty. False when nothing went.
+    func deliver(aux: Bool, _ make: (inout State) -> [UInt8]) -> Bool {
+        var interrupt: InterruptLine? = nil
+        let taken = state.withLock { s -> Bool in
+            let bytes = make(&s)
+            guard !bytes.isEmpty, s.output.count + bytes.count <= Self.maxQueued else { return false }
+            let wasEmpty = s.output.isEmpty
+            s.output += bytes.map { ($0, aux) }
+            if wasEmpty { interrupt = headInterrupt(s) }
+            return true
+        }
+        interrupt?.trigger()
+        return taken
     }
 }

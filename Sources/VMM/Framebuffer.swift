@@ -1,6 +1,7 @@
 import Boot
 import KVM
 import SystemKit
+import VMMContract
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -14,22 +15,24 @@ public final class FramebufferMemory: @unchecked Sendable {
     public let host: UnsafeMutableRawPointer
     public static let pageSize = 4096
 
-    /// Sizes a guest gets: 320×200 to 2560×1600 (within the 32 MiB the layout leaves).
-    public static func check(width: Int, height: Int) throws(SysError) {
-        guard (320...2560).contains(width), (200...1600).contains(height), UInt64(width * height * 4) <= Layout.framebufferMax else {
-            throw SysError("display \(width)x\(height): 320x200 to 2560x1600", errno: EINVAL)
-        }
+    /// Where a framebuffer of that size is and how it is laid out: lines of width × 4 bytes, the whole
+    /// rounded up to pages.
+    public static func mode(width: Int, height: Int) -> DisplayMode {
+        let stride = width * 4
+        let size = (stride * height + pageSize - 1) / pageSize * pageSize
+        return DisplayMode(width: width, height: height, stride: stride, base: Layout.framebuffer, size: UInt64(size))
     }
 
     public init(width: Int, height: Int) throws(SysError) {
-        try Self.check(width: width, height: height)
-        let stride = width * 4
-        let size = (stride * height + Self.pageSize - 1) / Self.pageSize * Self.pageSize
-        guard let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), p != MAP_FAILED else {
-            throw SysError("mmap of the framebuffer (\(size >> 10) KiB)")
+        let m = Self.mode(width: width, height: height)
+        guard DisplayConfig.widths.contains(width), DisplayConfig.heights.contains(height), m.size <= Layout.framebufferMax else {
+            throw SysError("display \(width)x\(height): 320x200 to 2560x1600", errno: EINVAL)
+        }
+        guard let p = mmap(nil, Int(m.size), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0), p != MAP_FAILED else {
+            throw SysError("mmap of the framebuffer (\(m.size >> 10) KiB)")
         }
         host = p
-        mode = DisplayMode(width: width, height: height, stride: stride, base: Layout.framebuffer, size: UInt64(size))
+        mode = m
     }
 
     deinit { munmap(host, Int(mode.size)) }

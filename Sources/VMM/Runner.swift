@@ -81,17 +81,9 @@ public struct VMPlan: Sendable {
     }
 
     public var spec: BootSpec {
-        var display: DisplayMode? = nil
-        if let d = config.display {
-            // Where and how big it will be (FramebufferMemory makes it so).
-            let stride = d.width * 4
-            display = DisplayMode(
-                width: d.width, height: d.height, stride: stride, base: Layout.framebuffer,
-                size: UInt64((stride * d.height + FramebufferMemory.pageSize - 1) / FramebufferMemory.pageSize * FramebufferMemory.pageSize))
-        }
-        return BootSpec(
+        BootSpec(
             kernel: kernel, initrd: initrd, cmdline: cmdline, memorySize: UInt64(config.memoryMiB) << 20,
-            vcpus: config.vcpus, bootProtocol: bootProtocol, display: display)
+            vcpus: config.vcpus, bootProtocol: bootProtocol, display: config.display.map { FramebufferMemory.mode(width: $0.width, height: $0.height) })
     }
 
     /// Fresh device models for one boot (disks are opened here; a guest reset gets new ones).

@@ -317,6 +317,10 @@ public struct DisplayConfig: Sendable, Equatable {
     public var vncSocket: String?
     public init(width: Int, height: Int, vncSocket: String? = nil) { self.width = width; self.height = height; self.vncSocket = vncSocket }
 
+    /// The sizes a guest can have (2560×1600×4 stays within the 32 MiB the layout leaves).
+    public static let widths = 320...2560
+    public static let heights = 200...1600
+
     /// `--display WIDTHxHEIGHT`.
     static func parse(flag s: String) throws(ConfigError) -> DisplayConfig {
         let p = s.split(separator: "x").map(String.init)
@@ -343,9 +347,11 @@ public struct DisplayConfig: Sendable, Equatable {
     }
 
     func validate() throws(ConfigError) {
-        guard (320...2560).contains(width), (200...1600).contains(height) else {
+        guard Self.widths.contains(width), Self.heights.contains(height) else {
             throw .invalid("display", "\(width)x\(height): from 320x200 to 2560x1600")
         }
-        if let p = vncSocket, p.isEmpty || p.utf8.count >= 108 { throw .invalid("display.vnc_socket", "a socket path must be 1 to 107 bytes") }
+        if let p = vncSocket, p.isEmpty || p.utf8.count > UnixSocket.maxPathBytes {
+            throw .invalid("display.vnc_socket", "a socket path must be 1 to \(UnixSocket.maxPathBytes) bytes")
+        }
     }
 }

@@ -7,10 +7,7 @@ import TestSupport
 /// the serial console. Slow on hosts whose KVM emulates guest kernel code (minutes per boot).
 enum E2E {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    static let cache =
-        ProcessInfo.processInfo.environment["KUMO_CACHE"].map { URL(fileURLWithPath: $0) }
-        ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/kumo")
-    static let guest = cache.appendingPathComponent("guest")
+    static let guest = GuestCache.dir
     static let host = HostKVM.detect()
     static let kvm = access("/dev/kvm", R_OK | W_OK) == 0
 

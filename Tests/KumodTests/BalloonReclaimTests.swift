@@ -12,9 +12,7 @@ import KumoAPI
 /// API with the real `kumo`. One Linux boot (minutes on hosts whose KVM emulates guest kernel code).
 @Suite(.ownThreads, .enabled(if: FileManager.default.isWritableFile(atPath: "/dev/kvm"), "needs /dev/kvm"))
 struct BalloonReclaimTests {
-    static let guest =
-        (ProcessInfo.processInfo.environment["KUMO_CACHE"].map { URL(fileURLWithPath: $0) }
-        ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/kumo")).appendingPathComponent("guest")
+    static let guest = GuestCache.dir
 
     /// An init that spins without a system call (guest userspace cannot make one on kvm_pvm hosts), so
     /// the kernel stays up and runs the balloon driver's work around it.

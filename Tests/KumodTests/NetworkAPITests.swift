@@ -25,7 +25,7 @@ struct NetworkAPITests {
         try await c.execute(uri: "/v1/networks", method: .post, headers: auth(token), body: body(json)) { ($0.status, String(buffer: $0.body)) }
     }
 
-    static let busybox = FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/kumo/guest/initramfs/root/bin/busybox").path
+    static let busybox = GuestCache.dir.appendingPathComponent("initramfs/root/bin/busybox").path
 
     /// What the network's DNS server answers for `name`.
     static func lookup(_ name: String, at server: String) -> String {
