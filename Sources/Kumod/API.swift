@@ -16,7 +16,9 @@ public struct KumoContext: RequestContext, WebSocketRequestContext {
 
 public enum API {
     /// (method, OpenAPI path) of every route.
-    public static let routes: [(String, String)] = [
+    public static let routes: [(String, String)] = coreRoutes + loadBalancerRoutes
+
+    static let coreRoutes: [(String, String)] = [
         ("GET", "/v1/openapi.yaml"), ("GET", "/v1/health"),
         ("GET", "/v1/instance-types"), ("POST", "/v1/instance-types"),
         ("GET", "/v1/images"), ("POST", "/v1/images"),
@@ -364,6 +366,7 @@ public enum API {
         commandRoutes(router, service)
         metricRoutes(router, service)
         displayRoutes(router, service)
+        loadBalancerRoutes(router, service)
         WebConsole.routes(router)
         return router
     }

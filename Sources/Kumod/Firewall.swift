@@ -137,6 +137,7 @@ public struct Firewall: Sendable, Equatable {
             "\t\tct state established,related accept",
             "\t\tmeta nfproto ipv4 udp sport 68 udp dport 67 accept",
         ]
+        lines += balancers.toProxies
         for b in bridges {
             let i = "iifname \(Self.quoted(b.name)) ip saddr \(b.cidr) ip daddr \(b.gateway)"
             lines += [
@@ -185,6 +186,9 @@ public struct Firewall: Sendable, Equatable {
             "\tchain from_host {",
             "\t\ticmp type redirect drop",
             "\t\tudp sport 67 udp dport 68 return",
+        ]
+        lines += balancers.fromHost
+        lines += [
             "\t\tjump to_networks",
             "\t}",
         ]

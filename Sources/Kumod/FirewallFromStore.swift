@@ -45,8 +45,39 @@ extension Service {
         }
         return Firewall(
             table: net.table, bridges: networks.map { .init(name: $0.bridge, cidr: $0.cidr, gateway: $0.gateway) }, nics: filters, groups: members,
-            forwards: forwards)
+            forwards: forwards, balancers: try balancerRules())
     }
+
+    /// The balancers' listeners as rules: each with its backends in rotation (as last recorded, so a
+    /// restarted kumod writes the same at once), or its proxy for wlc (none running yet: it rejects).
+    func balancerRules() throws -> LoadBalancerRules {
+        var listeners: [LoadBalancerRules.Listener] = []
+        var probed: [LoadBalancerRules.Backend] = []
+        for b in try store.allLoadBalancers() {
+            for l in b.listeners {
+                let backends = inRotation(b, l).map { LoadBalancerRules.Backend(address: $0.address, port: $0.port, weight: $0.weight) }
+                var proxy: LoadBalancerRules.Backend? = nil
+                if l.scheduler == "wlc" {
+                    guard let p = balancing.proxy(l.id) else {
+                        listeners.append(
+                            .init(id: Self.chainName(l.id), address: l.address, proto: l.proto, port: l.port, scheduler: .roundRobin, backends: []))
+                        continue
+                    }
+                    proxy = .init(address: p.address, port: p.port)
+                }
+                if l.proto == "tcp" { probed += (b.group(l.groupID)?.backends ?? []).map { .init(address: $0.address, port: $0.port) } }
+                listeners.append(
+                    .init(
+                        id: Self.chainName(l.id), address: l.address, proto: l.proto, port: l.port,
+                        scheduler: LoadBalancerRules.Scheduler(rawValue: l.scheduler) ?? .roundRobin, persistence: l.persistence, backends: backends,
+                        proxy: proxy))
+            }
+        }
+        return LoadBalancerRules(listeners: listeners, probed: probed)
+    }
+
+    /// A listener id (lsn-<hex>) as a chain and map name's part.
+    static func chainName(_ id: String) -> String { id.replacingOccurrences(of: "-", with: "_") }
 
     /// Rebuilds the firewall after NICs came or went (the caller holds the network host's lock).
     func applyFirewall(_ net: NetworkHost) throws {

@@ -55,6 +55,8 @@ public struct BackendHealth: Sendable, Equatable {
     public private(set) var lastReason: String? = nil
 
     public init() {}
+    /// As a previous kumod left it (the store keeps it), so a restart writes the same rules at once.
+    public init(healthy: Bool?) { self.healthy = healthy }
 
     /// Records a probe (nil: passed, else why not); true when the backend went in or out of rotation.
     public mutating func record(_ failure: String?, rise: Int, fall: Int) -> Bool {

@@ -180,10 +180,26 @@ public struct HostNetworking: Sendable {
 
     /// Routing between the host's interfaces (NAT egress needs it): a host-wide switch, set once.
     public func enableForwarding() throws {
+        try Self.routeBridgedPackets()
         let path = "/proc/sys/net/ipv4/ip_forward"
         if (try? String(contentsOfFile: path, encoding: .utf8))?.hasPrefix("1") == true { return }
         do { try Data("1\n".utf8).write(to: URL(fileURLWithPath: path)) } catch {
             throw HostCommandFailure(description: "cannot enable IPv4 forwarding (\(path)): \(error)")
+        }
+    }
+
+    /// kumod's networks are routed through the host, never bridged port to port (their ports are
+    /// isolated), and filtered where they are routed. br_netfilter (built in here) would hand bridged
+    /// frames to the IP hooks too, and then a connection a load balancer DNATs back into the network it
+    /// came from (a guest to its network's balancer) is bridged from one isolated port to another and
+    /// dropped. So the host's namespace calls no IP hooks for bridged frames (docs/NETWORK.md).
+    static func routeBridgedPackets() throws {
+        for name in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"] {
+            let path = "/proc/sys/net/bridge/" + name
+            guard let now = try? String(contentsOfFile: path, encoding: .utf8), !now.hasPrefix("0") else { continue }
+            do { try Data("0\n".utf8).write(to: URL(fileURLWithPath: path)) } catch {
+                throw HostCommandFailure(description: "cannot turn off \(path): \(error)")
+            }
         }
     }
 

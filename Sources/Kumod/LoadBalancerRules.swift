@@ -6,7 +6,8 @@
 //   source-IP consistent hashing: `jhash ip saddr mod M` over a Maglev table (a prime M ≥ 100 × backends)
 //   persistence by source IP: a dynamic map, looked up first and filled after DNAT with the backend the
 //   new connection got, each entry living `timeout` seconds past its last connection
-// Weighted least connections needs connection counts, which nftables cannot choose by: not here.
+// Weighted least connections needs connection counts, which nftables cannot choose by: its listener's
+// chain DNATs every new connection to kumod's proxy (LeastConnectionsProxy.swift) on a host address.
 import KumoAPI
 
 public struct LoadBalancerRules: Sendable, Equatable {
@@ -34,9 +35,15 @@ public struct LoadBalancerRules: Sendable, Equatable {
         public var persistence: Int?
         /// The backends in rotation (healthy and not draining), in a stable order.
         public var backends: [Backend]
-        public init(id: String, address: IPv4Address, proto: String, port: Int, scheduler: Scheduler, persistence: Int? = nil, backends: [Backend]) {
+        /// Every new connection to kumod's proxy on this address and port instead (weighted least
+        /// connections); the proxy does the choosing and the remembering.
+        public var proxy: Backend?
+        public init(
+            id: String, address: IPv4Address, proto: String, port: Int, scheduler: Scheduler, persistence: Int? = nil, backends: [Backend],
+            proxy: Backend? = nil
+        ) {
             self.id = id; self.address = address; self.proto = proto; self.port = port; self.scheduler = scheduler
-            self.persistence = persistence; self.backends = backends
+            self.persistence = persistence; self.backends = backends; self.proxy = proxy
         }
     }
 
@@ -52,7 +59,23 @@ public struct LoadBalancerRules: Sendable, Equatable {
     }
 
     public var listeners: [Listener]
-    public init(listeners: [Listener]) { self.listeners = listeners.sorted { $0.id < $1.id } }
+    /// Every backend of every listener, in rotation or not: kumod's own connections to them (health
+    /// probes, the proxy's) pass the backends' security groups.
+    public var probed: [Backend]
+    public init(listeners: [Listener], probed: [Backend] = []) {
+        self.listeners = listeners.sorted { $0.id < $1.id }
+        var seen = Set<String>()
+        self.probed = probed.filter { seen.insert($0.name).inserted }.sorted { $0.name < $1.name }
+    }
+
+    /// Lines for the host's own packets into networks (Firewall's from_host chain): to the backends' ports.
+    public var fromHost: [String] { probed.map { "\t\tip daddr \($0.address) tcp dport \($0.port) accept" } }
+
+    /// Lines for guests' packets to the host (Firewall's from_guests chain): the proxies their listeners
+    /// DNAT to, and nothing else of the host's (only a DNATed connection gets there).
+    public var toProxies: [String] {
+        listeners.compactMap { l in l.proxy.map { "\t\tct status dnat ip daddr \($0.address) tcp dport \($0.port) accept" } }
+    }
 
     /// The Maglev table size for `n` backends: the smallest of a few primes at least 100 × n.
     static func tableSize(_ n: Int) -> Int {
@@ -66,6 +89,7 @@ public struct LoadBalancerRules: Sendable, Equatable {
 
     /// The listener's choice of backend: a DNAT, or a reset when it has none in rotation.
     static func choice(_ l: Listener) -> String {
+        if let p = l.proxy { return "dnat ip to \(p.address):\(p.port)" }
         guard !l.backends.isEmpty else { return l.proto == "tcp" ? "reject with tcp reset" : "reject" }
         switch l.scheduler {
         case .roundRobin, .weightedRoundRobin:
@@ -86,7 +110,7 @@ public struct LoadBalancerRules: Sendable, Equatable {
         guard !listeners.isEmpty else { return [] }
         var out: [String] = []
         for l in listeners {
-            if let t = l.persistence {
+            if let t = l.persistence, l.proxy == nil {
                 out += [
                     "\tmap lb_persist_\(l.id) {", "\t\ttype ipv4_addr : ipv4_addr . inet_service", "\t\tflags dynamic, timeout", "\t\ttimeout \(t)s",
                     "\t}",
@@ -94,7 +118,7 @@ public struct LoadBalancerRules: Sendable, Equatable {
             }
             out.append("\tchain lb_\(l.id) {")
             // (A port in a DNAT needs the transport protocol matched in the same rule.)
-            if l.persistence != nil, !l.backends.isEmpty {
+            if l.persistence != nil, l.proxy == nil, !l.backends.isEmpty {
                 // A remembered backend that has left rotation is forgotten, not used (the map is rebuilt empty).
                 out.append("\t\tmeta l4proto \(l.proto) ip saddr @lb_persist_\(l.id) dnat ip to ip saddr map @lb_persist_\(l.id)")
             }
@@ -103,7 +127,7 @@ public struct LoadBalancerRules: Sendable, Equatable {
         let jumps = listeners.map { "\t\tip daddr \($0.address) \($0.proto) dport \($0.port) jump lb_\($0.id)" }
         out += ["\tchain lb_prerouting {", "\t\ttype nat hook prerouting priority dstnat - 1; policy accept;"] + jumps + ["\t}"]
         out += ["\tchain lb_output {", "\t\ttype nat hook output priority -101; policy accept;"] + jumps + ["\t}"]
-        let remembered = listeners.filter { $0.persistence != nil }
+        let remembered = listeners.filter { $0.persistence != nil && $0.proxy == nil }
         if !remembered.isEmpty {
             out += ["\tchain lb_remember {", "\t\ttype filter hook postrouting priority srcnat - 1; policy accept;"]
             for l in remembered {

@@ -156,6 +156,8 @@ extension Service {
             case .deleted: break
             case .missing: throw APIError(code: "not_found", message: "no network \(Validate.escaped(ref))")
             case let .inUse(count): throw APIError(code: "conflict", message: "network \(n.name) has \(count) NIC(s): terminate their instances first")
+            case let .hasLoadBalancers(count):
+                throw APIError(code: "conflict", message: "network \(n.name) has \(count) load balancer(s) on its addresses: delete them first")
             }
             net.unrealize(id: n.id, bridge: n.bridge)
             do { try applyFirewall(net) } catch {

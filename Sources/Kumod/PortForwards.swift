@@ -13,6 +13,23 @@ extension Service {
         return nic
     }
 
+    /// `text` as one of the host's addresses (loopback and tenant gateways aside), or why not.
+    func ownHostAddress(_ text: String, _ net: NetworkHost) throws(APIError) -> IPv4Address {
+        try Validate.text(text, field: "host_address", maxBytes: 64)
+        guard let a = IPv4Address(text) else {
+            throw APIError(code: "invalid_argument", message: "host_address '\(Validate.escaped(text))' is not an IPv4 address")
+        }
+        let bridges = Set((try wrap { try store.allNetworks() }).map(\.bridge))
+        let own: [(address: IPv4Address, prefix: Int)]
+        do { own = try net.host.hostAddresses(excluding: bridges) } catch {
+            throw APIError(code: "internal", message: "cannot read the host's addresses: \(error)")
+        }
+        guard own.contains(where: { $0.address == a }), a.value >> 24 != 127 else {
+            throw APIError(code: "invalid_argument", message: "host_address \(a) is not an address of this host (loopback and tenant gateways aside)")
+        }
+        return a
+    }
+
     public func createPortForward(_ id: String, nic index: Int, _ r: CreatePortForwardRequest, by who: Store.Principal) throws(APIError) -> PortForward {
         let nic = try nicRecord(id, index: index, by: who)
         let proto = r.protocol ?? "tcp"
@@ -28,22 +45,7 @@ extension Service {
         }
         guard (1...65535).contains(r.port) else { throw APIError(code: "invalid_argument", message: "port must be 1–65535, not \(r.port)") }
         let net = try networkHost()
-        var hostAddress: IPv4Address? = nil
-        if let text = r.hostAddress {
-            try Validate.text(text, field: "host_address", maxBytes: 64)
-            guard let a = IPv4Address(text) else {
-                throw APIError(code: "invalid_argument", message: "host_address '\(Validate.escaped(text))' is not an IPv4 address")
-            }
-            let bridges = Set((try wrap { try store.allNetworks() }).map(\.bridge))
-            let own: [(address: IPv4Address, prefix: Int)]
-            do { own = try net.host.hostAddresses(excluding: bridges) } catch {
-                throw APIError(code: "internal", message: "cannot read the host's addresses: \(error)")
-            }
-            guard own.contains(where: { $0.address == a }), a.value >> 24 != 127 else {
-                throw APIError(code: "invalid_argument", message: "host_address \(a) is not an address of this host (loopback and tenant gateways aside)")
-            }
-            hostAddress = a
-        }
+        let hostAddress = try r.hostAddress.map { text throws(APIError) in try ownHostAddress(text, net) }
         guard !HostNetworking.hostUses(proto, port: r.hostPort) else {
             throw APIError(code: "conflict", message: "host \(proto) port \(r.hostPort) is in use on this host: choose another")
         }

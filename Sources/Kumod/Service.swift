@@ -57,6 +57,8 @@ public final class Service: Sendable {
     public let monitoring: Monitoring
     /// One-time tickets for instances' screens (VNCTickets.swift).
     public let vncTickets = VNCTickets()
+    /// The load balancers' health checks, proxies and drains (LoadBalancerRunner.swift).
+    public let balancing = LoadBalancing()
 
     public init(
         store: Store, launcher: any VMMLauncher, host: HostResources = .detect(), dataDir: URL,
@@ -78,6 +80,7 @@ public final class Service: Sendable {
         closing.store(true, ordering: .sequentiallyConsistent)
         stopMonitor()
         stopSampling()
+        stopLoadBalancing()
         // A launch already past its check hands work to the preparation queue, which hands it back.
         supervisor.sync {}
         preparation.sync(flags: .barrier) {}

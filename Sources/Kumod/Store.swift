@@ -120,7 +120,7 @@ public final class Store: Sendable {
         }
     }
 
-    public enum TenantDeletion: Sendable { case deleted, inUse(Int), hasNetworks(Int), missing }
+    public enum TenantDeletion: Sendable { case deleted, inUse(Int), hasNetworks(Int), hasLoadBalancers(Int), missing }
 
     /// Deletes a tenant, its tokens, security groups and key pairs, in one transaction, unless it has instances that are not deleted.
     /// Its deleted instances' rows (and reservations) stay for their history, under the tenant id.
@@ -131,6 +131,8 @@ public final class Store: Sendable {
             if live > 0 { return .inUse(live) }
             let networks = try Int.fetchOne(db, sql: "SELECT count(*) FROM networks WHERE tenant_id = ?", arguments: [id]) ?? 0
             if networks > 0 { return .hasNetworks(networks) }
+            let balancers = try Int.fetchOne(db, sql: "SELECT count(*) FROM load_balancers WHERE tenant_id = ?", arguments: [id]) ?? 0
+            if balancers > 0 { return .hasLoadBalancers(balancers) }
             try db.execute(sql: "DELETE FROM tokens WHERE tenant_id = ?", arguments: [id])
             // Its security groups (on no NIC now: its instances are gone) and their rules.
             try db.execute(

@@ -106,13 +106,15 @@ extension Store {
         }
     }
 
-    public enum NetworkDeletion: Sendable, Equatable { case deleted, missing, inUse(Int) }
+    public enum NetworkDeletion: Sendable, Equatable { case deleted, missing, inUse(Int), hasLoadBalancers(Int) }
 
     public func deleteNetwork(_ id: String) throws -> NetworkDeletion {
         try db.write { db in
             guard try String.fetchOne(db, sql: "SELECT id FROM networks WHERE id = ?", arguments: [id]) != nil else { return .missing }
             let nics = try Int.fetchOne(db, sql: "SELECT count(*) FROM nics WHERE network_id = ?", arguments: [id]) ?? 0
             if nics > 0 { return .inUse(nics) }
+            let balancers = try Int.fetchOne(db, sql: "SELECT count(*) FROM load_balancers WHERE network_id = ?", arguments: [id]) ?? 0
+            if balancers > 0 { return .hasLoadBalancers(balancers) }
             try db.execute(sql: "DELETE FROM networks WHERE id = ?", arguments: [id])
             return .deleted
         }
@@ -197,7 +199,12 @@ extension Store {
         guard let row = try Row.fetchOne(db, sql: "SELECT name, cidr FROM networks WHERE id = ?", arguments: [network]),
             let cidr = IPv4Network(row[1] as String)
         else { throw APIError(code: "not_found", message: "no network \(network)") }
-        let used = Set(try String.fetchAll(db, sql: "SELECT address FROM nics WHERE network_id = ?", arguments: [network]).compactMap(IPv4Address.init))
+        // A load balancer's address in the network is taken too.
+        let used = Set(
+            try String.fetchAll(
+                db, sql: "SELECT address FROM nics WHERE network_id = ? UNION SELECT address FROM load_balancers WHERE network_id = ?",
+                arguments: [network, network]
+            ).compactMap(IPv4Address.init))
         guard let address = (2..<(cidr.size - 1)).lazy.compactMap({ cidr.address(at: $0) }).first(where: { !used.contains($0) }) else {
             throw APIError(code: "insufficient_capacity", message: "network \(row[0] as String) (\(cidr)) has no free address left")
         }

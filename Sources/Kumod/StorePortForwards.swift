@@ -57,6 +57,7 @@ extension Store {
             if try Int.fetchOne(db, sql: "SELECT count(*) FROM port_forwards WHERE protocol = ? AND host_port = ?", arguments: [proto, hostPort]) ?? 0 > 0 {
                 return .taken
             }
+            if try Self.listenerHolds(db, proto: proto, port: hostPort, address: hostAddress) { return .taken }
             let count = try Int.fetchOne(db, sql: "SELECT count(*) FROM port_forwards WHERE nic_id = ?", arguments: [nic]) ?? 0
             if count >= PortForward.maxPerNIC { return .tooMany(PortForward.maxPerNIC) }
             let id = Self.newID("pf")

@@ -194,6 +194,51 @@ extension Store {
         m.registerMigration("v15: instance displays") { db in
             try db.execute(sql: "ALTER TABLE instances ADD COLUMN display TEXT")
         }
+        m.registerMigration("v16: load balancers") { db in
+            // A listener's address, protocol and port are taken once host-wide (the address is copied from
+            // its balancer so the UNIQUE constraint can say so); a network's balancer address is unique in
+            // it and never a NIC's (allocateNIC skips it). A backend goes with its NIC; health and events
+            // go with their listener and balancer. Drains outlive what they drain (they end its flows).
+            try db.execute(
+                sql: """
+                    CREATE TABLE load_balancers (
+                        id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL REFERENCES tenants(id), name TEXT NOT NULL,
+                        address TEXT NOT NULL, network_id TEXT REFERENCES networks(id), created_at TEXT NOT NULL,
+                        UNIQUE (tenant_id, name));
+                    CREATE UNIQUE INDEX load_balancers_network_address ON load_balancers(network_id, address) WHERE network_id IS NOT NULL;
+                    CREATE TABLE lb_groups (
+                        id TEXT PRIMARY KEY, lb_id TEXT NOT NULL REFERENCES load_balancers(id) ON DELETE CASCADE, name TEXT NOT NULL,
+                        created_at TEXT NOT NULL, UNIQUE (lb_id, name));
+                    CREATE TABLE lb_backends (
+                        id TEXT PRIMARY KEY, group_id TEXT NOT NULL REFERENCES lb_groups(id) ON DELETE CASCADE,
+                        nic_id TEXT NOT NULL REFERENCES nics(id) ON DELETE CASCADE,
+                        port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535), weight INTEGER NOT NULL CHECK (weight BETWEEN 1 AND 100),
+                        created_at TEXT NOT NULL, UNIQUE (group_id, nic_id, port));
+                    CREATE INDEX lb_backends_nic ON lb_backends(nic_id);
+                    CREATE TABLE lb_listeners (
+                        id TEXT PRIMARY KEY, lb_id TEXT NOT NULL REFERENCES load_balancers(id) ON DELETE CASCADE,
+                        protocol TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')), address TEXT NOT NULL,
+                        port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+                        scheduler TEXT NOT NULL CHECK (scheduler IN ('rr', 'wrr', 'wlc', 'sh')),
+                        persistence_seconds INTEGER CHECK (persistence_seconds BETWEEN 1 AND 3600),
+                        drain_seconds INTEGER NOT NULL CHECK (drain_seconds BETWEEN 0 AND 3600),
+                        group_id TEXT NOT NULL REFERENCES lb_groups(id), health_check TEXT NOT NULL, created_at TEXT NOT NULL,
+                        UNIQUE (address, protocol, port));
+                    CREATE TABLE lb_health (
+                        listener_id TEXT NOT NULL REFERENCES lb_listeners(id) ON DELETE CASCADE,
+                        backend_id TEXT NOT NULL REFERENCES lb_backends(id) ON DELETE CASCADE,
+                        state TEXT NOT NULL CHECK (state IN ('healthy', 'unhealthy')), reason TEXT, since TEXT NOT NULL,
+                        PRIMARY KEY (listener_id, backend_id));
+                    CREATE TABLE lb_drains (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT, lb_id TEXT NOT NULL, listener_id TEXT NOT NULL, protocol TEXT NOT NULL,
+                        address TEXT NOT NULL, port INTEGER NOT NULL, backend_address TEXT NOT NULL, backend_port INTEGER NOT NULL,
+                        ends_at REAL NOT NULL);
+                    CREATE TABLE lb_events (
+                        seq INTEGER PRIMARY KEY AUTOINCREMENT, lb_id TEXT NOT NULL REFERENCES load_balancers(id) ON DELETE CASCADE,
+                        listener_id TEXT, backend_id TEXT, message TEXT NOT NULL, at TEXT NOT NULL);
+                    CREATE INDEX lb_events_lb ON lb_events(lb_id, seq);
+                    """)
+        }
         return m
     }
 

@@ -29,16 +29,22 @@ extension Service {
         let t = try tenantRecord(ref)
         guard t.id != who.tenantID else { throw APIError(code: "conflict", message: "tenant \(t.name) is yours: delete it with another tenant's admin token") }
         var outcome = try wrap { try store.deleteTenant(t.id) }
-        if case .hasNetworks = outcome {
-            // No instance of its is left, so no NIC: its networks (the default one kumod made) go with it.
+        switch outcome {
+        case .hasNetworks, .hasLoadBalancers:
+            // No instance of its is left, so no NIC: its load balancers and networks (the default one kumod
+            // made) go with it.
+            for b in try wrap({ try store.loadBalancers(tenant: t.id) }) { try deleteLoadBalancer(b.id, by: who) }
             for n in try wrap({ try store.networks(tenant: t.id) }) { try deleteNetwork(n.id, by: who) }
             outcome = try wrap { try store.deleteTenant(t.id) }
+        default: break
         }
         switch outcome {
         case .deleted: return
         case .missing: throw APIError(code: "not_found", message: "no tenant \(t.name)")
         case let .inUse(n): throw APIError(code: "conflict", message: "tenant \(t.name) has \(n) instance(s) that are not deleted: terminate them first")
         case let .hasNetworks(n): throw APIError(code: "conflict", message: "tenant \(t.name) still has \(n) network(s) (made meanwhile): try again")
+        case let .hasLoadBalancers(n):
+            throw APIError(code: "conflict", message: "tenant \(t.name) still has \(n) load balancer(s) (made meanwhile): try again")
         }
     }
 

@@ -188,7 +188,7 @@ struct Kumo: ParsableCommand {
         discussion: "Exit codes: 0 done, 1 refused by kumod, 2 bad usage, 3 kumod unreachable, 4 not authenticated/allowed, 5 not found.",
         subcommands: [
             InstanceCommand.self, ConsoleCommand.self, TypeCommand.self, ImageCommand.self, HostCommand.self, NetworkCommand.self, SecurityGroupCommand.self,
-            KeyPairCommand.self, AlarmCommand.self,
+            KeyPairCommand.self, AlarmCommand.self, LoadBalancerCommand.self,
             TenantCommand.self,
             TokenCommand.self,
         ])

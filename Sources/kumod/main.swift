@@ -135,6 +135,7 @@ struct KumodCommand: AsyncParsableCommand {
             for note in try service.recoverNetworks() { FileHandle.standardError.write(Data("kumod: networks: \(note)\n".utf8)) }
             service.startMonitor()
             service.startSampling()
+            service.startLoadBalancing()
             let sock = socketPath ?? dir.appendingPathComponent("kumod.sock").path
             try? FileManager.default.removeItem(atPath: sock)
             // HTTP/1.1, with the console's WebSocket upgrade on the same router.

@@ -92,24 +92,31 @@ enum NamespaceSockets {
         return echoes(s, "hello from \(netns)")
     }
 
-    /// An echo server in a namespace: every connection gets its lines back, until `stop`.
+    /// An echo server in a namespace: every connection gets `greeting` first (if any), then its lines
+    /// back, until `stop`. A connection's descriptor is closed when it ends.
     final class EchoServer: @unchecked Sendable {
         let listener: Int32
-        let connections = Mutex<[Int32]>([])
+        let connections = Mutex<Set<Int32>>([])
 
-        init(in netns: String, address a: String, port: UInt16) throws {
-            let s = try NamespaceSockets.listener(in: netns, address: a, port: port)
+        init(in netns: String, address a: String, port: UInt16, greeting: String? = nil, backlog: Int32 = 16) throws {
+            let s = try NamespaceSockets.listener(in: netns, address: a, port: port, backlog: backlog)
             listener = s
             Thread { [self] in
                 while true {
                     let c = accept(s, nil, nil)
                     guard c >= 0 else { return }  // shut down by `stop`
-                    connections.withLock { $0.append(c) }
-                    Thread {
+                    connections.withLock { _ = $0.insert(c) }
+                    Thread { [self] in
+                        if let g = greeting { _ = g.withCString { write(c, $0, strlen($0)) } }
                         var buf = [UInt8](repeating: 0, count: 256)
                         while true {
                             let n = read(c, &buf, buf.count)
-                            guard n > 0, write(c, buf, n) == n else { return }
+                            guard n > 0, write(c, buf, n) == n else { break }
+                        }
+                        // Removed and closed under the lock: `stop` never shuts down a reused descriptor.
+                        connections.withLock {
+                            $0.remove(c)
+                            close(c)
                         }
                     }.start()
                 }
@@ -118,12 +125,11 @@ enum NamespaceSockets {
 
         func stop() {
             shutdown(listener, Int32(SHUT_RDWR))
-            for c in connections.withLock({ $0 }) { shutdown(c, Int32(SHUT_RDWR)) }
+            connections.withLock { for c in $0 { shutdown(c, Int32(SHUT_RDWR)) } }
         }
         deinit {
             stop()
             close(listener)
-            for c in connections.withLock({ $0 }) { close(c) }
         }
     }
 }

@@ -63,7 +63,7 @@ func tempDir(_ tag: String) throws -> URL {
                 "v4: memory dedup per instance", "v5: CPU policy (shared or dedicated)", "v6: memory shares per instance type", "v7: networks and NICs",
                 "v8: NIC bandwidth per instance type", "v9: security groups", "v10: port forwards", "v11: key pairs",
                 "v12: private images (imported, from instances), root disk formats", "v13: run-command invocations",
-                "v14: alarm rules and their history", "v15: instance displays",
+                "v14: alarm rules and their history", "v15: instance displays", "v16: load balancers",
             ])
         #expect(try s.types().map(\.name) == ["kumo.small", "kumo.medium", "kumo.large"])
         #expect(try s.type("kumo.medium") == InstanceType(name: "kumo.medium", vcpus: 2, memoryMiB: 4096, builtin: true))

@@ -313,9 +313,22 @@ import KumoAPI
             "POST /v1/instances/{id}/vnc": (.allowed, .notFound, .allowed),
             // Its one-time ticket is the credential, token or not: a made-up one is not found, whoever asks.
             "GET /v1/vnc/{ticket}": (.notFound, .notFound, .notFound),
+            "GET /v1/load-balancers": all, "POST /v1/load-balancers": all, "GET /v1/load-balancers/{id}": own,
+            "DELETE /v1/load-balancers/{id}": own, "GET /v1/load-balancers/{id}/events": own, "POST /v1/load-balancers/{id}/listeners": own,
+            "DELETE /v1/load-balancers/{id}/listeners/{listener}": own, "POST /v1/load-balancers/{id}/backend-groups": own,
+            "DELETE /v1/load-balancers/{id}/backend-groups/{group}": own, "POST /v1/load-balancers/{id}/backend-groups/{group}/backends": own,
+            "DELETE /v1/load-balancers/{id}/backend-groups/{group}/backends/{backend}": own,
         ]
         let admin = try #require(try f.store.principal(token: f.admin))
         #expect(Set(rows.keys) == Set(API.routes.map { "\($0.0) \($0.1)" }), "every route has a row, and only routes do")
+        // Load balancers are on a network of their tenant's ("lbnet", made when first needed), and Alice's
+        // backends are a NIC of an instance of hers in it.
+        @Sendable func lbNet(_ p: Store.Principal) throws {
+            if try f.store.network("lbnet", tenant: p.tenantID) == nil {
+                _ = try f.service.createNetwork(CreateNetworkRequest(name: "lbnet", cidr: try NetworkAPITests.freeCIDR(f)), by: p)
+            }
+        }
+        nonisolated(unsafe) var backendInstance: String? = nil
         try await f.app.test(.router) { c in
             try await Self.image(c, f)
             for (method, path) in API.routes {
@@ -341,6 +354,26 @@ import KumoAPI
                             let r = try f.service.addSecurityGroupRule(
                                 g.id, AddSecurityGroupRuleRequest(direction: "ingress", protocol: "tcp", ports: "22", cidr: "10.0.0.0/8"), by: alice)
                             uri = uri.replacingOccurrences(of: "{rule}", with: r.id)
+                        }
+                    } else if path.hasPrefix("/v1/load-balancers/") {
+                        let alice = try #require(try f.store.principal(token: f.alice))
+                        try lbNet(alice)
+                        let b = try f.service.createLoadBalancer(CreateLoadBalancerRequest(name: "m-\(unique)", network: "lbnet"), by: alice)
+                        let g = try f.service.createBackendGroup(b.id, CreateBackendGroupRequest(name: "g"), by: alice)
+                        uri = uri.replacingOccurrences(of: "{id}", with: b.id).replacingOccurrences(of: "{group}", with: g.id)
+                        if path.contains("{listener}") {
+                            let l = try f.service.createListener(b.id, CreateListenerRequest(port: 80, backendGroup: "g"), by: alice)
+                            uri = uri.replacingOccurrences(of: "{listener}", with: l.id)
+                        }
+                        if path.contains("/backends") {
+                            if backendInstance == nil {
+                                let r = try f.service.runInstances(RunInstancesRequest(type: "kumo.small", image: "tiny", networks: ["lbnet"]), by: alice)
+                                backendInstance = r.instances[0].id
+                            }
+                            if path.contains("{backend}") {
+                                let e = try f.service.addBackend(b.id, group: g.id, AddBackendRequest(instance: backendInstance!, port: 8080), by: alice)
+                                uri = uri.replacingOccurrences(of: "{backend}", with: e.backends[0].id)
+                            }
                         }
                     } else if path.hasPrefix("/v1/key-pairs/") {
                         let alice = try #require(try f.store.principal(token: f.alice))
@@ -419,6 +452,13 @@ import KumoAPI
                     case "POST /v1/instances/{id}/nics/{index}/port-forwards":
                         payload = #"{"host_port": \#(Int.random(in: 50000...59999)), "port": 80}"#
                     case "POST /v1/tenants/{tenant}/tokens": payload = #"{"description": "from the matrix"}"#
+                    case "POST /v1/load-balancers":
+                        if let p = try f.store.principal(token: token ?? "") { try lbNet(p) }
+                        payload = #"{"name": "b-\#(unique)", "network": "lbnet"}"#
+                    case "POST /v1/load-balancers/{id}/listeners": payload = #"{"port": 81, "backend_group": "g"}"#
+                    case "POST /v1/load-balancers/{id}/backend-groups": payload = #"{"name": "g2"}"#
+                    case "POST /v1/load-balancers/{id}/backend-groups/{group}/backends":
+                        payload = #"{"instance": "\#(backendInstance ?? "")", "port": 8081}"#
                     default: payload = ""
                     }
                     let open = path == "/v1/openapi.yaml" || path == "/v1/health"
@@ -442,6 +482,8 @@ import KumoAPI
                             }
                         }
                     }
+                    // Balancers go (their networks with them, below, at the end).
+                    for b in try f.service.listLoadBalancers(by: admin) { try f.service.deleteLoadBalancer(b.id, by: admin) }
                     // Networks go too (a bridge and a dnsmasq each), once no NIC is in them.
                     if path.hasPrefix("/v1/networks") {
                         for n in try f.service.listNetworks(by: admin) where n.nics == 0 { try f.service.deleteNetwork(n.id, by: admin) }
