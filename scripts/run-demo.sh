@@ -94,6 +94,17 @@ if [ -n "$nic" ]; then
     say "security groups default + web (TCP 80 from anywhere); host port $port forwarded to its port 80."
     say "In the guest: echo hello > /tmp/index.html; httpd -p 80 -h /tmp. On the host: curl http://$host:$port/"
   fi
+  # A load balancer on the network's own address in front of its port 80, with an HTTP health check:
+  # its backend is unhealthy until the guest serves, then in rotation (docs/LB.md). Kept across reruns.
+  if ! kumo lb show web >/dev/null 2>&1; then
+    net=$(kumo instance show "$id" --output json | json "print(d['nics'][0]['network'])")
+    { kumo lb create web --network "$net" >/dev/null && kumo lb group create web servers >/dev/null &&
+      kumo lb backend add web servers --instance "$id" --port 80 >/dev/null &&
+      kumo lb listener add web --port 80 --group servers --check http --check-path / >/dev/null; } ||
+      say "could not make the load balancer web"
+  fi
+  vip=$(kumo lb show web --output json 2>/dev/null | json "print(d['address'])" || true)
+  [ -n "$vip" ] && say "load balancer web on $vip:80 (in the network) -> $id:80, HTTP-checked: kumo lb show web; from the host: curl http://$vip/"
 else
   say "networking is off in this kumod (see $data/kumod.log): the instance has no NIC"
 fi
@@ -109,6 +120,7 @@ kumo:   $bin/kumo keypair list             (the console shows nocloud_keys=1: th
 kumo:   $bin/kumo instance run-command $id -- uname -a   (the guest agent over virtio-vsock)
 kumo:   $bin/kumo image import NAME FILE --format raw|qcow2 --boot-image $image   (your own image)
 kumo:   $bin/kumo instance metrics $id --metric cpu_percent --chart   (monitoring, no agent in the guest)
+kumo:   $bin/kumo lb show web              (the load balancer: its backend's health; kumo lb events web)
 kumo: the web console: http://$listen/ui/ (log in with the admin token above; charts, the serial console,
 kumo:   the Screen tab: the instance's screen in noVNC, a shell on its tty1)
 kumo:   $bin/kumo instance vnc $id --listen 5900   (its screen for a desktop VNC viewer on 127.0.0.1:5900)

@@ -392,6 +392,39 @@ struct NetworkGuestTests {
         #expect(try Self.fetch(from: outNS, hostSide.description, forwardPort, timeout: 30) == "kumo-web \(annAddr)")
         #expect(try Self.fetch(from: otherNS, otherHostSide.description, forwardPort) == nil)
 
+        // A load balancer on the host's address in front of Ann's web server (issue 19): an HTTP check of
+        // the guest's busybox httpd takes it into rotation, and the outside reaches it through the
+        // listener. Ben can neither add his guest to it nor see it.
+        var lbPort = 0
+        for _ in 0..<20 {
+            lbPort = Int.random(in: 40000...60000)
+            if !HostNetworking.hostUses("tcp", port: lbPort) && lbPort != Int(forwardPort) { break }
+        }
+        _ = try kumo(["lb", "create", "front", "--host-address", hostSide.description], ann)
+        _ = try kumo(["lb", "group", "create", "front", "web"], ann)
+        _ = try kumo(["lb", "backend", "add", "front", "web", "--instance", annVM.id, "--port", "80"], ann)
+        _ = try kumo(
+            [
+                "lb", "listener", "add", "front", "--port", "\(lbPort)", "--group", "web", "--check", "http", "--check-path", "/", "--check-interval", "1",
+                "--rise", "2", "--fall", "2",
+            ], ann)
+        var health = ""
+        let healthy = Date().addingTimeInterval(60)
+        while Date() < healthy {
+            let lb = try JSONDecoder().decode(LoadBalancer.self, from: Data(try kumo(["lb", "show", "front", "--output", "json"], ann).utf8))
+            health = lb.listeners.first?.backends.first?.health ?? "none"
+            if health == "healthy" { break }
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        #expect(health == "healthy", "Ann's guest passes the HTTP check: \(health)")
+        #expect(try Self.fetch(from: outNS, hostSide.description, UInt16(lbPort), timeout: 30) == "kumo-web \(annAddr)", "through the balancer")
+        let theirs = try CLITests.kumo(
+            ["lb", "backend", "add", "front", "web", "--instance", benVM.id, "--port", "80"], endpoint: "unix:" + k.socket, token: ann)
+        #expect(theirs.0 != 0 && theirs.2.contains("no instance"), "Ben's guest is not Ann's to balance: \(theirs)")
+        let peek = try CLITests.kumo(["lb", "show", "front"], endpoint: "unix:" + k.socket, token: ben)
+        #expect(peek.0 != 0 && peek.2.contains("no load balancer"), "Ben does not see Ann's balancer: \(peek)")
+        _ = try kumo(["lb", "delete", "front"], ann)
+
         // Tenants apart: both are up (just shown), Ben's group lets anyone in, and still neither reaches
         // the other.
         #expect(try annC.ask("fetch \(benAddr)", "fetch") == "\(benAddr)=failed")

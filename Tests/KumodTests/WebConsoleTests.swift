@@ -22,7 +22,7 @@ struct WebConsoleTests {
         ] {
             try #require(FileManager.default.fileExists(atPath: tool), "\(tool) is missing: scripts/test-deps.sh installs it")
         }
-        let k = try CLITests.Kumod(vmm: RealVMMTests.vmm, extra: ["--stop-timeout", "5", "--metrics-interval", "2"])
+        let k = try CLITests.Kumod(vmm: RealVMMTests.vmm, extra: ["--stop-timeout", "5", "--metrics-interval", "2"], networking: NetworkHostTests.canNet)
         defer { k.close() }
         func ok(_ args: [String], _ token: String? = nil) throws -> String {
             let r = try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: token ?? k.token)
@@ -72,6 +72,18 @@ struct WebConsoleTests {
         #expect(shellUp || KnownGuestDefect.struck(booted), "the busybox guest reaches its shell: \(booted.suffix(1500))")
         Thread.sleep(forTimeInterval: 2)  // the shell's prompt
 
+        // A load balancer in front of the shell guest's port 80, where nothing listens: its check fails.
+        var lb: [String] = []
+        if NetworkHostTests.canNet {
+            let shellNIC = try #require(
+                try JSONDecoder().decode(Instance.self, from: Data(try ok(["instance", "show", shell, "--output", "json"], token).utf8)).nics?.first)
+            _ = try ok(["lb", "create", "front", "--network", shellNIC.network], token)
+            _ = try ok(["lb", "group", "create", "front", "shells"], token)
+            _ = try ok(["lb", "backend", "add", "front", "shells", "--instance", shell, "--port", "80"], token)
+            _ = try ok(["lb", "listener", "add", "front", "--port", "80", "--group", "shells", "--check-interval", "1", "--fall", "1"], token)
+            lb = ["--lb", "front"]
+        }
+
         let artifacts = CLITests.root.appendingPathComponent(".build/test-artifacts/web-console")
         try? FileManager.default.removeItem(at: artifacts)
         let script = CLITests.root.appendingPathComponent("Tests/web/console_test.py").path
@@ -80,7 +92,7 @@ struct WebConsoleTests {
                 script, "--url", "http://127.0.0.1:\(k.port)", "--token", token, "--type", "tiny", "--image", "echo", "--screen-image", "screen", "--artifacts",
                 artifacts.path,
             ]
-            + (shellUp ? ["--shell-instance", shell] : [])
+            + (shellUp ? ["--shell-instance", shell] : []) + lb
         let run = try hostTool("/usr/bin/env", ["python3"] + args, mergingStderr: true)
         print(run.1.split(separator: "\n").filter { $0.hasPrefix("ok ") || $0.hasPrefix("FAIL") }.map { "WebConsoleTests: \($0)" }.joined(separator: "\n"))
         #expect(run.0 == 0, "console_test.py: \(run.1.suffix(3000))")

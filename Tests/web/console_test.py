@@ -38,6 +38,7 @@ def main():
     p.add_argument("--image", required=True)
     p.add_argument("--shell-instance", help="a running instance whose console is a busybox shell")
     p.add_argument("--screen-image", help="an image of the display guest (Tests/guests/display.S), for the Screen tab")
+    p.add_argument("--lb", help="a load balancer of the tenant's with a listener whose backend fails its checks")
     p.add_argument("--artifacts", required=True)
     a = p.parse_args()
     os.makedirs(a.artifacts, exist_ok=True)
@@ -233,6 +234,24 @@ def main():
         after = js("return performance.getEntriesByType('resource').filter(e => e.name.includes('/v1/')).length")
         check(after - before <= 12, "an idle page asks kumod at most once a second", "%d requests in 12 s" % (after - before))
         shot("08-instances")
+
+        # Load balancers: each listener's backends with their health and the failed probe's reason.
+        if a.lb:
+            driver.get(a.url + "/ui/#/lbs")
+            try:
+                WebDriverWait(driver, 30).until(lambda d: "unhealthy" in d.find_element(By.ID, "main").text)
+                text = driver.find_element(By.ID, "main").text
+                check(a.lb in text and "unhealthy" in text and ("refused" in text or "within" in text or "timed out" in text),
+                      "the load balancers page shows a backend's health and why", text[:400])
+            except TimeoutException:
+                check(False, "the load balancers page shows a backend's health and why", driver.find_element(By.ID, "main").text[:400])
+            driver.find_element(By.XPATH, "//section[contains(@class,'lb')]//button[text()='Events']").click()
+            try:
+                WebDriverWait(driver, 10).until(lambda d: "out of rotation" in d.find_element(By.ID, "main").text)
+                check(True, "a balancer's events are shown")
+            except TimeoutException:
+                check(False, "a balancer's events are shown", driver.find_element(By.ID, "main").text[-400:])
+            shot("11-load-balancers")
 
         # Keyboard: on a fresh load the first Tab reaches the skip link, the next ones the sections.
         driver.get(a.url + "/ui/#/instances")

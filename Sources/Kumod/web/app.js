@@ -1,7 +1,8 @@
-// The console's pages and its router (#/instances, #/instances/ID, #/create, #/alarms, #/host, #/types,
+// The console's pages and its router (#/instances, #/instances/ID, #/create, #/alarms, #/lbs, #/host, #/types,
 // #/images, #/login). Lists refresh every 3 s while shown, charts every 10 s: an idle page asks kumod
 // for less than one thing a second.
 import * as api from "/ui/api.js";
+import { loadBalancersPage } from "/ui/lb.js";
 import { h, table, state, kv, showError, attempt, leave, every, mib, when, field } from "/ui/ui.js";
 import { instancePage } from "/ui/instance.js";
 import { hostPage } from "/ui/host.js";
@@ -185,7 +186,7 @@ function imagesPage() {
 }
 
 const routes = {
-  instances: instancesPage, create: createPage, alarms: alarmsPage, host: () => hostPage(me), types: typesPage, images: imagesPage,
+  instances: instancesPage, create: createPage, alarms: alarmsPage, lbs: loadBalancersPage, host: () => hostPage(me), types: typesPage, images: imagesPage,
 };
 
 let firstRoute = true;
