@@ -13,7 +13,7 @@ import TestSupport
 /// guests as backends are NetworkGuestTests').
 @Suite(.ownThreads, .serialized, .enabled(if: NetworkHostTests.canNet && access("/usr/sbin/conntrack", X_OK) == 0, "needs root, nft, ip and conntrack"))
 struct LoadBalancerAPITests {
-    struct Lab {
+    struct Lab: @unchecked Sendable {
         let f: Fixture
         let rig: SecurityGroupTests.Rig
         let alice: Store.Principal, bob: Store.Principal, admin: Store.Principal
@@ -220,16 +220,64 @@ struct LoadBalancerAPITests {
         #expect(kept.values.allSatisfy { $0.count == 1 && !$0.contains("none") }, "persistence: \(kept)")
         #expect(Set(kept.values.compactMap(\.first)).count == 3, "first connections went round: \(kept)")
 
+        // UDP, round robin (no check: every backend in rotation): each new flow (a fresh source port) in turn.
+        let udpServers = try lab.nics.enumerated().map { i, nic in
+            try NamespaceSockets.UDPResponder(in: lab.guests[i], address: "\(nic.address)", port: 5353, name: "backend\(i + 1)")
+        }
+        defer { udpServers.forEach { $0.stop() } }
+        _ = try s.createSecurityGroup(CreateSecurityGroupRequest(name: "dns"), by: alice)
+        _ = try s.addSecurityGroupRule(
+            "dns", AddSecurityGroupRuleRequest(direction: "ingress", protocol: "udp", ports: "5353", cidr: "0.0.0.0/0"), by: alice)
+        let dnsGroup = try #require(try s.describeSecurityGroup("dns", by: alice).id)
+        for nic in lab.nics {
+            let web = try #require(try f.store.nics(instance: nic.instanceID).first?.securityGroups)
+            _ = try s.setSecurityGroups(nic.instanceID, nic: 0, SetSecurityGroupsRequest(securityGroups: web + [dnsGroup]), by: alice)
+        }
+        let udpPort = try Self.freePort()
+        _ = try s.createBackendGroup("web", CreateBackendGroupRequest(name: "udp"), by: alice)
+        for nic in lab.nics { _ = try s.addBackend("web", group: "udp", AddBackendRequest(instance: nic.instanceID, port: 5353), by: alice) }
+        let udp = try s.createListener("web", CreateListenerRequest(protocol: "udp", port: udpPort, scheduler: "rr", backendGroup: "udp"), by: alice)
+        #expect(udp.healthCheck.type == "none" && udp.backends.allSatisfy { $0.health == "healthy" }, "\(udp)")
+        var u: [String: Int] = [:]
+        for i in 0..<300 {
+            u[try NamespaceSockets.udpAsk(from: lab.client, source: lab.sources[i % 64], to: lab.host, UInt16(udpPort)) ?? "none", default: 0] += 1
+        }
+        #expect(u == ["backend1": 100, "backend2": 100, "backend3": 100], "udp round robin: \(u)")
+
         // A backend killed: out of rotation within interval × fall (+ a probe's timeout), no new connection
         // goes to it afterwards; back after rise passes once it answers again.
+        // Killed mid-run: connections go on from another thread, each noted with when it was answered.
         let victim = "\(lab.nics[1].address)"
+        let answers = Mutex<[(at: Double, by: String)]>([])
+        let running = Atomic<Bool>(true)
+        let t0 = Date()
+        let client = lab
+        let traffic = Thread {
+            var i = 0
+            while running.load(ordering: .relaxed) {
+                let by = (try? client.ask(client.host, rr, from: client.sources[i % 64])) ?? nil
+                answers.withLock { $0.append((Date().timeIntervalSince(t0), by ?? "none")) }
+                i += 1
+            }
+        }
+        traffic.start()
+        Thread.sleep(forTimeInterval: 1)
+        let killedAt = Date().timeIntervalSince(t0)
         lab.servers[1].stop()
         let out = try lab.waitFor(lb.id, rrID, { $0 != victim })
+        Thread.sleep(forTimeInterval: 1.5)
+        running.store(false, ordering: .relaxed)
+        while answers.withLock({ $0.last?.at ?? 0 }) < killedAt + out + 1.4 { Thread.sleep(forTimeInterval: 0.05) }
+        let seen = answers.withLock { $0 }
         print("LoadBalancerAPITests: a killed backend left rotation after \(String(format: "%.2f", out)) s (interval 1 s × fall 2, timeout 1 s)")
         #expect(out <= 1 * 2 + 1 + 1, "out within interval × fall (+ timeout and a pass's slack): \(out) s")
-        Thread.sleep(forTimeInterval: 0.5)  // the rules are written after the store
-        c = try lab.shares(rr, 300)
-        #expect(c["backend2"] == nil && c["none"] == nil && c.values.reduce(0, +) == 300, "none to the killed backend: \(c)")
+        let early = seen.filter { $0.at < killedAt }, window = seen.filter { $0.at >= killedAt && $0.at < killedAt + out + 0.3 }
+        let late = seen.filter { $0.at >= killedAt + out + 0.3 }
+        print(
+            "LoadBalancerAPITests: mid-run: \(early.count) connections before the kill, \(window.filter { $0.by == "none" }.count) of \(window.count) refused "
+                + "until it left rotation, \(late.count) after")
+        #expect(early.contains { $0.by == "backend2" } && early.allSatisfy { $0.by != "none" }, "before the kill all three answered")
+        #expect(late.count > 100 && late.allSatisfy { $0.by != "backend2" && $0.by != "none" }, "after: none to the killed backend, none lost")
         let events = try s.loadBalancerEvents("web", by: alice).map(\.message)
         #expect(events.contains { $0.contains(victim) && $0.contains("unhealthy") }, "\(events.suffix(5))")
         lab.servers[1] = try NamespaceSockets.EchoServer(in: lab.guests[1], address: victim, port: 8080, greeting: "backend2\n", backlog: 256)

@@ -7,7 +7,7 @@ import SystemKit
 enum NamespaceSockets {
     struct Failure: Error, CustomStringConvertible { let description: String }
 
-    static func socket(in netns: String) throws -> Int32 {
+    static func socket(in netns: String, type: Int32 = Int32(SOCK_STREAM.rawValue)) throws -> Int32 {
         let made = Mutex<Result<Int32, Failure>>(.failure(Failure(description: "no socket")))
         let done = DispatchSemaphore(value: 0)
         Thread {
@@ -16,7 +16,7 @@ enum NamespaceSockets {
                 made.withLock { $0 = .failure(Failure(description: "\(error)")) }
                 return
             }
-            let s = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            let s = Glibc.socket(AF_INET, type | Int32(SOCK_CLOEXEC.rawValue), 0)
             made.withLock { $0 = s >= 0 ? .success(s) : .failure(Failure(description: "socket: errno \(errno)")) }
         }.start()
         done.wait()
@@ -90,6 +90,56 @@ enum NamespaceSockets {
         guard let s = try connect(from: netns, to: a, port) else { return false }
         defer { close(s) }
         return echoes(s, "hello from \(netns)")
+    }
+
+    /// A UDP responder in a namespace: every datagram to address:port is answered with `name`, until `stop`.
+    final class UDPResponder: @unchecked Sendable {
+        let s: Int32
+        init(in netns: String, address a: String, port: UInt16, name: String) throws {
+            s = try NamespaceSockets.socket(in: netns, type: Int32(SOCK_DGRAM.rawValue))
+            var sin = NamespaceSockets.address(a, port)
+            let ok = withUnsafePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard ok == 0 else {
+                close(s)
+                throw Failure(description: "bind udp \(a):\(port) in \(netns): errno \(errno)")
+            }
+            let fd = s
+            Thread {
+                var buf = [UInt8](repeating: 0, count: 512)
+                while true {
+                    var peer = sockaddr_in()
+                    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+                    let n = withUnsafeMutablePointer(to: &peer) {
+                        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buf, buf.count, 0, $0, &len) }
+                    }
+                    guard n >= 0 else { return }  // shut down by `stop`
+                    _ = name.withCString { p in
+                        withUnsafePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, p, strlen(p), 0, $0, len) } }
+                    }
+                }
+            }.start()
+        }
+        func stop() { shutdown(s, Int32(SHUT_RDWR)) }
+    }
+
+    /// One datagram from `netns` (from `source`) to address:port: the answer, or nil within 2 s.
+    static func udpAsk(from netns: String, source: String, to a: String, _ port: UInt16) throws -> String? {
+        let s = try socket(in: netns, type: Int32(SOCK_DGRAM.rawValue))
+        defer { close(s) }
+        var from = address(source, 0)
+        _ = withUnsafePointer(to: &from) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var to = address(a, port)
+        let sent = withUnsafePointer(to: &to) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(s, "?", 1, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard sent == 1 else { return nil }
+        var buf = [UInt8](repeating: 0, count: 64)
+        let n = recv(s, &buf, buf.count, 0)
+        return n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : nil
     }
 
     /// An echo server in a namespace: every connection gets `greeting` first (if any), then its lines
