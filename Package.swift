@@ -47,7 +47,14 @@ let package = Package(
         // What kumo-vmm and its users agree on (no Foundation): the VM configuration it reads, every
         // control-socket operation as a typed request and reply, one client, the contract's version.
         .target(name: "VMMContract", dependencies: ["SystemKit", "Boot", "HostCPUs", "DiskImage"]),
-        .target(name: "VMM", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "HostCPUs", "RFB"]),
+        // seccomp filters (docs/SANDBOX.md): the allow lists in Sources/VMM/seccomp/ are compiled to BPF at
+        // build time by the SeccompFilters plugin (seccomp-compile) and linked into kumo-vmm.
+        .target(name: "SeccompBPF"),
+        .executableTarget(name: "seccomp-compile", dependencies: ["SeccompBPF"]),
+        .plugin(name: "SeccompFilters", capability: .buildTool(), dependencies: ["seccomp-compile"]),
+        .target(
+            name: "VMM", dependencies: ["SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "HostCPUs", "RFB"],
+            plugins: ["SeccompFilters"]),
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM", "VMMContract"]),
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
         .executableTarget(name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver", "DiskImage"]),
@@ -81,6 +88,7 @@ let package = Package(
             name: "UnitTests",
             dependencies: [
                 "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "Virtio", "VirtioTestDriver", "VMM", "DiskImage", "TestSupport", "RFB",
+                "SeccompBPF",
             ]),
         .testTarget(name: "KVMTests", dependencies: ["TestSupport", "SystemKit", "VMMContract", "KVM", "GuestMemory", "Boot", "Devices", "VMM"]),
         .testTarget(name: "EndToEndTests", dependencies: ["VMM", "VMMContract", "SystemKit", "TestSupport", "DiskImage"]),

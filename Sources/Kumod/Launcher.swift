@@ -117,7 +117,11 @@ public struct ProcessLauncher: VMMLauncher {
     public let vmmPath: String
     /// Where CPU caps and shares go (nil: the host has no usable cpu cgroup hierarchy).
     public let cgroups: CPUCgroups?
-    public init(vmmPath: String, cgroups: CPUCgroups? = CPUCgroups.detect()) { self.vmmPath = vmmPath; self.cgroups = cgroups }
+    /// The VMMs' seccomp mode (docs/SANDBOX.md); kumod's --vmm-seccomp.
+    public var seccomp: SeccompMode = .off
+    public init(vmmPath: String, cgroups: CPUCgroups? = CPUCgroups.detect(), seccomp: SeccompMode = .off) {
+        self.vmmPath = vmmPath; self.cgroups = cgroups; self.seccomp = seccomp
+    }
 
     public func release(instanceID: String) { cgroups?.release(instanceID: instanceID) }
 
@@ -227,7 +231,9 @@ public struct ProcessLauncher: VMMLauncher {
         defer { lock.release() }
         // Again, cheaply (nothing is made twice): a launcher that wraps this one may not forward prepare.
         try ensurePrepared(spec)
-        try Data(Self.config(spec).jsonText.utf8).write(to: spec.configPath)
+        var config = Self.config(spec)
+        config.seccomp = seccomp
+        try Data(config.jsonText.utf8).write(to: spec.configPath)
         try? fm.removeItem(at: spec.controlSocket)
         try? fm.removeItem(at: spec.consoleSocket)
 

@@ -164,6 +164,13 @@ extension Service {
                 rebooted = true
                 why = "kumo-vmm \(p.pid) exited: the guest rebooted"
             case let .exited(c): why = "kumo-vmm \(p.pid) exited with status \(c) (see vmm.log in the instance's work directory)"
+            case .killed(SIGSYS):
+                // Its seccomp filter stopped a call (docs/SANDBOX.md): the VMM said which, unless it could not
+                // (a call made with every signal blocked is killed outright).
+                let said = tail.split(separator: "\n").last { $0.hasPrefix("kumo-vmm: seccomp: syscall ") }
+                why =
+                    (said.map { String($0.dropFirst("kumo-vmm: ".count)) } ?? "seccomp: a system call outside its thread's list (unnamed)")
+                    + " (kumo-vmm \(p.pid) killed by SIGSYS)"
             case let .killed(s): why = "kumo-vmm \(p.pid) killed by signal \(s)"
             case .vanished:
                 // Not kumod's child (adopted after a restart): its log says how it ended, if it does.

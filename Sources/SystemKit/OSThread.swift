@@ -14,6 +14,10 @@ public struct OSThread: @unchecked Sendable {
         init(_ name: String, _ run: @escaping () -> Void) { self.name = name; self.run = run }
     }
 
+    /// Runs first in every thread started with `spawn`, with its name (kumo-vmm installs the thread's
+    /// seccomp filter here). Set once, before any thread starts.
+    public nonisolated(unsafe) static var onStart: ((String) -> Void)? = nil
+
     /// Starts `body` on a new thread named `name` (the kernel shows 15 bytes of it).
     public static func spawn(name: String, _ body: @escaping () -> Void) throws(SysError) -> OSThread {
         let box = Unmanaged.passRetained(Body(name, body)).toOpaque()
@@ -23,6 +27,7 @@ public struct OSThread: @unchecked Sendable {
             { arg in
                 let b = Unmanaged<Body>.fromOpaque(arg!).takeRetainedValue()
                 _ = csys_set_thread_name(b.name)
+                OSThread.onStart?(b.name)
                 b.run()
                 return nil
             }, box)

@@ -223,7 +223,11 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         console.attach(machine.serial)
         control.attach(machine)
         vnc?.attach(machine)
-        do { try machine.start() } catch {
+        do {
+            try machine.start()
+            // The main thread's own filter, once the first boot's threads run theirs (docs/SANDBOX.md).
+            if boots == 1 { try Sandbox.install("main") }
+        } catch {
             eprint("kumo-vmm: \(error)")
             return 1
         }

@@ -37,6 +37,12 @@ public enum RebootPolicy: String, Sendable, CaseIterable {
     case exit
 }
 
+/// seccomp filters per thread kind (docs/SANDBOX.md): `enforce` kills the VMM with SIGSYS at a call its
+/// thread's list does not allow, `log` lets it through and has the kernel log it, `off` installs none.
+public enum SeccompMode: String, Sendable, CaseIterable {
+    case enforce, log, off
+}
+
 public enum CPUTemplateChoice: String, Sendable, CaseIterable {
     /// `nested` when the host's KVM is detected to emulate guest kernel code, else `none`.
     case auto, none, nested
@@ -75,6 +81,8 @@ public struct VMConfig: Sendable, Equatable {
     /// side channels between them (docs/ARCHITECTURE.md).
     public var memoryDedup: Bool = false
     public var onReboot: RebootPolicy = .restart
+    /// Off by default until the whole suite runs under enforce (docs/SANDBOX.md).
+    public var seccomp: SeccompMode = .off
 
     public init() {}
 }
@@ -107,7 +115,7 @@ extension VMConfig {
     static let keys: Set<String> = [
         "kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
         "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "vsock", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup",
-        "on_reboot", "display",
+        "on_reboot", "display", "seccomp",
     ]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
@@ -160,6 +168,10 @@ extension VMConfig {
                 guard case let .bool(b) = value else { throw .invalid(k, "must be true or false, not \(value.typeName)") }
                 memoryDedup = b
             case "on_reboot": onReboot = try RebootPolicy.parse(k, try str(k, value))
+            case "seccomp":
+                let v = try str(k, value)
+                guard let m = SeccompMode(rawValue: v) else { throw .invalid(k, "must be enforce, log or off, not \"\(v)\"") }
+                seccomp = m
             case "vcpu_affinity":
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array of CPU lists (or null), one per vCPU") }
                 vcpuAffinity = try items.enumerated().map { (i, item) throws(ConfigError) -> String? in
@@ -296,6 +308,10 @@ extension VMConfig {
             case "--serial-socket": c.serialSocket = try value(a)
             case "--memory-dedup": c.memoryDedup = true
             case "--on-reboot": c.onReboot = try RebootPolicy.parse("--on-reboot", try value(a))
+            case "--seccomp":
+                let v = try value(a)
+                guard let m = SeccompMode(rawValue: v) else { throw .invalid("--seccomp", "must be enforce, log or off, not \"\(v)\"") }
+                c.seccomp = m
             case "--pin":
                 let v = try value(a)
                 guard let eq = v.firstIndex(of: "="), let n = Int(v[..<eq]), n >= 0, n < 4096 else {

@@ -46,6 +46,8 @@ let usage = """
       --on-reboot P          when the guest asks to restart (ACPI or CF9 reset register, i8042 reset
                              line, triple fault, a jump to the reset vector): restart (default: the VM is
                              rebuilt and booted again) or exit (status 3, for a supervisor to decide)
+      --seccomp MODE         enforce (a call outside its thread's list kills the VMM with SIGSYS), log
+                             (allowed, logged by the kernel) or off (the default for now; docs/SANDBOX.md)
       --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
                              {"op":"balloon.set","target_mib":64} or {"op":"power_button"}
       --contract-version     print the version of the contract kumod and kumo-vmm share, and exit
@@ -93,4 +95,9 @@ do {
     eprint("kumo-vmm: \(error)")
     exit(2)
 }
+do { try Sandbox.prepare(plan.config.seccomp) } catch {
+    eprint("kumo-vmm: seccomp: \(error)")
+    exit(1)
+}
+if plan.config.seccomp == .log { eprint("kumo-vmm: seccomp log: calls outside a thread's list are let through (for the kernel's log)") }
 exit(runVMM(plan, startNanos: start))

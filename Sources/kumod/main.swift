@@ -37,6 +37,8 @@ struct KumodCommand: AsyncParsableCommand {
     var noKsmTuner = false
     @Option(help: ArgumentHelp("seconds a guest gets to power off after the ACPI power button before a stop is forced; 0 to 3600", valueName: "seconds"))
     var stopTimeout = 30.0
+    @Option(help: "the VMMs' seccomp filters: enforce, log or off (the default, until every test passes under enforce: docs/SANDBOX.md)")
+    var vmmSeccomp = "off"
     @Option(help: "restarts of a guest that reboots within --reboot-window; the next reboot stops the instance as a crash loop (0: at its first); 0 to 1000")
     var rebootLimit = RebootLimit.standard.count
     @Option(help: ArgumentHelp("seconds; 1 to 604800", valueName: "seconds"))
@@ -60,6 +62,7 @@ struct KumodCommand: AsyncParsableCommand {
             throw ValidationError("--metrics-interval wants seconds from 1 to 60, not \(metricsInterval)")
         }
         guard stopTimeout >= 0, stopTimeout <= 3600 else { throw ValidationError("--stop-timeout wants seconds from 0 to 3600, not \(stopTimeout)") }
+        guard SeccompMode(rawValue: vmmSeccomp) != nil else { throw ValidationError("--vmm-seccomp wants enforce, log or off, not \(vmmSeccomp)") }
         guard (0...1000).contains(rebootLimit) else { throw ValidationError("--reboot-limit wants 0 to 1000, not \(rebootLimit)") }
         guard rebootWindow >= 1, rebootWindow <= 86400 * 7 else { throw ValidationError("--reboot-window wants seconds from 1 to 604800, not \(rebootWindow)") }
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (1...65535).contains(port) else {
@@ -87,6 +90,7 @@ struct KumodCommand: AsyncParsableCommand {
         let dataDir = self.dataDir, imagesDir = self.imagesDir, socketPath = self.socket, stopTimeout = self.stopTimeout
         let ksmPages = ksmPagesToScan, ksmTuner = !noKsmTuner, networking = self.networking, nftTable = self.nftTable
         let rebootLimit = RebootLimit(count: self.rebootLimit, window: rebootWindow), metricsInterval = self.metricsInterval
+        let seccomp = SeccompMode(rawValue: vmmSeccomp) ?? .off
         do {
             let dir = URL(fileURLWithPath: dataDir)
             // Root's alone (DataDirectory.swift): new files 0600, and looser modes left behind tightened.
@@ -127,7 +131,7 @@ struct KumodCommand: AsyncParsableCommand {
                 }
             }
             let service = Service(
-                store: store, launcher: ProcessLauncher(vmmPath: vmm), dataDir: dir,
+                store: store, launcher: ProcessLauncher(vmmPath: vmm, seccomp: seccomp), dataDir: dir,
                 stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
                 ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit, imagesDir: images,
                 networks: networks, metricsInterval: metricsInterval)

@@ -17,14 +17,24 @@ enum CLI {
         return "kumo-vmm"
     }
 
-    struct Result { var status: Int32; var stderr: String; var stdout: String }
+    struct Result {
+        var status: Int32
+        var stderr: String
+        var stdout: String
+        /// Killed by signal `status`.
+        var signaled = false
+    }
 
-    static func run(_ args: [String], stdin: String? = nil, timeout: TimeInterval = 30, whileRunning: ((Process) throws -> Void)? = nil) throws -> Result {
+    static func run(
+        _ args: [String], stdin: String? = nil, timeout: TimeInterval = 30, environment: [String: String] = [:],
+        whileRunning: ((Process) throws -> Void)? = nil
+    ) throws -> Result {
         // Writing to a child that has already exited must fail with EPIPE, not kill the test process.
         signal(SIGPIPE, SIG_IGN)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: vmm)
         p.arguments = args
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let err = Pipe(), out = Pipe(), inp = Pipe()
         p.standardError = err
         p.standardOutput = out
@@ -44,7 +54,9 @@ enum CLI {
         group.wait()
         killer.cancel()
         let errData = errBox.data, outData = outBox.data
-        return Result(status: p.terminationStatus, stderr: String(decoding: errData, as: UTF8.self), stdout: String(decoding: outData, as: UTF8.self))
+        return Result(
+            status: p.terminationStatus, stderr: String(decoding: errData, as: UTF8.self), stdout: String(decoding: outData, as: UTF8.self),
+            signaled: p.terminationReason == .uncaughtSignal)
     }
 
     /// Prints "b" on the serial port, then pulses the i8042 reset line: one "b" per boot.
@@ -215,6 +227,24 @@ struct CLIRunTests {
         #expect(r.stderr.contains("guest powered off"))
         #expect(r.stderr.contains("boot marker:") && r.stderr.contains("ms from first KVM_RUN"))
         #expect(r.stderr.contains("vcpu0:") && r.stderr.contains("io_out="))
+    }
+
+    /// seccomp (docs/SANDBOX.md): the test hook makes the virtio-rng worker call socket(AF_INET) right
+    /// after its filter is in: enforce kills the VMM with SIGSYS and it says which call and which thread;
+    /// off lets it through. Under enforce, the VM runs to its power-off with every kind of thread it has.
+    @Test func seccompKillsAThreadThatStepsOutOfItsList() throws {
+        let k = try CLI.tinyKernel(Self.echoAndPowerOff)
+        defer { unlink(k) }
+        let hook = ["KUMO_VMM_SECCOMP_VIOLATE": "device"]
+        let killed = try CLI.run(["--kernel", k, "--memory", "32", "--rng", "--seccomp", "enforce"], stdin: "x", environment: hook)
+        #expect(killed.signaled && killed.status == SIGSYS, "\(killed.status) \(killed.stderr)")
+        #expect(killed.stderr.contains("kumo-vmm: seccomp: syscall 41 from the device thread (virtio-rng0)"), "\(killed.stderr)")
+        let off = try CLI.run(["--kernel", k, "--memory", "32", "--rng", "--seccomp", "off"], stdin: "x", environment: hook)
+        #expect(!off.signaled && off.status == 0 && off.stdout == ">x", "\(off.stderr)")
+        let api = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-\(UUID().uuidString).sock").path
+        defer { unlink(api) }
+        let on = try CLI.run(["--kernel", k, "--memory", "32", "--rng", "--api-socket", api, "--seccomp", "enforce"], stdin: "x")
+        #expect(on.status == 0 && on.stdout == ">x" && !on.stderr.contains("seccomp"), "\(on.stderr)")
     }
 
     @Test func jsonConfigAndSocketConsole() throws {

@@ -27,7 +27,11 @@ import Kumod
 
         /// `vmm`: the real kumo-vmm (else a stand-in script); `extra`: more kumod flags; `networking`: on
         /// with a table of its own (off otherwise: kumods side by side would share the host's "kumo").
-        init(vmm: String? = nil, extra: [String] = [], networking: Bool = false) throws {
+        /// Set for kumod's process (and so for the VMMs it starts).
+        let environment: [String: String]
+
+        init(vmm: String? = nil, extra: [String] = [], networking: Bool = false, environment: [String: String] = [:]) throws {
+            self.environment = environment
             dir = try tempDir("cli")
             try FileManager.default.createDirectory(at: dir.appendingPathComponent("images"), withIntermediateDirectories: true)
             let fake = dir.appendingPathComponent("fake-vmm")
@@ -46,6 +50,7 @@ import Kumod
             process = Process()
             process.executableURL = URL(fileURLWithPath: CLITests.binary("kumod"))
             process.arguments = ["--data-dir", dir.path, "--listen", "127.0.0.1:\(port)", "--vmm", vmm] + extra
+            if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
             process.standardOutput = FileHandle.nullDevice
             process.standardError = FileHandle.nullDevice
             try? FileManager.default.removeItem(atPath: socket)

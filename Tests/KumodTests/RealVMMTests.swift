@@ -53,8 +53,8 @@ struct RealVMMTests {
         """
 
     /// A kumod with the real VMM, a 64 MiB one-vCPU type "tiny" and the image "idle" (the deaf guest).
-    static func kumodWithIdleImage() throws -> CLITests.Kumod {
-        let k = try CLITests.Kumod(vmm: vmm, extra: ["--stop-timeout", "2"])
+    static func kumodWithIdleImage(extra: [String] = [], environment: [String: String] = [:]) throws -> CLITests.Kumod {
+        let k = try CLITests.Kumod(vmm: vmm, extra: ["--stop-timeout", "2"] + extra, environment: environment)
         let deaf = try guest(k.images, name: "deaf", source: deafGuest)
         for args in [["type", "create", "tiny", "--vcpus", "1", "--memory-mib", "64"], ["image", "register", "idle", "--kernel", deaf]] {
             let r = try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: k.token)
@@ -461,6 +461,20 @@ struct RealVMMTests {
     /// The balloon pass against a real VMM: with reclaim on, kumod reads each running instance's balloon
     /// through its control socket every 5 s; a guest without a balloon driver (this stub) reports no
     /// statistics, so nothing is taken from it.
+    /// seccomp (docs/SANDBOX.md): with the VMM's test hook, an instance's first device thread calls
+    /// socket(AF_INET) right after its filter is in; kumo-vmm is killed by SIGSYS and kumod says why.
+    @Test(.timeLimit(.minutes(2)))
+    func aSeccompViolationIsTheInstancesErrorReason() throws {
+        let k = try Self.kumodWithIdleImage(extra: ["--vmm-seccomp", "enforce"], environment: ["KUMO_VMM_SECCOMP_VIOLATE": "device"])
+        defer { k.close() }
+        let r = try CLITests.kumo(["instance", "run", "--type", "tiny", "--image", "idle", "--output", "json"], endpoint: "unix:" + k.socket, token: k.token)
+        let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id, "\(r)")
+        let i = try Self.wait(id, k, for: .error)
+        #expect(i.state == .error, "\(i.state): \(i.stateReason)")
+        #expect(
+            i.stateReason.hasPrefix("seccomp: syscall 41 from the device thread (virtio-") && i.stateReason.contains("killed by SIGSYS"), "\(i.stateReason)")
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func balloonPassReadsRunningInstances() throws {
         let k = try Self.kumodWithIdleImage()

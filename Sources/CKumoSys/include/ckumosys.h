@@ -65,4 +65,14 @@ int csys_epoll_create(void);
 int csys_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data);
 /// epoll_wait into parallel arrays (at most `max` entries): the count, or -1 with errno.
 int csys_epoll_wait(int epfd, uint64_t *data, uint32_t *events, int max, int timeout_ms);
+
+// seccomp (docs/SANDBOX.md).
+/// Sets no_new_privs and installs `count` packed BPF instructions (code | jt<<16 | jf<<24 | k<<32) as
+/// the calling thread's filter; `kind` names the thread kind in the SIGSYS report. 0, or -1 and errno.
+int csys_seccomp_install(const uint64_t *program, int count, const char *kind);
+/// Installs the SIGSYS handler: a call a filter traps is reported on fd 2 ("kumo-vmm: seccomp: syscall
+/// N from the KIND thread (NAME)") and the process is then killed by SIGSYS.
+int csys_seccomp_report_sigsys(void);
+/// A system call no thread's filter allows (socket(AF_INET, SOCK_STREAM)): the test hook's violation.
+int csys_seccomp_violate(void);
 #endif
