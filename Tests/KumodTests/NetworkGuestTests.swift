@@ -405,11 +405,13 @@ struct NetworkGuestTests {
         _ = try kumo(["lb", "backend", "add", "front", "web", "--instance", annVM.id, "--port", "80"], ann)
         _ = try kumo(
             [
-                "lb", "listener", "add", "front", "--port", "\(lbPort)", "--group", "web", "--check", "http", "--check-path", "/", "--check-interval", "1",
-                "--rise", "2", "--fall", "2",
+                "lb", "listener", "add", "front", "--port", "\(lbPort)", "--group", "web", "--check", "http", "--check-path", "/", "--check-interval", "5",
+                "--check-timeout", "5", "--rise", "2", "--fall", "2",
             ], ann)
+        // The guest's kernel is emulated: under the whole suite its httpd can take seconds to answer (CI10
+        // saw 1 s probes time out for a minute), so the probes get 5 s.
         var health = ""
-        let healthy = Date().addingTimeInterval(60)
+        let healthy = Date().addingTimeInterval(180)
         while Date() < healthy {
             let lb = try JSONDecoder().decode(LoadBalancer.self, from: Data(try kumo(["lb", "show", "front", "--output", "json"], ann).utf8))
             health = lb.listeners.first?.backends.first?.health ?? "none"
