@@ -191,11 +191,7 @@ extension Store {
             if count >= LoadBalancer.maxPerTenant { return .tooMany(LoadBalancer.maxPerTenant) }
             var address = hostAddress
             if let n = network {
-                let used = Set(
-                    try String.fetchAll(
-                        db, sql: "SELECT address FROM nics WHERE network_id = ? UNION SELECT address FROM load_balancers WHERE network_id = ?",
-                        arguments: [n.id, n.id]
-                    ).compactMap(IPv4Address.init))
+                let used = try Self.takenAddresses(db, network: n.id)
                 address = (2..<(n.cidr.size - 1)).reversed().lazy.compactMap { n.cidr.address(at: $0) }.first { !used.contains($0) }
                 if address == nil { return .noAddress }
             }

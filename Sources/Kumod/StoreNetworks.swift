@@ -193,18 +193,22 @@ extension Store {
         try db.read { try Row.fetchAll($0, sql: Self.nicColumns).map(Self.nicRecord) }
     }
 
+    /// The addresses of a network that are taken: its NICs' and its load balancers'.
+    static func takenAddresses(_ db: Database, network: String) throws -> Set<IPv4Address> {
+        Set(
+            try String.fetchAll(
+                db, sql: "SELECT address FROM nics WHERE network_id = ? UNION SELECT address FROM load_balancers WHERE network_id = ?",
+                arguments: [network, network]
+            ).compactMap(IPv4Address.init))
+    }
+
     /// A NIC for `instance` in `network`, inside the caller's write transaction: the lowest free address
     /// (after the gateway, before the broadcast address), a fresh locally administered MAC, a tap name.
     static func allocateNIC(_ db: Database, instance: String, index: Int, network: String, groups: [String]) throws {
         guard let row = try Row.fetchOne(db, sql: "SELECT name, cidr FROM networks WHERE id = ?", arguments: [network]),
             let cidr = IPv4Network(row[1] as String)
         else { throw APIError(code: "not_found", message: "no network \(network)") }
-        // A load balancer's address in the network is taken too.
-        let used = Set(
-            try String.fetchAll(
-                db, sql: "SELECT address FROM nics WHERE network_id = ? UNION SELECT address FROM load_balancers WHERE network_id = ?",
-                arguments: [network, network]
-            ).compactMap(IPv4Address.init))
+        let used = try takenAddresses(db, network: network)
         guard let address = (2..<(cidr.size - 1)).lazy.compactMap({ cidr.address(at: $0) }).first(where: { !used.contains($0) }) else {
             throw APIError(code: "insufficient_capacity", message: "network \(row[0] as String) (\(cidr)) has no free address left")
         }
