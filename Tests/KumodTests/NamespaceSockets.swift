@@ -93,8 +93,13 @@ enum NamespaceSockets {
     }
 
     /// A UDP responder in a namespace: every datagram to address:port is answered with `name`, until `stop`.
+    /// Its thread closes the socket when it ends.
     final class UDPResponder: @unchecked Sendable {
         let s: Int32
+        /// `shutdown` does not stop a datagram socket's recvfrom from returning (0, at once, forever):
+        /// without this flag a stopped responder's thread spun for the rest of the suite (three of them
+        /// held a third of the host's CPU under every later guest boot in CI).
+        let stopped = Atomic<Bool>(false)
         init(in netns: String, address a: String, port: UInt16, name: String) throws {
             s = try NamespaceSockets.socket(in: netns, type: Int32(SOCK_DGRAM.rawValue))
             var sin = NamespaceSockets.address(a, port)
@@ -106,7 +111,8 @@ enum NamespaceSockets {
                 throw Failure(description: "bind udp \(a):\(port) in \(netns): errno \(errno)")
             }
             let fd = s
-            Thread {
+            Thread { [self] in
+                defer { close(fd) }
                 var buf = [UInt8](repeating: 0, count: 512)
                 while true {
                     var peer = sockaddr_in()
@@ -114,14 +120,17 @@ enum NamespaceSockets {
                     let n = withUnsafeMutablePointer(to: &peer) {
                         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(fd, &buf, buf.count, 0, $0, &len) }
                     }
-                    guard n >= 0 else { return }  // shut down by `stop`
+                    guard n > 0, !stopped.load(ordering: .acquiring) else { return }  // shut down by `stop`
                     _ = name.withCString { p in
                         withUnsafePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, p, strlen(p), 0, $0, len) } }
                     }
                 }
             }.start()
         }
-        func stop() { shutdown(s, Int32(SHUT_RDWR)) }
+        func stop() {
+            stopped.store(true, ordering: .releasing)
+            shutdown(s, Int32(SHUT_RDWR))
+        }
     }
 
     /// One datagram from `netns` (from `source`) to address:port: the answer, or nil within 2 s.
