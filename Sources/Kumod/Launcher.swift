@@ -119,8 +119,10 @@ public struct ProcessLauncher: VMMLauncher {
     public let cgroups: CPUCgroups?
     /// The VMMs' seccomp mode (docs/SANDBOX.md); kumod's --vmm-seccomp.
     public var seccomp: SeccompMode = .off
-    public init(vmmPath: String, cgroups: CPUCgroups? = CPUCgroups.detect(), seccomp: SeccompMode = .off) {
-        self.vmmPath = vmmPath; self.cgroups = cgroups; self.seccomp = seccomp
+    /// The ids the VMMs' jails take theirs from; nil: no jail (kumod --no-jail, docs/SANDBOX.md).
+    public var jail: JailIDs?
+    public init(vmmPath: String, cgroups: CPUCgroups? = CPUCgroups.detect(), seccomp: SeccompMode = .off, jail: JailIDs? = .standard) {
+        self.vmmPath = vmmPath; self.cgroups = cgroups; self.seccomp = seccomp; self.jail = jail
     }
 
     public func release(instanceID: String) { cgroups?.release(instanceID: instanceID) }
@@ -233,6 +235,10 @@ public struct ProcessLauncher: VMMLauncher {
         try ensurePrepared(spec)
         var config = Self.config(spec)
         config.seccomp = seccomp
+        if let ids = jail {
+            let id = try ids.allocate(for: spec.instanceID)
+            config.jail = JailConfig(uid: id, gid: id, directory: spec.workDir.path)
+        }
         try Data(config.jsonText.utf8).write(to: spec.configPath)
         try? fm.removeItem(at: spec.controlSocket)
         try? fm.removeItem(at: spec.consoleSocket)

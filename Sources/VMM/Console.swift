@@ -40,6 +40,8 @@ final class Console: @unchecked Sendable {
     var listenFD: Int32 = -1
     var socketPath: String? = nil
     var fileFD: Int32 = -1
+    /// Its threads, started by `start` (after the jail: the files and sockets are made before).
+    var starts: [() -> Void] = []
 
     init(_ mode: SerialMode, socket extra: String? = nil) throws(ConfigError) {
         let base: SerialSink?
@@ -58,7 +60,7 @@ final class Console: @unchecked Sendable {
                     tcsetattr(0, TCSANOW, &raw)
                 }
             }
-            startReader(fd: 0, quitOnCtrlBracket: savedTermios != nil)
+            starts.append { [self] in startReader(fd: 0, quitOnCtrlBracket: savedTermios != nil) }
         case let .file(path):
             let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw .file(path, String(cString: strerror(errno))) }
@@ -118,6 +120,16 @@ final class Console: @unchecked Sendable {
         listenFD = listener.release()  // closed (and unlinked) by close()
         socketPath = path
         let fd = listenFD
+        starts.append { [self] in acceptClients(fd, sink: s) }
+    }
+
+    /// Its readers and the socket's accepting thread.
+    func start() {
+        for s in starts { s() }
+        starts = []
+    }
+
+    func acceptClients(_ fd: Int32, sink s: SocketSink) {
         spawnThread { [self] in
             while true {
                 let c = accept(fd, nil, nil)

@@ -39,6 +39,10 @@ public struct VMPlan: Sendable {
     public var taps: [(tap: Tap, mac: [UInt8])] = []
     /// vCPU pinning for the VM's life (config first, then the control socket's vcpu.pin).
     public let affinity: VCPUAffinity
+    /// Disks, opened once (before the jail, which could not open them again) and kept across guest resets.
+    public var disks: [DiskFile] = []
+    /// The vsock device's host socket when made before the boots (`runVMM`, for the jail); nil: each boot's makes it.
+    public var vsockListener: OwnedFD? = nil
 
     public init(_ config: VMConfig, host: HostKVM = .detect(), hostMemory: UInt64 = hostMemoryBytes()) throws(ConfigError) {
         try config.validate(hostMemoryBytes: hostMemory)
@@ -51,7 +55,12 @@ public struct VMPlan: Sendable {
         self.host = host
         kernel = try BootInputs.kernel(config.kernel)
         if let path = config.initrd { initrd = try BootInputs.initrd(path) }
-        for d in config.disks { try BootInputs.disk(d.path, readOnly: d.readOnly) }
+        for (i, d) in config.disks.enumerated() {
+            if d.format == .raw { try BootInputs.disk(d.path, readOnly: d.readOnly) }
+            do { disks.append(try DiskFile(path: d.path, readOnly: d.readOnly, format: d.format)) } catch {
+                throw .invalid("disks[\(i)]", error.description)
+            }
+        }
         switch config.cpuTemplate {
         case .auto: template = host.emulatesGuestKernel ? .nested : .none
         case .none: template = .none
@@ -89,8 +98,8 @@ public struct VMPlan: Sendable {
     /// Fresh device models for one boot (disks are opened here; a guest reset gets new ones).
     public func makeDevices() throws -> [VirtioDevice] {
         var out: [VirtioDevice] = []
-        for d in config.disks {
-            let b = try VirtioBlock(path: d.path, readOnly: d.readOnly, serial: d.serial, format: d.format)
+        for (d, file) in zip(config.disks, disks) {
+            let b = VirtioBlock(file, serial: d.serial)
             b.limiter = d.rateLimit?.make()
             out.append(b)
         }
@@ -106,7 +115,9 @@ public struct VMPlan: Sendable {
             dev.limiter = r.rateLimit?.make()
             out.append(dev)
         }
-        if let v = config.vsock { out.append(try VirtioVsock(guestCID: v.cid, path: v.path)) }
+        if let v = config.vsock {
+            out.append(try vsockListener.map { try VirtioVsock(guestCID: v.cid, path: v.path, listener: $0) } ?? VirtioVsock(guestCID: v.cid, path: v.path))
+        }
         return out
     }
 
@@ -139,6 +150,9 @@ public func bootMachine(_ plan: VMPlan, kvm: KVMSystem, sink: SerialSink?, displ
 /// `kumo-vmm`'s whole life: run the VM (restarting it on guest reset) until power-off, a fatal
 /// error or SIGTERM/SIGINT. Returns the process exit status.
 public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
+    var plan = plan
+    // First everything opened or made by path (the plan's files and taps, /dev/kvm, the console log, the
+    // sockets), then the jail (which shows none of the host's files), then the threads.
     let kvm: KVMSystem
     do { kvm = try KVMSystem() } catch {
         eprint("kumo-vmm: \(error)")
@@ -150,6 +164,12 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         return 1
     }
     defer { console.close() }
+    if let v = plan.config.vsock {
+        do { plan.vsockListener = try VirtioVsock.listen(v.path) } catch {
+            eprint("kumo-vmm: vsock: \(error)")
+            return 1
+        }
+    }
     // SIGTERM/SIGINT: wake the main loop through an eventfd (write is async-signal-safe).
     guard let sigEvent = try? EventFD() else { eprint("kumo-vmm: eventfd failed"); return 1 }
     signalWakeFD = sigEvent.fd.raw
@@ -186,10 +206,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         balloonTargetMiB: plan.config.balloon?.targetMiB ?? 0)
     var server: ControlServer? = nil
     if let path = plan.config.apiSocket {
-        do {
-            server = try ControlServer(path: path) { [control] in control.handle($0) }
-            try server!.start()
-        } catch {
+        do { server = try ControlServer(path: path) { [control] in control.handle($0) } } catch {
             eprint("kumo-vmm: api socket: \(error)")
             return 1
         }
@@ -202,10 +219,7 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
     if let d = plan.config.display {
         do {
             display = try FramebufferMemory(width: d.width, height: d.height)
-            if let path = d.vncSocket {
-                vnc = try VNCServer(path: path, memory: display!, name: "kumo-vmm")
-                try vnc!.start()
-            }
+            if let path = d.vncSocket { vnc = try VNCServer(path: path, memory: display!, name: "kumo-vmm") }
         } catch {
             eprint("kumo-vmm: display: \(error)")
             return 1
@@ -213,6 +227,21 @@ public func runVMM(_ plan: VMPlan, startNanos: UInt64) -> Int32 {
         eprint("kumo-vmm: display \(d.width)x\(d.height) at 0x\(String(Layout.framebuffer, radix: 16))" + (d.vncSocket.map { ", VNC on \($0)" } ?? ""))
     }
     defer { vnc?.stop() }
+    if let j = plan.config.jail {
+        do { try Jail.enter(j, plan: plan) } catch {
+            eprint("kumo-vmm: \(error)")
+            return 1
+        }
+        eprint("kumo-vmm: jailed: uid \(j.uid) gid \(j.gid), no capabilities, an empty root")
+    }
+    console.start()
+    do {
+        try server?.start()
+        try vnc?.start()
+    } catch {
+        eprint("kumo-vmm: \(error)")
+        return 1
+    }
     while true {
         boots += 1
         let machine: Machine

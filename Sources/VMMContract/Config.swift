@@ -83,6 +83,8 @@ public struct VMConfig: Sendable, Equatable {
     public var onReboot: RebootPolicy = .restart
     /// Off by default until the whole suite runs under enforce (docs/SANDBOX.md).
     public var seccomp: SeccompMode = .off
+    /// The jail to enter before the first boot (docs/SANDBOX.md); nil: none (a VMM run by hand).
+    public var jail: JailConfig? = nil
 
     public init() {}
 }
@@ -115,7 +117,7 @@ extension VMConfig {
     static let keys: Set<String> = [
         "kernel", "initrd", "cmdline", "memory_mib", "vcpus", "boot_protocol",
         "cpu_template", "cpuid", "serial", "stats", "disks", "rng", "nets", "balloon", "vsock", "api_socket", "serial_socket", "vcpu_affinity", "memory_dedup",
-        "on_reboot", "display", "seccomp",
+        "on_reboot", "display", "seccomp", "jail",
     ]
 
     /// Reads a JSON config file. Unknown keys and wrongly typed values are errors.
@@ -172,6 +174,7 @@ extension VMConfig {
                 let v = try str(k, value)
                 guard let m = SeccompMode(rawValue: v) else { throw .invalid(k, "must be enforce, log or off, not \"\(v)\"") }
                 seccomp = m
+            case "jail": jail = value == .null ? nil : try JailConfig.parse(json: value, key: k)
             case "vcpu_affinity":
                 guard case let .array(items) = value else { throw .invalid(k, "must be an array of CPU lists (or null), one per vCPU") }
                 vcpuAffinity = try items.enumerated().map { (i, item) throws(ConfigError) -> String? in
@@ -312,6 +315,7 @@ extension VMConfig {
                 let v = try value(a)
                 guard let m = SeccompMode(rawValue: v) else { throw .invalid("--seccomp", "must be enforce, log or off, not \"\(v)\"") }
                 c.seccomp = m
+            case "--jail": c.jail = try JailConfig.parse(flag: try value(a))
             case "--pin":
                 let v = try value(a)
                 guard let eq = v.firstIndex(of: "="), let n = Int(v[..<eq]), n >= 0, n < 4096 else {
@@ -383,6 +387,7 @@ extension VMConfig {
             let canonical = realpath(d.path, &r) != nil ? String(cString: r) : d.path
             guard seen.insert(canonical).inserted else { throw .file(d.path, "disk image given twice") }
         }
+        try jail?.validate(self)
     }
 }
 

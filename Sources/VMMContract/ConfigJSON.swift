@@ -99,6 +99,7 @@ extension VMConfig {
         if memoryDedup { m.append(("memory_dedup", .bool(true))) }
         if onReboot != d.onReboot { m.append(("on_reboot", .string(onReboot.rawValue))) }
         if seccomp != d.seccomp { m.append(("seccomp", .string(seccomp.rawValue))) }
+        if let jail { m.append(("jail", jail.json)) }
         return .object(m)
     }
 

@@ -30,6 +30,8 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     public let fd: Int32
     /// The qcow2 image when the disk is one (its own fd is `fd`).
     public let qcow2: QCow2Image?
+    /// The open image (it owns the descriptors).
+    public let file: DiskFile
     /// Capacity in 512-byte sectors (the file size rounded down).
     public let sectors: UInt64
     /// The 20-byte serial GET_ID returns.
@@ -40,53 +42,26 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
     /// Bytes moved by completed reads and writes.
     public private(set) var transferred: (read: UInt64, written: UInt64) = (0, 0)
 
-    public struct OpenError: Error, CustomStringConvertible { public let description: String }
+    public typealias OpenError = DiskFile.OpenError
 
     public convenience init(path: String, readOnly: Bool, serial: String? = nil, format: DiskFormat = .raw) throws(OpenError) {
-        if format == .qcow2 {
-            let image: QCow2Image
-            do { image = try QCow2Image(path: path, readOnly: readOnly) } catch { throw OpenError(description: "\(path): \(error)") }
-            guard image.virtualSize >= VirtioBlock.sectorSize else {
-                throw OpenError(description: "\(path): a disk image needs at least one 512-byte sector (its virtual size is \(image.virtualSize) bytes)")
-            }
-            var st = stat()
-            _ = fstat(image.fd, &st)
-            self.init(path: path, readOnly: readOnly, fd: image.fd, qcow2: image, size: image.virtualSize, serial: serial ?? "kumo-\(st.st_dev)-\(st.st_ino)")
-            return
-        }
-        let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
-        guard fd >= 0 else { throw OpenError(description: "\(path): \(String(cString: strerror(errno)))") }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFBLK else {
-            close(fd)
-            throw OpenError(description: "\(path): not a regular file or block device")
-        }
-        var size = UInt64(st.st_size)
-        if (st.st_mode & S_IFMT) == S_IFBLK {
-            let end = lseek(fd, 0, SEEK_END)
-            size = end > 0 ? UInt64(end) : 0
-        }
-        guard size >= VirtioBlock.sectorSize else {
-            close(fd)
-            throw OpenError(description: "\(path): a disk image needs at least one 512-byte sector (it has \(size) bytes)")
-        }
-        self.init(path: path, readOnly: readOnly, fd: fd, qcow2: nil, size: size, serial: serial ?? "kumo-\(st.st_dev)-\(st.st_ino)")
+        self.init(try DiskFile(path: path, readOnly: readOnly, format: format), serial: serial)
     }
 
-    init(path: String, readOnly: Bool, fd: Int32, qcow2: QCow2Image?, size: UInt64, serial: String) {
-        self.path = path
-        self.readOnly = readOnly
-        self.fd = fd
-        self.qcow2 = qcow2
-        sectors = size / VirtioBlock.sectorSize
-        let id = Array(serial.utf8.prefix(20))
+    /// A device on an image opened before (`DiskFile`): a guest reset's new device reuses its VM's.
+    public init(_ file: DiskFile, serial: String? = nil) {
+        self.file = file
+        path = file.path
+        readOnly = file.readOnly
+        fd = file.fd
+        qcow2 = file.qcow2
+        sectors = file.size / VirtioBlock.sectorSize
+        let id = Array((serial ?? file.defaultSerial).utf8.prefix(20))
         self.serial = id + Array(repeating: 0, count: 20 - id.count)
         var f = Feature.segMax | Feature.flush | Feature.blockSize
         if readOnly { f |= Feature.readOnly }
         super.init(type: .block, queueMaxSizes: [VirtioBlock.queueSize], features: f)
     }
-
-    deinit { if qcow2 == nil { close(fd) } }  // a qcow2 image closes its own
 
     public override var counterValues: [(String, UInt64)] {
         var c: [(String, UInt64)] = [
@@ -301,4 +276,60 @@ public final class VirtioBlock: VirtioDevice, @unchecked Sendable {
             return true
         }
     }
+}
+
+/// A disk image opened for a VM's life: raw (a regular file or a block device) or qcow2 with its backing
+/// chain. kumo-vmm opens its disks once, before it enters its jail (docs/SANDBOX.md), where the images,
+/// their backing files and the permissions to open them are out of reach; each boot's device uses this.
+public final class DiskFile: @unchecked Sendable {
+    public struct OpenError: Error, CustomStringConvertible { public let description: String }
+
+    public let path: String
+    public let readOnly: Bool
+    public let fd: Int32
+    /// The qcow2 image when the disk is one (it owns `fd`).
+    public let qcow2: QCow2Image?
+    /// Bytes the guest sees.
+    public let size: UInt64
+    /// "kumo-DEV-INODE": the serial GET_ID returns when the config names none.
+    public let defaultSerial: String
+
+    public init(path: String, readOnly: Bool, format: DiskFormat = .raw) throws(OpenError) {
+        self.path = path
+        self.readOnly = readOnly
+        var st = stat()
+        if format == .qcow2 {
+            let image: QCow2Image
+            do { image = try QCow2Image(path: path, readOnly: readOnly) } catch { throw OpenError(description: "\(path): \(error)") }
+            guard image.virtualSize >= VirtioBlock.sectorSize else {
+                throw OpenError(description: "\(path): a disk image needs at least one 512-byte sector (its virtual size is \(image.virtualSize) bytes)")
+            }
+            _ = fstat(image.fd, &st)
+            fd = image.fd
+            qcow2 = image
+            size = image.virtualSize
+        } else {
+            let fd = open(path, (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC)
+            guard fd >= 0 else { throw OpenError(description: "\(path): \(String(cString: strerror(errno)))") }
+            guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == S_IFBLK else {
+                close(fd)
+                throw OpenError(description: "\(path): not a regular file or block device")
+            }
+            var size = UInt64(st.st_size)
+            if (st.st_mode & S_IFMT) == S_IFBLK {
+                let end = lseek(fd, 0, SEEK_END)
+                size = end > 0 ? UInt64(end) : 0
+            }
+            guard size >= VirtioBlock.sectorSize else {
+                close(fd)
+                throw OpenError(description: "\(path): a disk image needs at least one 512-byte sector (it has \(size) bytes)")
+            }
+            self.fd = fd
+            qcow2 = nil
+            self.size = size
+        }
+        defaultSerial = "kumo-\(st.st_dev)-\(st.st_ino)"
+    }
+
+    deinit { if qcow2 == nil { close(fd) } }  // a qcow2 image closes its own
 }

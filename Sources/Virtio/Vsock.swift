@@ -105,12 +105,24 @@ public final class VirtioVsock: VirtioDevice, @unchecked Sendable {
     }
 
     /// Listens at `path` (0600; a stale socket there is replaced). `guestCID` ≥ 3.
-    public init(guestCID: UInt64, path: String) throws(SysError) {
+    public convenience init(guestCID: UInt64, path: String) throws(SysError) {
+        try self.init(guestCID: guestCID, path: path, listener: try Self.listen(path))
+    }
+
+    /// The host's socket at `path`, made once for a VM's life (before kumo-vmm's jail, which could not
+    /// make it again): each boot's device accepts on it.
+    public static func listen(_ path: String) throws(SysError) -> OwnedFD {
+        let l = try UnixSocket.listen(path, backlog: 64)
+        _ = fcntl(l.raw, F_SETFL, fcntl(l.raw, F_GETFL) | O_NONBLOCK)
+        return l
+    }
+
+    /// A device on a listener from `listen`.
+    public init(guestCID: UInt64, path: String, listener: OwnedFD) throws(SysError) {
         guard guestCID >= 3, guestCID < UInt64(UInt32.max) else { throw SysError("vsock guest CID \(guestCID) (3 to 2^32-2)", errno: EINVAL) }
         self.guestCID = guestCID
         self.path = path
-        listener = try UnixSocket.listen(path, backlog: 64)
-        _ = fcntl(listener.raw, F_SETFL, fcntl(listener.raw, F_GETFL) | O_NONBLOCK)
+        self.listener = listener
         epoll = try Epoll()
         try epoll.add(listener.raw, events: Epoll.readable, tag: UInt64(UInt32.max))
         super.init(type: .vsock, queueMaxSizes: [Self.queueSize, Self.queueSize, Self.queueSize], features: 0)

@@ -39,6 +39,10 @@ struct KumodCommand: AsyncParsableCommand {
     var stopTimeout = 30.0
     @Option(help: "the VMMs' seccomp filters: enforce, log or off (the default, until every test passes under enforce: docs/SANDBOX.md)")
     var vmmSeccomp = "off"
+    @Flag(help: "run the VMMs as root, in the host's namespaces, with every capability (for debugging only: docs/SANDBOX.md)")
+    var noJail = false
+    @Option(help: ArgumentHelp("the uids (and gids) the VMMs' jails take theirs from, one per running VMM", valueName: "first-last"))
+    var jailIds = "3000000-3065535"
     @Option(help: "restarts of a guest that reboots within --reboot-window; the next reboot stops the instance as a crash loop (0: at its first); 0 to 1000")
     var rebootLimit = RebootLimit.standard.count
     @Option(help: ArgumentHelp("seconds; 1 to 604800", valueName: "seconds"))
@@ -62,6 +66,9 @@ struct KumodCommand: AsyncParsableCommand {
             throw ValidationError("--metrics-interval wants seconds from 1 to 60, not \(metricsInterval)")
         }
         guard stopTimeout >= 0, stopTimeout <= 3600 else { throw ValidationError("--stop-timeout wants seconds from 0 to 3600, not \(stopTimeout)") }
+        guard JailIDs.parse(jailIds) != nil else {
+            throw ValidationError("--jail-ids wants FIRST-LAST (from 1000, beside 65534 and below 4294967295), not \"\(jailIds)\"")
+        }
         guard SeccompMode(rawValue: vmmSeccomp) != nil else { throw ValidationError("--vmm-seccomp wants enforce, log or off, not \(vmmSeccomp)") }
         guard (0...1000).contains(rebootLimit) else { throw ValidationError("--reboot-limit wants 0 to 1000, not \(rebootLimit)") }
         guard rebootWindow >= 1, rebootWindow <= 86400 * 7 else { throw ValidationError("--reboot-window wants seconds from 1 to 604800, not \(rebootWindow)") }
@@ -91,6 +98,13 @@ struct KumodCommand: AsyncParsableCommand {
         let ksmPages = ksmPagesToScan, ksmTuner = !noKsmTuner, networking = self.networking, nftTable = self.nftTable
         let rebootLimit = RebootLimit(count: self.rebootLimit, window: rebootWindow), metricsInterval = self.metricsInterval
         let seccomp = SeccompMode(rawValue: vmmSeccomp) ?? .off
+        let jail = noJail ? nil : JailIDs.parse(jailIds)
+        if jail == nil {
+            FileHandle.standardError.write(
+                Data(
+                    ("kumod: WARNING: --no-jail: every VMM runs as root, in the host's namespaces, with every capability; "
+                        + "a guest that escapes into its VMM owns this host. For debugging only.\n").utf8))
+        }
         do {
             let dir = URL(fileURLWithPath: dataDir)
             // Root's alone (DataDirectory.swift): new files 0600, and looser modes left behind tightened.
@@ -131,7 +145,7 @@ struct KumodCommand: AsyncParsableCommand {
                 }
             }
             let service = Service(
-                store: store, launcher: ProcessLauncher(vmmPath: vmm, seccomp: seccomp), dataDir: dir,
+                store: store, launcher: ProcessLauncher(vmmPath: vmm, seccomp: seccomp, jail: jail), dataDir: dir,
                 stopTimeout: .milliseconds(Int(stopTimeout * 1000)),
                 ksm: KSMTuner(basePagesToScan: ksmPages, enabled: ksmTuner), rebootLimit: rebootLimit, imagesDir: images,
                 networks: networks, metricsInterval: metricsInterval)

@@ -247,6 +247,53 @@ struct CLIRunTests {
         #expect(on.status == 0 && on.stdout == ">x" && !on.stderr.contains("seccomp"), "\(on.stderr)")
     }
 
+    /// The jail (docs/SANDBOX.md): as root, `--jail` has kumo-vmm open what it needs, then enter a mount
+    /// namespace with an empty root and drop to the jail's uid with no capabilities, before its threads
+    /// start; with seccomp enforced too, the guest runs to its power-off and its console log is written.
+    /// The test hook reports what the jailed VMM gets opening paths: nothing of the host's (its own disk
+    /// and kernel included, which it opened before), /proc of its own process only.
+    @Test(.enabled(if: getuid() == 0, "needs root")) func aJailedVMMSeesAnEmptyRootAndHasNoCapabilities() throws {
+        let k = try CLI.tinyKernel(
+            """
+            mov $0x3f8, %dx
+            mov $'J', %al
+            out %al, %dx
+            mov $0x600, %dx
+            mov $0x34, %al          # ACPI S5
+            out %al, %dx
+            2: hlt
+            jmp 2b
+            """)
+        defer { unlink(k) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kumo-jail-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let disk = dir.appendingPathComponent("disk.raw").path, log = dir.appendingPathComponent("console.log").path
+        let api = dir.appendingPathComponent("control.sock").path
+        try Data(count: 1 << 20).write(to: URL(fileURLWithPath: disk))
+        let probe = ["KUMO_VMM_JAIL_PROBE": "\(disk) \(k) /etc/passwd /proc/1/status /proc/self/status \(api)"]
+        let jail = ["--jail", "3000999:3000998:\(dir.path)"]
+        let r = try CLI.run(
+            ["--kernel", k, "--memory", "32", "--disk", disk, "--rng", "--serial", "file:" + log, "--api-socket", api, "--seccomp", "enforce"] + jail,
+            environment: probe)
+        #expect(r.status == 0 && !r.signaled, "\(r.stderr)")
+        #expect(r.stderr.contains("kumo-vmm: jail probe: uid 3000999 gid 3000998 groups 0 capabilities 0/0"), "\(r.stderr)")
+        for gone in [disk, k, "/etc/passwd", "/proc/1/status"] {
+            #expect(r.stderr.contains("kumo-vmm: jail probe: \(gone): No such file or directory"), "\(gone): \(r.stderr)")
+        }
+        #expect(r.stderr.contains("kumo-vmm: jail probe: /proc/self/status: opened"), "\(r.stderr)")
+        #expect(r.stderr.contains("kumo-vmm: jail probe: \(api): connect \(api): No such file or directory"), "\(r.stderr)")
+        #expect(r.stderr.contains("jailed: uid 3000999 gid 3000998, no capabilities") && r.stderr.contains("guest powered off"), "\(r.stderr)")
+        #expect((try? String(contentsOfFile: log, encoding: .utf8)) == "J")
+        // Refused before anything starts: root's id, a terminal for a console, a directory that is not one.
+        let zero = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:" + log, "--jail", "0:3000998:\(dir.path)"])
+        #expect(zero.status == 2 && zero.stderr.contains("jail.uid: 0 cannot be a jail's"), "\(zero.stderr)")
+        let tty = try CLI.run(["--kernel", k, "--memory", "32"] + jail)
+        #expect(tty.status == 2 && tty.stderr.contains("a jailed VMM has no terminal"), "\(tty.stderr)")
+        let notDir = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--jail", "3000999:3000998:\(disk)"])
+        #expect(notDir.status == 2 && notDir.stderr.contains("not a directory"), "\(notDir.stderr)")
+    }
+
     @Test func jsonConfigAndSocketConsole() throws {
         let k = try CLI.tinyKernel(Self.echoAndPowerOff)
         defer { unlink(k) }

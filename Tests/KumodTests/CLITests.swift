@@ -28,7 +28,7 @@ import Kumod
         /// `vmm`: the real kumo-vmm (else a stand-in script); `extra`: more kumod flags; `networking`: on
         /// with a table of its own (off otherwise: kumods side by side would share the host's "kumo").
         /// Set for kumod's process (and so for the VMMs it starts).
-        let environment: [String: String]
+        var environment: [String: String]
 
         init(vmm: String? = nil, extra: [String] = [], networking: Bool = false, environment: [String: String] = [:]) throws {
             self.environment = environment
@@ -279,11 +279,12 @@ import Kumod
             return (p.terminationStatus, text)
         }
         var r = try kumod(["--help"])
-        #expect(r.0 == 0 && r.1.contains("--reboot-window") && r.1.contains("--stop-timeout"), "\(r)")
+        #expect(r.0 == 0 && r.1.contains("--reboot-window") && r.1.contains("--stop-timeout") && r.1.contains("--no-jail"), "\(r)")
         for (args, why) in [
             (["--bogus"], "Unknown option '--bogus'"), (["--listen", "nope"], "--listen wants HOST:PORT"),
             (["--stop-timeout", "9999"], "--stop-timeout wants seconds from 0 to 3600"),
-            (["--reboot-limit", "x"], "--reboot-limit"),
+            (["--reboot-limit", "x"], "--reboot-limit"), (["--jail-ids", "5000-3000"], "--jail-ids wants FIRST-LAST"),
+            (["--jail-ids", "60000-70000"], "--jail-ids wants FIRST-LAST"),
         ] {
             r = try kumod(args)
             #expect(r.0 == 2 && r.1.contains(why), "\(args): \(r)")

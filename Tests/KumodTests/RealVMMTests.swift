@@ -475,6 +475,95 @@ struct RealVMMTests {
             i.stateReason.hasPrefix("seccomp: syscall 41 from the device thread (virtio-") && i.stateReason.contains("killed by SIGSYS"), "\(i.stateReason)")
     }
 
+    /// The jail (issue 20, points 2-3; docs/SANDBOX.md): each of kumod's VMMs runs under a uid and gid of its
+    /// own from --jail-ids, with no capabilities, no_new_privs and its own mount namespace. Killing kumod
+    /// leaves the jailed VMM running; the next kumod re-attaches to it (its control socket answers). A second
+    /// VMM started under the test hook tries, from inside its jail, the first one's disk, config and control
+    /// socket, an image, and the first VMM's /proc: none is there.
+    @Test(.timeLimit(.minutes(3)))
+    func vmmsAreJailedApartAndOutliveKumod() throws {
+        let k = try Self.kumodWithIdleImage()
+        defer { k.close() }
+        func kumo(_ args: [String]) throws -> (Int32, String, String) { try CLITests.kumo(args, endpoint: "unix:" + k.socket, token: k.token) }
+        try Data(count: 1 << 20).write(to: k.images.appendingPathComponent("blank.raw"))
+        let deaf = try Self.guest(k.images, name: "deaf-disk", source: Self.deafGuest)
+        var r = try kumo(["image", "register", "idle-disk", "--kernel", deaf, "--root-disk", "blank.raw"])
+        try #require(r.0 == 0, "\(r)")
+        func run() throws -> Instance {
+            let r = try kumo(["instance", "run", "--type", "tiny", "--image", "idle-disk", "--output", "json"])
+            let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id, "\(r)")
+            let i = try Self.wait(id, k, for: .running)
+            try #require(i.state == .running && i.pid != nil, "\(i.state): \(i.stateReason)")
+            return i
+        }
+        /// The VMM's identity, as /proc shows it to root: (uid, gid, CapEff, NoNewPrivs, its mount namespace).
+        func identity(_ pid: Int) throws -> (uid: String, gid: String, caps: String, noNewPrivs: String, mountNS: String) {
+            let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+            func field(_ name: String) -> String {
+                status.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map { $0.dropFirst(name.count + 1).trimmingCharacters(in: .whitespaces) } ?? ""
+            }
+            let ns = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/mnt")
+            return (field("Uid"), field("Gid"), field("CapEff"), field("NoNewPrivs"), ns)
+        }
+        let ownNS = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")
+        let a = try run()
+        let ida = try identity(a.pid!)
+        let uid = try #require(UInt32(ida.uid.split(separator: "\t").first ?? ""), "\(ida)")
+        #expect(uid >= JailIDs.standard.first && uid < JailIDs.standard.first + JailIDs.standard.count, "\(ida)")
+        #expect(Set(ida.uid.split(separator: "\t")).count == 1 && ida.gid.split(separator: "\t").allSatisfy { UInt32($0) == uid }, "\(ida)")
+        #expect(ida.caps == "0000000000000000" && ida.noNewPrivs == "1" && ida.mountNS != ownNS, "\(ida)")
+        let dirA = k.dir.appendingPathComponent("instances/\(a.id)").path
+        #expect(FileManager.default.fileExists(atPath: dirA + "/root.qcow2"))
+
+        // kumod killed: the jailed VMM lives on; the next kumod re-attaches (vm.stats through the control socket).
+        kill(k.process.processIdentifier, SIGKILL)
+        k.process.waitUntilExit()
+        #expect(CLITests.alive(Int32(a.pid!)))
+        let targets = [
+            dirA + "/root.qcow2", dirA + "/config.json", dirA + "/control.sock", k.images.appendingPathComponent("blank.raw").path, "/proc/\(a.pid!)/status",
+        ]
+        k.environment = ["KUMO_VMM_JAIL_PROBE": targets.joined(separator: " ")]
+        try k.start()
+        let again = try Self.instance(a.id, k)
+        #expect(again.state == .running && again.pid == a.pid, "\(again.state)")
+        r = try kumo(["instance", "cpus", a.id, "--output", "json"])
+        #expect(r.0 == 0 && r.1.contains("\"vcpu\""), "\(r)")
+
+        // A second VMM: an id of its own; from inside its jail, nothing of the first's.
+        let b = try run()
+        let idb = try identity(b.pid!)
+        #expect(idb.uid != ida.uid && idb.caps == "0000000000000000" && idb.mountNS != ida.mountNS, "\(idb) \(ida)")
+        let log = k.dir.appendingPathComponent("instances/\(b.id)/vmm.log").path
+        var text = ""
+        for _ in 0..<100 {
+            text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            if text.contains("jailed:") { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(text.contains("jail probe: uid \(idb.uid.split(separator: "\t")[0]) gid") && text.contains("capabilities 0/0"), "\(text)")
+        for t in targets {
+            let gone = t.hasSuffix(".sock") ? "connect \(t): No such file or directory" : "No such file or directory"
+            #expect(text.contains("jail probe: \(t): \(gone)"), "\(t): \(text)")
+        }
+        r = try kumo(["instance", "delete", a.id])
+        #expect(r.0 == 0, "\(r)")
+    }
+
+    /// `kumod --no-jail` (for debugging): the VMM runs as root with its capabilities, in kumod's mount namespace.
+    @Test(.timeLimit(.minutes(2)))
+    func noJailLeavesTheVMMRoot() throws {
+        let k = try Self.kumodWithIdleImage(extra: ["--no-jail"])
+        defer { k.close() }
+        let r = try CLITests.kumo(["instance", "run", "--type", "tiny", "--image", "idle", "--output", "json"], endpoint: "unix:" + k.socket, token: k.token)
+        let id = try #require(try? JSONDecoder().decode(RunInstancesResponse.self, from: Data(r.1.utf8)).instances.first?.id, "\(r)")
+        let i = try Self.wait(id, k, for: .running)
+        let pid = try #require(i.pid, "\(i.state): \(i.stateReason)")
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        #expect(status.contains("Uid:\t0\t0\t0\t0") && !status.contains("CapEff:\t0000000000000000"), "\(status)")
+        let ns = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/mnt")
+        #expect(try ns == FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt"))
+    }
+
     @Test(.timeLimit(.minutes(2)))
     func balloonPassReadsRunningInstances() throws {
         let k = try Self.kumodWithIdleImage()

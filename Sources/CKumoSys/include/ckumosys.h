@@ -75,4 +75,18 @@ int csys_seccomp_install(const uint64_t *program, int count, const char *kind);
 int csys_seccomp_report_sigsys(void);
 /// A system call no thread's filter allows (socket(AF_INET, SOCK_STREAM)): the test hook's violation.
 int csys_seccomp_violate(void);
+
+// The jail (docs/SANDBOX.md, jail.c).
+/// Limits a jailed VMM gets (0: leave that one as it is). Core dumps are always off.
+struct csys_jail_limits {
+    uint64_t open_files, file_size, address_space, threads;
+};
+/// Enters the jail from root, in a process with one thread: no_new_privs; new mount, IPC and UTS
+/// namespaces; a tmpfs mounted on `mount_point` (an empty directory) becomes the root, read-only, holding
+/// only a /proc of its own (this uid's processes, nothing else of /proc); the limits; every capability
+/// dropped from the bounding, ambient, inheritable, permitted and effective sets; no supplementary groups;
+/// gid `gid` and uid `uid`. 0, or -1 with errno set and `*step` naming what failed.
+int csys_jail_enter(const char *mount_point, uint32_t uid, uint32_t gid, const struct csys_jail_limits *limits, const char **step);
+/// The effective and permitted capability sets (64 bits each): 0 and 0 in a jail. 0, or -1 and errno.
+int csys_capabilities(uint64_t *effective, uint64_t *permitted);
 #endif
