@@ -118,10 +118,10 @@ public struct ProcessLauncher: VMMLauncher {
     /// Where CPU caps and shares go (nil: the host has no usable cpu cgroup hierarchy).
     public let cgroups: CPUCgroups?
     /// The VMMs' seccomp mode (docs/SANDBOX.md); kumod's --vmm-seccomp.
-    public var seccomp: SeccompMode = .off
+    public var seccomp: SeccompMode = .enforce
     /// The ids the VMMs' jails take theirs from; nil: no jail (kumod --no-jail, docs/SANDBOX.md).
     public var jail: JailIDs?
-    public init(vmmPath: String, cgroups: CPUCgroups? = CPUCgroups.detect(), seccomp: SeccompMode = .off, jail: JailIDs? = .standard) {
+    public init(vmmPath: String, cgroups: CPUCgroups? = CPUCgroups.detect(), seccomp: SeccompMode = .enforce, jail: JailIDs? = .standard) {
         self.vmmPath = vmmPath; self.cgroups = cgroups; self.seccomp = seccomp; self.jail = jail
     }
 

@@ -81,8 +81,8 @@ public struct VMConfig: Sendable, Equatable {
     /// side channels between them (docs/ARCHITECTURE.md).
     public var memoryDedup: Bool = false
     public var onReboot: RebootPolicy = .restart
-    /// Off by default until the whole suite runs under enforce (docs/SANDBOX.md).
-    public var seccomp: SeccompMode = .off
+    /// Enforced by default (docs/SANDBOX.md); `off` for debugging.
+    public var seccomp: SeccompMode = .enforce
     /// The jail to enter before the first boot (docs/SANDBOX.md); nil: none (a VMM run by hand).
     public var jail: JailConfig? = nil
 

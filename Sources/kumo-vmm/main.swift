@@ -46,8 +46,8 @@ let usage = """
       --on-reboot P          when the guest asks to restart (ACPI or CF9 reset register, i8042 reset
                              line, triple fault, a jump to the reset vector): restart (default: the VM is
                              rebuilt and booted again) or exit (status 3, for a supervisor to decide)
-      --seccomp MODE         enforce (a call outside its thread's list kills the VMM with SIGSYS), log
-                             (allowed, logged by the kernel) or off (the default for now; docs/SANDBOX.md)
+      --seccomp MODE         enforce (the default: a call outside its thread's list kills the VMM with
+                             SIGSYS), log (allowed, logged by the kernel) or off (docs/SANDBOX.md)
       --jail UID:GID:DIR     as root: once the VM's files, taps and sockets are open, enter a jail (uid
                              UID, gid GID, no capabilities, rlimits, a mount namespace whose root is an
                              empty tmpfs mounted on DIR/.jail with a /proc of its own; docs/SANDBOX.md)

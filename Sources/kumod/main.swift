@@ -37,8 +37,8 @@ struct KumodCommand: AsyncParsableCommand {
     var noKsmTuner = false
     @Option(help: ArgumentHelp("seconds a guest gets to power off after the ACPI power button before a stop is forced; 0 to 3600", valueName: "seconds"))
     var stopTimeout = 30.0
-    @Option(help: "the VMMs' seccomp filters: enforce, log or off (the default, until every test passes under enforce: docs/SANDBOX.md)")
-    var vmmSeccomp = "off"
+    @Option(help: "the VMMs' seccomp filters: enforce (the default), log or off (for debugging: docs/SANDBOX.md)")
+    var vmmSeccomp = "enforce"
     @Flag(help: "run the VMMs as root, in the host's namespaces, with every capability (for debugging only: docs/SANDBOX.md)")
     var noJail = false
     @Option(help: ArgumentHelp("the uids (and gids) the VMMs' jails take theirs from, one per running VMM", valueName: "first-last"))
@@ -97,7 +97,7 @@ struct KumodCommand: AsyncParsableCommand {
         let dataDir = self.dataDir, imagesDir = self.imagesDir, socketPath = self.socket, stopTimeout = self.stopTimeout
         let ksmPages = ksmPagesToScan, ksmTuner = !noKsmTuner, networking = self.networking, nftTable = self.nftTable
         let rebootLimit = RebootLimit(count: self.rebootLimit, window: rebootWindow), metricsInterval = self.metricsInterval
-        let seccomp = SeccompMode(rawValue: vmmSeccomp) ?? .off
+        let seccomp = SeccompMode(rawValue: vmmSeccomp) ?? .enforce
         let jail = noJail ? nil : JailIDs.parse(jailIds)
         if jail == nil {
             FileHandle.standardError.write(
