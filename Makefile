@@ -34,7 +34,7 @@ run: build
 
 # The whole suite: unit, KVM integration (tiny guests), end-to-end Linux boots, kumod's API and CLI,
 # CPU caps again with the cpu controller moved to cgroup v2 (where the host's v1 one is unused),
-# schemathesis against a running kumod, and a short virtio fuzz run.
+# schemathesis against a running kumod, and a short run of each fuzz target.
 test: guest lint
 	scripts/test-deps.sh
 	swift build --build-tests
@@ -55,8 +55,9 @@ check: lint
 lint:
 	swift format lint --strict --recursive Sources Tests Package.swift
 
-# The virtio fuzzer (libFuzzer + ASan) for a long run: FUZZ_RUNS inputs from the seed corpus.
-FUZZ_RUNS ?= 1000000
+# The fuzzer (libFuzzer + ASan) for a long run: FUZZ_RUNS inputs for each of its four targets (virtio,
+# the port I/O devices, the control requests, the VM config) from their seed corpora: 10 M in all.
+FUZZ_RUNS ?= 2500000
 fuzz:
 	scripts/fuzz.sh $(FUZZ_RUNS)
 

@@ -57,7 +57,8 @@ let package = Package(
             plugins: ["SeccompFilters"]),
         .executableTarget(name: "kumo-vmm", dependencies: ["VMM", "VMMContract"]),
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
-        .executableTarget(name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver", "DiskImage"]),
+        .executableTarget(
+            name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver", "DiskImage", "Boot", "VMMContract"]),
         .executableTarget(name: "kumo-bench", dependencies: ["SystemKit", "VMMContract", "VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver", "DiskImage"]),
         .target(name: "KumoAPI"),
         .target(

@@ -1,5 +1,7 @@
-// kumo-fuzz: libFuzzer target for the virtio device models behind the MMIO transport.
-// Each input is a little program a hostile guest could run: register writes (handshake, queue set-up,
+// kumo-fuzz: libFuzzer targets for what a hostile guest (or a VMM's configuration and control client)
+// feeds kumo-vmm, chosen by KUMO_FUZZ_TARGET: `virtio` (this file), `pio` (the port I/O devices: UART,
+// i8042 with its keyboard and mouse, RTC, ACPI power, reset control, GED), `control` (the control
+// socket's requests) and `config` (the VM config). The virtio target's input is a little program: register writes (handshake, queue set-up,
 // notifications, config space) and writes into guest memory (rings, descriptors, buffers), against
 // virtio-blk (raw, or a qcow2 overlay), -net (on a tap, when this process may create one), -rng, -balloon or -vsock (with a
 // host listener on port 7 for the guest to reach). Any crash, hang,
@@ -71,8 +73,21 @@ func makeDevice(_ kind: UInt8) -> VirtioDevice? {
     }
 }
 
+/// The target KUMO_FUZZ_TARGET names (virtio when unset).
+let target: String = getenv("KUMO_FUZZ_TARGET").map { String(cString: $0) } ?? "virtio"
+
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let bytes = UnsafeRawBufferPointer(start: data, count: size)
+    switch target {
+    case "pio": return fuzzPortIO(bytes)
+    case "control": return fuzzControl(bytes)
+    case "config": return fuzzConfig(bytes)
+    default: return fuzzVirtio(data, size)
+    }
+}
+
+func fuzzVirtio(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     var r = Reader(bytes: UnsafeRawBufferPointer(start: data, count: size))
     guard let dev = makeDevice(r.u8()), let d = try? VirtioTestDriver(device: dev, memorySize: memorySize) else { return 0 }
     var queues: [DriverQueue] = []
