@@ -59,7 +59,8 @@ let package = Package(
         // libFuzzer target for the virtio device models (scripts/fuzz.sh); a plain build replays inputs.
         .executableTarget(
             name: "kumo-fuzz", dependencies: ["SystemKit", "GuestMemory", "Devices", "Virtio", "VirtioTestDriver", "DiskImage", "Boot", "VMMContract"]),
-        .executableTarget(name: "kumo-bench", dependencies: ["SystemKit", "VMMContract", "VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver", "DiskImage"]),
+        .executableTarget(
+            name: "kumo-bench", dependencies: ["SystemKit", "VMMContract", "VMM", "KVM", "Boot", "Virtio", "VirtioTestDriver", "DiskImage", "CKumoSys"]),
         .target(name: "KumoAPI"),
         .target(
             name: "Kumod",

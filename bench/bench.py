@@ -26,6 +26,17 @@ for _ in range(args.rounds):
 cm, sm = statistics.median(c), statistics.median(s)
 row("exit round trip (ns/exit, median of %d)" % args.rounds, f"{sm:.0f}", f"{cm:.0f} (C loop)", f"{sm / cm:.3f}", "<= 1.05")
 
+# (a') the same loop sandboxed as kumo-vmm runs it (jail, the vCPU's seccomp filter), alternating with plain runs.
+jail_dir = os.path.join(args.work, "jail")
+os.makedirs(jail_dir, mode=0o700, exist_ok=True)
+p, j = [], []
+for _ in range(args.rounds):
+    p.append(float(subprocess.check_output([args.bench, "exits", str(args.exits)], text=True)))
+    j.append(float(subprocess.check_output([args.bench, "exits", str(args.exits), "sandboxed", jail_dir], text=True)))
+pm, jm = statistics.median(p), statistics.median(j)
+row("exit round trip, sandboxed (jail + seccomp) vs not (ns/exit, median of %d)" % args.rounds, f"{jm:.0f}", f"{pm:.0f} (no sandbox)", f"{jm / pm:.3f}",
+    "<= 1.02 (no measurable cost)")
+
 
 def smaps(pid):
     """Private_Dirty and Rss of the process outside guest RAM (the largest anonymous mapping of at least
@@ -148,6 +159,29 @@ for _ in range(7):
         cpu.append(float(m.group(1)))
 row("CPU time to first KVM_RUN (ms, 4-byte ELF, median of %d)" % len(cpu), f"{statistics.median(cpu):.1f}" if cpu else "n/a",
     "", "", "<= 5 ms", "min %.1f, max %.1f" % (min(cpu), max(cpu)) if cpu else "")
+
+
+# (c') the same start with the sandbox (seccomp enforced, the jail) against none, alternating.
+def first_run_cpu(extra):
+    pr = subprocess.Popen([args.vmm, "--kernel", args.tiny, "--memory", "128", "--serial", "none", "--stats"] + extra,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    pr.send_signal(signal.SIGTERM)
+    m = re.search(r"CPU time to first KVM_RUN: ([0-9.]+) ms", pr.communicate(timeout=10)[1])
+    return float(m.group(1)) if m else None
+
+
+bare, boxed = [], []
+for _ in range(7):
+    bare.append(first_run_cpu(["--seccomp", "off"]))
+    boxed.append(first_run_cpu(["--seccomp", "enforce", "--jail", "3065001:3065001:" + jail_dir]))
+bare, boxed = [x for x in bare if x is not None], [x for x in boxed if x is not None]
+if bare and boxed:
+    bm, xm = statistics.median(bare), statistics.median(boxed)
+    row("CPU time to first KVM_RUN, sandboxed vs not (ms, 4-byte ELF, median of 7)", f"{xm:.1f}", f"{bm:.1f} (no sandbox)", f"+{xm - bm:.2f} ms",
+        "< +2 ms")
+else:
+    row("CPU time to first KVM_RUN, sandboxed vs not", "failed", "", "", "", f"{len(bare)} plain and {len(boxed)} sandboxed runs reported")
 
 
 # (d) one boot of the test kernel, 1 vCPU: wall time to "Run /init" and to the boot marker (userspace up),

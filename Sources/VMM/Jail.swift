@@ -23,10 +23,13 @@ public enum Jail {
     }
 
     /// Enters `j` (kumo-vmm must be root and have one thread). The root's mount point is `DIR/.jail`, made here.
-    public static func enter(_ j: JailConfig, plan: VMPlan) throws(SysError) {
+    public static func enter(_ j: JailConfig, plan: VMPlan) throws(SysError) { try enter(j, limits: limits(plan)) }
+
+    /// Enters `j` with `limits` (kumo-bench's sandboxed exit loop has no plan).
+    public static func enter(_ j: JailConfig, limits: csys_jail_limits) throws(SysError) {
         let mountPoint = j.directory + "/.jail"
         if mkdir(mountPoint, 0o700) != 0 && errno != EEXIST { throw SysError("mkdir \(mountPoint)") }
-        var l = limits(plan)
+        var l = limits
         var step: UnsafePointer<CChar>? = nil
         let r = mountPoint.withCString { csys_jail_enter($0, j.uid, j.gid, &l, &step) }
         if r != 0 { throw SysError("jail: " + (step.map { String(cString: $0) } ?? "?")) }

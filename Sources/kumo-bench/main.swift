@@ -1,12 +1,16 @@
 // kumo-bench: measurements `make bench` takes of kumo-vmm's own machinery.
-//   kumo-bench exits N    the userspace exit round trip (ns per exit) on the same tiny guest as
-//                         bench/exit-loop.c: N × `out %al, $0x80` in long mode, ring 0.
+//   kumo-bench exits N [sandboxed DIR]
+//                         the userspace exit round trip (ns per exit) on the same tiny guest as
+//                         bench/exit-loop.c: N × `out %al, $0x80` in long mode, ring 0; sandboxed: as
+//                         kumo-vmm runs it, in a jail (its mount point under DIR) with the vCPU's seccomp filter.
 //   kumo-bench blk FILE    virtio-blk back end, driven by the host-side test driver through the real
 //                         transport and queues: 4 KiB random reads (IOPS) and 1 MiB sequential reads
 //                         (MiB/s), each next to pread(2) on the same file and offsets in the same run.
 //   kumo-bench overlay FILE, kumo-bench qcow2-writer OVERLAY: see Overlay.swift.
+import CKumoSys
 import DiskImage
 import VMM
+import VMMContract
 import Virtio
 import VirtioTestDriver
 import KVM
@@ -27,12 +31,16 @@ if args.count == 2, args[0] == "overlay" {
     exit(0)
 }
 if args.count == 2, args[0] == "qcow2-writer" { qcow2Writer(args[1]) }
-guard args.count == 2, args[0] == "exits", let n = UInt32(args[1]) else {
-    eprint("usage: kumo-bench exits N | kumo-bench blk FILE [raw|qcow2] | kumo-bench overlay FILE | kumo-bench qcow2-writer OVERLAY")
+guard args.count == 2 || (args.count == 4 && args[2] == "sandboxed"), args[0] == "exits", let n = UInt32(args[1]) else {
+    eprint("usage: kumo-bench exits N [sandboxed DIR] | kumo-bench blk FILE [raw|qcow2] | kumo-bench overlay FILE | kumo-bench qcow2-writer OVERLAY")
     exit(2)
 }
 do {
     let kvm = try KVMSystem()
+    if args.count == 4 {
+        try Sandbox.prepare(.enforce)
+        try Jail.enter(JailConfig(uid: 3_065_000, gid: 3_065_000, directory: args[3]), limits: csys_jail_limits(open_files: 1024, file_size: 1 << 30, address_space: 8 << 30, threads: 64))
+    }
     var o = Machine.Options(memorySize: 4 << 20, vcpus: 1)
     o.irqchip = false
     let m = try Machine(o, kvm: kvm, serialSink: nil)
@@ -48,6 +56,7 @@ do {
             rip: 0x100000, rsp: 0x80000, cr0: 0x8005_0033, cr3: Layout.pml4, cr4: 0x20, efer: 0x500,
             code: s.code, data: s.data, tss: s.tss, gdtLimit: 39), vcpu: 0)
     try m.start()
+    if args.count == 4 { try Sandbox.install("main") }
     let outcome = m.wait()
     let first = m.firstRunNanos.load(ordering: .acquiring)
     let end = monotonicNanos()
