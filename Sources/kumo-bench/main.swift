@@ -39,7 +39,9 @@ do {
     let kvm = try KVMSystem()
     if args.count == 4 {
         try Sandbox.prepare(.enforce)
-        try Jail.enter(JailConfig(uid: 3_065_000, gid: 3_065_000, directory: args[3]), limits: csys_jail_limits(open_files: 1024, file_size: 1 << 30, address_space: 8 << 30, threads: 64))
+        try Jail.enter(
+            JailConfig(uid: 3_065_000, gid: 3_065_000, directory: args[3]),
+            limits: csys_jail_limits(open_files: 1024, file_size: 1 << 30, address_space: 8 << 30, threads: 64))
     }
     var o = Machine.Options(memorySize: 4 << 20, vcpus: 1)
     o.irqchip = false
