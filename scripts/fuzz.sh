@@ -10,9 +10,9 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(virtio pio control config)
 cd "$here"
 # The seccomp plugin's host tool fails to link under the sanitizer flags (gold), and SwiftPM goes on to
-# build kumo-fuzz, which does not use it: that one line is left out.
+# build kumo-fuzz, which does not use it: those lines are left out.
 swift build -c release --product kumo-fuzz --scratch-path .build/fuzz \
-    -Xswiftc -sanitize=fuzzer,address -Xswiftc -DKUMO_FUZZ 2>&1 | grep -E "error|Build" | grep -v "error: link command failed" | tail -3
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -DKUMO_FUZZ 2>&1 | grep -E "error|Build" | grep -vE "link command failed|linker command failed" | tail -3
 status=0 total=0
 for t in "${targets[@]}"; do
     case "$t" in
