@@ -23,6 +23,15 @@ cleanup() {
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   pkill -f "$work/fake-vmm" 2>/dev/null || true
+  # Each jailed VMM (the stand-ins too) had a cgroup of its own, which kumod would have removed.
+  for d in "$work"/instances/*/; do
+    [ -d "$d" ] || continue
+    id=$(basename "$d")
+    for cg in /sys/fs/cgroup/cpu/kumo /sys/fs/cgroup/unified/kumo; do
+      [ -d "$cg/$id" ] || continue
+      for _ in $(seq 50); do rmdir "$cg/$id" 2>/dev/null && break; sleep 0.1; done
+    done
+  done
   # kumod leaves networks up when it dies (as it leaves VMs): their dnsmasqs name the work directory.
   # Their bridges go, with the instances' taps in them.
   # (pgrep finds nothing when no network was made: under pipefail that must not fail the exit.)

@@ -250,17 +250,26 @@ public struct ProcessLauncher: VMMLauncher {
             throw APIError(code: "launch_failed", message: "cannot start \(vmmPath): \(error)")
         }
         let ticks = Self.startTicks(pid) ?? 0
-        if spec.cpuCapPercent != nil || spec.cpuShares != nil {
-            // Into its cgroup before the guest gets going; a limit that cannot be applied is a failed launch.
+        let limited = spec.cpuCapPercent != nil || spec.cpuShares != nil
+        if limited || (jail != nil && cgroups != nil) {
+            // Into its cgroup before the guest gets going: a jailed VMM always (docs/SANDBOX.md), with its
+            // type's limits if it has any. A limit that cannot be applied is a failed launch.
             do {
                 guard let cg = cgroups else { throw CPUCgroups.Failure(description: "this host has no cpu cgroup hierarchy") }
                 try cg.apply(instanceID: spec.instanceID, pid: pid, vcpus: spec.vcpus, capPercent: spec.cpuCapPercent, shares: spec.cpuShares)
             } catch {
-                kill(pid, SIGKILL)
-                var st: Int32 = 0
-                waitpid(pid, &st, 0)
                 cgroups?.release(instanceID: spec.instanceID)
-                throw APIError(code: "launch_failed", message: "cannot apply the instance type's CPU cap/shares: \(error)")
+                if limited {
+                    kill(pid, SIGKILL)
+                    var st: Int32 = 0
+                    waitpid(pid, &st, 0)
+                    throw APIError(code: "launch_failed", message: "cannot apply the instance type's CPU cap/shares: \(error)")
+                }
+                if let log = FileHandle(forWritingAtPath: spec.vmmLog.path) {
+                    log.seekToEndOfFile()
+                    log.write(Data("kumod: the VMM stays in kumod's cgroup (its own could not be made: \(error))\n".utf8))
+                    try? log.close()
+                }
             }
         }
         try? "\(pid) \(ticks)\n".write(to: spec.workDir.appendingPathComponent("vmm.pid"), atomically: true, encoding: .utf8)

@@ -30,7 +30,7 @@ final class Fixture: @unchecked Sendable {
         try script.write(to: fakeVMM, atomically: true, encoding: .utf8)
         chmod(fakeVMM.path, 0o755)
         store = try Store(path: dir.appendingPathComponent("kumod.sqlite").path)
-        let real = ProcessLauncher(vmmPath: fakeVMM.path)
+        let real = ProcessLauncher(vmmPath: fakeVMM.path, jail: nil)  // a stand-in: no jail, no cgroup
         // KSM off and away from the host's sysfs: a fixture's dedup instances must not start the host's ksmd
         // under the real-VMM tests that check who started it.
         // Networks with a kumod id and nftables table of the fixture's own (kumods side by side).

@@ -78,6 +78,12 @@ import Kumod
             }
             // And any VMM whose record kumod had not written yet.
             for (_, p) in Orphans.vmms(under: dir.appendingPathComponent("instances").path) { p.end() }
+            // The cgroups kumod made for them (every jailed VMM has one), once their processes are gone.
+            if let cg = CPUCgroups.detect(), let list = try? FileManager.default.contentsOfDirectory(atPath: dir.appendingPathComponent("instances").path) {
+                for id in list where FileManager.default.fileExists(atPath: cg.path(id)) {
+                    for _ in 0..<100 where rmdir(cg.path(id)) != 0 && errno == EBUSY { usleep(20_000) }
+                }
+            }
             if let table { CLITests.endNetworks(under: dir, table: table) }
             try? FileManager.default.removeItem(at: dir)
         }

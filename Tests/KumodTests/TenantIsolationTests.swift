@@ -585,7 +585,7 @@ import KumoAPI
         #expect(Set(found).isSuperset(of: [Int32(keptPid)] + strays.map(\.processIdentifier)), "\(found)")
 
         nonisolated(unsafe) var watched: WatchedLauncher! = nil
-        watched = WatchedLauncher(ProcessLauncher(vmmPath: fake))
+        watched = WatchedLauncher(ProcessLauncher(vmmPath: fake, jail: nil))  // a stand-in: no jail, no cgroup
         let again = Service(store: f.store, launcher: watched, host: f.service.host, dataDir: f.dir)
         let adopted = try again.recover()
         #expect(adopted == [kept])
