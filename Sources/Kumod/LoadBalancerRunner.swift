@@ -25,8 +25,17 @@ public final class LoadBalancing: Sendable {
     let wakeup = DispatchSemaphore(value: 0)
     let generation = Atomic<Int>(0)
     let probes = DispatchQueue(label: "kumod.lb-probes", attributes: .concurrent)
-    /// The proxies' event loops: one thread (two CPUs here; the copies are cheap next to the guests).
-    let loops = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// The proxies' event loops: one thread (two CPUs here; the copies are cheap next to the guests), made
+    /// with the first wlc proxy (most kumods run none; a Service in a test never does).
+    private let madeLoops = Mutex<MultiThreadedEventLoopGroup?>(nil)
+    var loops: MultiThreadedEventLoopGroup {
+        madeLoops.withLock { g in
+            if let g { return g }
+            let made = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            g = made
+            return made
+        }
+    }
 
     public init() {}
 
@@ -45,7 +54,7 @@ public final class LoadBalancing: Sendable {
 
     static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
-    deinit { try? loops.syncShutdownGracefully() }
+    deinit { madeLoops.withLock { try? $0?.syncShutdownGracefully() } }
 }
 
 extension Service {
