@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Builds kumo-fuzz with libFuzzer and AddressSanitizer (its own build directory) and runs each target over
-# its seed corpus: `scripts/fuzz.sh RUNS [TARGET...]`, RUNS inputs per target (make test runs a short pass
-# of every target; `make fuzz` a long one). Targets: virtio, pio, control, config (Sources/kumo-fuzz).
+# its seed corpus: `scripts/fuzz.sh RUNS [TARGET...]`, RUNS inputs per target, or `scripts/fuzz.sh
+# TARGET=RUNS...` (make test runs a short pass of every target; `make fuzz` a long one). Targets: virtio,
+# pio, control, config (Sources/kumo-fuzz).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-runs=${1:-20000}
-shift || true
-targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(virtio pio control config)
+declare -A count=()
+targets=()
+if [[ "${1:-}" == *=* ]]; then
+    for pair in "$@"; do targets+=("${pair%%=*}"); count[${pair%%=*}]=${pair#*=}; done
+else
+    runs=${1:-20000}
+    shift || true
+    targets=("$@")
+    [ ${#targets[@]} -gt 0 ] || targets=(virtio pio control config)
+    for t in "${targets[@]}"; do count[$t]=$runs; done
+fi
 cd "$here"
 # The seccomp plugin's host tool fails to link under the sanitizer flags (gold), and SwiftPM goes on to
 # build kumo-fuzz, which does not use it: those lines are left out.
@@ -24,7 +32,7 @@ for t in "${targets[@]}"; do
     cp "$corpus"/* "$work/" 2>/dev/null || true
     # -timeout: an input that takes 10 s is a hang. New inputs go to the scratch copy, not the repo.
     s=0
-    KUMO_FUZZ_TARGET=$t .build/fuzz/release/kumo-fuzz -runs="$runs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    KUMO_FUZZ_TARGET=$t .build/fuzz/release/kumo-fuzz -runs="${count[$t]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="$here/.build/fuzz/$t-" "$work" > "$work/log" 2>&1 || s=$?
     done_line=$(grep -E "^#[0-9]+[[:space:]]+DONE" "$work/log" | tail -1 || true)
     executed=$(grep -E "stat::number_of_executed_units" "$work/log" | awk '{print $2}' || true)
