@@ -168,10 +168,15 @@ public struct JSONParser {
                 case 0x74: out.append(0x09)
                 case 0x75:
                     var cp = try hex4()
-                    if cp >= 0xD800 && cp < 0xDC00, i + 1 < b.count, b[i] == 0x5C, b[i + 1] == 0x75 {
+                    // A surrogate pair makes one scalar; a surrogate alone is no character (refused: the
+                    // fuzzer's lone pair "\uDada\uDada" made the arithmetic below overflow and trap).
+                    if (0xDC00...0xDFFF).contains(cp) { throw error("a low surrogate \\u escape without its high one") }
+                    if (0xD800...0xDBFF).contains(cp) {
+                        guard i + 1 < b.count, b[i] == 0x5C, b[i + 1] == 0x75 else { throw error("a high surrogate \\u escape without its low one") }
                         i += 2
                         let lo = try hex4()
-                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo &- 0xDC00)
+                        guard (0xDC00...0xDFFF).contains(lo) else { throw error("a high surrogate \\u escape without its low one") }
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
                     }
                     let scalar = Unicode.Scalar(cp) ?? "\u{FFFD}"
                     out.append(contentsOf: Array(String(Character(scalar)).utf8))
