@@ -86,9 +86,14 @@ public struct CPUCgroups: Sendable {
         try write(dir + "/cgroup.procs", "\(pid)")
     }
 
-    /// Removes the instance's group once its processes are gone (rmdir of an empty group).
+    /// Removes the instance's group once its processes are gone (rmdir of an empty group). A process the VMM
+    /// left behind may take a moment to go (a stand-in's `sleep`): up to half a second of retries, then it
+    /// stays for the next start's sweep.
     public func release(instanceID: String) {
-        rmdir(path(instanceID))
+        for _ in 0..<25 {
+            if rmdir(path(instanceID)) == 0 || errno != EBUSY { return }
+            usleep(20_000)
+        }
     }
 
     /// The group's CPU time so far (ns), for reports and tests.
