@@ -30,7 +30,9 @@ import Kumod
         /// Set for kumod's process (and so for the VMMs it starts).
         var environment: [String: String]
 
-        init(vmm: String? = nil, extra: [String] = [], networking: Bool = false, environment: [String: String] = [:]) throws {
+        /// `ksmTuner`: kumod's KSM tuner on. Off otherwise: ksmd's settings are the host's, and a tuner in a kumod
+        /// with no dedup instance stops ksmd under another test's merging (seen in make check).
+        init(vmm: String? = nil, extra: [String] = [], networking: Bool = false, environment: [String: String] = [:], ksmTuner: Bool = false) throws {
             self.environment = environment
             dir = try tempDir("cli")
             try FileManager.default.createDirectory(at: dir.appendingPathComponent("images"), withIntermediateDirectories: true)
@@ -41,7 +43,7 @@ import Kumod
             self.vmm = vmm ?? fake.path
             let table = networking ? "kumocli_\(String(UInt32.random(in: 0...UInt32.max), radix: 16))" : nil
             self.table = table
-            self.extra = extra + (table.map { ["--networking", "on", "--nft-table", $0] } ?? ["--networking", "off"])
+            self.extra = extra + (ksmTuner ? [] : ["--no-ksm-tuner"]) + (table.map { ["--networking", "on", "--nft-table", $0] } ?? ["--networking", "off"])
             process = Process()
             try start()
         }

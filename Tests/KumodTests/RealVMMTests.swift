@@ -351,7 +351,7 @@ struct RealVMMTests {
         func sysRead(_ n: String) -> String { ((try? String(contentsOfFile: ksm + n, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines) }
         let saved = ["pages_to_scan", "sleep_millisecs", "run"].map { ($0, sysRead($0)) }
         defer { for (n, v) in saved { try? v.write(toFile: ksm + n, atomically: false, encoding: .utf8) } }
-        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2", "--ksm-pages-to-scan", "5000"])
+        let k = try CLITests.Kumod(vmm: Self.vmm, extra: ["--stop-timeout", "2", "--ksm-pages-to-scan", "5000"], ksmTuner: true)
         defer { k.close() }
         let unix = "unix:" + k.socket
         let store = try Store(path: k.dir.appendingPathComponent("kumod.sqlite").path)
