@@ -5,6 +5,7 @@ import KumoAPI
 import GRDB
 import Synchronization
 import HostCPUs
+import SystemKit
 import VMMContract
 
 extension Service {
@@ -38,12 +39,12 @@ extension Service {
             var t = try launcher.handle(workDir: URL(fileURLWithPath: rec.workDir)).translate(vcpu: vcpu, address: gva)
             // A jailed VMM sees no frame numbers in its own pagemap (no CAP_SYS_ADMIN): kumod reads them.
             if t.hpa == nil, let hva = t.hva, let pid = rec.instance.pid, let ticks = rec.pidStartTicks,
-                ProcessLauncher.startTicks(Int32(pid)) == ticks, let (resident, frame) = Self.hostFrame(pid: Int32(pid), hva: hva)
+                ProcessLauncher.startTicks(Int32(pid)) == ticks, let page = Pagemap.page(pid: "\(pid)", address: hva)
             {
-                if let frame {
+                if let frame = page.frame {
                     t.hpa = frame * 4096 + (hva & 0xFFF)
                     t.hostPage = "resident"
-                } else if !resident {
+                } else if !page.resident {
                     t.hostPage = "not resident (never touched, or given back)"
                 }
             }
@@ -51,18 +52,6 @@ extension Service {
         } catch {
             throw APIError(code: "unavailable", message: "the instance's VMM: \(error.description)")
         }
-    }
-
-    /// The VMM's page at host-virtual `hva` from its /proc/PID/pagemap (8 bytes per page: bit 63 present,
-    /// bits 0-54 the frame, which root with CAP_SYS_ADMIN reads): (resident, frame number); nil if unreadable.
-    static func hostFrame(pid: Int32, hva: UInt64) -> (Bool, UInt64?)? {
-        let fd = open("/proc/\(pid)/pagemap", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var entry: UInt64 = 0
-        guard pread(fd, &entry, 8, off_t((hva / 4096) * 8)) == 8 else { return nil }
-        let frame = entry & ((1 << 55) - 1)
-        return (entry >> 63 == 1, entry >> 63 == 1 && frame != 0 ? frame : nil)
     }
 
     /// The instance's pinning and, while it runs, where its vCPU threads may run.

@@ -204,21 +204,16 @@ extension ControlState {
         let region = m.memory.regions[slot]
         let hva = UInt64(region.hostAddress) + (t.gpa - region.guestPhys)
         out.slot = slot; out.slotGPA = region.guestPhys; out.hva = hva
-        // /proc/self/pagemap: 8 bytes per virtual page; bit 63 present, bits 0-54 the frame number
-        // (zero without CAP_SYS_ADMIN).
-        let fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
-        var entry: UInt64 = 0
-        let got = fd >= 0 ? pread(fd, &entry, 8, off_t((hva / 4096) * 8)) : -1
-        if fd >= 0 { close(fd) }
-        if got != 8 {
-            out.hostPage = "pagemap unreadable"
-        } else if entry >> 63 == 0 {
-            out.hostPage = "not resident (never touched, or given back)"
-        } else if entry & ((1 << 55) - 1) == 0 {
-            out.hostPage = "resident; frame number hidden (needs CAP_SYS_ADMIN)"
-        } else {
-            out.hpa = (entry & ((1 << 55) - 1)) * 4096 + (hva & 0xFFF)
-            out.hostPage = "resident"
+        switch Pagemap.page(pid: "self", address: hva) {
+        case nil: out.hostPage = "pagemap unreadable"
+        case let p? where !p.resident: out.hostPage = "not resident (never touched, or given back)"
+        case let p?:
+            if let frame = p.frame {
+                out.hpa = frame * 4096 + (hva & 0xFFF)
+                out.hostPage = "resident"
+            } else {
+                out.hostPage = "resident; frame number hidden (needs CAP_SYS_ADMIN)"
+            }
         }
         return out
     }

@@ -1,6 +1,6 @@
-// The jail (docs/SANDBOX.md): once its files are open (kernel, initrd, disks and their backing chains,
-// taps, /dev/kvm), kumo-vmm enters it before it has a second thread, a socket or a log of its own. What
-// the jail shows is the instance's directory; every identity and capability of root is gone.
+// The jail (docs/SANDBOX.md): once everything it needs by path is open (kernel, initrd, disks and their
+// backing chains, taps, /dev/kvm, the console log, its sockets), kumo-vmm enters it before it has a second
+// thread. The jail shows none of the host's files; every identity and capability of root is gone.
 import CKumoSys
 import SystemKit
 import VMMContract

@@ -95,7 +95,7 @@ public struct VMPlan: Sendable {
             vcpus: config.vcpus, bootProtocol: bootProtocol, display: config.display.map { FramebufferMemory.mode(width: $0.width, height: $0.height) })
     }
 
-    /// Fresh device models for one boot (disks are opened here; a guest reset gets new ones).
+    /// Fresh device models for one boot, on the plan's open disks and taps (a guest reset gets new models).
     public func makeDevices() throws -> [VirtioDevice] {
         var out: [VirtioDevice] = []
         for (d, file) in zip(config.disks, disks) {
