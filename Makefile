@@ -10,7 +10,7 @@ VMM := .build/release/kumo-vmm
 TEST_WIDTH ?= 3
 SWIFT_TEST := SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(TEST_WIDTH) swift test
 
-.PHONY: all build guest run test check lint unit kvm-tests e2e bench fuzz clean
+.PHONY: all build guest image run test check lint unit kvm-tests e2e bench fuzz clean
 # The suites that boot Linux guests (minutes each on an emulating host): make test runs them, make check not.
 BOOT_SUITES := LinuxBootTests|VirtioBootTests|BalloonReclaimTests|NetworkGuestTests
 
@@ -22,6 +22,12 @@ build:
 # Guest artifacts from Debian packages (cached outside the repo, rebuilt when inputs change).
 guest:
 	scripts/guest.sh all
+
+# A public image from Debian packages (docs/IMAGES.md): make image NAME=busybox|debian-12. Cached outside
+# the repo and rebuilt only when its inputs change; prints the directory to register it from.
+NAME ?= debian-12
+image:
+	scripts/image.sh $(NAME)
 
 # Builds kumo-vmm, kumod and kumo and the demo guest; starts kumod (SQLite in /var/lib/kumo, API on
 # 127.0.0.1:8780 and a Unix socket), registers the demo image (busybox initramfs with the stock Debian

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make run: kumod on SQLite under a data directory, the demo image (a kernel + the busybox initramfs, built
-# from Debian packages) registered, one kumo.small instance with a screen running, its console attached. The kernel is
+# make run: kumod on SQLite under a data directory, the demo image (a kernel, the busybox initramfs and a
+# root disk, built from Debian packages by scripts/image.sh) registered, one kumo.small instance with a screen running, its console attached. The kernel is
 # Debian's stock cloud kernel, except on kvm_pvm hosts, where only the Kumo test kernel runs guest
 # userspace (docs/NESTED.md).
 #   scripts/run-demo.sh VMM GUEST_DIR BIN_DIR
@@ -33,23 +33,27 @@ if ! kumo host capacity --token "$(cat "$data/admin.token" 2>/dev/null || true)"
 fi
 export KUMO_TOKEN=$(cat "$data/admin.token")
 
-# The demo image, once.
+# The demo image, once: the public busybox image (scripts/image.sh busybox: kernel, busybox initramfs and a
+# qcow2 root disk, each with its SHA-256), registered as the admin.
 if [ -d /sys/module/kvm_pvm ]; then
-  image=kumo-busybox kernel=$guest/test-kernel/vmlinux
-  what="the Kumo test kernel (Debian's linux-source-6.1 + guest/kernel) + busybox initramfs"
+  image=kumo-busybox what="the Kumo test kernel (Debian's linux-source-6.1 + guest/kernel) + busybox initramfs + root disk"
 else
-  image=debian-busybox kernel=$guest/stock/vmlinux what="linux-image-cloud-amd64 vmlinux + busybox initramfs"
+  image=debian-busybox what="linux-image-cloud-amd64 vmlinux + busybox initramfs + root disk"
 fi
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); $1"; }
 image_id=$(kumo image list --output json | json "print(next((i['id'] for i in d['images'] if i['name'] == '$image'), ''))")
 if [ -z "$image_id" ]; then
+  built=$("$(dirname "$0")/image.sh" busybox)
   # kumod registers image files from its images directory only (never from anywhere root can read).
   install -d -m 700 "$data/images"
-  install -m 600 "$kernel" "$data/images/$image.vmlinux"
-  install -m 600 "$guest/initramfs/initramfs.cpio" "$data/images/$image.initramfs.cpio"
-  image_id=$(kumo image register "$image" --kernel "$image.vmlinux" --initrd "$image.initramfs.cpio" \
-    --cmdline "console=tty0 console=ttyS0 reboot=k panic=0 kumo.scenario=report kumo.shell kumo.tty1" --output json | json "print(d['id'])")
-  say "registered image $image ($what)"
+  install -m 600 "$built/kernel" "$data/images/$image.vmlinux"
+  install -m 600 "$built/initrd" "$data/images/$image.initramfs.cpio"
+  install -m 600 "$built/root.qcow2" "$data/images/$image.root.qcow2"
+  registered=$(kumo image register "$image" --kernel "$image.vmlinux" --initrd "$image.initramfs.cpio" \
+    --root-disk "$image.root.qcow2" --disk-format qcow2 \
+    --cmdline "console=tty0 console=ttyS0 reboot=k panic=0 kumo.scenario=report kumo.shell kumo.tty1" --output json)
+  image_id=$(echo "$registered" | json "print(d['id'])")
+  say "registered image $image ($what; root disk $(echo "$registered" | json "print(d['checksum'])"))"
 fi
 
 # A key pair: kumod keeps its public key and puts it in the instance's cloud-init meta-data (the guest's
@@ -119,6 +123,7 @@ kumo:   $bin/kumo console $id              (attach again later)
 kumo:   $bin/kumo keypair list             (the console shows nocloud_keys=1: the guest installed it)
 kumo:   $bin/kumo instance run-command $id -- uname -a   (the guest agent over virtio-vsock)
 kumo:   $bin/kumo image import NAME FILE --format raw|qcow2 --boot-image $image   (your own image)
+kumo:   make image NAME=debian-12          (Debian 12 with cloud-init from Debian's packages; docs/IMAGES.md)
 kumo:   $bin/kumo instance metrics $id --metric cpu_percent --chart   (monitoring, no agent in the guest)
 kumo:   $bin/kumo lb show web              (the load balancer: its backend's health; kumo lb events web)
 kumo: the web console: http://$listen/ui/ (log in with the admin token above; charts, the serial console,

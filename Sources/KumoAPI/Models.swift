@@ -85,7 +85,7 @@ public struct Image: Codable, Sendable, Equatable {
     public var source: String
     /// The root disk's virtual size in bytes (what a guest sees).
     public var sizeBytes: Int64?
-    /// "sha256:…" of the root disk file kumod made (imported and instance images).
+    /// "sha256:…" of the root disk file (as registered, or as kumod made it).
     public var checksum: String?
     enum CodingKeys: String, CodingKey {
         case id, name, kernel, initrd, cmdline, tenant, source, checksum
@@ -227,9 +227,12 @@ public struct RegisterImageRequest: Codable, Sendable {
     public var initrd: String?
     public var rootDisk: String?
     public var cmdline: String?
-    enum CodingKeys: String, CodingKey { case name, kernel, initrd, cmdline, rootDisk = "root_disk" }
-    public init(name: String, kernel: String, initrd: String? = nil, rootDisk: String? = nil, cmdline: String? = nil) {
+    /// The root disk's format, "raw" (the default) or "qcow2": named, never probed.
+    public var diskFormat: String?
+    enum CodingKeys: String, CodingKey { case name, kernel, initrd, cmdline, rootDisk = "root_disk", diskFormat = "disk_format" }
+    public init(name: String, kernel: String, initrd: String? = nil, rootDisk: String? = nil, cmdline: String? = nil, diskFormat: String? = nil) {
         self.name = name; self.kernel = kernel; self.initrd = initrd; self.rootDisk = rootDisk; self.cmdline = cmdline
+        self.diskFormat = diskFormat
     }
 }
 

@@ -5,6 +5,7 @@ import GRDB
 import Synchronization
 import HostCPUs
 import VMMContract
+import DiskImage
 
 extension Service {
     // MARK: types
@@ -133,21 +134,37 @@ extension Service {
         let kernel = try imageFile(r.kernel, field: "kernel")
         let initrd = try r.initrd.map { p throws(APIError) in try imageFile(p, field: "initrd") }
         let rootDisk = try r.rootDisk.map { p throws(APIError) in try imageFile(p, field: "root_disk") }
+        guard let diskFormat = DiskFormat(rawValue: r.diskFormat ?? "raw") else {
+            throw APIError(code: "invalid_argument", message: "disk_format \"\(Validate.escaped(r.diskFormat ?? ""))\": raw or qcow2")
+        }
+        if r.diskFormat != nil && rootDisk == nil { throw APIError(code: "invalid_argument", message: "disk_format without a root_disk") }
         // kumo-vmm's own checks (VMMContract.BootInputs): an image kumod records is one kumo-vmm boots.
         let format: String
         var size: UInt64? = nil
         do {
             format = try BootInputs.kernel(kernel).format == .elf ? "elf" : "bzimage"
             if let i = initrd { _ = try BootInputs.initrd(i) }
-            if let d = rootDisk { size = try BootInputs.disk(d, readOnly: true) }
+            if let d = rootDisk {
+                switch diskFormat {
+                case .raw: size = try BootInputs.disk(d, readOnly: true)
+                case .qcow2:
+                    // The same refusals as an import's: a backing or data file would be opened by every VMM.
+                    try QemuImg.refuseReferences(in: d)
+                    size = try QCow2.virtualSize(of: d, format: .qcow2)
+                }
+            }
+        } catch let e as APIError {
+            throw e
         } catch {
             throw APIError(code: "invalid_argument", message: "\(error)")
         }
         var cmdline = r.cmdline ?? "console=ttyS0 reboot=k panic=-1"
         if r.rootDisk != nil && !cmdline.contains("root=") { cmdline += " root=/dev/vda rw" }
+        let checksum = try rootDisk.map { d throws(APIError) in try Self.sha256(d) }
         let img = Image(
             id: Store.newID("img"), name: r.name, kernel: kernel, initrd: initrd,
-            rootDisk: rootDisk, cmdline: cmdline, kernelFormat: format, createdAt: Store.now(), sizeBytes: size.map { Int64($0) })
+            rootDisk: rootDisk, cmdline: cmdline, kernelFormat: format, createdAt: Store.now(), diskFormat: rootDisk == nil ? nil : diskFormat.rawValue,
+            sizeBytes: size.map { Int64($0) }, checksum: checksum)
         guard try wrap({ try store.addImage(img) }) else { throw APIError(code: "conflict", message: "image \(r.name) exists") }
         return img
     }

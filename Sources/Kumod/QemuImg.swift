@@ -61,11 +61,11 @@ public struct QemuImg: Sendable {
     /// header alone: qemu-img would open those files as root.
     static func refuseReferences(in file: String) throws(APIError) {
         let fd = open(file, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw APIError(code: "internal", message: "cannot open the upload: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw APIError(code: "internal", message: "cannot open the image file: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var bytes = [UInt8](repeating: 0, count: 1 << 16)
         let n = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0, let size = rawSize(fd) else { throw APIError(code: "invalid_argument", message: "the upload is empty") }
+        guard n > 0, let size = rawSize(fd) else { throw APIError(code: "invalid_argument", message: "the image file is empty") }
         let header: QCow2.Header
         do { header = try QCow2.Header(bytes: Array(bytes[0..<n]), fileSize: size) } catch {
             throw APIError(code: "invalid_argument", message: "not a qcow2 image kumod takes: \(error)")

@@ -160,12 +160,14 @@ struct ImageCommand: ParsableCommand {
         @Option var kernel: String
         @Option var initrd: String?
         @Option var rootDisk: String?
+        @Option(help: "The root disk's format: raw or qcow2 (named, never probed)") var diskFormat: String?
         @Option var cmdline: String?
         mutating func run() throws {
             try perform {
                 // A bare name is kumod's to resolve in its images directory; a path is made absolute here.
                 func abs(_ p: String) -> String { p.contains("/") ? URL(fileURLWithPath: p).standardizedFileURL.path : p }
-                let req = RegisterImageRequest(name: name, kernel: abs(kernel), initrd: initrd.map(abs), rootDisk: rootDisk.map(abs), cmdline: cmdline)
+                let req = RegisterImageRequest(
+                    name: name, kernel: abs(kernel), initrd: initrd.map(abs), rootDisk: rootDisk.map(abs), cmdline: cmdline, diskFormat: diskFormat)
                 let i = try global.call("POST", "/v1/images", body: req, as: Image.self)
                 global.emit(i) { table(["ID", "NAME", "KERNEL", "FORMAT"], [[i.id, i.name, i.kernel, i.kernelFormat]]) }
             }

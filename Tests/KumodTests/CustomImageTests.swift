@@ -152,6 +152,51 @@ import Testing
         }
     }
 
+    /// An admin registers a qcow2 root disk (scripts/image.sh's images are qcow2): the format is the one
+    /// named, the file is checked as an import's is, its checksum recorded, and instances overlay it.
+    @Test func registeredQcow2RootDisksAreCheckedAndOverlaid() async throws {
+        let f = try Fixture()
+        let images = f.dir.appendingPathComponent("images")
+        let raw = try Self.rawDisk(images, marker: "kumo registered qcow2")
+        let disk = images.appendingPathComponent("root.qcow2").path, evil = images.appendingPathComponent("evil.qcow2").path
+        _ = try hostTool(Self.qemuImg, ["convert", "-f", "raw", "-O", "qcow2", raw.path, disk])
+        _ = try hostTool(Self.qemuImg, ["create", "-q", "-f", "qcow2", "-b", raw.path, "-F", "raw", evil, "4M"])
+        let sum = "sha256:" + (try hostTool("/usr/bin/sha256sum", [disk]).output.prefix(64))
+        try await f.app.test(.router) { c in
+            for (b, says) in [
+                (#""root_disk": "root.qcow2", "disk_format": "vmdk""#, "disk_format \"vmdk\": raw or qcow2"),
+                (#""disk_format": "qcow2""#, "disk_format without a root_disk"),
+                (#""root_disk": "\#(raw.lastPathComponent)", "disk_format": "qcow2""#, "not a qcow2 image"),
+                (#""root_disk": "evil.qcow2", "disk_format": "qcow2""#, "has a backing file"),
+            ] {
+                try await c.execute(
+                    uri: "/v1/images", method: .post, headers: auth(f.admin), body: body(#"{"name": "d", "kernel": "\#(f.kernel.path)", \#(b)}"#)
+                ) { r in
+                    let e = try decode(ErrorBody.self, r.body).error
+                    #expect(r.status == .badRequest && e.message.contains(says), "\(b): \(e)")
+                }
+            }
+            let img = try await c.execute(
+                uri: "/v1/images", method: .post, headers: auth(f.admin),
+                body: body(#"{"name": "d", "kernel": "\#(f.kernel.path)", "root_disk": "root.qcow2", "disk_format": "qcow2"}"#)
+            ) { r in
+                #expect(r.status == .created)
+                return try decode(Image.self, r.body)
+            }
+            #expect(img.diskFormat == "qcow2" && img.sizeBytes == 4 << 20 && img.checksum == sum && img.source == "registered", "\(img)")
+            let run = try await c.execute(
+                uri: "/v1/instances", method: .post, headers: auth(f.alice), body: body(#"{"type": "kumo.small", "image": "d"}"#)
+            ) { try decode(RunInstancesResponse.self, $0.body) }
+            let id = run.instances[0].id
+            _ = try await waitState(c, id, f.alice, .running)
+            let overlay = f.dir.appendingPathComponent("instances/\(id)/root.qcow2").path
+            let info = try hostTool(Self.qemuImg, ["info", "--output=json", overlay]).output
+            #expect(info.contains("\"backing-filename-format\": \"qcow2\""), "\(info)")
+            #expect(try Self.read(overlay, at: 1 << 20, count: 21) == "kumo registered qcow2")
+            try await c.execute(uri: "/v1/instances/\(id)", method: .delete, headers: auth(f.alice)) { #expect($0.status == .ok) }
+        }
+    }
+
     @Test func imagesOfStoppedInstancesAreFlattened() async throws {
         let f = try Fixture()
         let dir = try tempDir("fromvm")
