@@ -10,7 +10,7 @@ VMM := .build/release/kumo-vmm
 TEST_WIDTH ?= 3
 SWIFT_TEST := SWT_EXPERIMENTAL_MAXIMUM_PARALLELIZATION_WIDTH=$(TEST_WIDTH) swift test
 
-.PHONY: all build guest image run test check lint unit kvm-tests e2e bench fuzz clean
+.PHONY: all build guest image test-images run test check lint unit kvm-tests e2e bench fuzz clean
 # The suites that boot Linux guests (minutes each on an emulating host): make test runs them, make check not.
 BOOT_SUITES := LinuxBootTests|VirtioBootTests|BalloonReclaimTests|NetworkGuestTests
 
@@ -49,6 +49,15 @@ test: guest lint
 	KUMO_VMM=$(CURDIR)/$(VMM) scripts/cgroup-v2-check.sh
 	scripts/schemathesis.sh 25
 	scripts/fuzz.sh 5000
+
+# The public images end to end (docs/IMAGES.md): debian-12 built from Debian's packages, booted by a real
+# kumod, its real cloud-init consuming the seed (hostname, key, network, user data), then SSH and
+# run-command. Not in make test: where KVM emulates guest kernel code (kvm_pvm) it takes ~25 minutes.
+test-images: guest
+	scripts/test-deps.sh
+	swift build --build-tests
+	$(SWIFT_RELEASE)
+	KUMO_DEBIAN_IMAGE=$$(scripts/image.sh debian-12) KUMO_VMM=$(CURDIR)/$(VMM) $(SWIFT_TEST) --skip-build --filter DebianImageTests
 
 # The fast inner loop (under 5 minutes on a warm build): the formatter's lint, unit tests, KVM tests with
 # tiny guests, and every kumod test that boots no Linux (real kumod, real kumo-vmm, stand-in guests).

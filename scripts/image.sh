@@ -58,7 +58,7 @@ toolbox() {
   done
 }
 
-debian12_packages=(systemd-sysv udev dbus openssh-server cloud-init ifupdown isc-dhcp-client iproute2 netbase
+debian12_packages=(systemd-sysv udev dbus openssh-server cloud-init ifupdown net-tools isc-dhcp-client iproute2 netbase
   ca-certificates sudo less linux-image-cloud-amd64 initramfs-tools)
 
 debian12() {
@@ -95,7 +95,9 @@ debian12() {
   qemu-img convert -f raw -O qcow2 -o cluster_size=65536 "$work/root.raw" "$work/out/root.qcow2"
   qemu-img check -q "$work/out/root.qcow2"
   rm -f "$work/root.raw"
-  echo "console=ttyS0 root=LABEL=kumo-root rw" > "$work/out/cmdline"
+  # ip=off: the image configures its network from the seed's network-config (cloud-init), so kumod gives
+  # the kernel no address of its own (docs/IMAGES.md).
+  echo "console=ttyS0 root=LABEL=kumo-root rw ip=off" > "$work/out/cmdline"
   finish "$work/out" "$key"
   rm -rf "$work"; trap - EXIT
 }

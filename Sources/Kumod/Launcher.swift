@@ -150,8 +150,10 @@ public struct ProcessLauncher: VMMLauncher {
             for i in c.nets.indices { c.nets[i].rxRateLimit = limit; c.nets[i].txRateLimit = limit }
         }
         // eth0's address without DHCP, for guests with no network configuration of their own (the kernel's
-        // IP autoconfiguration; a guest that runs DHCP gets the same address from dnsmasq).
-        if let n = spec.nics.first {
+        // IP autoconfiguration; a guest that runs DHCP gets the same address from dnsmasq). An image whose
+        // command line names ip= itself keeps it: `ip=off` for one that configures its network from the
+        // seed's network-config (cloud-init), where the kernel's address would make ifup fail.
+        if let n = spec.nics.first, !c.cmdline.split(separator: " ").contains(where: { $0.hasPrefix("ip=") }) {
             let mask = IPv4Address(IPv4Network.maskValue(n.prefix))
             c.cmdline = [c.cmdline, "ip=\(n.address)::\(n.gateway):\(mask)::eth0:off"].filter { !$0.isEmpty }.joined(separator: " ")
         }

@@ -49,11 +49,12 @@ extension InstanceCommand {
         @Argument(help: "instance id") var id: String
         @Option(help: "seconds before the agent kills it (1-86400)") var timeout = 60
         @Flag(help: "print the pending invocation and return") var noWait = false
-        @Argument(parsing: .captureForPassthrough, help: "the command (after --)") var command: [String] = []
+        // After "--" only: options after the id (`ID --timeout 600 -- uname -a`) stay options, not the command's words.
+        @Argument(parsing: .postTerminator, help: "the command (after --)") var command: [String] = []
         mutating func run() throws {
             try perform {
-                let words = command.first == "--" ? Array(command.dropFirst()) : command
-                guard !words.isEmpty else { throw Failure.usage("no command: kumo instance run-command ID -- COMMAND") }
+                let words = command
+                guard !words.isEmpty else { throw Failure.usage("no command: kumo instance run-command ID [--timeout S] -- COMMAND") }
                 let req = RunCommandRequest(command: words.joined(separator: " "), timeoutSeconds: timeout)
                 let inv = try global.call("POST", "/v1/instances/\(try pathComponent(id))/commands", body: req, as: Invocation.self)
                 if noWait {

@@ -197,6 +197,13 @@ import Kumod
         #expect(r.0 == 3 && r.2.contains("cannot reach kumod"), "\(r)")
         r = try Self.kumo(["instance", "list", "--bogus"], endpoint: unix, token: k.token)
         #expect(r.0 == 2, "\(r)")
+        // run-command: options may follow the id; the command is what follows "--" (no agent here: it stays pending).
+        r = try Self.kumo(
+            ["instance", "run-command", ids[0], "--timeout", "7", "--no-wait", "--output", "json", "--", "uname", "-a"], endpoint: unix, token: k.token)
+        let pending = try? JSONDecoder().decode(Invocation.self, from: Data(r.1.utf8))
+        #expect(r.0 == 0 && pending?.command == "uname -a" && pending?.timeoutSeconds == 7, "\(r)")
+        r = try Self.kumo(["instance", "run-command", ids[0], "--timeout", "7"], endpoint: unix, token: k.token)
+        #expect(r.0 == 2 && r.2.contains("no command"), "\(r)")
 
         // Stop one (SIGTERM to an adopted VMM), delete the other.
         r = try Self.kumo(["instance", "stop", ids[0]], endpoint: unix, token: k.token)

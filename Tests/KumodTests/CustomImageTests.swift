@@ -197,6 +197,31 @@ import Testing
         }
     }
 
+    /// The public busybox image from scripts/image.sh (what `make run` registers): its checksums hold,
+    /// a second build with the same inputs does nothing, and kumod records the build's checksum.
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: GuestCache.dir.appendingPathComponent("initramfs/initramfs.cpio").path), "run `make guest`"))
+    func theBusyboxImageIsBuiltOnceAndRegistered() async throws {
+        let script = CLITests.root.appendingPathComponent("scripts/image.sh").path
+        let first = try hostTool(script, ["busybox"])
+        try #require(first.status == 0, "\(first)")
+        let dir = URL(fileURLWithPath: first.output.trimmingCharacters(in: .whitespacesAndNewlines))
+        let check = try hostTool("/bin/sh", ["-c", "cd '\(dir.path)' && sha256sum -c --quiet SHA256SUMS && qemu-img check -q root.qcow2"], mergingStderr: true)
+        #expect(check.status == 0, "\(check)")
+        let stamp = try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent("root.qcow2").path)[.modificationDate] as? Date
+        let again = try hostTool(script, ["busybox"], mergingStderr: true)
+        #expect(again.status == 0 && again.output.contains("image busybox: up to date"), "\(again)")
+        #expect(try FileManager.default.attributesOfItem(atPath: dir.appendingPathComponent("root.qcow2").path)[.modificationDate] as? Date == stamp)
+        let f = try Fixture()
+        for (file, name) in [("kernel", "bb.kernel"), ("initrd", "bb.initrd"), ("root.qcow2", "bb.qcow2")] {
+            try FileManager.default.copyItem(at: dir.appendingPathComponent(file), to: f.dir.appendingPathComponent("images/\(name)"))
+        }
+        let img = try f.service.registerImage(
+            RegisterImageRequest(name: "busybox", kernel: "bb.kernel", initrd: "bb.initrd", rootDisk: "bb.qcow2", diskFormat: "qcow2"),
+            by: try #require(try f.store.principal(token: f.admin)))
+        let sums = try String(contentsOf: dir.appendingPathComponent("SHA256SUMS"), encoding: .utf8)
+        #expect(img.sizeBytes == 64 << 20 && sums.contains("\(img.checksum?.dropFirst(7) ?? "none")  root.qcow2"), "\(img) \(sums)")
+    }
+
     @Test func imagesOfStoppedInstancesAreFlattened() async throws {
         let f = try Fixture()
         let dir = try tempDir("fromvm")

@@ -233,6 +233,13 @@ struct NetworkAPITests {
             #expect(
                 config.contains(rec.tap) && config.contains(nic.mac) && config.contains("ip=\(nic.address)::\(dflt.gateway):255.255.255.0::eth0:off"),
                 "\(config)")
+            // An image that configures its own network (cloud-init's network-config) says ip=off: kumod adds no ip=.
+            _ = try f.service.registerImage(RegisterImageRequest(name: "own-net", kernel: f.kernel.path, cmdline: "console=ttyS0 ip=off"), by: admin)
+            let own = try f.service.runInstances(RunInstancesRequest(type: "kumo.small", image: "own-net"), by: admin).instances[0]
+            _ = try await waitState(c, own.id, f.admin, .running)
+            let ownConfig = try String(contentsOf: f.dir.appendingPathComponent("instances/\(own.id)/config.json"), encoding: .utf8)
+            let ownAddress = try #require(own.nics?.first?.address)
+            #expect(ownConfig.contains("ip=off") && !ownConfig.contains("ip=\(ownAddress)"), "\(ownConfig)")
             // The admin sees the tap; the MAC stays across a stop and start.
             try await c.execute(uri: "/v1/instances/\(first.id)", method: .get, headers: auth(f.admin)) {
                 #expect(parse(Instance.self, $0.body)?.nics?.first?.tap == rec.tap)
