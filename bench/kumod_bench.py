@@ -74,20 +74,31 @@ try:
             raise RuntimeError(f"instance {inst['id']} never answered: {call(c, 'GET', '/v1/instances/' + inst['id'])}")
         via.append((t1 - t0) * 1000)
         cfg = json.load(open(os.path.join(work, "config.json")))
-        call(c, "DELETE", "/v1/instances/" + inst["id"])
-        # The same VMM and config, spawned by hand.
+        # The same VMM and config, spawned by hand; the instance's own files (its seed) copied first: they go with it.
         base = os.path.join(args.work, f"direct-{i}")
         os.makedirs(base, exist_ok=True)
+        for d in cfg.get("disks", []):
+            if d["path"].startswith(work + "/"):
+                shutil.copy(d["path"], os.path.join(base, os.path.basename(d["path"])))
+                d["path"] = os.path.join(base, os.path.basename(d["path"]))
+        call(c, "DELETE", "/v1/instances/" + inst["id"])
         cfg["serial"] = "file:" + os.path.join(base, "console.log")
         cfg["serial_socket"] = os.path.join(base, "console.sock")
         cfg["api_socket"] = os.path.join(base, "control.sock")
+        if "vsock" in cfg:
+            cfg["vsock"]["path"] = os.path.join(base, "v.sock")
+        if "jail" in cfg:  # jailed as kumod's was, its jail mounted under this run's directory (the instance's is gone)
+            cfg["jail"]["directory"] = base
         json.dump(cfg, open(os.path.join(base, "config.json"), "w"))
         t0 = time.monotonic()
-        v = subprocess.Popen([args.vmm, "--config", os.path.join(base, "config.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        v = subprocess.Popen([args.vmm, "--config", os.path.join(base, "config.json")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         vmms.append(v)
         t1 = control_answers(cfg["api_socket"], t0 + 30)
         direct.append((t1 - t0) * 1000 if t1 else float("nan"))
-        v.kill(); v.wait()
+        v.kill()
+        if t1 is None:
+            raise RuntimeError("the VMM spawned by hand never answered: " + v.communicate()[1][-300:])
+        v.wait()
     print(json.dumps({"test": "run_to_running_ms", "kumod_median": statistics.median(via), "direct_median": statistics.median(direct),
                       "kumod": via, "direct": direct}), flush=True)
 
