@@ -29,7 +29,7 @@ def cleanup():
     for v in vmms:
         if v.poll() is None:
             v.kill(); v.wait()
-    kumod.terminate(); kumod.wait()
+    kumodproc.stop(kumod, data)
 
 
 try:

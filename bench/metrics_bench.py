@@ -102,5 +102,4 @@ finally:
             call("DELETE", "/v1/instances/" + i["id"])
     except Exception:  # noqa: BLE001 - kumod's own exit ends the rest
         pass
-    kumod.terminate()
-    kumod.wait()
+    kumodproc.stop(kumod, data)
