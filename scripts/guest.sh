@@ -6,6 +6,7 @@
 #   scripts/guest.sh test-kernel  the Kumo test kernel from linux-source-6.1 + guest/kernel/patches/*.patch
 #                                 + guest/kernel/kumo-test.config
 #   scripts/guest.sh all          all three
+#   scripts/guest.sh tools DIR    the guest toolbox alone (guest/tools/*.c, static) into DIR
 #   scripts/guest.sh demo         what `make run` boots: stock kernel and initramfs, and the test kernel
 #                                 on hosts where only it runs guest userspace (kvm_pvm)
 # Each artifact is rebuilt only when its inputs (package version, script, config, init files) change.
@@ -64,6 +65,17 @@ stock() {
   log "stock kernel: $out/vmlinux ($(du -h "$out/vmlinux" | cut -f1))"
 }
 
+# toolbox DIR: the guest toolbox (guest/tools/*.c) built static into DIR (the initramfs's, scripts/image.sh's).
+toolbox() {
+  need_tools gcc:gcc strip:binutils
+  [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_tools __libc_a:libc6-dev
+  local tool
+  for tool in "$here"/guest/tools/*.c; do
+    gcc -static -O2 -Wall -Werror -o "$1/$(basename "$tool" .c)" "$tool"
+    strip "$1/$(basename "$tool" .c)"
+  done
+}
+
 initramfs() {
   need_tools cpio:cpio dpkg-deb:dpkg gcc:gcc
   [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_tools __libc_a:libc6-dev
@@ -84,11 +96,7 @@ initramfs() {
   cp "$here/guest/init/power-button" "$out/root/etc/acpi/PWRF/00000080"
   chmod 755 "$out/root/init" "$out/root/etc/scenario.sh" "$out/root/etc/nocloud.sh" "$out/root/etc/udhcpc.script" "$out/root/etc/acpi/PWRF/00000080"
   # The guest toolbox: small static programs for scenarios busybox cannot do (docs/NESTED.md).
-  local tool
-  for tool in "$here"/guest/tools/*.c; do
-    gcc -static -O2 -Wall -Werror -o "$out/root/usr/bin/$(basename "$tool" .c)" "$tool"
-    strip "$out/root/usr/bin/$(basename "$tool" .c)"
-  done
+  toolbox "$out/root/usr/bin"
   # Uncompressed cpio: decompression is the slowest thing a guest kernel can do here.
   (cd "$out/root" && find . | sort | cpio -o -H newc --quiet) > "$out/initramfs.cpio"
   rm -rf "$out/x"
@@ -175,5 +183,6 @@ case "${1:-all}" in
   all) stock; initramfs; test_kernel ;;
   demo) stock; initramfs; if [ -d /sys/module/kvm_pvm ]; then test_kernel; fi ;;
   path) echo "$cache" ;;
-  *) echo "usage: $0 stock|initramfs|test-kernel|all|demo|path" >&2; exit 2 ;;
+  tools) mkdir -p "${2:?usage: $0 tools DIR}"; toolbox "$2" ;;
+  *) echo "usage: $0 stock|initramfs|test-kernel|all|demo|path|tools DIR" >&2; exit 2 ;;
 esac

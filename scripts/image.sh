@@ -24,7 +24,7 @@ progress() { step=$((step + 1)); log "[$step/$steps] $* ($(($(date +%s) - starte
 inputs_key() {
   [ -n "$(find /var/lib/apt/lists -name '*Release' -mmin -1440 2>/dev/null | head -1)" ] || apt_update
   {
-    cat "$0"
+    cat "$0" "$here/scripts/guest.sh"   # guest.sh builds the toolbox
     find "$here/guest/images/$name" "$here/guest/tools" -type f | sort | xargs cat 2>/dev/null
     grep -h '^Date:' /var/lib/apt/lists/*Release 2>/dev/null | sort
     for p in "$@"; do echo "$p $(apt-cache policy "$p" | awk '/Candidate:/ {print $2}')"; done
@@ -48,16 +48,6 @@ finish() {
   echo "$images/$name"
 }
 
-# toolbox DIR: the guest toolbox (guest/tools/*.c), static, into DIR.
-toolbox() {
-  [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || need_tools __libc_a:libc6-dev
-  local tool
-  for tool in "$here"/guest/tools/*.c; do
-    gcc -static -O2 -Wall -Werror -o "$1/$(basename "$tool" .c)" "$tool"
-    strip "$1/$(basename "$tool" .c)"
-  done
-}
-
 debian12_packages=(systemd-sysv udev dbus openssh-server cloud-init ifupdown net-tools isc-dhcp-client iproute2 netbase
   ca-certificates sudo less linux-image-cloud-amd64 initramfs-tools)
 
@@ -71,7 +61,7 @@ debian12() {
   trap 'rm -rf "$work"' EXIT
   mkdir "$work/out" "$work/tools"
   progress "the guest toolbox (kumo-agent and friends), static"
-  toolbox "$work/tools"
+  "$here/scripts/guest.sh" tools "$work/tools"
   progress "mmdebstrap bookworm: ${debian12_packages[*]} (downloads ~200 MB the first time; minutes)"
   local include; include=$(IFS=,; echo "${debian12_packages[*]}")
   # The image's own files (guest/images/debian-12/rootfs) are copied over the tree, then the hook

@@ -46,6 +46,18 @@ import Testing
         }
     }
 
+    /// Alice runs an instance of `image` and it is running: its id, its root disk's overlay and what
+    /// `qemu-img info` says of that overlay.
+    static func runningOverlay(_ c: some TestClientProtocol, _ f: Fixture, image: String) async throws -> (String, String, String) {
+        let run = try await c.execute(
+            uri: "/v1/instances", method: .post, headers: auth(f.alice), body: body(#"{"type": "kumo.small", "image": "\#(image)"}"#)
+        ) { try decode(RunInstancesResponse.self, $0.body) }
+        let id = run.instances[0].id
+        _ = try await waitState(c, id, f.alice, .running)
+        let overlay = f.dir.appendingPathComponent("instances/\(id)/root.qcow2").path
+        return (id, overlay, try hostTool(qemuImg, ["info", "--output=json", overlay]).output)
+    }
+
     /// What the image store holds (nothing but finished images).
     static func store(_ f: Fixture) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: f.service.imageStore.path)) ?? []).sorted()
@@ -129,13 +141,7 @@ import Testing
                 #expect(r.status == .ok && parse(Image.self, r.body)?.rootDisk == file, "the admin sees the host path")
             }
             // An instance of it boots from an overlay whose backing file is the image's, read as qcow2.
-            let run = try await c.execute(
-                uri: "/v1/instances", method: .post, headers: auth(f.alice), body: body(#"{"type": "kumo.small", "image": "disk"}"#)
-            ) { try decode(RunInstancesResponse.self, $0.body) }
-            let id = run.instances[0].id
-            _ = try await waitState(c, id, f.alice, .running)
-            let overlay = f.dir.appendingPathComponent("instances/\(id)/root.qcow2").path
-            let info = try hostTool(Self.qemuImg, ["info", "--output=json", overlay]).output
+            let (id, overlay, info) = try await Self.runningOverlay(c, f, image: "disk")
             #expect(info.contains("\"backing-filename\": \"\(file)\"") && info.contains("\"backing-filename-format\": \"qcow2\""), "\(info)")
             #expect(try Self.read(overlay, at: 1 << 20, count: 17) == "kumo imported raw")
             // Deleting: refused while used; a public image is the admin's; the file goes with the record.
@@ -184,13 +190,7 @@ import Testing
                 return try decode(Image.self, r.body)
             }
             #expect(img.diskFormat == "qcow2" && img.sizeBytes == 4 << 20 && img.checksum == sum && img.source == "registered", "\(img)")
-            let run = try await c.execute(
-                uri: "/v1/instances", method: .post, headers: auth(f.alice), body: body(#"{"type": "kumo.small", "image": "d"}"#)
-            ) { try decode(RunInstancesResponse.self, $0.body) }
-            let id = run.instances[0].id
-            _ = try await waitState(c, id, f.alice, .running)
-            let overlay = f.dir.appendingPathComponent("instances/\(id)/root.qcow2").path
-            let info = try hostTool(Self.qemuImg, ["info", "--output=json", overlay]).output
+            let (id, overlay, info) = try await Self.runningOverlay(c, f, image: "d")
             #expect(info.contains("\"backing-filename-format\": \"qcow2\""), "\(info)")
             #expect(try Self.read(overlay, at: 1 << 20, count: 21) == "kumo registered qcow2")
             try await c.execute(uri: "/v1/instances/\(id)", method: .delete, headers: auth(f.alice)) { #expect($0.status == .ok) }
