@@ -4,6 +4,8 @@
 #define _GNU_SOURCE
 #include "ckumosys.h"
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <grp.h>
 #include <linux/capability.h>
 #include <sched.h>
@@ -23,8 +25,12 @@ static int limit(int resource, uint64_t value) {
     return setrlimit(resource, &r);
 }
 
-int csys_jail_enter(const char *mount_point, uint32_t uid, uint32_t gid, const struct csys_jail_limits *limits, const char **step) {
+int csys_jail_enter(const char *mount_point, int netns, uint32_t uid, uint32_t gid, const struct csys_jail_limits *limits, const char **step) {
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) FAIL("no_new_privs");
+    // Abstract Unix sockets (@name) belong to a network namespace, not to the file system: only another
+    // one hides the host's from a device thread that may connect AF_UNIX sockets (vsock).
+    if (netns >= 0 && setns(netns, CLONE_NEWNET) != 0) FAIL("setns (joining the network namespace; Invalid argument: the path is not one)");
+    if (netns == -2 && unshare(CLONE_NEWNET) != 0) FAIL("unshare (network namespace)");
     if (unshare(CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS) != 0) FAIL("unshare (mount, IPC and UTS namespaces)");
     // Nothing mounted from here on reaches the host's namespace, and nothing the host mounts reaches here.
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) FAIL("making / private");
@@ -79,4 +85,28 @@ int csys_capabilities(uint64_t *effective, uint64_t *permitted) {
     *effective = (uint64_t)d[0].effective | (uint64_t)d[1].effective << 32;
     *permitted = (uint64_t)d[0].permitted | (uint64_t)d[1].permitted << 32;
     return 0;
+}
+
+struct netns_made { int fd, error; };
+
+static void *make_netns(void *arg) {
+    struct netns_made *m = arg;
+    m->fd = -1;
+    if (unshare(CLONE_NEWNET) != 0) { m->error = errno; return NULL; }
+    int fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { m->error = errno; return NULL; }
+    m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+    m->error = errno;
+    close(fd);
+    return NULL;
+}
+
+int csys_empty_netns(void) {
+    struct netns_made m = {-1, 0};
+    pthread_t t;
+    int e = pthread_create(&t, NULL, make_netns, &m);
+    if (e != 0) { errno = e; return -1; }
+    pthread_join(t, NULL);
+    if (m.fd < 0) errno = m.error;
+    return m.fd;
 }

@@ -127,6 +127,11 @@ public struct ProcessLauncher: VMMLauncher {
 
     public func release(instanceID: String) { cgroups?.release(instanceID: instanceID) }
 
+    /// The one network namespace every jailed VMM of this kumod joins (docs/SANDBOX.md): empty, so no
+    /// abstract Unix socket of the host's is reachable from a VMM. Made on the first launch, once (joining
+    /// one costs the VMM ~10 µs; making one for each would cost it ~5 ms of CPU time).
+    static let jailNetworkNamespace: Result<Int32, SysError> = Result { () throws(SysError) in try Namespaces.makeEmptyNetwork() }
+
     /// The kumo-vmm configuration for `spec` (the contract's VMConfig, written as `kumo-vmm --config` reads it).
     public static func config(_ spec: LaunchSpec) -> VMConfig {
         var c = VMConfig()
@@ -237,9 +242,18 @@ public struct ProcessLauncher: VMMLauncher {
         try ensurePrepared(spec)
         var config = Self.config(spec)
         config.seccomp = seccomp
+        var inherit = [lock.fd]
         if let ids = jail {
+            let netns: Int32
+            switch Self.jailNetworkNamespace {
+            case let .success(fd): netns = fd
+            case let .failure(e): throw APIError(code: "launch_failed", message: "no network namespace for the VMMs' jails: \(e)")
+            }
             let id = try ids.allocate(for: spec.instanceID)
-            config.jail = JailConfig(uid: id, gid: id, directory: spec.workDir.path)
+            // The namespace as the VMM's descriptor 4 (after the lock's 3), named by path: kumod's own
+            // may be gone (restarted) by the time the VMM opens a path of kumod's.
+            inherit.append(netns)
+            config.jail = JailConfig(uid: id, gid: id, directory: spec.workDir.path, networkNamespace: "/proc/self/fd/4")
         }
         try Data(config.jsonText.utf8).write(to: spec.configPath)
         try? fm.removeItem(at: spec.controlSocket)
@@ -247,7 +261,7 @@ public struct ProcessLauncher: VMMLauncher {
 
         let pid: pid_t
         do {
-            pid = try Spawn.detached(vmmPath, ["--config", spec.configPath.path], log: spec.vmmLog.path, inherit: lock.fd)
+            pid = try Spawn.detached(vmmPath, ["--config", spec.configPath.path], log: spec.vmmLog.path, inherit: inherit)
         } catch {
             throw APIError(code: "launch_failed", message: "cannot start \(vmmPath): \(error)")
         }

@@ -14,3 +14,13 @@ public enum Namespaces {
         guard csys_setns_net(fd) == 0 else { throw SysError("setns \(path)") }
     }
 }
+
+extension Namespaces {
+    /// A new, empty network namespace (its loopback down), the caller's own left as it was: a descriptor
+    /// of it (close-on-exec, 100 or above), which keeps it alive.
+    public static func makeEmptyNetwork() throws(SysError) -> Int32 {
+        let fd = csys_empty_netns()
+        guard fd >= 0 else { throw SysError("making an empty network namespace") }
+        return fd
+    }
+}

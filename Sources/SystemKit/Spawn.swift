@@ -22,10 +22,27 @@ public enum Spawn {
     /// /dev/null, stdout and stderr appended to `log` (0600), and no other descriptor of the caller's
     /// (its listening sockets and database would otherwise live on in every child). With `input`, stdin
     /// is a socket that carries it and then ends (configuration no file or command line needs to show).
-    /// `inherit` is passed on as the child's descriptor 3 (a lock it must hold from its first moment).
+    /// `inherit` is passed on as the child's descriptors 3, 4, … in order (e.g. a lock it must hold from its
+    /// first moment).
     public static func detached(
-        _ path: String, _ arguments: [String], log: String, input: [UInt8]? = nil, inherit: Int32? = nil
+        _ path: String, _ arguments: [String], log: String, input: [UInt8]? = nil, inherit: [Int32] = []
     ) throws(SysError) -> pid_t {
+        // A descriptor already in 3..<3+count but not at its own place would be overwritten by an earlier
+        // dup2 before its own: a copy above the range is passed instead.
+        let top = 3 + Int32(inherit.count)
+        var moved: [Int32] = []
+        defer { for fd in moved { close(fd) } }
+        var sources: [Int32] = []
+        for (i, fd) in inherit.enumerated() {
+            if fd < top && fd != 3 + Int32(i) {
+                let copy = fcntl(fd, F_DUPFD_CLOEXEC, top)
+                guard copy >= 0 else { throw SysError("fcntl(F_DUPFD_CLOEXEC)") }
+                moved.append(copy)
+                sources.append(copy)
+            } else {
+                sources.append(fd)
+            }
+        }
         var pipeFDs: [Int32] = [-1, -1]
         if input != nil {
             // A socket pair rather than a pipe: a child gone before it read gets no SIGPIPE sent our way.
@@ -53,8 +70,8 @@ public enum Spawn {
         posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         // dup2 clears close-on-exec on the copy (glibc also does so when the numbers are equal).
-        if let inherit { posix_spawn_file_actions_adddup2(&actions, inherit, 3) }
-        let closed = SpawnExtensions.closeFrom(&actions, inherit == nil ? 3 : 4)
+        for (i, fd) in sources.enumerated() { posix_spawn_file_actions_adddup2(&actions, fd, 3 + Int32(i)) }
+        let closed = SpawnExtensions.closeFrom(&actions, top)
         guard closed == 0 else { throw SysError("posix_spawn_file_actions_addclosefrom_np", errno: closed) }
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { for a in argv { free(a) } }

@@ -8,15 +8,20 @@ public enum UnixSocket {
     /// The longest path a sockaddr_un holds, less its terminating NUL.
     public static let maxPathBytes = 107
 
-    static func address(_ path: String) throws(SysError) -> sockaddr_un {
-        let bytes = Array(path.utf8)
-        guard !bytes.isEmpty, bytes.count <= maxPathBytes else {
+    /// The address of `path`, and its length: "@name" is the abstract socket `name` (a network
+    /// namespace's, no file), whose length ends with the name.
+    static func address(_ path: String) throws(SysError) -> (sockaddr_un, socklen_t) {
+        var bytes = Array(path.utf8)
+        let abstract = bytes.first == UInt8(ascii: "@")
+        if abstract { bytes[0] = 0 }
+        guard bytes.count > (abstract ? 1 : 0), bytes.count <= maxPathBytes else {
             throw SysError("socket path \(path) (1 to \(maxPathBytes) bytes)", errno: ENAMETOOLONG)
         }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in bytes.enumerated() { p[i] = b } }
-        return addr
+        let length = abstract ? MemoryLayout<sa_family_t>.size + bytes.count : MemoryLayout<sockaddr_un>.size
+        return (addr, socklen_t(length))
     }
 
     static func stream() throws(SysError) -> OwnedFD {
@@ -24,21 +29,27 @@ public enum UnixSocket {
     }
 
     /// Listens at `path`, mode `mode`. A stale socket there (an earlier run's) is replaced; any other
-    /// kind of file is refused, never removed.
-    public static func listen(_ path: String, backlog: Int32 = 8, mode: mode_t = 0o600) throws(SysError) -> OwnedFD {
-        var addr = try address(path)
+    /// kind of file is refused, never removed. An abstract "@name" has no file and so no mode (anyone in
+    /// the network namespace may connect): refused unless `abstract` asks for one (the tests' stand-in
+    /// for a host service's).
+    public static func listen(_ path: String, backlog: Int32 = 8, mode: mode_t = 0o600, abstract: Bool = false) throws(SysError) -> OwnedFD {
+        guard path.hasPrefix("@") == abstract else {
+            let why = abstract ? "not an abstract socket (@name)" : "an abstract socket has no file mode to keep others out"
+            throw SysError("listen \(path): " + why, errno: EINVAL)
+        }
+        var (addr, length) = try address(path)
         var st = stat()
-        if lstat(path, &st) == 0 {
+        if !abstract, lstat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFSOCK else { throw SysError("listen \(path): exists and is not a socket", errno: EEXIST) }
             unlink(path)
         }
         let fd = try stream()
         _ = try sysCall("bind \(path)") {
             withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.raw, $0, length) }
             }
         }
-        _ = try sysCall("chmod \(path)") { chmod(path, mode) }
+        if !abstract { _ = try sysCall("chmod \(path)") { chmod(path, mode) } }
         _ = try sysCall("listen \(path)") { Glibc.listen(fd.raw, backlog) }
         return fd
     }
@@ -46,12 +57,12 @@ public enum UnixSocket {
     /// Connects to `path`. With `timeoutSeconds` > 0 every later send and receive on it gives up after
     /// that long (a wedged peer cannot hold the caller).
     public static func connect(_ path: String, timeoutSeconds: Int = 0) throws(SysError) -> OwnedFD {
-        var addr = try address(path)
+        var (addr, length) = try address(path)
         let fd = try stream()
         if timeoutSeconds > 0 { fd.setTimeouts(seconds: timeoutSeconds) }
         _ = try sysCall("connect \(path)") {
             withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, length) }
             }
         }
         return fd
@@ -60,14 +71,14 @@ public enum UnixSocket {
     /// Connects to `path` without ever waiting (a listener whose backlog is full refuses with EAGAIN);
     /// the socket is non-blocking.
     public static func connectNow(_ path: String) throws(SysError) -> OwnedFD {
-        var addr = try address(path)
+        var (addr, length) = try address(path)
         let fd = OwnedFD(
             try sysCall("socket(AF_UNIX)") {
                 socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
             })
         _ = try sysCall("connect \(path)") {
             withUnsafePointer(to: &addr) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.raw, $0, length) }
             }
         }
         return fd

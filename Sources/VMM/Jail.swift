@@ -29,24 +29,37 @@ public enum Jail {
     public static func enter(_ j: JailConfig, limits: csys_jail_limits) throws(SysError) {
         let mountPoint = j.directory + "/.jail"
         if mkdir(mountPoint, 0o700) != 0 && errno != EEXIST { throw SysError("mkdir \(mountPoint)") }
+        // The network namespace by path while there still is one to open it by.
+        var netns: Int32 = -1
+        if let ns = j.networkNamespace {
+            if ns == JailConfig.newNetworkNamespace {
+                netns = -2
+            } else {
+                netns = open(ns, O_RDONLY | O_CLOEXEC)
+                if netns < 0 { throw SysError("jail: opening network namespace \(ns)") }
+            }
+        }
+        defer { if netns >= 0 { close(netns) } }
         var l = limits
         var step: UnsafePointer<CChar>? = nil
-        let r = mountPoint.withCString { csys_jail_enter($0, j.uid, j.gid, &l, &step) }
+        let r = mountPoint.withCString { csys_jail_enter($0, netns, j.uid, j.gid, &l, &step) }
         if r != 0 { throw SysError("jail: " + (step.map { String(cString: $0) } ?? "?")) }
+        if let inherited = j.inheritedNamespaceFD { close(inherited) }
         // A write past RLIMIT_FSIZE fails (the guest sees an I/O error) instead of killing the VMM.
         signal(SIGXFSZ, SIG_IGN)
         if let probe = getenv("KUMO_VMM_JAIL_PROBE") { Self.probe(String(cString: probe)) }
     }
 
     /// The test hook (KUMO_VMM_JAIL_PROBE="PATH PATH …"): what the jailed VMM gets trying to open each path
-    /// for reading and writing (a socket: to connect to it), one line each on stderr, with its identity.
+    /// for reading and writing (a socket, `….sock` or abstract `@name`: to connect to it), one line each on
+    /// stderr, with its identity.
     static func probe(_ paths: String) {
         var e: UInt64 = 0, p: UInt64 = 0
         _ = csys_capabilities(&e, &p)
         eprint("kumo-vmm: jail probe: uid \(getuid()) gid \(getgid()) groups \(getgroups(0, nil)) capabilities \(e)/\(p)")
         for path in paths.split(separator: " ").map(String.init) {
             var result: String
-            if path.hasSuffix(".sock") {
+            if path.hasSuffix(".sock") || path.hasPrefix("@") {
                 do {
                     _ = try UnixSocket.connect(path)
                     result = "connected"

@@ -315,7 +315,15 @@ extension VMConfig {
                 let v = try value(a)
                 guard let m = SeccompMode(rawValue: v) else { throw .invalid("--seccomp", "must be enforce, log or off, not \"\(v)\"") }
                 c.seccomp = m
-            case "--jail": c.jail = try JailConfig.parse(flag: try value(a))
+            case "--jail":
+                let ns = c.jail?.networkNamespace
+                c.jail = try JailConfig.parse(flag: try value(a))
+                c.jail?.networkNamespace = ns
+            case "--jail-netns":
+                // Either order: a placeholder jail until --jail names it.
+                let v = try value(a)
+                c.jail = c.jail ?? JailConfig(uid: 0, gid: 0, directory: "")
+                c.jail?.networkNamespace = v
             case "--pin":
                 let v = try value(a)
                 guard let eq = v.firstIndex(of: "="), let n = Int(v[..<eq]), n >= 0, n < 4096 else {
@@ -327,6 +335,7 @@ extension VMConfig {
             }
             i += 1
         }
+        if let j = c.jail, j.directory.isEmpty { throw .invalid("--jail-netns", "needs --jail UID:GID:DIR") }
         return c
     }
 

@@ -4,7 +4,7 @@
 
 /// The version of this contract (the configuration keys, the operations and their replies). kumo-vmm
 /// reports it (`vm.info`, `kumo-vmm --contract-version`); kumod refuses a VMM of another version.
-public let vmmContractVersion = 7  // 3: disks[].format (qcow2); 4: vsock; 5: vm.stats devices; 6: display; 7: seccomp, jail
+public let vmmContractVersion = 8  // 3: disks[].format (qcow2); 4: vsock; 5: vm.stats devices; 6: display; 7: seccomp, jail; 8: jail.network_namespace
 
 public enum ControlRequest: Sendable, Equatable {
     case info

@@ -51,6 +51,8 @@ let usage = """
       --jail UID:GID:DIR     as root: once the VM's files, taps and sockets are open, enter a jail (uid
                              UID, gid GID, no capabilities, rlimits, a mount namespace whose root is an
                              empty tmpfs mounted on DIR/.jail with a /proc of its own; docs/SANDBOX.md)
+      --jail-netns NS        with --jail: first enter network namespace NS (a path, e.g. /run/netns/NAME,
+                             or new: one of its own), where the host's abstract Unix sockets are not
       --api-socket PATH      control socket: one JSON request per line (docs/CONTROL.md), e.g.
                              {"op":"balloon.set","target_mib":64} or {"op":"power_button"}
       --contract-version     print the version of the contract kumod and kumo-vmm share, and exit
@@ -61,7 +63,7 @@ let usage = """
     disks ([{path, read_only, serial, rate_limit}]), nets ([{tap, mac, rx_rate_limit, tx_rate_limit}]),
     rng (true or {rate_limit}), balloon (true or {deflate_on_oom, free_page_reporting, target_mib}), vsock ({cid, path}),
     display ({width, height, vnc_socket}), api_socket,
-    serial_socket, memory_dedup, on_reboot, seccomp, jail ({uid, gid, directory}), vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
+    serial_socket, memory_dedup, on_reboot, seccomp, jail ({uid, gid, directory, network_namespace?}), vcpu_affinity (["0-1", null, …]: a CPU list or null per vCPU); a rate_limit is
     {"bandwidth": {"size", "refill_ms", "one_time_burst"}, "ops": {…}} (Firecracker's token buckets).
     Virtio devices are virtio-mmio, described in the ACPI DSDT: no kernel parameters needed.
     Exit status: 0 guest powered off (or stopped by SIGTERM/SIGINT), 1 VM failure, 2 bad input,

@@ -271,10 +271,15 @@ struct CLIRunTests {
         let disk = dir.appendingPathComponent("disk.raw").path, log = dir.appendingPathComponent("console.log").path
         let api = dir.appendingPathComponent("control.sock").path
         try Data(count: 1 << 20).write(to: URL(fileURLWithPath: disk))
-        let probe = ["KUMO_VMM_JAIL_PROBE": "\(disk) \(k) /etc/passwd /proc/1/status /proc/self/status \(api)"]
+        // A host service's abstract socket: reachable from the host's network namespace, not from the jail's.
+        let abstract = "@kumo-jail-test-\(UUID().uuidString.prefix(8))"
+        let service = try UnixSocket.listen(abstract, abstract: true)
+        _ = fcntl(service.raw, F_SETFL, O_NONBLOCK)  // accepts below never wait
+        let probe = ["KUMO_VMM_JAIL_PROBE": "\(disk) \(k) /etc/passwd /proc/1/status /proc/self/status \(api) \(abstract)"]
         let jail = ["--jail", "3000999:3000998:\(dir.path)"]
         let r = try CLI.run(
-            ["--kernel", k, "--memory", "32", "--disk", disk, "--rng", "--serial", "file:" + log, "--api-socket", api, "--seccomp", "enforce"] + jail,
+            ["--kernel", k, "--memory", "32", "--disk", disk, "--rng", "--serial", "file:" + log, "--api-socket", api, "--seccomp", "enforce"] + jail
+                + ["--jail-netns", "new"],
             environment: probe)
         #expect(r.status == 0 && !r.signaled, "\(r.stderr)")
         #expect(r.stderr.contains("kumo-vmm: jail probe: uid 3000999 gid 3000998 groups 0 capabilities 0/0"), "\(r.stderr)")
@@ -283,6 +288,12 @@ struct CLIRunTests {
         }
         #expect(r.stderr.contains("kumo-vmm: jail probe: /proc/self/status: opened"), "\(r.stderr)")
         #expect(r.stderr.contains("kumo-vmm: jail probe: \(api): connect \(api): No such file or directory"), "\(r.stderr)")
+        #expect(r.stderr.contains("kumo-vmm: jail probe: \(abstract): connect \(abstract): Connection refused"), "\(r.stderr)")
+        #expect(UnixSocket.acceptNow(service) == nil, "the host's abstract socket was reached from the jail")
+        // Reached from the host's namespace (the probe above was refused by the namespace, not the socket).
+        let reached = try UnixSocket.connect(abstract)
+        #expect(UnixSocket.acceptNow(service) != nil)
+        _ = reached
         #expect(r.stderr.contains("jailed: uid 3000999 gid 3000998, no capabilities") && r.stderr.contains("guest powered off"), "\(r.stderr)")
         #expect((try? String(contentsOfFile: log, encoding: .utf8)) == "J")
         // Refused before anything starts: root's id, a terminal for a console, a directory that is not one.
@@ -292,6 +303,13 @@ struct CLIRunTests {
         #expect(tty.status == 2 && tty.stderr.contains("a jailed VMM has no terminal"), "\(tty.stderr)")
         let notDir = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--jail", "3000999:3000998:\(disk)"])
         #expect(notDir.status == 2 && notDir.stderr.contains("not a directory"), "\(notDir.stderr)")
+        // A network namespace: without a jail, missing, or not one (found when joining it: nothing starts).
+        let lone = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--jail-netns", "new"])
+        #expect(lone.status == 2 && lone.stderr.contains("--jail-netns: needs --jail"), "\(lone.stderr)")
+        let missing = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "none", "--jail-netns", dir.path + "/none"] + jail)
+        #expect(missing.status == 2 && missing.stderr.contains("no such network namespace"), "\(missing.stderr)")
+        let notNS = try CLI.run(["--kernel", k, "--memory", "32", "--serial", "file:" + log, "--jail-netns", disk] + jail)
+        #expect(notNS.status != 0 && notNS.stderr.contains("setns (joining the network namespace") && !notNS.stderr.contains("jailed:"), "\(notNS.stderr)")
     }
 
     @Test func jsonConfigAndSocketConsole() throws {

@@ -15,7 +15,7 @@ struct InstanceLockTests {
     /// holding descriptor 3 (its sleep does not).
     static func standIn(_ workDir: URL, _ lock: InstanceLock, config: Bool = true) throws -> VMMProcess {
         let args = ["-c", "sleep 60 3>&-; exit 0"] + (config ? ["--config", workDir.appendingPathComponent("config.json").path] : ["kumo"])
-        let pid = try Spawn.detached("/bin/sh", args, log: workDir.appendingPathComponent("standin.log").path, inherit: lock.fd)
+        let pid = try Spawn.detached("/bin/sh", args, log: workDir.appendingPathComponent("standin.log").path, inherit: [lock.fd])
         return VMMProcess(pid: pid, startTicks: ProcessLauncher.startTicks(pid) ?? 0)
     }
 

@@ -3,6 +3,7 @@ import Testing
 import TestSupport
 import KumoAPI
 import Kumod
+import SystemKit
 
 /// kumod with the real kumo-vmm on /dev/kvm, driven by the real `kumo`: a tiny guest
 /// (Tests/guests/echo-power.S) that echoes its serial input upper-cased and powers off on the ACPI
@@ -521,8 +522,13 @@ struct RealVMMTests {
         kill(k.process.processIdentifier, SIGKILL)
         k.process.waitUntilExit()
         #expect(CLITests.alive(Int32(a.pid!)))
+        // A host service's abstract socket (no file: the empty root does not hide it, the network namespace does).
+        let abstract = "@kumo-jail-test-\(UUID().uuidString.prefix(8))"
+        let service = try UnixSocket.listen(abstract, abstract: true)
+        _ = fcntl(service.raw, F_SETFL, O_NONBLOCK)
         let targets = [
             dirA + "/root.qcow2", dirA + "/config.json", dirA + "/control.sock", k.images.appendingPathComponent("blank.raw").path, "/proc/\(a.pid!)/status",
+            abstract,
         ]
         k.environment = ["KUMO_VMM_JAIL_PROBE": targets.joined(separator: " ")]
         try k.start()
@@ -544,8 +550,22 @@ struct RealVMMTests {
         }
         #expect(text.contains("jail probe: uid \(idb.uid.split(separator: "\t")[0]) gid") && text.contains("capabilities 0/0"), "\(text)")
         for t in targets {
-            let gone = t.hasSuffix(".sock") ? "connect \(t): No such file or directory" : "No such file or directory"
+            let gone =
+                t.hasPrefix("@")
+                ? "connect \(t): Connection refused" : t.hasSuffix(".sock") ? "connect \(t): No such file or directory" : "No such file or directory"
             #expect(text.contains("jail probe: \(t): \(gone)"), "\(t): \(text)")
+        }
+        #expect(UnixSocket.acceptNow(service) == nil, "the host's abstract socket was reached from a jail")
+        // Both VMMs in a network namespace other than the host's: the one kumod made (the second kumod its
+        // own), which each joined through the descriptor kumod passed it and then closed.
+        let hostNet = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
+        for vm in [a, b] {
+            let net = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(vm.pid!)/ns/net")
+            #expect(net.hasPrefix("net:[") && net != hostNet, "\(vm.id): \(net)")
+            let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(vm.pid!)/fd")) ?? []
+            let namespaces = fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(vm.pid!)/fd/\($0)") }
+                .filter { $0.hasPrefix("net:[") }
+            #expect(namespaces.isEmpty, "\(vm.id) holds \(namespaces)")
         }
         r = try kumo(["instance", "delete", a.id])
         #expect(r.0 == 0, "\(r)")

@@ -81,6 +81,25 @@ import Boot
         #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"serial": "tcp:1"}"#)) }
     }
 
+    /// The jail's network namespace (docs/SANDBOX.md): kumod writes it, kumo-vmm reads it back; the flags in
+    /// either order; a descriptor inherited as /proc/self/fd/N is the VMM's to close.
+    @Test func jailsNetworkNamespace() throws {
+        var c = VMConfig()
+        c.jail = JailConfig(uid: 3_000_001, gid: 3_000_001, directory: "/d", networkNamespace: "/proc/self/fd/4")
+        var again = VMConfig()
+        try again.apply(json: JSONParser.parse(c.jsonText))
+        #expect(again.jail == c.jail && again.jail?.inheritedNamespaceFD == 4)
+        #expect(JailConfig(uid: 1, gid: 1, directory: "/d", networkNamespace: "/run/netns/x").inheritedNamespaceFD == nil)
+        #expect(JailConfig(uid: 1, gid: 1, directory: "/d", networkNamespace: "/proc/self/fd/1").inheritedNamespaceFD == nil)
+        for order in [["--jail", "7:8:/d", "--jail-netns", "new"], ["--jail-netns", "new", "--jail", "7:8:/d"]] {
+            let f = try VMConfig.parse(arguments: ["--kernel", "/k"] + order)
+            #expect(f.jail == JailConfig(uid: 7, gid: 8, directory: "/d", networkNamespace: "new"), "\(order)")
+        }
+        #expect(throws: ConfigError.self) { try VMConfig.parse(arguments: ["--kernel", "/k", "--jail-netns", "new"]) }
+        var d = VMConfig()
+        #expect(throws: ConfigError.self) { try d.apply(json: JSONParser.parse(#"{"jail": {"uid": 7, "gid": 8, "directory": "/d", "netns": "new"}}"#)) }
+    }
+
     @Test func virtioDevicesFromJSONAndFlags() throws {
         var c = VMConfig()
         try c.apply(

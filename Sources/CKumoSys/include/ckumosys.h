@@ -85,8 +85,13 @@ struct csys_jail_limits {
 /// namespaces; a tmpfs mounted on `mount_point` (an empty directory) becomes the root, read-only, holding
 /// only a /proc of its own (this uid's processes, nothing else of /proc); the limits; every capability
 /// dropped from the bounding, ambient, inheritable, permitted and effective sets; no supplementary groups;
-/// gid `gid` and uid `uid`. 0, or -1 with errno set and `*step` naming what failed.
-int csys_jail_enter(const char *mount_point, uint32_t uid, uint32_t gid, const struct csys_jail_limits *limits, const char **step);
+/// gid `gid` and uid `uid`. First, the network namespace: `netns` >= 0 is joined (setns), -2 makes a new
+/// one (unshare), -1 keeps the caller's. 0, or -1 with errno set and `*step` naming what failed.
+int csys_jail_enter(const char *mount_point, int netns, uint32_t uid, uint32_t gid, const struct csys_jail_limits *limits, const char **step);
+/// A new network namespace with nothing in it (its loopback down), made by a short-lived thread so the
+/// caller's stays as it was: a descriptor of it (close-on-exec, numbered 100 or above so that spawning
+/// never has to move it out of the way of 3, 4, …), or -1 and errno.
+int csys_empty_netns(void);
 /// The effective and permitted capability sets (64 bits each): 0 and 0 in a jail. 0, or -1 and errno.
 int csys_capabilities(uint64_t *effective, uint64_t *permitted);
 #endif
