@@ -13,10 +13,10 @@ export KUMO_ENDPOINT="unix:$data/kumod.sock"
 say() { echo "kumo: $*" >&2; }
 log() { say "$@"; }
 kumo() { "$bin/kumo" "$@"; }
-# Tenant networks need ip, nft and dnsmasq (kumod turns networking off without them); cloud-init seeds xorriso;
+# Tenant networks need ip, nft and dnsmasq (kumod turns networking off without them);
 # root disks are qcow2 overlays and imports are converted (qemu-img); key pairs come from ssh-keygen.
 . "$(dirname "$0")/apt.sh"
-need_tools ip:iproute2 nft:nftables dnsmasq:dnsmasq-base xorriso:xorriso qemu-img:qemu-utils ssh-keygen:openssh-client
+need_tools ip:iproute2 nft:nftables dnsmasq:dnsmasq-base qemu-img:qemu-utils ssh-keygen:openssh-client
 need_console_libraries
 
 # kumod: reuse the one serving this data directory, else start it (it outlives this script; its VMs

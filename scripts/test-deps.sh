@@ -4,8 +4,8 @@
 # (iasl: the DSDT's AML disassembled), e2fsprogs (mkfs.ext4, debugfs, dumpe2fs, e2fsck: disk images),
 # iproute2 (ip: bridges and taps), tcpdump (a capture when a network test fails), nftables (nft: kumod's
 # firewall and NAT table), dnsmasq-base (dnsmasq: DHCP and DNS of tenant networks), qemu-utils (qemu-img, qemu-io: qcow2 overlays
-# checked, written and read by QEMU's own code; imports converted), xorriso (kumod's cloud-init seeds), genisoimage (isoinfo: seeds read
-# back), openssh-client (ssh-keygen: kumod's key pairs, and fingerprints checked), prometheus (promtool checks kumod's
+# checked, written and read by QEMU's own code; imports converted), xorriso and genisoimage (isoinfo), which
+# read kumod's cloud-init seeds back, openssh-client (ssh-keygen: kumod's key pairs, and fingerprints checked), prometheus (promtool checks kumod's
 # exposition; a real Prometheus server scrapes it), the web console's libraries (libjs-chart.js, node-xterm), and
 # chromium with chromium-driver and Selenium (PyPI) to drive the console headless.
 set -euo pipefail

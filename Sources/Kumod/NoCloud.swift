@@ -1,7 +1,7 @@
 import Foundation
 import KumoAPI
 
-/// An instance's cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` (made by xorriso) holding
+/// An instance's cloud-init NoCloud seed: an ISO 9660 volume labelled `cidata` (ISO9660.swift) holding
 /// `meta-data` (instance-id, local-hostname, public-keys), `user-data` (the instance's, as given; empty if none) and
 /// `network-config` (version 2: each NIC by its MAC with its IPAM address, gateway and DNS). kumo-vmm
 /// serves it as a read-only disk after the root disk; cloud-init finds it by its label.
@@ -54,32 +54,33 @@ public struct NoCloudSeed: Sendable, Equatable {
         return s
     }
 
-    /// Writes the seed image to `path` (replaced whole: made under another name and renamed).
-    public func write(to path: URL, xorriso: String = NoCloudSeed.xorriso) throws {
-        let fm = FileManager.default
-        let dir = path.deletingLastPathComponent().appendingPathComponent("seed.d")
-        try? fm.removeItem(at: dir)
-        try fm.createDirectory(at: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        defer { try? fm.removeItem(at: dir) }
-        try Data(metaData.utf8).write(to: dir.appendingPathComponent("meta-data"))
-        try (userData ?? Data()).write(to: dir.appendingPathComponent("user-data"))
-        try Data(networkConfig.utf8).write(to: dir.appendingPathComponent("network-config"))
-        guard fm.isExecutableFile(atPath: xorriso) else {
-            throw APIError(code: "launch_failed", message: "\(xorriso) is missing: kumod makes cloud-init seeds with it (apt-get install xorriso)")
-        }
-        let part = path.path + ".part"
-        try? fm.removeItem(atPath: part)
-        do {
-            _ = try HostCommand.run(xorriso, ["-as", "mkisofs", "-quiet", "-volid", "cidata", "-joliet", "-rock", "-output", part, dir.path])
-        } catch {
-            try? fm.removeItem(atPath: part)
-            throw APIError(code: "launch_failed", message: "cannot make the cloud-init seed: \(error)")
-        }
-        chmod(part, 0o600)
-        guard rename(part, path.path) == 0 else {
-            throw APIError(code: "launch_failed", message: "cannot rename the cloud-init seed: \(String(cString: strerror(errno)))")
-        }
+    /// The seed's files, as cloud-init reads them.
+    public var files: [(name: String, data: [UInt8])] {
+        [("meta-data", Array(metaData.utf8)), ("user-data", userData.map { [UInt8]($0) } ?? []), ("network-config", Array(networkConfig.utf8))]
     }
 
-    public static let xorriso = "/usr/bin/xorriso"
+    /// Writes the seed image to `path` (0600, replaced whole: written under another name and renamed).
+    public func write(to path: URL, date: Int = Int(Date().timeIntervalSince1970)) throws {
+        let image: [UInt8]
+        do { image = try ISO9660.image(volumeID: "cidata", files: files.map { ISO9660.File(name: $0.name, data: $0.data) }, date: date) } catch {
+            throw APIError(code: "launch_failed", message: "cannot make the cloud-init seed: \(error)")
+        }
+        let part = path.path + ".part"
+        unlink(part)
+        let fd = open(part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw APIError(code: "launch_failed", message: "cannot write the cloud-init seed: \(String(cString: strerror(errno)))") }
+        do {
+            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+            try handle.write(contentsOf: Data(image))
+            try handle.close()
+        } catch {
+            unlink(part)
+            throw APIError(code: "launch_failed", message: "cannot write the cloud-init seed: \(error)")
+        }
+        guard rename(part, path.path) == 0 else {
+            let why = String(cString: strerror(errno))
+            unlink(part)
+            throw APIError(code: "launch_failed", message: "cannot rename the cloud-init seed: \(why)")
+        }
+    }
 }
