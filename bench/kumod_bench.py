@@ -23,6 +23,10 @@ data = os.path.join(args.work, "kumod-data")
 # Networking off: the figures stay comparable with earlier runs (the API path alone).
 kumod, port, H = kumodproc.start(args.kumod, args.vmm, data, os.path.join(args.work, "kumod.log"))
 vmms = []
+# The hand-spawned VMMs' jail joins an empty network namespace made beforehand, as kumod's VMMs join kumod's
+# (which kumod passes as a descriptor the hand-spawned ones do not have).
+netns = "kumo-bench-%d" % os.getpid()
+subprocess.run(["ip", "netns", "add", netns], check=True)
 
 
 def cleanup():
@@ -30,6 +34,7 @@ def cleanup():
         if v.poll() is None:
             v.kill(); v.wait()
     kumodproc.stop(kumod, data)
+    subprocess.run(["ip", "netns", "del", netns])
 
 
 try:
@@ -89,6 +94,8 @@ try:
             cfg["vsock"]["path"] = os.path.join(base, "v.sock")
         if "jail" in cfg:  # jailed as kumod's was, its jail mounted under this run's directory (the instance's is gone)
             cfg["jail"]["directory"] = base
+            if "network_namespace" in cfg["jail"]:
+                cfg["jail"]["network_namespace"] = "/run/netns/" + netns
         json.dump(cfg, open(os.path.join(base, "config.json"), "w"))
         t0 = time.monotonic()
         v = subprocess.Popen([args.vmm, "--config", os.path.join(base, "config.json")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -324,17 +324,26 @@ struct RealVMMTests {
             return text.split(separator: "\n").first { $0.hasPrefix("nr_throttled ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? -1
         }
         Thread.sleep(forTimeInterval: 1)
-        let t0 = Date()
-        let c0 = try cpuNs(capped), f0 = try cpuNs(ids["free"]!), n0 = throttled()
-        Thread.sleep(forTimeInterval: 3)
-        let c1 = try cpuNs(capped), f1 = try cpuNs(ids["free"]!), n1 = throttled()
-        let wall = Date().timeIntervalSince(t0) * 1e9
-        let cappedShare = Double(c1 - c0) / wall, freeShare = Double(f1 - f0) / wall
-        print("cpu cap: capped vCPU \(Int(cappedShare * 100)) % of a CPU (throttled in \(n1 - n0) periods), uncapped \(Int(freeShare * 100)) %")
-        #expect(cappedShare <= 0.25, "capped guest used \(cappedShare) of a CPU")
-        // The cap is what held it, not the rest of the suite on the host's CPUs (which can leave the uncapped
-        // guest no more than 20 % either): the group was throttled in at least a third of the 30 periods.
-        #expect(n0 >= 0 && n1 - n0 >= 10, "throttled periods \(n0) -> \(n1)")
+        // Windows of 3 s until one where the host had CPU to spare (the uncapped guest got over 35 % of a
+        // CPU): there the cap, not the rest of the suite on the host's CPUs, must be what held the capped
+        // guest, so the group was throttled in at least a third of the 30 periods (CI of 45a3812: both
+        // guests starved, 13 % and 27 %, and never throttled). In every window the capped one stays under.
+        var checked = false
+        for _ in 0..<12 where !checked {
+            let t0 = Date()
+            let c0 = try cpuNs(capped), f0 = try cpuNs(ids["free"]!), n0 = throttled()
+            Thread.sleep(forTimeInterval: 3)
+            let c1 = try cpuNs(capped), f1 = try cpuNs(ids["free"]!), n1 = throttled()
+            let wall = Date().timeIntervalSince(t0) * 1e9
+            let cappedShare = Double(c1 - c0) / wall, freeShare = Double(f1 - f0) / wall
+            print("cpu cap: capped vCPU \(Int(cappedShare * 100)) % of a CPU (throttled in \(n1 - n0) periods), uncapped \(Int(freeShare * 100)) %")
+            #expect(cappedShare <= 0.25, "capped guest used \(cappedShare) of a CPU")
+            if freeShare >= 0.35 {
+                #expect(n0 >= 0 && n1 - n0 >= 10, "throttled periods \(n0) -> \(n1)")
+                checked = true
+            }
+        }
+        if !checked { print("cpu cap: throttling not checked: the host's CPUs were busy for 36 s (the uncapped guest never got 35 %)") }
         r = try kumo(["instance", "stop", "--force", capped])
         #expect(try Self.wait(capped, k, for: .stopped).state == .stopped)
         let deadline = Date().addingTimeInterval(5)
