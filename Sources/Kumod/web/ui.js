@@ -51,9 +51,10 @@ export async function attempt(f) {
   try { await f(); showError(null); return true; } catch (e) { showError(e); return false; }
 }
 
-/** Runs a background refresh `f`: its error is shown, its success clears only a refresh's error. */
+/** Runs a background refresh `f`: its error is shown unless a user's action's is (which stays), its
+ * success clears only a refresh's error. */
 export async function refresh(f) {
-  try { await f(); if (shownBy === "refresh") showError(null); return true; } catch (e) { showError(e, "refresh"); return false; }
+  try { await f(); if (shownBy === "refresh") showError(null); return true; } catch (e) { if (shownBy !== "action") showError(e, "refresh"); return false; }
 }
 
 // Timers and sockets of the page on screen: ended when the route changes.
