@@ -167,8 +167,23 @@ struct LoadBalancerAPITests {
         for l in [rrID, wrrID, shID, wlcID, stickyID] { try lab.waitFor(lb.id, l, { _ in true }) }
 
         // Round robin and weighted round robin, 10 000 connections each: exact shares over whole cycles.
+        // Exact while the rotation holds still: on a loaded host two probes in a row can time out and take a
+        // backend out for a moment (CI of fbf6ce3: 3335/3333/3332), so a run during which the listener's
+        // rotation changed (an event of its) is made again, up to three runs.
+        func rotationEvents() throws -> Set<String> {
+            Set(try s.loadBalancerEvents("web", by: alice).filter { $0.listener == rrID }.map { "\($0.at) \($0.message)" })
+        }
         var started = Date()
-        var c = try lab.shares(rr, 10_000)
+        var c: [String: Int] = [:]
+        for run in 1...3 {
+            let before = try rotationEvents()
+            started = Date()
+            c = try lab.shares(rr, 10_000)
+            let changed = try rotationEvents().subtracting(before)
+            if changed.isEmpty || run == 3 { break }
+            print("LoadBalancerAPITests: rr's rotation changed during run \(run) (\(changed.sorted())): again")
+            try lab.waitFor(lb.id, rrID, { _ in true })
+        }
         print("LoadBalancerAPITests: 10 000 connections through rr in \(String(format: "%.1f", Date().timeIntervalSince(started))) s: \(c)")
         #expect(c["none"] == nil && c.count == 3 && c.values.allSatisfy { abs($0 - 3333) <= 1 }, "rr: \(c)")
         c = try lab.shares(wrr, 10_000)
