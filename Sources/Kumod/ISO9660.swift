@@ -114,14 +114,18 @@ enum ISO9660 {
 
     /// A directory record's date: years since 1900, month, day, hour, minute, second, UTC offset 0.
     static func recordDate(_ t: Int) -> [UInt8] {
-        let c = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: Date(timeIntervalSince1970: TimeInterval(t)))
+        let c = utc(t)
         return [c.year! - 1900, c.month!, c.day!, c.hour!, c.minute!, c.second!].map { UInt8(clamping: $0) } + [0]
     }
 
     /// A volume descriptor's date: "YYYYMMDDHHMMSScc" and a UTC offset of 0.
     static func descriptorDate(_ t: Int) -> [UInt8] {
-        let c = Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: Date(timeIntervalSince1970: TimeInterval(t)))
+        let c = utc(t)
         return Array(String(format: "%04d%02d%02d%02d%02d%02d00", c.year!, c.month!, c.day!, c.hour!, c.minute!, c.second!).utf8) + [0]
+    }
+
+    static func utc(_ t: Int) -> DateComponents {
+        Calendar(identifier: .gregorian).dateComponents(in: TimeZone(identifier: "UTC")!, from: Date(timeIntervalSince1970: TimeInterval(t)))
     }
 
     static func le16(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF)] }
