@@ -1,7 +1,8 @@
-/// Issue 12's open defect on kvm_pvm hosts (docs/NESTED.md): now and then a freshly exec'd program reads
-/// its just-written TLS block back as zeroes and dies of SIGSEGV at address 0 in its C library's start-up
-/// (about 1 in 100 execs on 2 vCPUs; seen on 1 vCPU too, under load; busybox and the static toolbox
-/// programs alike). A scenario it struck proves nothing either way: a test may run it once more, saying
+/// A kvm_pvm host's defect met from 1 to 3 December 2026 (docs/NESTED.md, issue 12): now and then a freshly
+/// exec'd program read its just-written TLS block back as zeroes and died of SIGSEGV at address 0 in its C
+/// library's start-up (about 1 in 100 execs on 2 vCPUs then; seen on 1 vCPU too, under load). Not seen
+/// since (none in 3,240 execs on 5 December, with the guest kernel and VMM of then and of now), but a host
+/// may still do it: a scenario it struck proves nothing either way, so a test may run it once more, saying
 /// so, and must hold the second run to every expectation.
 public enum KnownGuestDefect {
     public static func struck(_ console: String) -> Bool {
