@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 log() { echo "test-deps: $*" >&2; }
 . "$here/scripts/apt.sh"
 need_tools as:binutils ld:binutils iasl:acpica-tools mkfs.ext4:e2fsprogs debugfs:e2fsprogs dumpe2fs:e2fsprogs \
-  e2fsck:e2fsprogs ip:iproute2 nft:nftables conntrack:conntrack dnsmasq:dnsmasq-base qemu-img:qemu-utils qemu-io:qemu-utils xorriso:xorriso isoinfo:genisoimage \
+  e2fsck:e2fsprogs sfdisk:fdisk ip:iproute2 nft:nftables conntrack:conntrack dnsmasq:dnsmasq-base qemu-img:qemu-utils qemu-io:qemu-utils xorriso:xorriso isoinfo:genisoimage \
   ssh-keygen:openssh-client promtool:prometheus prometheus:prometheus chromium:chromium chromedriver:chromium-driver
 need_console_libraries
 python3 -c 'import selenium' 2>/dev/null || { log "installing selenium (PyPI)"; python3 -m pip install -q selenium >&2; }
