@@ -66,7 +66,8 @@ extension API {
             return String(v)
         }
         let isPublic = try Validate.flag(q.get("public").map { String($0) }, name: "public")
-        return ImportImageRequest(name: try one("name"), format: try one("format"), bootImage: try one("boot_image"), isPublic: isPublic)
+        let boot = q.getAll("boot_image").isEmpty ? nil : try one("boot_image")
+        return ImportImageRequest(name: try one("name"), format: try one("format"), bootImage: boot, isPublic: isPublic)
     }
 
     static func writeAll(_ fd: Int32, _ buffer: ByteBuffer) throws(APIError) {

@@ -2,7 +2,10 @@
 // stopped instance (its overlay and backing image flattened, as ECS CreateImage). Either way the result
 // is a standalone qcow2 in DATA/image-store, 0600, made under a .part name, checked with qemu-img check
 // and opened by kumo-vmm's own reader before it is recorded; the image boots with the kernel, initrd and
-// command line of the image it came from. Nothing half-made is left when a step fails.
+// command line of the image it came from, or (an import without a boot image) with the kernel and initrd
+// read out of its own filesystem, kept next to it as ID.kernel and ID.initrd. Nothing half-made is left
+// when a step fails.
+import Boot
 import Crypto
 import DiskImage
 import Foundation
@@ -17,7 +20,8 @@ extension Service {
     public struct ImportPlan: Sendable {
         public let name: String
         public let format: DiskFormat
-        public let boot: Image
+        /// nil: the kernel and initrd in the disk's own filesystem.
+        public let boot: Image?
         /// The tenant whose image it is; nil: public.
         public let tenantID: String?
     }
@@ -28,10 +32,10 @@ extension Service {
         guard let format = DiskFormat(rawValue: r.format) else {
             throw APIError(code: "invalid_argument", message: "format \"\(Validate.escaped(r.format))\": raw or qcow2")
         }
-        try Validate.text(r.bootImage, field: "boot_image", maxBytes: 255)
+        if let b = r.bootImage { try Validate.text(b, field: "boot_image", maxBytes: 255) }
         if r.isPublic == true { try requireAdmin(who) }
         let tenantID = r.isPublic == true ? nil : who.tenantID
-        let boot = try imageRecord(r.bootImage, by: who)
+        let boot = try r.bootImage.map { b throws(APIError) in try imageRecord(b, by: who) }
         try nameFree(r.name, tenantID: tenantID)
         try QemuImg().available()
         return ImportPlan(name: r.name, format: format, boot: boot, tenantID: tenantID)
@@ -109,7 +113,7 @@ extension Service {
     /// `source` converted into DATA/image-store/ID.qcow2, checked, hashed and recorded; `stillValid` runs
     /// before the record is written.
     func finishImage(
-        _ name: String, from source: String, format: DiskFormat, names: [String: String], boot: Image, source what: String,
+        _ name: String, from source: String, format: DiskFormat, names: [String: String], boot: Image?, source what: String,
         tenantID: String?, stillValid: () throws(APIError) -> Void = {}
     ) throws(APIError) -> Image {
         try makeImageStore()
@@ -127,18 +131,71 @@ extension Service {
             throw APIError(code: "internal", message: "kumo-vmm cannot read the new image: \(error)")
         }
         let sum = try Self.sha256(part)
+        var written: [String] = []
+        defer { if !done { written.forEach { unlink($0) } } }
+        let kernel: String, initrd: String?, kernelFormat: String, baseCmdline: String, from: String
+        if let boot {
+            (kernel, initrd, kernelFormat, baseCmdline, from) = (boot.kernel, boot.initrd, boot.kernelFormat, boot.cmdline, what)
+        } else {
+            let own = try ownBootFiles(of: part, id: id)
+            written = [own.kernel] + (own.initrd.map { [$0] } ?? [])
+            (kernel, initrd, kernelFormat, baseCmdline) = (own.kernel, own.initrd, own.format, own.cmdline)
+            from = "\(what), its own kernel (\(own.found))"
+        }
         guard rename(part, file) == 0 else { throw APIError(code: "internal", message: "cannot rename the new image: \(String(cString: strerror(errno)))") }
         try stillValid()
-        var cmdline = boot.cmdline
+        var cmdline = baseCmdline
         if !cmdline.contains("root=") { cmdline += " root=/dev/vda rw" }
         let img = Image(
-            id: id, name: name, kernel: boot.kernel, initrd: boot.initrd, rootDisk: file, cmdline: cmdline, kernelFormat: boot.kernelFormat,
-            createdAt: Store.now(), diskFormat: "qcow2", source: what, sizeBytes: Int64(size), checksum: sum)
+            id: id, name: name, kernel: kernel, initrd: initrd, rootDisk: file, cmdline: cmdline, kernelFormat: kernelFormat,
+            createdAt: Store.now(), diskFormat: "qcow2", source: from, sizeBytes: Int64(size), checksum: sum)
         guard try wrap({ try store.addImage(img, tenantID: tenantID, ownsFile: true) }) else {
             throw APIError(code: "conflict", message: "an image named \(name) was made meanwhile")
         }
         done = true
         return try wrap { try store.image(id) } ?? img
+    }
+
+    /// The kernel and initrd in the converted disk's own filesystem, written next to it (0600) as ID.kernel
+    /// and ID.initrd, and the command line that mounts the partition holding /etc/os-release as root.
+    func ownBootFiles(of disk: String, id: String) throws(APIError) -> (
+        kernel: String, initrd: String?, format: String, cmdline: String, found: String
+    ) {
+        let found: BootFiles, image: KernelImage
+        do {
+            found = try BootFiles.find(in: DiskBytes(qcow2: try QCow2Image(path: disk, readOnly: true)))
+            image = try KernelImage(bytes: found.kernel)
+        } catch {
+            throw APIError(code: "invalid_argument", message: "no boot_image was given, and the disk's own kernel cannot be used: \(error)")
+        }
+        let root =
+            found.root.uuid.map { "root=PARTUUID=\($0.lowercased())" } ?? (found.root.number == 0 ? "root=/dev/vda" : "root=/dev/vda\(found.root.number)")
+        let kernel = imageStore.appendingPathComponent("\(id).kernel").path
+        var initrd: String? = nil
+        try Self.writeNew(kernel, found.kernel)
+        if let bytes = found.initrd {
+            initrd = imageStore.appendingPathComponent("\(id).initrd").path
+            do { try Self.writeNew(initrd!, bytes) } catch {
+                unlink(kernel)
+                throw error
+            }
+        }
+        return (
+            kernel, initrd, image.format == .elf ? "elf" : "bzimage", "console=ttyS0 reboot=k panic=-1 \(root) rw",
+            found.kernelPath + (found.initrdPath.map { ", initrd \($0)" } ?? "")
+        )
+    }
+
+    /// A new file of mode 0600 holding `bytes`; an existing one is never replaced.
+    static func writeNew(_ path: String, _ bytes: [UInt8]) throws(APIError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw APIError(code: "internal", message: "cannot make \(path): \(String(cString: strerror(errno)))") }
+        let ok = bytes.withUnsafeBytes { pwriteFull(fd, $0.baseAddress!, $0.count, 0) } && fsync(fd) == 0
+        close(fd)
+        guard ok else {
+            unlink(path)
+            throw APIError(code: "internal", message: "cannot write \(path): \(String(cString: strerror(errno)))")
+        }
     }
 
     func validImageName(_ name: String) throws(APIError) {

@@ -92,12 +92,13 @@ struct ImageCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Import a disk image (raw or qcow2) as your own image",
             discussion: "The file is uploaded to kumod, which converts it with qemu-img into a standalone qcow2 (a qcow2 with a backing or "
-                + "external data file is refused). It boots with the kernel, initrd and command line of --boot-image.")
+                + "external data file is refused). It boots with the kernel, initrd and command line of --boot-image; without it, with "
+                + "the kernel and initrd in the disk's own ext2/3/4 filesystem (/vmlinuz and /initrd.img, or the newest /boot/vmlinuz-VERSION).")
         @OptionGroup var global: Global
         @Argument(help: "1-63 of A-Z, a-z, 0-9, '.', '_', '-'") var name: String
         @Argument(help: "the disk image file") var file: String
         @Option(help: "how to read it: raw or qcow2 (never guessed)") var format: String
-        @Option(help: "the image (id or name) whose kernel, initrd and command line it boots with") var bootImage: String
+        @Option(help: "the image (id or name) whose kernel, initrd and command line it boots with (default: the disk's own)") var bootImage: String?
         @Flag(help: "make it public (admin)") var `public` = false
         mutating func run() throws {
             try perform {
@@ -106,7 +107,8 @@ struct ImageCommand: ParsableCommand {
                 defer { close(fd) }
                 var st = stat()
                 guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { throw Failure.usage("\(file) is not a regular file") }
-                var q = "name=\(Global.segment(name))&format=\(Global.segment(format))&boot_image=\(Global.segment(bootImage))"
+                var q = "name=\(Global.segment(name))&format=\(Global.segment(format))"
+                if let b = bootImage { q += "&boot_image=\(Global.segment(b))" }
                 if `public` { q += "&public=true" }
                 let i = try global.upload("/v1/images/import?" + q, file: fd, length: Int(st.st_size), as: Image.self)
                 global.emit(i) { ImageCommand.rows([i]) }

@@ -252,6 +252,9 @@ import Kumod
         #expect(r.0 == 1 && r.2.contains("not a qcow2 image"), "\(r)")
         r = try kumo(["image", "import", "bad", "/nonexistent", "--format", "raw", "--boot-image", "tiny"])
         #expect(r.0 == 2 && r.2.contains("cannot open"), "\(r)")
+        // Without --boot-image the disk's own kernel is looked for: this one has no filesystem.
+        r = try kumo(["image", "import", "bad", disk.path, "--format", "raw"])
+        #expect(r.0 == 1 && r.2.contains("no boot_image was given") && r.2.contains("no ext2/3/4 filesystem"), "\(r)")
         #expect(try FileManager.default.contentsOfDirectory(atPath: k.dir.appendingPathComponent("image-store").path).count == 2, "no upload left")
         // An image of a stopped instance.
         r = try kumo(["instance", "run", "--type", "kumo.small", "--image", "mine", "--no-network", "--output", "json"])

@@ -158,6 +158,59 @@ import Testing
         }
     }
 
+    /// An import without a boot image boots with its own kernel and initrd: read out of its root
+    /// filesystem (a GPT disk as Debian's cloud images are laid out) into files of its own next to the
+    /// disk, root=PARTUUID= of the partition holding /etc/os-release; an instance of it runs; the files go
+    /// with the image. A disk without a kernel is refused with the reason, leaving nothing.
+    @Test func importsWithoutABootImageBootTheirOwnKernel() async throws {
+        let f = try Fixture()
+        let dir = try tempDir("ownkernel")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let kernel = [UInt8](try Data(contentsOf: f.kernel)), initrd = [UInt8](repeating: 0x5A, count: 300_000)
+        try FileManager.default.createDirectory(atPath: dir.path + "/good", withIntermediateDirectories: true)
+        let disk = try BootDisk.gpt(
+            in: dir.path + "/good",
+            files: [
+                "/boot/vmlinuz-6.1.0-28-cloud-amd64": kernel, "/boot/initrd.img-6.1.0-28-cloud-amd64": initrd, "/etc/os-release": Array("ID=debian\n".utf8),
+            ],
+            links: ["/vmlinuz": "boot/vmlinuz-6.1.0-28-cloud-amd64", "/initrd.img": "boot/initrd.img-6.1.0-28-cloud-amd64"])
+        try FileManager.default.createDirectory(atPath: dir.path + "/empty", withIntermediateDirectories: true)
+        let noKernel = try BootDisk.gpt(in: dir.path + "/empty", files: ["/etc/os-release": Array("ID=debian\n".utf8)])
+        try await f.app.test(.router) { c in
+            let before = Self.store(f)
+            let (bad, why) = try await Self.upload(c, f.alice, "name=nokernel&format=raw", URL(fileURLWithPath: noKernel))
+            #expect(bad == .badRequest && why.contains("no boot_image was given") && why.contains("no kernel on the disk"), "\(bad) \(why)")
+            #expect(Self.store(f) == before, "nothing half-made")
+
+            let (st, text) = try await Self.upload(c, f.alice, "name=own&format=raw", URL(fileURLWithPath: disk))
+            try #require(st == .created, "\(text)")
+            let img = try JSONDecoder().decode(Image.self, from: Data(text.utf8))
+            #expect(img.source == "imported, its own kernel (partition 1: /vmlinuz, initrd partition 1: /initrd.img)", "\(img.source)")
+            #expect(img.cmdline.contains("root=PARTUUID=\(BootDisk.rootUUID.lowercased()) rw"), "\(img.cmdline)")
+            #expect(img.kernelFormat == "elf")
+            #expect(img.kernel == "\(img.id).kernel" && img.initrd == "\(img.id).initrd", "a tenant sees names, not host paths: \(img.kernel)")
+            let own = f.service.imageStore.appendingPathComponent(img.id).path
+            #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: own + ".kernel"))) == kernel)
+            #expect([UInt8](try Data(contentsOf: URL(fileURLWithPath: own + ".initrd"))) == initrd)
+            for file in [own + ".kernel", own + ".initrd"] {
+                var s = stat()
+                stat(file, &s)
+                #expect(s.st_mode & 0o777 == 0o600, "\(file)")
+            }
+            try await c.execute(uri: "/v1/images/\(img.id)", method: .get, headers: auth(f.admin)) { r in
+                #expect(parse(Image.self, r.body)?.kernel == own + ".kernel", "the admin sees the host path")
+            }
+            // Another tenant cannot see it; an instance of it runs with the image's own kernel.
+            try await c.execute(uri: "/v1/images/own", method: .get, headers: auth(f.bob)) { #expect($0.status == .notFound) }
+            let (id, _, _) = try await Self.runningOverlay(c, f, image: "own")
+            let config = try String(contentsOfFile: f.dir.appendingPathComponent("instances/\(id)/config.json").path, encoding: .utf8)
+            #expect(config.contains(own + ".kernel") && config.contains(own + ".initrd") && config.contains("root=PARTUUID="), "\(config)")
+            try await c.execute(uri: "/v1/instances/\(id)", method: .delete, headers: auth(f.alice)) { #expect($0.status == .ok) }
+            try await c.execute(uri: "/v1/images/own", method: .delete, headers: auth(f.alice)) { #expect($0.status == .noContent) }
+            #expect(Self.store(f) == before, "the disk, kernel and initrd went with the image: \(Self.store(f))")
+        }
+    }
+
     /// An admin registers a qcow2 root disk (scripts/image.sh's images are qcow2): the format is the one
     /// named, the file is checked as an import's is, its checksum recorded, and instances overlay it.
     @Test func registeredQcow2RootDisksAreCheckedAndOverlaid() async throws {

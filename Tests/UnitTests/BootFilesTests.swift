@@ -50,41 +50,24 @@ import Testing
     @Test func findsDebiansLinksOnAGPTDiskRawAndQCow2() throws {
         let s = try Scratch()
         let newKernel = Self.random(3 << 20 + 123, seed: 1), newInitrd = Self.random(700_001, seed: 2)
-        try s.write("/boot/vmlinuz-6.1.0-9-cloud-amd64", Self.random(40_000, seed: 3))
-        try s.write("/boot/initrd.img-6.1.0-9-cloud-amd64", Self.random(5_000, seed: 4))
-        try s.write("/boot/vmlinuz-6.1.0-28-cloud-amd64", newKernel)
-        try s.write("/boot/initrd.img-6.1.0-28-cloud-amd64", newInitrd)
-        for i in 0..<400 { try s.write("/boot/grub/fonts/font-\(i)-with-a-long-name-to-fill-blocks.pf2", [UInt8(i & 0xFF)]) }
-        try s.write("/etc/os-release", Array("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n".utf8))
-        try s.link("/vmlinuz", to: "boot/vmlinuz-6.1.0-28-cloud-amd64")
-        try s.link("/initrd.img", to: "boot/initrd.img-6.1.0-28-cloud-amd64")
-        let fs = s.dir + "/fs.img", disk = s.dir + "/disk.img"
-        try Self.tool("/usr/sbin/mkfs.ext4", ["-q", "-F", "-b", "4096", "-d", s.dir + "/tree", fs, "32M"])
-        try Self.tool("/usr/sbin/e2fsck", ["-fyD", fs])  // indexes the directories (htree) as a long-lived system has them
-        // GPT: partition 1 (root) at 4 MiB, partition 2 (an EFI system partition, empty) at 1 MiB.
-        try Self.tool("/usr/bin/truncate", ["-s", "40M", disk])
-        let layout = s.dir + "/layout"
-        try """
-        label: gpt
-        start=8192, size=65536, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid=11111111-2222-3333-4444-555555555555
-        start=2048, size=4096, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B
-        """.write(toFile: layout, atomically: true, encoding: .utf8)
-        let sf = Process()
-        sf.executableURL = URL(fileURLWithPath: "/usr/sbin/sfdisk")
-        sf.arguments = ["-q", disk]
-        sf.standardInput = FileHandle(forReadingAtPath: layout)
-        sf.standardOutput = FileHandle.nullDevice
-        try sf.run()
-        sf.waitUntilExit()
-        try #require(sf.terminationStatus == 0)
-        try Self.tool("/usr/bin/dd", ["if=" + fs, "of=" + disk, "bs=1M", "seek=4", "conv=notrunc", "status=none"])
+        var files = [
+            "/boot/vmlinuz-6.1.0-9-cloud-amd64": Self.random(40_000, seed: 3),
+            "/boot/initrd.img-6.1.0-9-cloud-amd64": Self.random(5_000, seed: 4),
+            "/boot/vmlinuz-6.1.0-28-cloud-amd64": newKernel,
+            "/boot/initrd.img-6.1.0-28-cloud-amd64": newInitrd,
+            "/etc/os-release": Array("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n".utf8),
+        ]
+        for i in 0..<400 { files["/boot/grub/fonts/font-\(i)-with-a-long-name-to-fill-blocks.pf2"] = [UInt8(i & 0xFF)] }
+        let disk = try BootDisk.gpt(
+            in: s.dir, files: files,
+            links: ["/vmlinuz": "boot/vmlinuz-6.1.0-28-cloud-amd64", "/initrd.img": "boot/initrd.img-6.1.0-28-cloud-amd64"])
 
         let (fd, bytes) = try Self.open(disk)
         defer { close(fd) }
         let parts = try PartitionTable.read(bytes)
         #expect(parts.map(\.number) == [1, 2])
         #expect(parts.first?.offset == 4 << 20 && parts.first?.size == 32 << 20)
-        #expect(parts.first?.uuid == "11111111-2222-3333-4444-555555555555")
+        #expect(parts.first?.uuid == BootDisk.rootUUID)
         #expect(parts.first?.type == "0FC63DAF-8483-4772-8E79-3D69D8477DE4")
         let found = try BootFiles.find(in: bytes)
         #expect(found.kernel == newKernel)
