@@ -2,7 +2,7 @@
 # Builds kumo-fuzz with libFuzzer and AddressSanitizer (its own build directory) and runs each target over
 # its seed corpus: `scripts/fuzz.sh RUNS [TARGET...]`, RUNS inputs per target, or `scripts/fuzz.sh
 # TARGET=RUNS...` (make test runs a short pass of every target; `make fuzz` a long one). Targets: virtio,
-# pio, control, config (Sources/kumo-fuzz).
+# pio, control, config, disk (Sources/kumo-fuzz).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 declare -A count=()
@@ -13,7 +13,7 @@ else
     runs=${1:-20000}
     shift || true
     targets=("$@")
-    [ ${#targets[@]} -gt 0 ] || targets=(virtio pio control config)
+    [ ${#targets[@]} -gt 0 ] || targets=(virtio pio control config disk)
     for t in "${targets[@]}"; do count[$t]=$runs; done
 fi
 cd "$here"
@@ -25,8 +25,8 @@ status=0 total=0
 for t in "${targets[@]}"; do
     case "$t" in
         virtio) corpus=Fuzz/corpus ;;
-        pio | control | config) corpus=Fuzz/corpus-$t ;;
-        *) echo "scripts/fuzz.sh: unknown target $t (virtio, pio, control, config)"; exit 2 ;;
+        pio | control | config | disk) corpus=Fuzz/corpus-$t ;;
+        *) echo "scripts/fuzz.sh: unknown target $t (virtio, pio, control, config, disk)"; exit 2 ;;
     esac
     work=$(mktemp -d /tmp/kumo-fuzz.XXXXXX)
     cp "$corpus"/* "$work/" 2>/dev/null || true

@@ -104,6 +104,8 @@ public struct Ext4 {
     /// A file's contents, refused when larger than `limit` bytes.
     public func contents(_ node: Inode, limit: UInt64) throws(DiskImageError) -> [UInt8] {
         guard node.size <= limit else { throw .unsupported("inode \(node.number) is \(node.size) bytes; at most \(limit) are read") }
+        // Only holes could make a file larger than its disk, and no kernel, initrd or directory is one.
+        guard node.size <= disk.size else { throw .format("inode \(node.number) claims \(node.size) bytes on a disk of \(disk.size)") }
         if node.isSymlink && node.size < 60 && node.flags & (Self.flagExtents | Self.flagInline) == 0 {
             return Array(node.iBlock[0..<Int(node.size)])  // a fast symlink: the target is in i_block
         }

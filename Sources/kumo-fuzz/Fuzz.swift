@@ -1,7 +1,8 @@
 // kumo-fuzz: libFuzzer targets for what a hostile guest (or a VMM's configuration and control client)
 // feeds kumo-vmm, chosen by KUMO_FUZZ_TARGET: `virtio` (this file), `pio` (the port I/O devices: UART,
 // i8042 with its keyboard and mouse, RTC, ACPI power, reset control, GED), `control` (the control
-// socket's requests) and `config` (the VM config). The virtio target's input is a little program: register writes (handshake, queue set-up,
+// socket's requests), `config` (the VM config) and `disk` (a tenant's uploaded disk, as kumod reads it
+// for its kernel). The virtio target's input is a little program: register writes (handshake, queue set-up,
 // notifications, config space) and writes into guest memory (rings, descriptors, buffers), against
 // virtio-blk (raw, or a qcow2 overlay), -net (on a tap, when this process may create one), -rng, -balloon or -vsock (with a
 // host listener on port 7 for the guest to reach). Any crash, hang,
@@ -83,6 +84,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     case "pio": return fuzzPortIO(bytes)
     case "control": return fuzzControl(bytes)
     case "config": return fuzzConfig(bytes)
+    case "disk": return fuzzDisk(bytes)
     default: return fuzzVirtio(data, size)
     }
 }

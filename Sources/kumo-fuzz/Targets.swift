@@ -1,11 +1,13 @@
 // The fuzz targets beside virtio (Fuzz.swift): the port I/O devices a guest reaches with in/out, the
-// control socket's request parser, and the VM config parser. Each reads its input as a program or a text.
+// control socket's request parser, the VM config parser, and the disk reader of kumod's imports. Each
+// reads its input as a program, a text or a disk.
 #if canImport(Glibc)
 import Glibc
 #endif
 import Boot
 import Devices
 import VMMContract
+import DiskImage
 
 /// A sink that only counts (the UART's output goes nowhere).
 final class CountingSink: SerialSink, @unchecked Sendable {
@@ -81,5 +83,15 @@ func fuzzConfig(_ bytes: UnsafeRawBufferPointer) -> Int32 {
     guard (try? c.apply(json: v)) != nil else { return 0 }
     _ = try? c.validate(hostMemoryBytes: 1 << 34)
     _ = c.jsonText
+    return 0
+}
+
+/// `disk`: a tenant's uploaded disk as kumod reads it for an import without a boot image (docs/IMAGES.md):
+/// its partition table, its ext2/3/4 filesystems, their directories, symbolic links and extent trees, the
+/// kernel and initrd. The input is the whole disk.
+func fuzzDisk(_ bytes: UnsafeRawBufferPointer) -> Int32 {
+    let disk = Array(bytes)
+    let d = DiskBytes(size: UInt64(disk.count)) { offset, count in Array(disk[Int(offset)..<Int(offset) + count]) }
+    _ = try? BootFiles.find(in: d)
     return 0
 }
