@@ -12,7 +12,7 @@ import sys
 import time
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
@@ -61,6 +61,17 @@ def main():
         e = driver.find_element(By.ID, "error")
         return "" if not e.is_displayed() else e.text
 
+    def click(xpath, by=By.XPATH):
+        # A background refresh re-renders the page: a button found just before it is gone by the click.
+        for attempt in range(10):
+            try:
+                driver.find_element(by, xpath).click()
+                return
+            except StaleElementReferenceException:
+                if attempt == 9:
+                    raise
+                time.sleep(0.2)
+
     try:
         # Log in: the token goes to session storage, never into the URL.
         driver.get(a.url + "/ui/")
@@ -88,7 +99,7 @@ def main():
         name = driver.find_element(By.XPATH, "//label[text()='Name']/following-sibling::div/input")
         name.send_keys("web-echo")
         shot("02-create")
-        driver.find_element(By.XPATH, "//button[text()='Create']").click()
+        click("//button[text()='Create']")
         wait.until(lambda d: "#/instances/i-" in d.current_url)
         iid = driver.current_url.split("#/instances/")[1]
         try:
@@ -99,7 +110,7 @@ def main():
         shot("03-instance")
 
         # Its serial console: type, and see the echo guest's answer (it upper-cases what it reads).
-        driver.find_element(By.XPATH, "//button[@role='tab' and text()='Console']").click()
+        click("//button[@role='tab' and text()='Console']")
         wait.until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
         term = driver.find_element(By.CSS_SELECTOR, "#terminal textarea")
         term.send_keys("echo hi" + Keys.ENTER)
@@ -111,7 +122,7 @@ def main():
         shot("04-console")
 
         # Its charts: kumod samples every 2 s here; points come within a minute.
-        driver.find_element(By.XPATH, "//button[@role='tab' and text()='Monitoring']").click()
+        click("//button[@role='tab' and text()='Monitoring']")
         try:
             WebDriverWait(driver, 90).until(lambda d: int(js("var c = document.querySelector('canvas[data-metric=cpu_percent]'); return c ? Number(c.dataset.points || 0) : 0") or 0) > 0)
             check(True, "the CPU chart has points")
@@ -121,10 +132,10 @@ def main():
         shot("05-monitoring")
 
         # A bad request is shown as the API words it.
-        driver.find_element(By.XPATH, "//button[@role='tab' and text()='CPUs']").click()
+        click("//button[@role='tab' and text()='CPUs']")
         gva = wait.until(EC.presence_of_element_located((By.XPATH, "//label[text()='Address (GVA)']/following-sibling::input")))
         gva.send_keys("not-an-address")
-        driver.find_element(By.XPATH, "//button[text()='Translate']").click()
+        click("//button[text()='Translate']")
         # Waited for by its words: on a loaded host a background refresh's error (cleared when the next
         # refresh works) can be on the bar first (CI of e40f50e: the bar was empty again when checked).
         try:
@@ -134,7 +145,7 @@ def main():
             check(False, "a bad address is refused in the API's words", error_text())
 
         # Stop it, with the confirmation.
-        driver.find_element(By.XPATH, "//button[text()='Stop']").click()
+        click("//button[text()='Stop']")
         driver.switch_to.alert.accept()
         try:
             WebDriverWait(driver, 90).until(EC.presence_of_element_located((By.XPATH, "//h1/span[contains(@class,'state') and text()='stopped']")))
@@ -153,10 +164,10 @@ def main():
             Select(selects[1]).select_by_visible_text(a.screen_image)
             Select(driver.find_element(By.XPATH, "//label[text()='Display']/following-sibling::div/select")).select_by_value("640x480")
             driver.find_element(By.XPATH, "//label[text()='Name']/following-sibling::div/input").send_keys("web-screen")
-            driver.find_element(By.XPATH, "//button[text()='Create']").click()
+            click("//button[text()='Create']")
             wait.until(lambda d: "#/instances/i-" in d.current_url)
             WebDriverWait(driver, 90).until(EC.presence_of_element_located((By.XPATH, "//h1/span[contains(@class,'state') and text()='running']")))
-            driver.find_element(By.XPATH, "//button[@role='tab' and text()='Screen']").click()
+            click("//button[@role='tab' and text()='Screen']")
             try:
                 WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
                 check(True, "noVNC connects to the instance's screen through kumod")
@@ -169,7 +180,7 @@ def main():
                 check(True, "the screen shows the guest's picture (a white bar on dark blue)")
             except TimeoutException:
                 check(False, "the screen shows the guest's picture", str((pixel(150, 120), pixel(10, 10))))
-            driver.find_element(By.CSS_SELECTOR, "#screen canvas").click()
+            click("#screen canvas", By.CSS_SELECTOR)
             ActionChains(driver).send_keys("a").perform()
             try:
                 WebDriverWait(driver, 30).until(lambda d: pixel(8, 208) == [0, 255, 0])
@@ -181,7 +192,8 @@ def main():
         # A busybox shell on the Kumo test kernel, when the run has one.
         if a.shell_instance:
             driver.get(a.url + "/ui/#/instances/" + a.shell_instance)
-            wait.until(EC.presence_of_element_located((By.XPATH, "//button[@role='tab' and text()='Console']"))).click()
+            wait.until(EC.presence_of_element_located((By.XPATH, "//button[@role='tab' and text()='Console']")))
+            click("//button[@role='tab' and text()='Console']")
             wait.until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
             # Its prompt first: what is typed while the shell starts is not a command yet.
             box = driver.find_element(By.CSS_SELECTOR, "#terminal textarea")
@@ -204,14 +216,14 @@ def main():
 
             # The same guest's screen: the framebuffer console, where init started a shell on tty1
             # (kumo.tty1). A line typed there in noVNC runs: the serial shell reads what it wrote.
-            driver.find_element(By.XPATH, "//button[@role='tab' and text()='Screen']").click()
+            click("//button[@role='tab' and text()='Screen']")
             try:
                 WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
                 check(True, "noVNC connects to the busybox guest's screen")
                 lit = lambda: js("var c = document.querySelector('#screen canvas'); if (!c || !c.width) return 0;"
                                  "var d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data, n = 0;"
                                  "for (var i = 0; i < d.length; i += 4) if (d[i] | d[i + 1] | d[i + 2]) n++; return n")
-                driver.find_element(By.CSS_SELECTOR, "#screen canvas").click()
+                click("#screen canvas", By.CSS_SELECTOR)
                 ActionChains(driver).send_keys(Keys.ENTER).perform()
                 WebDriverWait(driver, 60).until(lambda d: lit() > 50)
                 check(True, "the screen shows the Linux framebuffer console")
@@ -220,7 +232,7 @@ def main():
                 shot("07-busybox-screen")
             except TimeoutException:
                 check(False, "the busybox guest's screen shows its console", error_text())
-            driver.find_element(By.XPATH, "//button[@role='tab' and text()='Console']").click()
+            click("//button[@role='tab' and text()='Console']")
             wait.until(EC.presence_of_element_located((By.XPATH, "//span[text()='connected']")))
             box = driver.find_element(By.CSS_SELECTOR, "#terminal textarea")
             # Asked again until the file is there: the tty1 shell (its keys through the emulated keyboard)
@@ -256,7 +268,7 @@ def main():
                       "the load balancers page shows a backend's health and why", text[:400])
             except TimeoutException:
                 check(False, "the load balancers page shows a backend's health and why", driver.find_element(By.ID, "main").text[:400])
-            driver.find_element(By.XPATH, "//section[contains(@class,'lb')]//button[text()='Events']").click()
+            click("//section[contains(@class,'lb')]//button[text()='Events']")
             try:
                 WebDriverWait(driver, 10).until(lambda d: "out of rotation" in d.find_element(By.ID, "main").text)
                 check(True, "a balancer's events are shown")
