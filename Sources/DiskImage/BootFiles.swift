@@ -37,7 +37,8 @@ public struct BootFiles {
                 var initrdPath: String?, initrd: [UInt8]?
                 let names = version.map { ["initrd.img-\($0)", "initrd.img"] } ?? ["initrd.img"]
                 for name in names {
-                    if let i = try fs.lookup(dir + name), i.isRegular {
+                    // An empty initrd is none: kumo-vmm refuses one.
+                    if let i = try fs.lookup(dir + name), i.isRegular, i.size > 0 {
                         initrd = try fs.contents(i, limit: maxInitrdBytes)
                         initrdPath = "partition \(p.number): \(dir + name)"
                         break

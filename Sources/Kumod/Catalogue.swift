@@ -91,8 +91,10 @@ extension Service {
             if owned?.ownsFile == true, let disk = image.rootDisk {
                 unlink(disk)
                 // The kernel and initrd an import took out of that disk lie next to it (ID.kernel, ID.initrd).
-                let own = String(disk.dropLast(".qcow2".count)) + "."
-                for f in [image.kernel, image.initrd].compactMap({ $0 }) where disk.hasSuffix(".qcow2") && f.hasPrefix(own) { unlink(f) }
+                if disk.hasSuffix(".qcow2") {
+                    let own = String(disk.dropLast(".qcow2".count)) + "."
+                    for f in [image.kernel, image.initrd].compactMap({ $0 }) where f.hasPrefix(own) { unlink(f) }
+                }
             }
         case .missing: throw APIError(code: "not_found", message: "no image \(Validate.escaped(ref)) (`kumo image list`)")
         case let .inUse(n):

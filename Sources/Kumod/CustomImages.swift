@@ -186,16 +186,8 @@ extension Service {
         )
     }
 
-    /// A new file of mode 0600 holding `bytes`; an existing one is never replaced.
     static func writeNew(_ path: String, _ bytes: [UInt8]) throws(APIError) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw APIError(code: "internal", message: "cannot make \(path): \(String(cString: strerror(errno)))") }
-        let ok = bytes.withUnsafeBytes { pwriteFull(fd, $0.baseAddress!, $0.count, 0) } && fsync(fd) == 0
-        close(fd)
-        guard ok else {
-            unlink(path)
-            throw APIError(code: "internal", message: "cannot write \(path): \(String(cString: strerror(errno)))")
-        }
+        if let why = DataDirectory.writeNewFile(path, bytes) { throw APIError(code: "internal", message: "cannot write \(path): \(why)") }
     }
 
     func validImageName(_ name: String) throws(APIError) {

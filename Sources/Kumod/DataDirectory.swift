@@ -2,6 +2,7 @@
 // work directories hold their console logs and disks. Directories are 0700 and files 0600, what kumod
 // creates from now on (umask 077, inherited by every kumo-vmm) and what an older kumod or a careless
 // copy left looser (tightened at start, each one named).
+import DiskImage
 import Foundation
 import KumoAPI
 
@@ -12,6 +13,18 @@ public enum DataDirectory {
 
     /// Sets the process's umask to 077: files 0600, directories 0700 (sockets too).
     public static func restrictNewFiles() { umask(0o077) }
+
+    /// Writes `bytes` to a new file of mode 0600 at `path` (never one that exists), synced when `durable`;
+    /// on a failure nothing is left there and the reason is returned.
+    public static func writeNewFile(_ path: String, _ bytes: [UInt8], durable: Bool = true) -> String? {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return String(cString: strerror(errno)) }
+        let ok = bytes.withUnsafeBytes { pwriteFull(fd, $0.baseAddress!, $0.count, 0) } && (!durable || fsync(fd) == 0)
+        let why = ok ? nil : String(cString: strerror(errno))
+        close(fd)
+        if !ok { unlink(path) }
+        return why
+    }
 
     /// Creates `dir` (0700) if needed, refuses one that another user owns or that is a symbolic link, and
     /// tightens every file and directory under it that group or others may use. Returns what it changed.

@@ -67,15 +67,9 @@ public struct NoCloudSeed: Sendable, Equatable {
         }
         let part = path.path + ".part"
         unlink(part)
-        let fd = open(part, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw APIError(code: "launch_failed", message: "cannot write the cloud-init seed: \(String(cString: strerror(errno)))") }
-        do {
-            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-            try handle.write(contentsOf: Data(image))
-            try handle.close()
-        } catch {
-            unlink(part)
-            throw APIError(code: "launch_failed", message: "cannot write the cloud-init seed: \(error)")
+        // Not synced: every launch writes the seed again.
+        if let why = DataDirectory.writeNewFile(part, image, durable: false) {
+            throw APIError(code: "launch_failed", message: "cannot write the cloud-init seed: \(why)")
         }
         guard rename(part, path.path) == 0 else {
             let why = String(cString: strerror(errno))
